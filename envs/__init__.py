@@ -1,0 +1,1 @@
+"""Gymnasium token-MDPs with planted failure points."""

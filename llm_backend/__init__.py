@@ -1,0 +1,1 @@
+"""Transformers policy/critic backend, math tasks and rewards."""

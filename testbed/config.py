@@ -1,0 +1,401 @@
+"""Typed run configuration: dataclasses whose field docstrings are the CLI help.
+
+A run config is YAML with one mapping per section (``run``, ``task``, ``model``, ``rollout``,
+``algo``, ``stop``, ``tppo``); ``key=value`` overrides use dotted paths (``stop.tau=3``). An unknown
+key or a value of the wrong type raises :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed; the message names the key."""
+
+
+@dataclass
+class RunSection:
+    name: str = "run"
+    """Run name: the run directory is ``out_dir/name``."""
+    out_dir: str = "runs"
+    """Parent folder of run directories."""
+    seed: int = 0
+    """Seed for every random number generator of the run."""
+    steps: int = 50
+    """Training steps (one rollout batch and its updates each)."""
+    threads: int = 0
+    """torch CPU threads (0: leave torch's default)."""
+    eval_every: int = 0
+    """Evaluate on the held-out split every N steps (0: never; LLM tasks)."""
+    eval_size: int = 64
+    """Held-out problems per evaluation."""
+    checkpoint_every: int = 10
+    """Write a checkpoint every N steps (and at the end)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass
+class TaskSection:
+    kind: str = "sim"
+    """``sim`` (a gymnasium token-MDP) or ``math`` (math problems for a language model)."""
+    env_id: str = "testbed/PlantedFailure-v0"
+    """sim: gymnasium id of the token env (registered by ``import envs``)."""
+    env_kwargs: dict = field(default_factory=dict)
+    """sim: keyword arguments for the env (its variants' knobs)."""
+    difficulty: str = "sum2"
+    """math: generator difficulty (see ``llm_backend.tasks``), used when ``dataset`` is empty."""
+    dataset: str = ""
+    """math: path to a local JSONL/parquet file instead of the generator."""
+    dataset_format: str = "auto"
+    """math: ``auto``, ``gsm8k``, ``math``, ``aime`` or ``dapo``."""
+    reward_timeout: float = 2.0
+    """math: seconds allowed to verify one answer."""
+    format_score: float = 0.0
+    """math: reward for a well-formed ``\\boxed{}`` answer that is wrong."""
+    system_prompt: str = ""
+    """math: extra system message for the chat template (empty: none)."""
+
+
+@dataclass
+class ModelSection:
+    kind: str = "toy"
+    """``toy`` (small torch GRU policy and critic) or ``hf`` (a transformers causal LM)."""
+    path: str = "default"
+    """hf: a local model directory, a ``.gguf`` file, ``default`` (embedded SmolLM2-135M) or ``tiny`` (random, for tests)."""
+    dtype: str = "float32"
+    """Parameter/compute dtype: ``float32`` or ``bfloat16`` (the critic head stays fp32)."""
+    device: str = "cpu"
+    """``cpu``, ``cuda`` or ``cuda:N``."""
+    critic: str = "separate"
+    """``separate`` (critic model initialised from the policy) or ``head`` (value head on the policy trunk)."""
+    hidden_size: int = 64
+    """toy: GRU width."""
+    embed_size: int = 32
+    """toy: token embedding width."""
+    cache_dir: str = ""
+    """hf: folder for the dequantised checkpoint of a GGUF model (empty: ``~/.cache/testbed``)."""
+    stop_check_every: int = 1
+    """Evaluate the critic (and the stop rule) every N decoded tokens."""
+    reference: bool = False
+    """Keep a frozen reference policy (needed when ``algo.kl_coef > 0``)."""
+    gradient_checkpointing: bool = False
+    """hf: trade compute for memory in training forwards."""
+
+
+@dataclass
+class RolloutSection:
+    batch_size: int = 64
+    """Rows per training step (prompts x group_size)."""
+    group_size: int = 1
+    """Responses sampled per prompt (GRPO groups)."""
+    max_len: int = 32
+    """Most response tokens a row may have (total, across T-PPO windows)."""
+    temperature: float = 1.0
+    """Sampling temperature (also applied to training log-probs)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1: off)."""
+    top_k: int = 0
+    """Top-k sampling (0: off)."""
+    length_cap: str = "terminal"
+    """Treatment of rows that hit max_len: ``terminal``, ``bootstrap`` or ``masked``."""
+
+
+@dataclass
+class AlgoSection:
+    estimator: str = "gae"
+    """Advantage estimator: ``gae``, ``egae``, ``grpo``, ``mc`` (registry names)."""
+    gamma: float = 1.0
+    """Discount."""
+    lam_actor: float = 0.95
+    """GAE lambda for policy advantages."""
+    lam_critic: float = 1.0
+    """GAE lambda for critic targets (decoupled GAE)."""
+    lam_adaptive_alpha: float = 0.0
+    """If > 0, length-adaptive lambda_actor = 1 - 1/(alpha * length) per row."""
+    grpo_scale: bool = True
+    """GRPO: divide by the group's std."""
+    normalize_advantages: bool = False
+    """Whiten advantages over the batch's valid tokens."""
+    clip_low: float = 0.2
+    """PPO ratio clip below 1."""
+    clip_high: float = 0.2
+    """PPO ratio clip above 1 (clip-higher when > clip_low)."""
+    dual_clip: float = 0.0
+    """Dual-clip constant c > 1 for negative advantages (0: off)."""
+    agg: str = "token-mean"
+    """Loss aggregation: ``token-mean``, ``seq-mean-token-sum``, ``seq-mean-token-mean``."""
+    value_clip: float = 0.0
+    """Value clip around the old values (0: off)."""
+    value_coef: float = 1.0
+    """Scale of the value loss."""
+    kl_coef: float = 0.0
+    """KL penalty coefficient against the reference policy."""
+    kl_type: str = "k3"
+    """KL estimator: ``k1`` or ``k3``."""
+    entropy_coef: float = 0.0
+    """Entropy bonus coefficient."""
+    epochs: int = 2
+    """Passes over each rollout batch."""
+    minibatch_size: int = 32
+    """Rows per optimiser step."""
+    lr_actor: float = 3e-3
+    """Policy learning rate."""
+    lr_critic: float = 3e-3
+    """Critic learning rate."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    dynamic_sampling: bool = False
+    """DAPO: drop groups whose rewards are all equal (no signal)."""
+    overlong_buffer: int = 0
+    """DAPO: soft overlong penalty starts this many tokens before max_len (0: off)."""
+    overlong_penalty: float = 1.0
+    """DAPO: penalty at max_len, ramping linearly over the buffer."""
+
+
+@dataclass
+class StopSection:
+    rule: str = "none"
+    """Stop rule: ``none``, ``espo``, ``regret_only``, ``value_only``, ``random``, ``oracle``."""
+    failure_reward: float = 0.0
+    """Reward of a failed answer; a stopped row gets ``failure_reward - stop_penalty``."""
+    stop_penalty: float = 0.0
+    """Extra penalty for being stopped."""
+    ema_beta: float = 0.9
+    """EMA factor of the regret normaliser across training batches."""
+    accumulate: str = "cusum"
+    """``cusum``, ``sum`` (of positive parts) or ``ema`` (within the row)."""
+    kappa: float = 0.5
+    """CUSUM drift subtracted per token."""
+    alpha: float = 0.2
+    """``ema`` accumulation smoothing."""
+    gate: str = "scaled"
+    """Value gate: ``scaled`` (S > tau * p + tau_min) or ``and`` (S > tau and p < rho)."""
+    tau: float = 8.0
+    """Threshold scale on the accumulated regret."""
+    tau_min: float = 1.0
+    """Threshold floor (scaled gate)."""
+    rho: float = 0.3
+    """Success-probability ceiling (``and`` gate)."""
+    r_fail: float = 0.0
+    """Value of a certain failure (for p_t)."""
+    r_success: float = 1.0
+    """Value of a certain success (for p_t)."""
+    min_tokens: int = 2
+    """Never stop before this many response tokens."""
+    warmup_steps: int = 2
+    """Never stop during the first N training steps."""
+    reference_run: str = ""
+    """random: run directory of the ESPO run whose stop rate and stop-step histogram to match."""
+    delay: int = 0
+    """oracle: stop this many tokens after the planted failure."""
+
+
+@dataclass
+class TPPOSection:
+    enabled: bool = False
+    """Truncated PPO: generate at most ``window`` tokens per step, carrying unfinished rows."""
+    window: int = 8
+    """Tokens generated per row per training step."""
+    ignore_last_k: int = 0
+    """Drop the last k tokens of unfinished rows from the policy loss (0 drops none)."""
+
+
+@dataclass
+class Config:
+    run: RunSection = field(default_factory=RunSection)
+    task: TaskSection = field(default_factory=TaskSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    rollout: RolloutSection = field(default_factory=RolloutSection)
+    algo: AlgoSection = field(default_factory=AlgoSection)
+    stop: StopSection = field(default_factory=StopSection)
+    tppo: TPPOSection = field(default_factory=TPPOSection)
+
+    @property
+    def num_prompts(self) -> int:
+        """Prompts per step: batch_size / group_size."""
+        return self.rollout.batch_size // self.rollout.group_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_CHOICES = {
+    ("task", "kind"): ("sim", "math"),
+    ("model", "kind"): ("toy", "hf"),
+    ("model", "dtype"): ("float32", "bfloat16"),
+    ("model", "critic"): ("separate", "head"),
+    ("rollout", "length_cap"): ("terminal", "bootstrap", "masked"),
+    ("algo", "agg"): ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean"),
+    ("algo", "kl_type"): ("k1", "k3"),
+    ("stop", "accumulate"): ("cusum", "sum", "ema"),
+    ("stop", "gate"): ("scaled", "and"),
+    ("task", "dataset_format"): ("auto", "gsm8k", "math", "aime", "dapo"),
+}
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The one-line docstring under each field of a dataclass (the CLI help text)."""
+    src = inspect.getsource(cls)
+    tree = ast.parse(src)
+    docs: dict[str, str] = {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = str(nxt.value.value).strip()  # type: ignore[union-attr]
+    return docs
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Check ``value`` against the field type, converting what YAML/CLI text can't express exactly."""
+    if isinstance(typ, str):
+        typ = {"int": int, "float": float, "bool": bool, "str": str, "dict": dict}.get(typ, typ)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if typ is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported field type {typ!r}")
+
+
+def _section_types(cls: type) -> dict[str, Any]:
+    return {f.name: f.type for f in dataclasses.fields(cls)}
+
+
+def _apply(cfg: Config, key: str, value: Any) -> None:
+    parts = key.split(".")
+    if len(parts) < 2:
+        raise ConfigError(f"{key}: keys are 'section.field', e.g. stop.tau")
+    section, name = parts[0], parts[1]
+    sections = _section_types(Config)
+    if section not in sections:
+        raise ConfigError(f"{key}: unknown section {section!r}; valid: {', '.join(sections)}")
+    obj = getattr(cfg, section)
+    types_ = _section_types(type(obj))
+    if name not in types_:
+        raise ConfigError(f"{key}: unknown key {name!r} in section {section!r}; valid: {', '.join(types_)}")
+    if len(parts) > 2:  # a dict field's entry: task.env_kwargs.max_len=8
+        if types_[name] not in (dict, "dict"):
+            raise ConfigError(f"{key}: {section}.{name} is not a mapping")
+        getattr(obj, name)[".".join(parts[2:])] = value
+        return
+    value = _coerce(key, value, types_[name])
+    choices = _CHOICES.get((section, name))
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+    setattr(obj, name, value)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and prefix == "":
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``'stop.tau=3'`` -> ``('stop.tau', 3)``; the value is parsed as YAML (so ``true``, ``1e-3``, ``{a: 1}``)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{key}: cannot parse value {raw!r}: {e}") from None
+    if isinstance(value, str) is False and value is None:
+        value = ""
+    return key.strip(), value
+
+
+def from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a validated Config from nested mappings plus ``key=value`` overrides."""
+    cfg = Config()
+    if not isinstance(data, dict):
+        raise ConfigError(f"config must be a mapping of sections, got {type(data).__name__}")
+    for key, value in _flatten(data).items():
+        if "." not in key:
+            raise ConfigError(f"{key}: top-level keys are sections ({', '.join(_section_types(Config))})")
+        _apply(cfg, key, value)
+    for text in overrides:
+        _apply(cfg, *parse_override(text))
+    validate(cfg)
+    return cfg
+
+
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config file (errors name the file) and apply overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    try:
+        return from_dict(data, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks; each message names the key."""
+    r, a, t = cfg.rollout, cfg.algo, cfg.tppo
+    if r.batch_size < 1:
+        raise ConfigError("rollout.batch_size: must be >= 1")
+    if r.group_size < 1 or r.batch_size % r.group_size:
+        raise ConfigError("rollout.group_size: must divide rollout.batch_size")
+    if r.max_len < 1:
+        raise ConfigError("rollout.max_len: must be >= 1")
+    if r.temperature <= 0:
+        raise ConfigError("rollout.temperature: must be > 0")
+    if not 0 < r.top_p <= 1:
+        raise ConfigError("rollout.top_p: must be in (0, 1]")
+    if a.minibatch_size < 1 or a.epochs < 0:
+        raise ConfigError("algo.minibatch_size/epochs: must be positive")
+    if not (0 <= a.lam_actor <= 1 and 0 <= a.lam_critic <= 1):
+        raise ConfigError("algo.lam_actor/lam_critic: must be in [0, 1]")
+    if a.dual_clip and a.dual_clip <= 1:
+        raise ConfigError("algo.dual_clip: must be > 1 (or 0 for off)")
+    if a.kl_coef > 0 and not cfg.model.reference:
+        raise ConfigError("algo.kl_coef: needs model.reference=true")
+    if t.enabled and t.window < 1:
+        raise ConfigError("tppo.window: must be >= 1")
+    if t.ignore_last_k < 0 or (t.enabled and t.ignore_last_k > t.window):
+        raise ConfigError("tppo.ignore_last_k: must be in [0, window]")
+    if cfg.model.stop_check_every < 1:
+        raise ConfigError("model.stop_check_every: must be >= 1")
+    if cfg.run.steps < 0:
+        raise ConfigError("run.steps: must be >= 0")
+
+
+def dump(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
