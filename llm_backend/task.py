@@ -1,0 +1,235 @@
+r"""Math problems for a chat language model: the :class:`testbed.protocols.Task` of the LLM backend.
+
+Prompts are the tokenizer's chat template (``add_generation_prompt=True``) around the question plus
+:data:`ANSWER_INSTRUCTION`; responses are decoded and scored by
+:func:`llm_backend.rewards.check_answers` -- exact integer match with a plain-number box for
+integer answers (closes the ``\boxed{82*5}`` hack), math-verify otherwise.
+
+Problems come from the procedural generator (:mod:`llm_backend.problems`, ``task.difficulty``) or a
+local dataset file (:mod:`llm_backend.datasets`, ``task.dataset``). ``split="train"`` draws from the
+training split with the run's seed; ``split="test"`` draws from the held-out split in a fixed order
+that does not depend on the run's seed (every run evaluates on the same problems); call
+:meth:`MathTask.rewind` before an evaluation to start that order again.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from llm_backend.datasets import load_dataset
+from llm_backend.problems import DIFFICULTIES, SPLITS, Problem, iter_problems
+from llm_backend.rewards import check_answers
+from llm_backend.tokenizer import end_of_turn_id, load_tokenizer, stop_strings
+from testbed.protocols import TaskResult
+
+__all__ = ["ANSWER_INSTRUCTION", "EVAL_SEED", "MathTask", "make_task"]
+
+ANSWER_INSTRUCTION = "Put your final answer within \\boxed{}."
+"""Appended (on its own line) to every question in the user message."""
+
+EVAL_SEED = 0
+"""Seed of the held-out (``test``) order: fixed, so runs with different seeds evaluate alike."""
+
+
+class _Source:
+    """Endless draws of problems per split."""
+
+    def draw(self, split: str) -> Problem:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def rewind(self, split: str) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class _GeneratorSource(_Source):
+    def __init__(self, difficulty: str, seed: int):
+        if difficulty not in DIFFICULTIES:
+            raise ValueError(f"task.difficulty: unknown {difficulty!r}; valid: {', '.join(DIFFICULTIES)}")
+        self.difficulty = difficulty
+        self.seeds = {"train": seed, "test": EVAL_SEED}
+        self._streams: dict[str, Iterator[Problem]] = {}
+
+    def draw(self, split: str) -> Problem:
+        if split not in self._streams:
+            self._streams[split] = iter_problems(self.difficulty, self.seeds[split], split)
+        return next(self._streams[split])
+
+    def rewind(self, split: str) -> None:
+        self._streams.pop(split, None)
+
+
+class _DatasetSource(_Source):
+    """Train: reshuffled every epoch with the run's seed. Test: one fixed shuffle (``EVAL_SEED``), cycled."""
+
+    def __init__(self, problems: Sequence[Problem], seed: int, name: str):
+        self.name = name
+        self.pools = {s: [p for p in problems if p.meta.get("split") == s] for s in SPLITS}
+        self._rngs = {"train": np.random.default_rng(seed)}
+        self._order = {"test": np.random.default_rng(EVAL_SEED).permutation(len(self.pools["test"]))}
+        self._pos = {s: 0 for s in SPLITS}
+        if self.pools["train"]:
+            self._order["train"] = self._rngs["train"].permutation(len(self.pools["train"]))
+
+    def draw(self, split: str) -> Problem:
+        pool = self.pools[split]
+        if not pool:
+            raise ValueError(f"{self.name}: no problems in the {split!r} split (the file is too small to split)")
+        if self._pos[split] == len(pool):
+            self._pos[split] = 0
+            if split == "train":
+                self._order["train"] = self._rngs["train"].permutation(len(pool))
+        i = self._order[split][self._pos[split]]
+        self._pos[split] += 1
+        return pool[int(i)]
+
+    def rewind(self, split: str) -> None:
+        if split == "test":
+            self._pos["test"] = 0
+
+
+class MathTask:
+    """Math problems in ``num_slots`` slots, scored on the final ``\\boxed{}`` answer.
+
+    Attributes: ``num_slots``, ``vocab_size`` (``len(tokenizer)``), ``eos_token_id`` (the chat
+    template's end-of-turn token, ``<|im_end|>`` = 2 for SmolLM2, which is what the model emits),
+    ``stop_strings`` (text equivalents for backends that stop on strings), ``tokenizer``.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        source: _Source,
+        *,
+        num_slots: int,
+        reward_timeout: float = 2.0,
+        format_score: float = 0.0,
+        system_prompt: str = "",
+    ):
+        if num_slots < 1:
+            raise ValueError(f"num_slots must be >= 1, got {num_slots}")
+        self.tokenizer = tokenizer
+        self.source = source
+        self.num_slots = int(num_slots)
+        self.vocab_size = len(tokenizer)
+        self.eos_token_id = end_of_turn_id(tokenizer)
+        self.stop_strings = stop_strings(tokenizer)
+        self.reward_timeout = float(reward_timeout)
+        self.format_score = float(format_score)
+        self.system_prompt = system_prompt
+        self._problems: list[Problem | None] = [None] * self.num_slots
+        self._verdicts: list[dict[str, Any] | None] = [None] * self.num_slots
+        self._prompt_cache: dict[str, list[int]] = {}
+
+    # -- prompts ---------------------------------------------------------------------------
+
+    def messages(self, question: str) -> list[dict[str, str]]:
+        """The chat messages of a question (system message only if ``system_prompt`` is set)."""
+        msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        msgs.append({"role": "user", "content": f"{question}\n{ANSWER_INSTRUCTION}"})
+        return msgs
+
+    def prompt_ids(self, question: str) -> list[int]:
+        """Token ids of the chat prompt for ``question``, ending with the assistant turn's header."""
+        ids = self._prompt_cache.get(question)
+        if ids is None:
+            text = self.tokenizer.apply_chat_template(
+                self.messages(question), tokenize=False, add_generation_prompt=True
+            )
+            ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            if len(self._prompt_cache) < 100_000:
+                self._prompt_cache[question] = ids
+        return list(ids)
+
+    # -- Task protocol ---------------------------------------------------------------------
+
+    def _check_slots(self, slots: np.ndarray) -> list[int]:
+        out = [int(s) for s in np.asarray(slots).reshape(-1)]
+        bad = [s for s in out if not 0 <= s < self.num_slots]
+        if bad:
+            raise IndexError(f"slots {bad} out of range [0, {self.num_slots})")
+        return out
+
+    def reset(self, slots: np.ndarray, *, split: str = "train", group_size: int = 1) -> list[list[int]]:
+        """New problems in ``slots`` (each run of ``group_size`` consecutive slots shares one); prompt ids."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+        idx = self._check_slots(slots)
+        if group_size < 1 or len(idx) % group_size:
+            raise ValueError(f"{len(idx)} slots do not split into groups of {group_size}")
+        prompts: list[list[int]] = []
+        for g in range(0, len(idx), group_size):
+            problem = self.source.draw(split)
+            ids = self.prompt_ids(problem.question)
+            for s in idx[g : g + group_size]:
+                self._problems[s] = problem
+                self._verdicts[s] = None
+                prompts.append(list(ids))
+        return prompts
+
+    def rewind(self, split: str = "test") -> None:
+        """Start ``split``'s draw order again (call before each evaluation to reuse the same problems)."""
+        self.source.rewind(split)
+
+    def observe(self, slots: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """No ground-truth failure step for language models: all -1."""
+        return np.full(len(self._check_slots(slots)), -1, dtype=np.int64)
+
+    def finish(self, slots: np.ndarray, responses: list[list[int]]) -> TaskResult:
+        """Decode each response (special tokens dropped) and score its final ``\\boxed{}`` answer."""
+        idx = self._check_slots(slots)
+        if len(responses) != len(idx):
+            raise ValueError(f"{len(responses)} responses for {len(idx)} slots")
+        problems = []
+        for s in idx:
+            if self._problems[s] is None:
+                raise RuntimeError(f"slot {s} has no problem: call reset() first")
+            problems.append(self._problems[s])
+        texts = [self.tokenizer.decode([int(t) for t in r], skip_special_tokens=True) for r in responses]
+        checks = check_answers(
+            texts,
+            [p.answer for p in problems],
+            timeout=self.reward_timeout,
+            integer_answers=[bool(p.meta.get("integer_answer", False)) for p in problems],
+            format_score=self.format_score,
+        )
+        for s, c in zip(idx, checks):
+            self._verdicts[s] = {"boxed": c.boxed, "status": c.status, "reward": c.reward}
+        n = len(idx)
+        return TaskResult(
+            reward=np.array([c.reward for c in checks], dtype=np.float64),
+            success=np.array([c.correct for c in checks], dtype=bool),
+            failure_step=np.full(n, -1, dtype=np.int64),
+            doomed=np.zeros(n, dtype=bool),
+        )
+
+    def describe(self, slot: int) -> dict[str, Any]:
+        """``question``, ``answer``, ``id`` (and, once finished, the ``boxed`` answer and ``status``)."""
+        problem = self._problems[self._check_slots(np.array([slot]))[0]]
+        if problem is None:
+            return {}
+        out: dict[str, Any] = {"question": problem.question, "answer": problem.answer, "id": problem.meta.get("id")}
+        verdict = self._verdicts[int(slot)]
+        if verdict is not None:
+            out.update(verdict)
+        return out
+
+
+def make_task(task_cfg, model_cfg, *, num_slots: int, seed: int) -> MathTask:
+    """A :class:`MathTask` from ``testbed.config.TaskSection`` and ``ModelSection`` (tokenizer from
+    ``model_cfg.path``, cached under ``model_cfg.cache_dir``)."""
+    if task_cfg.dataset:
+        problems = load_dataset(task_cfg.dataset, task_cfg.dataset_format)
+        source: _Source = _DatasetSource(problems, seed, task_cfg.dataset)
+    else:
+        source = _GeneratorSource(task_cfg.difficulty, seed)
+    tokenizer = load_tokenizer(model_cfg.path, getattr(model_cfg, "cache_dir", ""))
+    return MathTask(
+        tokenizer,
+        source,
+        num_slots=num_slots,
+        reward_timeout=task_cfg.reward_timeout,
+        format_score=task_cfg.format_score,
+        system_prompt=task_cfg.system_prompt,
+    )

@@ -1,0 +1,122 @@
+"""The ``testbed`` console script: run, sweep, eval, plot, demo."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from testbed import config as config_mod
+
+
+def _config_help() -> str:
+    lines = ["config keys (override with section.key=value):"]
+    for f in dataclasses.fields(config_mod.Config):
+        cls = type(getattr(config_mod.Config(), f.name))
+        docs = config_mod.field_docs(cls)
+        for sf in dataclasses.fields(cls):
+            default = getattr(cls(), sf.name)
+            lines.append(f"  {f.name}.{sf.name} = {default!r}\n      {docs.get(sf.name, '')}")
+    return "\n".join(lines)
+
+
+def cmd_run(args) -> int:
+    from testbed.trainer import Trainer
+
+    cfg = config_mod.load(args.config, args.overrides)
+    if args.steps is not None:
+        cfg.run.steps = args.steps
+    trainer = Trainer(cfg)
+    summary = trainer.train()
+    print(json.dumps(summary, indent=2))
+    print(f"run directory: {trainer.run_dir}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from testbed.sweep import run_sweep
+
+    rows = run_sweep(args.sweep, workers=args.workers, threads_per_run=args.threads)
+    keys = ["name", "steps", "tokens/cumulative", "final/success_rate", "final/stop_rate"]
+    print(" | ".join(keys))
+    for r in sorted(rows, key=lambda r: r["name"]):
+        print(" | ".join(f"{r.get(k):.3f}" if isinstance(r.get(k), float) else str(r.get(k)) for k in keys))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from testbed.evaluate import evaluate_from_cli
+
+    result = evaluate_from_cli(args.config, args.overrides, checkpoint=args.checkpoint, n=args.n, k=args.k,
+                               greedy=args.greedy, out=args.out)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from testbed.trainer import load_entry_point
+
+    return load_entry_point("analysis.plots:plot_runs_cli")(args.run_dirs, out=args.out)
+
+
+def cmd_demo(args) -> int:
+    from testbed.trainer import load_entry_point
+
+    return load_entry_point("analysis.experiments.espo_headline.run:main")(
+        out=args.out, workers=args.workers, quick=args.quick, fresh=args.fresh)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="testbed", description="ESPO / T-PPO algorithm testbed")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="one training run (simulated or LLM, by the config)",
+                       epilog=_config_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("config", help="YAML config (e.g. configs/espo.yaml)")
+    r.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    r.add_argument("--steps", type=int, default=None, help="shorthand for run.steps=N")
+    r.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("sweep", help="a grid of runs in parallel processes")
+    s.add_argument("sweep", help="sweep YAML (see testbed/sweep.py)")
+    s.add_argument("--workers", type=int, default=2, help="parallel processes")
+    s.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    s.set_defaults(fn=cmd_sweep)
+
+    e = sub.add_parser("eval", help="evaluate a model or checkpoint on a task (pass@1, avg@k)")
+    e.add_argument("config", help="YAML config naming the task and model")
+    e.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    e.add_argument("--checkpoint", default="", help="run directory or checkpoints/model.safetensors to load")
+    e.add_argument("--n", type=int, default=64, help="problems")
+    e.add_argument("--k", type=int, default=1, help="samples per problem (avg@k, pass@k)")
+    e.add_argument("--greedy", action="store_true", help="greedy decoding (k must be 1)")
+    e.add_argument("--out", default="", help="write the result JSON here")
+    e.set_defaults(fn=cmd_eval)
+
+    pl = sub.add_parser("plot", help="figures and a markdown table from run directories")
+    pl.add_argument("run_dirs", nargs="+", help="run directories")
+    pl.add_argument("--out", required=True, help="output folder")
+    pl.set_defaults(fn=cmd_plot)
+
+    d = sub.add_parser("demo", help="the headline simulated ESPO study, end to end")
+    d.add_argument("--out", default="out/espo_headline", help="output folder (runs, figures, report)")
+    d.add_argument("--workers", type=int, default=2, help="parallel processes")
+    d.add_argument("--quick", action="store_true", help="fewer seeds and steps (smoke test)")
+    d.add_argument("--fresh", action="store_true", help="ignore completed runs in the output folder")
+    d.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (config_mod.ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""Rollout collection: drive any Backend on any Task, consult the stop rule each step.
+
+:class:`SamplePool` holds B slots. Each training step it refills finished slots with new prompts,
+decodes at most ``budget`` new tokens per row (``max_len`` for PPO, the window for T-PPO), and
+carries unfinished rows to the next step. Plain PPO is the pool whose budget covers ``max_len``:
+every row finishes in one segment, so PPO and T-PPO share this one loop.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from testbed.config import Config
+from testbed.protocols import Backend, Task
+from testbed.rollout import Ending, Rollout, last_valid_value
+from testbed.sampling import sample_tokens
+from testbed.stopping import StopContext, StopRule
+
+
+@dataclass
+class Segment:
+    """What one decoding pass produced for B rows, right-padded to W new tokens."""
+
+    tokens: Tensor  # (B, W) long
+    logprobs: Tensor  # (B, W)
+    regret: Tensor  # (B, W)
+    values: Tensor  # (B, W), NaN where the critic was skipped
+    mask: Tensor  # (B, W) bool
+    ending: Tensor  # (B,) long Ending
+    failure_step: Tensor  # (B,) long, ground truth known by the segment's end
+    steps: int  # decoding steps taken
+    idle_fraction: float  # share of the decoding batch's row-steps spent on rows already ended
+
+
+def decode_segment(
+    backend: Backend,
+    task: Task,
+    rule: StopRule,
+    *,
+    slots: np.ndarray,
+    contexts: list[list[int]],
+    start: Tensor,
+    budget: Tensor,
+    max_len: int,
+    cfg: Config,
+    train_step: int,
+    generator: torch.Generator | None,
+    greedy: bool = False,
+) -> Segment:
+    """Decode up to ``budget[i]`` tokens for each row ``i``, whose response already has ``start[i]`` tokens.
+
+    A row ends at EOS, when the stop rule fires, when its response reaches ``max_len`` (LENGTH_CAP)
+    or when its budget runs out first (WINDOW_CUT). Ended rows leave the backend's batch at once.
+    """
+    B = len(contexts)
+    W = int(budget.max()) if B else 0
+    r = cfg.rollout
+    every = cfg.model.stop_check_every
+    tokens = torch.zeros(B, W, dtype=torch.long)
+    logprobs = torch.zeros(B, W)
+    regret = torch.zeros(B, W)
+    values = torch.full((B, W), float("nan"))
+    mask = torch.zeros(B, W, dtype=torch.bool)
+    ending = torch.full((B,), -1, dtype=torch.long)
+    failure = torch.full((B,), -1, dtype=torch.long)
+    active = torch.arange(B)
+    slots_t = torch.as_tensor(slots, dtype=torch.long)
+    busy_row_steps = 0
+    steps = 0
+    if B:
+        backend.begin(contexts)
+    for k in range(W):
+        if len(active) == 0:
+            break
+        steps += 1
+        busy_row_steps += len(active)
+        check = (k % every == 0) or k == W - 1
+        out = backend.step(with_values=check)
+        s = sample_tokens(out.logits, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
+                          generator=generator, greedy=greedy)
+        tok = s.tokens.cpu()
+        tokens[active, k] = tok
+        logprobs[active, k] = s.logprobs.cpu()
+        regret[active, k] = s.regret.cpu()
+        mask[active, k] = True
+        vals = None if out.values is None else out.values.float().cpu()
+        if vals is not None:
+            values[active, k] = vals
+        fs = torch.as_tensor(task.observe(slots[active.numpy()], tok.numpy()), dtype=torch.long)
+        failure[active] = fs
+        pos = start[active] + k
+        ctx = StopContext(slots=slots_t[active], positions=pos, logits=out.logits, tokens=tok,
+                          regret=s.regret.cpu(), values=vals, failure_step=fs, train_step=train_step)
+        eos = tok == task.eos_token_id
+        stop = rule(ctx).cpu() & ~eos
+        cap = ((pos + 1) >= max_len) & ~eos & ~stop
+        cut = ((k + 1) >= budget[active]) & ~eos & ~stop & ~cap
+        ended = eos | stop | cap | cut
+        code = torch.full_like(pos, -1)
+        code[eos], code[stop], code[cap], code[cut] = Ending.EOS, Ending.EARLY_STOP, Ending.LENGTH_CAP, Ending.WINDOW_CUT
+        ending[active[ended]] = code[ended]
+        backend.advance(s.tokens, keep=(~ended).to(s.tokens.device))
+        active = active[~ended]
+    if (ending < 0).any():  # only possible with a zero budget
+        raise RuntimeError("a row ended the segment without an ending; budgets must be >= 1")
+    idle = 1.0 - busy_row_steps / (B * steps) if steps else 0.0
+    return Segment(tokens, logprobs, regret, values, mask, ending, failure, steps, idle)
+
+
+@dataclass
+class _Slot:
+    """A row in the pool: its prompt and the response generated so far (across windows)."""
+
+    prompt: list[int]
+    group: int
+    tokens: list[int] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)
+    born_step: int = 0
+
+
+@dataclass
+class StepBatch:
+    """One training step's data from the pool."""
+
+    rollout: Rollout
+    """This segment's rows (prompts = the context before the segment's tokens) for the policy loss."""
+    finished: Rollout | None
+    """Rows that finished this step, whole responses from their prompt (for T-PPO's Monte-Carlo critic)."""
+    stats: dict[str, float]
+
+
+class SamplePool:
+    """B slots of rows; refill finished ones, decode a segment, carry the unfinished (T-PPO)."""
+
+    def __init__(self, task: Task, rule: StopRule, cfg: Config, *, seed: int):
+        self.task, self.rule, self.cfg = task, rule, cfg
+        self.B = cfg.rollout.batch_size
+        self.slots: list[_Slot | None] = [None] * self.B
+        self.generator = torch.Generator().manual_seed(seed)
+        self._next_group = 0
+
+    @property
+    def budget(self) -> int:
+        c = self.cfg
+        return min(c.tppo.window, c.rollout.max_len) if c.tppo.enabled else c.rollout.max_len
+
+    def refill(self, train_step: int, split: str = "train") -> np.ndarray:
+        """Put new problems into empty slots; returns those slots."""
+        empty = np.array([i for i, s in enumerate(self.slots) if s is None], dtype=np.int64)
+        if len(empty) == 0:
+            return empty
+        g = self.cfg.rollout.group_size
+        if len(empty) % g:
+            raise RuntimeError("group_size must divide the number of free slots (T-PPO supports group_size=1)")
+        prompts = self.task.reset(empty, split=split, group_size=g)
+        for j, i in enumerate(empty):
+            self.slots[i] = _Slot(prompt=list(prompts[j]), group=self._next_group + j // g, born_step=train_step)
+        self._next_group += len(empty) // g
+        self.rule.reset(torch.as_tensor(empty), train_step)
+        return empty
+
+    def collect(self, backend: Backend, train_step: int, *, greedy: bool = False, split: str = "train") -> StepBatch:
+        c = self.cfg
+        t0 = time.perf_counter()
+        self.refill(train_step, split)
+        slots = np.arange(self.B)
+        rows = [self.slots[i] for i in slots]
+        start = torch.tensor([len(s.tokens) for s in rows], dtype=torch.long)
+        budget = torch.clamp(c.rollout.max_len - start, max=self.budget)
+        contexts = [s.prompt + s.tokens for s in rows]
+        seg = decode_segment(backend, self.task, self.rule, slots=slots, contexts=contexts, start=start,
+                             budget=budget, max_len=c.rollout.max_len, cfg=c, train_step=train_step,
+                             generator=self.generator, greedy=greedy)
+        # Values the critic skipped (stop_check_every > 1): one teacher-forced pass fills them.
+        if torch.isnan(seg.values[seg.mask]).any():
+            with torch.no_grad():
+                v = backend.critic_forward(contexts, seg.tokens.to(backend.device), seg.mask.to(backend.device)).float().cpu()
+            seg.values = torch.where(torch.isnan(seg.values), v, seg.values)
+        seg.values = torch.where(seg.mask, seg.values, torch.zeros_like(seg.values))
+        t_gen = time.perf_counter() - t0
+
+        finished = seg.ending != Ending.WINDOW_CUT
+        fin_idx = finished.nonzero().squeeze(-1).numpy()
+        for i in slots:
+            n = int(seg.mask[i].sum())
+            rows[i].tokens.extend(seg.tokens[i, :n].tolist())
+            rows[i].versions.extend([train_step] * n)
+        # The task judges finished rows on their whole response.
+        task_reward = torch.zeros(self.B)
+        success = torch.zeros(self.B, dtype=torch.bool)
+        doomed = torch.zeros(self.B, dtype=torch.bool)
+        fail = seg.failure_step.clone()
+        if len(fin_idx):
+            res = self.task.finish(fin_idx, [rows[i].tokens for i in fin_idx])
+            task_reward[fin_idx] = torch.as_tensor(res.reward, dtype=torch.float32)
+            success[fin_idx] = torch.as_tensor(res.success, dtype=torch.bool)
+            doomed[fin_idx] = torch.as_tensor(res.doomed, dtype=torch.bool)
+            fail[fin_idx] = torch.as_tensor(res.failure_step, dtype=torch.long)
+        lengths_total = torch.tensor([len(s.tokens) for s in rows], dtype=torch.long)
+        reward_last = self._row_rewards(seg.ending, task_reward, lengths_total)
+
+        rollout = self._build(rows, contexts, seg, reward_last, task_reward, success, doomed, fail,
+                              versions=[s.versions[-int(seg.mask[i].sum()):] if seg.mask[i].any() else [] for i, s in enumerate(rows)])
+        finished_rollout = None
+        if c.tppo.enabled and len(fin_idx):
+            finished_rollout = self._whole(rows, fin_idx, seg, reward_last, task_reward, success, doomed, fail)
+
+        ages = [train_step - s.born_step for s in rows]
+        old_tokens = sum(sum(v < train_step for v in s.versions) for s in rows)
+        all_tokens = sum(len(s.versions) for s in rows)
+        stats = {
+            "time/gen": t_gen,
+            "tokens/generated": int(seg.mask.sum()),
+            "pool/carried": int((start > 0).sum()),
+            "pool/finished": int(finished.sum()),
+            "pool/occupancy": float(sum(s is not None for s in self.slots)) / self.B,
+            "pool/age_mean": float(np.mean(ages)),
+            "pool/age_max": float(np.max(ages)),
+            "pool/stale_token_frac": old_tokens / max(all_tokens, 1),
+            "gen/idle_fraction": seg.idle_fraction,
+            "gen/decode_steps": seg.steps,
+        }
+        for i in fin_idx:
+            self.slots[i] = None  # refilled at the next step
+        return StepBatch(rollout=rollout, finished=finished_rollout, stats=stats)
+
+    def _row_rewards(self, ending: Tensor, task_reward: Tensor, total_len: Tensor) -> Tensor:
+        """Reward placed at each row's last token of this segment, per DESIGN.md's ending table."""
+        c = self.cfg
+        r = torch.zeros_like(task_reward)
+        eos = ending == Ending.EOS
+        r[eos] = task_reward[eos]
+        r[ending == Ending.EARLY_STOP] = c.stop.failure_reward - c.stop.stop_penalty
+        cap = ending == Ending.LENGTH_CAP
+        if c.rollout.length_cap == "terminal":
+            r[cap] = task_reward[cap]
+        if c.algo.overlong_buffer > 0:
+            # DAPO soft overlong punishment: linear ramp over the last `overlong_buffer` tokens.
+            done = ending != Ending.WINDOW_CUT
+            start = c.rollout.max_len - c.algo.overlong_buffer
+            over = ((total_len - start).clamp(min=0).float() / c.algo.overlong_buffer).clamp(max=1.0)
+            r = torch.where(done, r - c.algo.overlong_penalty * over, r)
+        return r
+
+    def _build(self, rows, contexts, seg: Segment, reward_last, task_reward, success, doomed, fail, versions) -> Rollout:
+        B, W = seg.tokens.shape
+        rewards = torch.zeros(B, W)
+        lengths = seg.mask.sum(-1)
+        has = lengths > 0
+        idx = (lengths - 1).clamp(min=0)
+        rewards[torch.arange(B)[has], idx[has]] = reward_last[has]
+        pv = torch.zeros(B, W, dtype=torch.long)
+        for i, v in enumerate(versions):
+            pv[i, : len(v)] = torch.as_tensor(v, dtype=torch.long)
+        bootstrap = torch.zeros(B)
+        cut = seg.ending == Ending.WINDOW_CUT
+        if self.cfg.rollout.length_cap == "bootstrap":
+            cut = cut | (seg.ending == Ending.LENGTH_CAP)
+        last_v = last_valid_value(seg.values, seg.mask)
+        bootstrap[cut] = last_v[cut]
+        roll = Rollout(
+            tokens=seg.tokens, logprobs=seg.logprobs, regret=seg.regret, values=seg.values, rewards=rewards,
+            mask=seg.mask, ending=seg.ending, bootstrap=bootstrap, failure_step=fail, policy_version=pv,
+            prompts=contexts, group_ids=torch.tensor([s.group for s in rows], dtype=torch.long),
+            task_reward=task_reward, success=success, doomed=doomed,
+            extras={"start": torch.tensor([len(s.tokens) - int(seg.mask[i].sum()) for i, s in enumerate(rows)])},
+        )
+        roll.validate()
+        return roll
+
+    def _whole(self, rows, fin_idx, seg, reward_last, task_reward, success, doomed, fail) -> Rollout:
+        """Finished rows as whole responses from their prompts (values to be recomputed by the trainer)."""
+        n = len(fin_idx)
+        L = max(len(rows[i].tokens) for i in fin_idx)
+        tokens = torch.zeros(n, L, dtype=torch.long)
+        mask = torch.zeros(n, L, dtype=torch.bool)
+        rewards = torch.zeros(n, L)
+        pv = torch.zeros(n, L, dtype=torch.long)
+        for j, i in enumerate(fin_idx):
+            t = rows[i].tokens
+            tokens[j, : len(t)] = torch.as_tensor(t)
+            mask[j, : len(t)] = True
+            pv[j, : len(t)] = torch.as_tensor(rows[i].versions)
+            if t:
+                rewards[j, len(t) - 1] = reward_last[i]
+        zeros = torch.zeros(n, L)
+        idx = torch.as_tensor(fin_idx)
+        return Rollout(
+            tokens=tokens, logprobs=zeros.clone(), regret=zeros.clone(), values=zeros.clone(), rewards=rewards,
+            mask=mask, ending=seg.ending[idx], bootstrap=torch.zeros(n), failure_step=fail[idx],
+            policy_version=pv, prompts=[rows[i].prompt for i in fin_idx],
+            task_reward=task_reward[idx], success=success[idx], doomed=doomed[idx],
+        )

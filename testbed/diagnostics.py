@@ -1,0 +1,66 @@
+"""Per-step diagnostics of stops and credit assignment against simulated ground truth."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from testbed.rollout import Ending, Rollout, last_valid_index
+
+
+def _ratio(num: Tensor, den: Tensor) -> float:
+    return float(num) / float(den) if float(den) > 0 else float("nan")
+
+
+def stop_metrics(rollout: Rollout, max_len: int) -> dict[str, float | list[int]]:
+    """Stop rate and the stop-position histogram over rows that finished this step.
+
+    A stop's position is the response index of the stopped row's last token
+    (``extras['start']`` + segment length - 1, so T-PPO rows count from their first window).
+    """
+    fin = rollout.finished
+    stopped = (rollout.ending == Ending.EARLY_STOP) & fin
+    pos = _stop_positions(rollout)
+    hist = torch.bincount(pos[stopped].clamp(0, max_len - 1), minlength=max_len)
+    return {"stop/rate": _ratio(stopped.sum(), fin.sum()), "stop/step_hist": hist.tolist()}
+
+
+def _stop_positions(rollout: Rollout) -> Tensor:
+    start = rollout.extras.get("start", torch.zeros_like(rollout.ending))
+    return start + last_valid_index(rollout.mask)
+
+
+def detection_metrics(rollout: Rollout) -> dict[str, float]:
+    """Precision, recall, false-stop rate and delay of stops against the planted failures.
+
+    A stop is correct when the row was already doomed: its fatal token is at or before the stop.
+    ``stop/false_stop_rate`` is the share of not-doomed finished rows that were stopped (a false
+    positive rate, not 1 - precision). ``stop/recall`` is the share of doomed finished rows stopped.
+    """
+    fin = rollout.finished
+    stopped = (rollout.ending == Ending.EARLY_STOP) & fin
+    pos = _stop_positions(rollout)
+    f = rollout.failure_step
+    doomed = fin & (f >= 0) & (f <= pos)
+    hit = stopped & doomed
+    delay = (pos - f)[hit].float()
+    return {
+        "stop/precision": _ratio(hit.sum(), stopped.sum()),
+        "stop/recall": _ratio(hit.sum(), doomed.sum()),
+        "stop/false_stop_rate": _ratio((stopped & ~doomed).sum(), (fin & ~doomed).sum()),
+        "stop/delay": float(delay.mean()) if len(delay) else float("nan"),
+        "stats/doomed_rate": _ratio(doomed.sum(), fin.sum()),
+    }
+
+
+def failure_rank(rollout: Rollout, advantages: Tensor) -> float:
+    """How often the fatal token carries its row's most negative advantage (rows whose fatal token is in this segment)."""
+    start = rollout.extras.get("start", torch.zeros_like(rollout.ending))
+    local = rollout.failure_step - start
+    lengths = rollout.mask.sum(-1)
+    rows = (rollout.failure_step >= 0) & (local >= 0) & (local < lengths)
+    if not rows.any():
+        return float("nan")
+    adv = advantages.masked_fill(~rollout.mask, float("inf"))
+    worst = adv.argmin(-1)
+    return float((worst[rows] == local[rows]).float().mean())

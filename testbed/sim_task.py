@@ -1,0 +1,94 @@
+"""Task adapter for the natively vectorised gymnasium token-MDPs (``model.kind: toy``, ``task.kind: sim``).
+
+Slot ``i`` of the task is row ``i`` of one vector env of ``num_slots`` rows. The env is reached by its
+gymnasium id only (the testbed never imports ``envs``): an id without a module prefix is looked up as
+``envs:<id>``, which makes gymnasium import the module that registers it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from testbed.protocols import TaskResult
+
+DEFAULT_ENV_MODULE = "envs"
+
+
+def make_vector_env(env_id: str, num_envs: int, **kwargs):
+    """``gymnasium.make_vec`` with the native vectorised implementation; returns the unwrapped env."""
+    if ":" not in env_id and env_id not in gym.registry:
+        env_id = f"{DEFAULT_ENV_MODULE}:{env_id}"
+    env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
+    env = env.unwrapped
+    for method in ("reset_rows", "step_rows"):
+        if not hasattr(env, method):
+            raise TypeError(f"{env_id}: the vectorised env has no {method}(); the collector needs row-wise stepping")
+    return env
+
+
+class SimTask:
+    """Implements :class:`testbed.protocols.Task` over a planted-failure vector env."""
+
+    def __init__(self, env_id: str, num_slots: int, *, seed: int, env_kwargs: dict | None = None):
+        self.env = make_vector_env(env_id, num_slots, **(env_kwargs or {}))
+        self.env.reset(seed=seed)
+        self.env_id = env_id
+        self.num_slots = num_slots
+        self.vocab_size = int(self.env.vocab_size)
+        self.eos_token_id = int(self.env.eos_id)
+        self.max_len = int(self.env.max_len)
+        self._reward = np.zeros(num_slots)
+        self._success = np.zeros(num_slots, dtype=bool)
+        self._failure = np.full(num_slots, -1, dtype=np.int64)
+        self._doomed = np.zeros(num_slots, dtype=bool)
+        self._problem = np.full(num_slots, -1, dtype=np.int64)
+        self._ended = np.zeros(num_slots, dtype=bool)
+
+    def reset(self, slots: np.ndarray, *, split: str = "train", group_size: int = 1) -> list[list[int]]:
+        # The simulated problems have no held-out split: every problem is drawn from the same set.
+        slots = np.asarray(slots, dtype=np.int64)
+        problems = None
+        if group_size > 1:
+            leaders = self.env.np_random.integers(0, self.env.num_problems, size=len(slots) // group_size)
+            problems = np.repeat(leaders, group_size)
+        prompts = self.env.reset_rows(slots, problems)
+        self._reward[slots] = 0.0
+        self._success[slots] = False
+        self._failure[slots] = -1
+        self._doomed[slots] = False
+        self._ended[slots] = False
+        self._problem[slots] = self.env.problem[slots] if hasattr(self.env, "problem") else -1
+        return [list(map(int, p)) for p in prompts]
+
+    def observe(self, slots: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        slots = np.asarray(slots, dtype=np.int64)
+        live = ~self._ended[slots]
+        s, a = slots[live], np.asarray(tokens)[live]
+        if len(s):
+            reward, terminated, truncated, info = self.env.step_rows(s, a)
+            self._reward[s] += reward
+            self._success[s] = info["success"]
+            self._failure[s] = info["failure_step"]
+            self._doomed[s] = info["doomed"]
+            self._ended[s] = terminated | truncated
+        return self._failure[slots].copy()
+
+    def finish(self, slots: np.ndarray, responses: list[list[int]]) -> TaskResult:
+        slots = np.asarray(slots, dtype=np.int64)
+        return TaskResult(
+            reward=self._reward[slots].copy(),
+            success=self._success[slots].copy(),
+            failure_step=self._failure[slots].copy(),
+            doomed=self._doomed[slots].copy(),
+        )
+
+    def describe(self, slot: int) -> dict[str, Any]:
+        return {"env": self.env_id, "problem": int(self._problem[slot])}
+
+
+def make_task(task_cfg, model_cfg, *, num_slots: int, seed: int) -> SimTask:
+    """Entry point named by ``task.kind: sim``."""
+    return SimTask(task_cfg.env_id, num_slots, seed=seed, env_kwargs=task_cfg.env_kwargs)

@@ -1,0 +1,292 @@
+"""Stop rules: decide, at each decoding step, which active rows to stop now.
+
+A rule sees only the active rows of the decoding batch (:class:`StopContext`), keeps its per-row
+state indexed by *slot* (the row's place in the batch, stable across T-PPO windows), and returns a
+``(b,)`` bool of rows to stop; the sampled token is kept as the stopped row's last token.
+
+Every rule is built the same way, ``RULES.get(name)(cfg, num_slots=..., seed=...)``, so the trainer
+never branches on a rule's name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from testbed.config import StopSection
+from testbed.registry import Registry
+
+
+@dataclass
+class StopContext:
+    """One decoding step, active rows only (``b`` of them)."""
+
+    slots: Tensor
+    """(b,) long: slot of each active row (index into the rule's per-row state)."""
+    positions: Tensor
+    """(b,) long: response index of the token just sampled (0 for the first response token)."""
+    logits: Tensor
+    """(b, V) float: raw logits the token was sampled from."""
+    tokens: Tensor
+    """(b,) long: the sampled tokens."""
+    regret: Tensor
+    """(b,) float: g_t of the sampled token under the sampling distribution."""
+    values: Tensor | None
+    """(b,) float: V(s_t) of the state the token was sampled in; None on steps the critic skipped."""
+    failure_step: Tensor
+    """(b,) long: ground-truth fatal-token index known so far (-1 none; simulation only)."""
+    train_step: int
+    """The training step whose rollout this is."""
+
+
+class RegretNormalizer:
+    """Exponential moving mean and variance of regret over earlier training batches.
+
+    ``update`` is called once per training batch, after its rollout; between updates the statistics
+    are frozen, so a decision never depends on tokens of its own batch.
+    """
+
+    def __init__(self, beta: float = 0.9):
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"ema_beta must be in [0, 1), got {beta}")
+        self.beta = beta
+        self.mean: float | None = None
+        self.var: float | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.mean is not None
+
+    def update(self, regret: Tensor, mask: Tensor) -> None:
+        """Fold one batch's valid regrets (``(B, T)`` with bool ``mask``) into the statistics."""
+        g = regret[mask].double()
+        if g.numel() == 0:
+            return
+        m, v = g.mean().item(), g.var(unbiased=False).item()
+        if self.mean is None:
+            self.mean, self.var = m, v
+        else:
+            b = self.beta
+            self.mean = b * self.mean + (1 - b) * m
+            self.var = b * self.var + (1 - b) * v
+
+    def normalize(self, regret: Tensor) -> Tensor:
+        if self.mean is None:
+            raise RuntimeError("RegretNormalizer has no statistics yet; call update() first")
+        return (regret - self.mean) / (math.sqrt(self.var) + 1e-6)
+
+    def state_dict(self) -> dict:
+        return {"beta": self.beta, "mean": self.mean, "var": self.var}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.beta, self.mean, self.var = state["beta"], state["mean"], state["var"]
+
+
+class StopRule:
+    """Base class: no stops. Subclasses override :meth:`decide`."""
+
+    def __init__(self, cfg: StopSection, *, num_slots: int, seed: int = 0):
+        self.cfg = cfg
+        self.num_slots = num_slots
+        self.seed = seed
+
+    def reset(self, slots: Tensor, train_step: int) -> None:
+        """New rows were placed in ``slots``: forget their per-row state."""
+
+    def __call__(self, ctx: StopContext) -> Tensor:
+        stop = self.decide(ctx)
+        # Never stop before min_tokens response tokens, nor during warm-up steps.
+        allowed = (ctx.positions + 1) >= self.cfg.min_tokens
+        if ctx.train_step < self.cfg.warmup_steps:
+            allowed = torch.zeros_like(allowed)
+        return stop & allowed
+
+    def decide(self, ctx: StopContext) -> Tensor:
+        return torch.zeros_like(ctx.tokens, dtype=torch.bool)
+
+    def update(self, regret: Tensor, mask: Tensor) -> None:
+        """Called once per training batch after its rollout (``(B, T)`` regret and mask)."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+RULES: Registry[type[StopRule]] = Registry("stop rule")
+RULES.register("none")(StopRule)
+
+
+def success_probability(values: Tensor, cfg: StopSection) -> Tensor:
+    """p_t = clip((V - r_fail) / (r_success - r_fail), 0, 1)."""
+    span = cfg.r_success - cfg.r_fail
+    if span <= 0:
+        raise ValueError("stop.r_success must exceed stop.r_fail")
+    return ((values - cfg.r_fail) / span).clamp(0.0, 1.0)
+
+
+@RULES.register("espo")
+class ESPORule(StopRule):
+    """ESPO: accumulated normalised regret against a value-gated threshold (DESIGN.md, steps 1-5)."""
+
+    use_regret = True
+    use_value = True
+
+    def __init__(self, cfg: StopSection, *, num_slots: int, seed: int = 0):
+        super().__init__(cfg, num_slots=num_slots, seed=seed)
+        self.normalizer = RegretNormalizer(cfg.ema_beta)
+        self.score = torch.zeros(num_slots, dtype=torch.float64)
+
+    def reset(self, slots: Tensor, train_step: int) -> None:
+        self.score[slots] = 0.0
+
+    def accumulate(self, ctx: StopContext) -> Tensor:
+        """Advance S for the active rows and return it (b,)."""
+        z = self.normalizer.normalize(ctx.regret.double().cpu())
+        s = self.score[ctx.slots.cpu()]
+        kind = self.cfg.accumulate
+        if kind == "cusum":
+            s = (s + z - self.cfg.kappa).clamp(min=0.0)
+        elif kind == "sum":
+            s = s + (z - self.cfg.kappa).clamp(min=0.0)
+        else:  # "ema": smoothing within the row
+            s = (1 - self.cfg.alpha) * s + self.cfg.alpha * z
+        self.score[ctx.slots.cpu()] = s
+        return s
+
+    def decide(self, ctx: StopContext) -> Tensor:
+        no = torch.zeros_like(ctx.tokens, dtype=torch.bool)
+        if not self.normalizer.ready:
+            return no  # no statistics before the first update: nothing stops
+        s = self.accumulate(ctx) if self.use_regret else None
+        if ctx.values is None:
+            return no  # the critic skipped this step; regret still accumulated above
+        p = success_probability(ctx.values.double().cpu(), self.cfg)
+        c = self.cfg
+        if not self.use_value:
+            stop = s > c.tau + c.tau_min  # value gate removed: threshold as if p_t = 1
+        elif not self.use_regret:
+            stop = p < c.rho
+        elif c.gate == "scaled":
+            stop = s > c.tau * p + c.tau_min
+        else:  # "and"
+            stop = (s > c.tau) & (p < c.rho)
+        return stop.to(ctx.tokens.device)
+
+    def update(self, regret: Tensor, mask: Tensor) -> None:
+        self.normalizer.update(regret.detach().cpu(), mask.cpu())
+
+    def state_dict(self) -> dict:
+        return {"normalizer": self.normalizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.normalizer.load_state_dict(state["normalizer"])
+
+
+@RULES.register("regret_only")
+class RegretOnlyRule(ESPORule):
+    """Ablation: accumulated regret alone, threshold ``tau + tau_min`` (the gate as if p_t = 1)."""
+
+    use_value = False
+
+
+@RULES.register("value_only")
+class ValueOnlyRule(ESPORule):
+    """Ablation: stop when the critic's success probability p_t drops below ``rho``.
+
+    Needs the normaliser only to share ESPO's warm-up behaviour (no stops before the first update).
+    """
+
+    use_regret = False
+
+
+@dataclass(frozen=True)
+class StopSchedule:
+    """Per training step: the fraction of rows stopped and the histogram of stop positions."""
+
+    rates: list[float]
+    histograms: list[list[float]]
+
+    def at(self, step: int) -> tuple[float, np.ndarray]:
+        if not self.rates:
+            return 0.0, np.zeros(1)
+        k = min(step, len(self.rates) - 1)
+        return self.rates[k], np.asarray(self.histograms[k], dtype=float)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path) -> "StopSchedule":
+        """Read ``stop/rate`` and ``stop/step_hist`` from a reference run's ``metrics.jsonl``."""
+        path = Path(run_dir) / "metrics.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"stop.reference_run: no metrics.jsonl in {run_dir}")
+        rates, hists = [], []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                rates.append(float(rec["stop/rate"]))
+                hists.append(list(rec.get("stop/step_hist", [])))
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{n}: cannot read stop/rate and stop/step_hist ({e})") from None
+        return cls(rates, hists)
+
+
+@RULES.register("random")
+class RandomRule(StopRule):
+    """Random truncation matched to a reference ESPO run, step by step.
+
+    At ``reset`` each new row is marked for stopping with the reference's stop rate at this training
+    step, at a position drawn from the reference's stop-position histogram at this step. A marked row
+    that ends on its own first is not stopped, exactly as an ESPO stop could not happen after the end.
+    """
+
+    def __init__(self, cfg: StopSection, *, num_slots: int, seed: int = 0, schedule: StopSchedule | None = None):
+        super().__init__(cfg, num_slots=num_slots, seed=seed)
+        if schedule is None:
+            if not cfg.reference_run:
+                raise ValueError("stop.reference_run: the random rule needs a reference ESPO run directory")
+            schedule = StopSchedule.from_run(cfg.reference_run)
+        self.schedule = schedule
+        self.rng = np.random.default_rng(seed + 7919)
+        self.stop_at = torch.full((num_slots,), -1, dtype=torch.long)
+
+    def reset(self, slots: Tensor, train_step: int) -> None:
+        rate, hist = self.schedule.at(train_step)
+        n = len(slots)
+        marked = self.rng.random(n) < rate
+        if hist.sum() > 0:
+            pos = self.rng.choice(len(hist), size=n, p=hist / hist.sum())
+        else:
+            pos = np.zeros(n, dtype=int)
+        self.stop_at[slots.cpu()] = torch.as_tensor(np.where(marked, pos, -1), dtype=torch.long)
+
+    def decide(self, ctx: StopContext) -> Tensor:
+        at = self.stop_at[ctx.slots.cpu()].to(ctx.positions.device)
+        return (at >= 0) & (ctx.positions >= at)
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+
+
+@RULES.register("oracle")
+class OracleRule(StopRule):
+    """Privileged (simulation only): stop ``delay`` tokens after the planted fatal token."""
+
+    def decide(self, ctx: StopContext) -> Tensor:
+        f = ctx.failure_step
+        return (f >= 0) & (ctx.positions >= f + self.cfg.delay)
+
+
+def make_stop_rule(cfg: StopSection, *, num_slots: int, seed: int = 0) -> StopRule:
+    return RULES.get(cfg.rule)(cfg, num_slots=num_slots, seed=seed)

@@ -1,0 +1,132 @@
+"""A small GRU policy and GRU critic over token prefixes: the backend used on simulated envs.
+
+It implements :class:`testbed.protocols.Backend` exactly like the transformers backend, so the
+collector and trainer are written once. The recurrent state plays the role of the KV cache.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from testbed.protocols import StepOutput
+
+
+class GRUTrunk(nn.Module):
+    """Embedding + one-layer GRU; ``out_dim`` outputs per position (logits, or 1 for a value)."""
+
+    def __init__(self, vocab_size: int, embed_size: int, hidden_size: int, out_dim: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embed_size)
+        self.gru = nn.GRU(embed_size, hidden_size, batch_first=True)
+        self.head = nn.Linear(hidden_size, out_dim)
+
+    def encode(self, seqs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Run right-padded ``seqs`` (B, L); return per-position hidden (B, L, H) and the state after each row's last token (B, H)."""
+        out, _ = self.gru(self.embed(seqs))
+        last = out[torch.arange(len(seqs)), lengths - 1]
+        return out, last
+
+    def step(self, tokens: Tensor, h: Tensor) -> Tensor:
+        """Feed one token per row (b,) to state ``h`` (b, H); return the new state."""
+        _, h_new = self.gru(self.embed(tokens).unsqueeze(1), h.unsqueeze(0))
+        return h_new.squeeze(0)
+
+
+def _pad(prompts: Sequence[Sequence[int]], tokens: Tensor | None = None, mask: Tensor | None = None):
+    """Right-pad prompt (+ response) rows into one (B, L) tensor; returns it and the prompt lengths."""
+    B = len(prompts)
+    plen = torch.tensor([len(p) for p in prompts], dtype=torch.long)
+    if (plen == 0).any():
+        raise ValueError("every prompt needs at least one token")
+    T = 0 if tokens is None else tokens.shape[1]
+    seqs = torch.zeros(B, int(plen.max()) + T, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        seqs[i, : len(p)] = torch.as_tensor(list(p), dtype=torch.long)
+    if tokens is not None:
+        # Response token t of row i sits at column plen_i + t; pads beyond the mask stay harmless
+        # because right padding never feeds into earlier positions of a causal GRU.
+        cols = plen.unsqueeze(1) + torch.arange(T)
+        seqs.scatter_(1, cols, torch.where(mask, tokens, torch.zeros_like(tokens)).long())
+    return seqs, plen
+
+
+class ToyBackend(nn.Module):
+    """GRU policy + separate GRU critic. Decoding keeps one hidden state per active row."""
+
+    def __init__(self, vocab_size: int, eos_token_id: int, *, embed_size: int = 32, hidden_size: int = 64, seed: int = 0):
+        super().__init__()
+        g = torch.random.fork_rng()
+        with g:
+            torch.manual_seed(seed)
+            self.policy = GRUTrunk(vocab_size, embed_size, hidden_size, vocab_size)
+            self.critic = GRUTrunk(vocab_size, embed_size, hidden_size, 1)
+            nn.init.zeros_(self.critic.head.weight)
+            nn.init.zeros_(self.critic.head.bias)
+        self.vocab_size = vocab_size
+        self.eos_token_id = eos_token_id
+        self.device = torch.device("cpu")
+        self._hp: Tensor | None = None
+        self._hc: Tensor | None = None
+
+    # --- decoding -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def begin(self, prompts: Sequence[Sequence[int]]) -> None:
+        seqs, plen = _pad(prompts)
+        _, self._hp = self.policy.encode(seqs, plen)
+        _, self._hc = self.critic.encode(seqs, plen)
+
+    @torch.no_grad()
+    def step(self, *, with_values: bool = True) -> StepOutput:
+        logits = self.policy.head(self._hp).float()
+        values = self.critic.head(self._hc).squeeze(-1).float() if with_values else None
+        return StepOutput(logits=logits, values=values)
+
+    @torch.no_grad()
+    def advance(self, tokens: Tensor, keep: Tensor) -> None:
+        keep = keep.to(torch.bool)
+        tokens, hp, hc = tokens[keep], self._hp[keep], self._hc[keep]
+        if len(tokens):
+            hp, hc = self.policy.step(tokens, hp), self.critic.step(tokens, hc)
+        self._hp, self._hc = hp, hc
+
+    # --- training -------------------------------------------------------------------------------
+    def _response_outputs(self, trunk: GRUTrunk, prompts, tokens: Tensor, mask: Tensor) -> Tensor:
+        """Head outputs at the state before each response token: (B, T, out_dim)."""
+        seqs, plen = _pad(prompts, tokens, mask)
+        hidden, _ = trunk.encode(seqs, plen)
+        T = tokens.shape[1]
+        idx = (plen.unsqueeze(1) - 1 + torch.arange(T)).clamp(max=seqs.shape[1] - 1)
+        h = hidden.gather(1, idx.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        return trunk.head(h)
+
+    def policy_forward(self, prompts, tokens: Tensor, mask: Tensor, *, temperature: float) -> tuple[Tensor, Tensor]:
+        logits = self._response_outputs(self.policy, prompts, tokens, mask).float() / temperature
+        logp_all = torch.log_softmax(logits, dim=-1)
+        logp = logp_all.gather(-1, tokens.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        zero = torch.zeros_like(logp)
+        return torch.where(mask, logp, zero), torch.where(mask, entropy, zero)
+
+    def critic_forward(self, prompts, tokens: Tensor, mask: Tensor) -> Tensor:
+        v = self._response_outputs(self.critic, prompts, tokens, mask).squeeze(-1).float()
+        return torch.where(mask, v, torch.zeros_like(v))
+
+    def policy_parameters(self) -> Iterable[nn.Parameter]:
+        return self.policy.parameters()
+
+    def critic_parameters(self) -> Iterable[nn.Parameter]:
+        return self.critic.parameters()
+
+
+def make_backend(model_cfg, task, *, seed: int) -> ToyBackend:
+    """Entry point named by ``model.kind: toy``."""
+    return ToyBackend(
+        task.vocab_size,
+        task.eos_token_id,
+        embed_size=model_cfg.embed_size,
+        hidden_size=model_cfg.hidden_size,
+        seed=seed,
+    )

@@ -1,0 +1,365 @@
+"""The training loop, top to bottom like the paper's pseudocode.
+
+    collect -> advantages -> epochs of minibatch updates (actor, critic) -> update the regret
+    normaliser -> log -> checkpoint
+
+Task and backend are reached through string entry points (``task.kind``, ``model.kind``), so this
+module never imports ``envs`` or ``llm_backend``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from testbed import config as config_mod
+from testbed.advantages import ESTIMATORS, AdvantageParams, loss_mask, mc_returns
+from testbed.collector import SamplePool, StepBatch
+from testbed.config import Config
+from testbed.diagnostics import detection_metrics, failure_rank, stop_metrics
+from testbed.losses import entropy_bonus, explained_variance, kl_penalty, ppo_policy_loss, value_loss
+from testbed.masked import masked_mean, masked_whiten as whiten
+from testbed.metrics import MetricsLogger
+from testbed.rollout import Ending, Rollout
+from testbed.stopping import make_stop_rule
+
+TASK_ENTRY_POINTS = {"sim": "testbed.sim_task:make_task", "math": "llm_backend.task:make_task"}
+BACKEND_ENTRY_POINTS = {"toy": "testbed.toy:make_backend", "hf": "llm_backend.backend:make_backend"}
+
+
+def load_entry_point(spec: str) -> Callable:
+    """``'package.module:function'`` -> the function."""
+    module, _, name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as e:
+        hint = " (install the LLM extra: pip install -e '.[llm]')" if module.startswith("llm_backend") else ""
+        raise ModuleNotFoundError(f"cannot load {spec}: {e}{hint}") from e
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _atomic_save_tensors(tensors: dict[str, Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def _atomic_save_torch(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """One training run in ``run.out_dir/run.name``; resumes from the run's last checkpoint."""
+
+    def __init__(self, cfg: Config, run_dir: str | Path | None = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir) if run_dir else Path(cfg.run.out_dir) / cfg.run.name
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        seed_everything(cfg.run.seed)
+        B = cfg.rollout.batch_size
+        self.task = load_entry_point(TASK_ENTRY_POINTS[cfg.task.kind])(cfg.task, cfg.model, num_slots=B, seed=cfg.run.seed)
+        self.backend = load_entry_point(BACKEND_ENTRY_POINTS[cfg.model.kind])(cfg.model, self.task, seed=cfg.run.seed)
+        self.rule = make_stop_rule(cfg.stop, num_slots=B, seed=cfg.run.seed)
+        self.pool = SamplePool(self.task, self.rule, cfg, seed=cfg.run.seed)
+        self.estimator = ESTIMATORS.get(cfg.algo.estimator)
+        self.adv_params = AdvantageParams.from_config(cfg.algo, cfg.rollout)
+        self.opt_actor = torch.optim.Adam(self.backend.policy_parameters(), lr=cfg.algo.lr_actor)
+        self.opt_critic = torch.optim.Adam(self.backend.critic_parameters(), lr=cfg.algo.lr_critic)
+        self.shuffle = torch.Generator().manual_seed(cfg.run.seed + 1)
+        self.logger = MetricsLogger(self.run_dir / "metrics.jsonl")
+        self.step = 0
+        self.cumulative_tokens = 0
+        self.started = time.perf_counter()
+        (self.run_dir / "config.yaml").write_text(config_mod.dump(cfg))
+        self._resume()
+
+    # --- the loop -------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        c = self.cfg
+        bar = tqdm(total=c.run.steps, initial=self.step, desc=c.run.name, disable=not c.run.progress, leave=False)
+        while self.step < c.run.steps:
+            batch = self.pool.collect(self.backend, self.step)  # collect
+            adv = self.estimator(batch.rollout, self.adv_params)  # advantages
+            actor = self.update_actor(batch.rollout, adv.advantages)  # epochs of minibatch updates
+            critic = self.update_critic(batch, adv.returns)
+            self.rule.update(batch.rollout.regret, batch.rollout.mask)  # regret normaliser, once per batch
+            record = self.record(batch, adv.advantages, actor, critic)
+            self.logger.log(record)
+            self.step += 1
+            if self.step % c.run.checkpoint_every == 0 or self.step == c.run.steps:
+                self.save_checkpoint()
+            bar.update(1)
+            bar.set_postfix(success=f"{record['success/rate']:.2f}", stop=f"{record['stop/rate']:.2f}")
+        bar.close()
+        return self.write_summary()
+
+    # --- updates --------------------------------------------------------------------------------
+    def policy_mask(self, rollout: Rollout) -> Tensor:
+        """Tokens the policy trains on: valid, trainable rows, minus T-PPO's ignored tail, minus filtered groups."""
+        c = self.cfg
+        m = loss_mask(rollout, c.rollout.length_cap)
+        k = c.tppo.ignore_last_k
+        if c.tppo.enabled and k > 0:
+            # Drop the last k tokens of rows cut by the window (k = 0 drops none: no x[-0:] slicing).
+            lengths = rollout.mask.sum(-1, keepdim=True)
+            pos = torch.arange(rollout.mask.shape[1]).unsqueeze(0)
+            tail = (pos >= lengths - k) & (rollout.ending == Ending.WINDOW_CUT).unsqueeze(1)
+            m = m & ~tail
+        if c.algo.dynamic_sampling and rollout.group_ids is not None:
+            m = m & _informative_groups(rollout).unsqueeze(1)
+        return m
+
+    def _minibatches(self, n: int):
+        mb = self.cfg.algo.minibatch_size
+        for _ in range(self.cfg.algo.epochs):
+            perm = torch.randperm(n, generator=self.shuffle)
+            for i in range(0, n, mb):
+                yield perm[i : i + mb]
+
+    def update_actor(self, rollout: Rollout, advantages: Tensor) -> dict[str, float]:
+        c, a = self.cfg, self.cfg.algo
+        t0 = time.perf_counter()
+        mask = self.policy_mask(rollout)
+        if a.normalize_advantages:
+            advantages = whiten(advantages, mask)
+        dev = self.backend.device
+        sums: dict[str, float] = {}
+        count = 0
+        for idx in self._minibatches(rollout.batch_size):
+            m = mask[idx]
+            if not m.any():
+                continue
+            prompts = [rollout.prompts[i] for i in idx.tolist()]
+            logp, ent = self.backend.policy_forward(prompts, rollout.tokens[idx].to(dev), rollout.mask[idx].to(dev),
+                                                    temperature=c.rollout.temperature)
+            logp, ent = logp.float().cpu(), ent.float().cpu()
+            loss, met = ppo_policy_loss(logp, rollout.logprobs[idx], advantages[idx], m, clip_low=a.clip_low,
+                                        clip_high=a.clip_high, agg=a.agg, dual_clip=a.dual_clip)
+            if a.entropy_coef:
+                l_ent, m_ent = entropy_bonus(ent, m, agg=a.agg)
+                loss = loss + a.entropy_coef * l_ent
+                met = {**met, **m_ent}
+            else:
+                met = {**met, "entropy": masked_mean(ent.detach(), m)}
+            if a.kl_coef:
+                ref = self.backend.reference_forward(prompts, rollout.tokens[idx].to(dev), rollout.mask[idx].to(dev),
+                                                     temperature=c.rollout.temperature).float().cpu()
+                l_kl, m_kl = kl_penalty(logp, ref, m, kind=a.kl_type, agg=a.agg)
+                loss = loss + a.kl_coef * l_kl
+                met = {**met, **m_kl}
+            self.opt_actor.zero_grad(set_to_none=True)
+            loss.backward()
+            gn = torch.nn.utils.clip_grad_norm_(list(self.backend.policy_parameters()), a.max_grad_norm)
+            self.opt_actor.step()
+            met = {"loss/policy": loss.detach(), "actor/grad_norm": gn, **{f"actor/{k}": v for k, v in met.items()}}
+            for k, v in met.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            count += 1
+        out = {k: v / count for k, v in sums.items()} if count else {"loss/policy": float("nan")}
+        out["time/actor"] = time.perf_counter() - t0
+        return out
+
+    def critic_data(self, batch: StepBatch, returns: Tensor) -> tuple[Rollout, Tensor, Tensor] | None:
+        """(rows, returns, old values) for the value loss.
+
+        PPO: this step's rows with the estimator's returns. T-PPO: the rows that finished this step,
+        whole responses, Monte-Carlo returns, and old values recomputed with the current critic.
+        """
+        if not self.cfg.tppo.enabled:
+            r = batch.rollout
+            return r, returns, r.values
+        r = batch.finished
+        if r is None:
+            return None
+        ret = mc_returns(r.rewards, r.mask, gamma=self.cfg.algo.gamma)
+        with torch.no_grad():
+            dev = self.backend.device
+            old = self.backend.critic_forward(r.prompts, r.tokens.to(dev), r.mask.to(dev)).float().cpu()
+        return r, ret, old
+
+    def update_critic(self, batch: StepBatch, returns: Tensor) -> dict[str, float]:
+        a = self.cfg.algo
+        t0 = time.perf_counter()
+        data = self.critic_data(batch, returns)
+        out: dict[str, float] = {"loss/value": float("nan"), "critic/explained_variance": float("nan")}
+        if data is not None:
+            rows, ret, old = data
+            mask = loss_mask(rows, self.cfg.rollout.length_cap)
+            out["critic/explained_variance"] = float(explained_variance(old, ret, mask))
+            dev = self.backend.device
+            sums: dict[str, float] = {}
+            count = 0
+            for idx in self._minibatches(rows.batch_size):
+                m = mask[idx]
+                if not m.any():
+                    continue
+                v = self.backend.critic_forward([rows.prompts[i] for i in idx.tolist()], rows.tokens[idx].to(dev),
+                                                rows.mask[idx].to(dev)).float().cpu()
+                loss, met = value_loss(v, old[idx], ret[idx], m, clip=a.value_clip, agg=a.agg)
+                self.opt_critic.zero_grad(set_to_none=True)
+                (a.value_coef * loss).backward()
+                gn = torch.nn.utils.clip_grad_norm_(list(self.backend.critic_parameters()), a.max_grad_norm)
+                self.opt_critic.step()
+                for k, val in {"loss/value": loss.detach(), "critic/grad_norm": gn,
+                               **{f"critic/{k}": x for k, x in met.items()}}.items():
+                    sums[k] = sums.get(k, 0.0) + float(val)
+                count += 1
+            if count:
+                out.update({k: s / count for k, s in sums.items()})
+        out["time/critic"] = time.perf_counter() - t0
+        return out
+
+    # --- logging --------------------------------------------------------------------------------
+    def record(self, batch: StepBatch, advantages: Tensor, actor: dict, critic: dict) -> dict[str, Any]:
+        r = batch.rollout
+        fin = r.finished
+        generated = int(r.mask.sum())
+        self.cumulative_tokens += generated
+        final_reward = r.rewards.sum(-1)
+        rec: dict[str, Any] = {
+            "step": self.step,
+            "tokens/generated": generated,
+            "tokens/cumulative": self.cumulative_tokens,
+            "reward/mean": float(final_reward[fin].mean()) if fin.any() else float("nan"),
+            "reward/task_mean": float(r.task_reward[fin].mean()) if fin.any() else float("nan"),
+            "success/rate": float(r.success[fin].float().mean()) if fin.any() else float("nan"),
+            "length/mean": float((r.extras["start"] + r.lengths)[fin].float().mean()) if fin.any() else float("nan"),
+            "length/max": int((r.extras["start"] + r.lengths)[fin].max()) if fin.any() else 0,
+            "ending/eos": float((r.ending == Ending.EOS).float().mean()),
+            "ending/length_cap": float((r.ending == Ending.LENGTH_CAP).float().mean()),
+            "ending/window_cut": float((r.ending == Ending.WINDOW_CUT).float().mean()),
+            "regret/mean": float(masked_mean(r.regret, r.mask)),
+            "time/wall": time.perf_counter() - self.started,
+        }
+        rec.update(stop_metrics(r, self.cfg.rollout.max_len))
+        if self.cfg.task.kind == "sim":
+            rec.update(detection_metrics(r))
+            rec["credit/failure_rank"] = failure_rank(r, advantages)
+        rec.update(batch.stats)
+        rec.update(actor)
+        rec.update(critic)
+        return rec
+
+    def write_summary(self) -> dict[str, Any]:
+        from testbed.metrics import read_metrics
+
+        recs = read_metrics(self.run_dir / "metrics.jsonl")
+        tail = recs[-max(1, len(recs) // 10):] if recs else []
+
+        def avg(key):
+            xs = [x[key] for x in tail if x.get(key) is not None]
+            return float(np.mean(xs)) if xs else None
+
+        summary = {
+            "name": self.cfg.run.name,
+            "steps": len(recs),
+            "complete": len(recs) >= self.cfg.run.steps,
+            "tokens/cumulative": recs[-1]["tokens/cumulative"] if recs else 0,
+            "final/success_rate": avg("success/rate"),
+            "final/reward_mean": avg("reward/mean"),
+            "final/stop_rate": avg("stop/rate"),
+            "time/total": sum((x.get("time/gen") or 0) + (x.get("time/actor") or 0) + (x.get("time/critic") or 0) for x in recs),
+        }
+        tmp = self.run_dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, self.run_dir / "summary.json")
+        return summary
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        """Weights as safetensors, optimiser and loop state via torch.save; each written atomically."""
+        ck = self.run_dir / "checkpoints"
+        _atomic_save_tensors(self.backend.state_dict(), ck / "model.safetensors")
+        state = {
+            "step": self.step,
+            "cumulative_tokens": self.cumulative_tokens,
+            "opt_actor": self.opt_actor.state_dict(),
+            "opt_critic": self.opt_critic.state_dict(),
+            "pool_rng": self.pool.generator.get_state(),
+            "shuffle_rng": self.shuffle.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "rule": json.dumps(self.rule.state_dict()),
+            "task_rng": json.dumps(_task_rng_state(self.task)),
+        }
+        _atomic_save_torch(state, ck / "trainer_state.pt")
+        # The marker is written last: a checkpoint counts only once both files are complete.
+        (ck / "latest.json.tmp").write_text(json.dumps({"step": self.step}))
+        os.replace(ck / "latest.json.tmp", ck / "latest.json")
+        return ck
+
+    def _resume(self) -> None:
+        ck = self.run_dir / "checkpoints"
+        if not (ck / "latest.json").exists():
+            self.logger.truncate_after(-1)
+            return
+        from safetensors.torch import load_file
+
+        self.backend.load_state_dict(load_file(str(ck / "model.safetensors")))
+        state = torch.load(ck / "trainer_state.pt", weights_only=True)
+        self.step = int(state["step"])
+        self.cumulative_tokens = int(state["cumulative_tokens"])
+        self.opt_actor.load_state_dict(state["opt_actor"])
+        self.opt_critic.load_state_dict(state["opt_critic"])
+        self.pool.generator.set_state(state["pool_rng"])
+        self.shuffle.set_state(state["shuffle_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        self.rule.load_state_dict(json.loads(state["rule"]))
+        _set_task_rng_state(self.task, json.loads(state["task_rng"]))
+        # Carried T-PPO rows are not checkpointed: the resumed run starts with a fresh pool.
+        self.logger.truncate_after(self.step - 1)
+
+
+def _task_rng_state(task) -> Any:
+    env = getattr(task, "env", None)
+    if env is not None and hasattr(env, "np_random"):
+        return env.np_random.bit_generator.state
+    return task.rng_state() if hasattr(task, "rng_state") else None
+
+
+def _set_task_rng_state(task, state) -> None:
+    if state is None:
+        return
+    env = getattr(task, "env", None)
+    if env is not None and hasattr(env, "np_random"):
+        env.np_random.bit_generator.state = state
+    elif hasattr(task, "set_rng_state"):
+        task.set_rng_state(state)
+
+
+def _informative_groups(rollout: Rollout) -> Tensor:
+    """(B,) bool: rows whose group's rewards are not all equal (DAPO dynamic sampling filter)."""
+    score = rollout.rewards.sum(-1)
+    g = rollout.group_ids
+    out = torch.zeros_like(g, dtype=torch.bool)
+    for gid in g.unique():
+        rows = g == gid
+        out[rows] = bool(score[rows].max() > score[rows].min())
+    return out
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    """Train one run to completion (resuming if its directory holds a checkpoint)."""
+    return Trainer(cfg).train()

@@ -1,0 +1,44 @@
+"""DESIGN.md's import table, enforced by walking every module's imports."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FORBIDDEN = {
+    "testbed": {"envs", "llm_backend", "analysis"},
+    "envs": {"torch", "testbed", "llm_backend", "analysis"},
+    "llm_backend": {"envs", "analysis"},
+    "analysis": {"llm_backend", "envs", "torch"},
+}
+# analysis may import the torch-free module that names logged fields, nothing else of testbed's.
+ANALYSIS_ALLOWED_TESTBED = {"testbed.metrics"}
+
+
+def imports_of(path: Path):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name, node.lineno
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module, node.lineno
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_package_imports_respect_design(package):
+    bad = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for name, line in imports_of(path):
+            top = name.split(".")[0]
+            if top in FORBIDDEN[package]:
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
+            if package == "analysis" and top == "testbed" and name not in ANALYSIS_ALLOWED_TESTBED:
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports {name} (only {ANALYSIS_ALLOWED_TESTBED})")
+    assert not bad, "\n".join(bad)
+
+
+def test_metrics_module_is_torch_free():
+    names = {n.split(".")[0] for n, _ in imports_of(ROOT / "testbed" / "metrics.py")}
+    assert "torch" not in names and "numpy" not in names

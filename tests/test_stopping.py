@@ -1,0 +1,168 @@
+"""Stop rules: ESPO's definition, causality, the normaliser's freezing, gates, ablations, baselines."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from testbed.config import StopSection
+from testbed.stopping import (RULES, RandomRule, RegretNormalizer, StopContext, StopSchedule, make_stop_rule,
+                              success_probability)
+
+
+def ctx(regret, values=None, *, slots=None, positions=None, step=10, failure=None):
+    regret = torch.as_tensor(regret, dtype=torch.float32)
+    b = len(regret)
+    return StopContext(
+        slots=torch.arange(b) if slots is None else torch.as_tensor(slots),
+        positions=torch.full((b,), 5) if positions is None else torch.as_tensor(positions),
+        logits=torch.zeros(b, 4), tokens=torch.zeros(b, dtype=torch.long), regret=regret,
+        values=None if values is None else torch.as_tensor(values, dtype=torch.float32),
+        failure_step=torch.full((b,), -1) if failure is None else torch.as_tensor(failure), train_step=step)
+
+
+def espo(**kw):
+    cfg = StopSection(rule="espo", warmup_steps=0, min_tokens=1, **kw)
+    rule = make_stop_rule(cfg, num_slots=4)
+    # statistics: mean 1, std 1
+    rule.update(torch.tensor([[0.0, 2.0, 0.0, 2.0]]), torch.ones(1, 4, dtype=torch.bool))
+    return rule
+
+
+def test_registry_lists_all_rules_and_rejects_unknown():
+    assert set(RULES.names()) == {"none", "espo", "regret_only", "value_only", "random", "oracle"}
+    with pytest.raises(KeyError, match="valid names"):
+        RULES.get("espo2")
+
+
+def test_nothing_stops_before_the_first_update():
+    rule = make_stop_rule(StopSection(rule="espo", warmup_steps=0, min_tokens=1, tau=0, tau_min=0), num_slots=2)
+    assert not rule(ctx([100.0, 100.0], [0.0, 0.0])).any()
+
+
+def test_infinite_threshold_never_stops():
+    rule = espo(tau=float("inf"))
+    for _ in range(20):
+        assert not rule(ctx([50.0] * 4, [0.0] * 4)).any()
+
+
+def test_spike_on_low_value_row_stops_and_on_high_value_row_does_not():
+    # z = (10 - 1) / 1 = 9; cusum S = 9 - 0.5 = 8.5; scaled threshold tau*p + tau_min.
+    rule = espo(tau=8.0, tau_min=1.0, kappa=0.5)
+    stop = rule(ctx([10.0, 10.0], [0.05, 0.95]))
+    assert stop.tolist() == [True, False]
+
+
+def test_cusum_accumulates_and_resets_per_slot():
+    rule = espo(tau=0.0, tau_min=3.0, kappa=0.5)
+    # z = 1.5 per token -> S grows by 1.0: 1, 2, 3, 4 -> stops when S > 3 (4th token)
+    fired = [bool(rule(ctx([2.5], [0.0]))[0]) for _ in range(4)]
+    assert fired == [False, False, False, True]
+    rule.reset(torch.tensor([0]), train_step=10)
+    assert not rule(ctx([2.5], [0.0]))[0]
+
+
+def test_and_gate():
+    rule = espo(gate="and", tau=2.0, rho=0.3, kappa=0.0)
+    stop = rule(ctx([10.0, 10.0, 0.0], [0.1, 0.9, 0.1]))
+    assert stop.tolist() == [True, False, False]
+
+
+def test_min_tokens_and_warmup():
+    cfg = StopSection(rule="espo", warmup_steps=3, min_tokens=4, tau=0.0, tau_min=0.0)
+    rule = make_stop_rule(cfg, num_slots=2)
+    rule.update(torch.tensor([[0.0, 2.0]]), torch.ones(1, 2, dtype=torch.bool))
+    assert not rule(ctx([10.0, 10.0], [0.0, 0.0], positions=[9, 9], step=2)).any()  # warm-up
+    assert rule(ctx([10.0, 10.0], [0.0, 0.0], positions=[2, 3], step=3)).tolist() == [False, True]
+
+
+def test_normalizer_changes_only_on_update():
+    n = RegretNormalizer(beta=0.5)
+    assert not n.ready
+    n.update(torch.tensor([[1.0, 3.0]]), torch.ones(1, 2, dtype=torch.bool))
+    assert (n.mean, n.var) == (2.0, 1.0)
+    before = n.normalize(torch.tensor([4.0]))
+    rule = espo()
+    stats = dict(rule.normalizer.state_dict())
+    for _ in range(5):
+        rule(ctx([7.0, 0.0, 3.0, 1.0], [0.5] * 4))  # deciding never moves the statistics
+    assert rule.normalizer.state_dict() == stats
+    n.update(torch.tensor([[10.0, 10.0]]), torch.ones(1, 2, dtype=torch.bool))
+    assert (n.mean, n.var) == (6.0, 0.5)  # EMA: 0.5*2 + 0.5*10, 0.5*1 + 0.5*0
+    assert not torch.equal(n.normalize(torch.tensor([4.0])), before)
+
+
+def test_normalizer_ignores_masked_regret():
+    n = RegretNormalizer()
+    n.update(torch.tensor([[1.0, 1e6]]), torch.tensor([[True, False]]))
+    assert n.mean == 1.0
+
+
+@given(st.lists(st.floats(0, 20), min_size=2, max_size=12), st.integers(0, 10))
+def test_decision_at_t_does_not_depend_on_later_tokens(regrets, cut):
+    """Causality: decisions for the first `cut` tokens are identical whatever follows."""
+    cut = min(cut, len(regrets) - 1)
+    tail_a = regrets[cut:]
+    tail_b = [20.0 - r for r in tail_a]
+
+    def decisions(seq):
+        rule = espo(tau=2.0, tau_min=0.5)
+        return [bool(rule(ctx([g], [0.3]))[0]) for g in seq]
+
+    assert decisions(regrets[:cut] + tail_a)[:cut] == decisions(regrets[:cut] + tail_b)[:cut]
+
+
+def test_values_none_accumulates_but_never_stops():
+    rule = espo(tau=0.0, tau_min=0.5, kappa=0.0)
+    assert not rule(ctx([10.0], None)).any()  # critic skipped this step
+    assert rule(ctx([1.0], [0.0]))[0]  # S already holds the spike
+
+
+def test_ablations():
+    reg = make_stop_rule(StopSection(rule="regret_only", warmup_steps=0, min_tokens=1, tau=4.0, tau_min=1.0, kappa=0.0), num_slots=2)
+    reg.update(torch.tensor([[0.0, 2.0]]), torch.ones(1, 2, dtype=torch.bool))
+    assert reg(ctx([10.0, 3.0], [0.99, 0.0])).tolist() == [True, False]  # value ignored
+    val = make_stop_rule(StopSection(rule="value_only", warmup_steps=0, min_tokens=1, rho=0.3), num_slots=2)
+    val.update(torch.tensor([[0.0, 2.0]]), torch.ones(1, 2, dtype=torch.bool))
+    assert val(ctx([0.0, 100.0], [0.1, 0.9])).tolist() == [True, False]  # regret ignored
+
+
+def test_success_probability_clips():
+    cfg = StopSection(r_fail=-1.0, r_success=1.0)
+    p = success_probability(torch.tensor([-3.0, 0.0, 3.0]), cfg)
+    assert p.tolist() == [0.0, 0.5, 1.0]
+
+
+def test_oracle_stops_after_delay():
+    rule = make_stop_rule(StopSection(rule="oracle", delay=2, warmup_steps=0, min_tokens=1), num_slots=3)
+    out = rule(ctx([0.0] * 3, None, positions=[3, 4, 4], failure=[2, 2, -1]))
+    assert out.tolist() == [False, True, False]
+
+
+def test_random_rule_matches_rate_and_histogram():
+    sched = StopSchedule(rates=[0.0, 0.5], histograms=[[0, 0, 0], [0, 0, 1]])
+    rule = RandomRule(StopSection(rule="random", warmup_steps=0, min_tokens=1), num_slots=4000, seed=1, schedule=sched)
+    rule.reset(torch.arange(4000), train_step=1)
+    marked = rule.stop_at >= 0
+    assert abs(marked.float().mean().item() - 0.5) < 0.05
+    assert set(rule.stop_at[marked].tolist()) == {2}
+    out = rule(ctx([0.0] * 4000, None, slots=torch.arange(4000), positions=torch.full((4000,), 2), step=1))
+    assert torch.equal(out, marked)
+    rule.reset(torch.arange(4000), train_step=0)
+    assert (rule.stop_at < 0).all()
+
+
+def test_random_rule_reads_reference_run(tmp_path):
+    lines = [{"step": 0, "stop/rate": 0.25, "stop/step_hist": [0, 1]}, {"step": 1, "stop/rate": 0.5, "stop/step_hist": [1, 0]}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    s = StopSchedule.from_run(tmp_path)
+    assert s.rates == [0.25, 0.5] and s.at(7)[0] == 0.5
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0}\n')
+    with pytest.raises(ValueError, match="metrics.jsonl:1"):
+        StopSchedule.from_run(tmp_path)
+    with pytest.raises(ValueError, match="reference_run"):
+        make_stop_rule(StopSection(rule="random"), num_slots=2)
