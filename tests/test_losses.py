@@ -261,7 +261,7 @@ def test_entropy_bonus_sign_and_value():
     loss.backward()
     torch.testing.assert_close(loss, torch.tensor(-2.0, dtype=F64), **TOL)  # minimising it raises entropy
     torch.testing.assert_close(metrics["entropy"], torch.tensor(2.0, dtype=F64), **TOL)
-    torch.testing.assert_close(h.grad, torch.where(m, -1 / 3, 0.0).to(F64), **TOL)
+    torch.testing.assert_close(h.grad, torch.where(m, torch.tensor(-1 / 3, dtype=F64), 0.0), **TOL)
 
 
 # ---------------------------------------------------------------------------- registry
