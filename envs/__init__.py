@@ -31,7 +31,7 @@ VARIANTS: dict[str, dict] = {
         critical_frac=0.4, structure_seed=2,
     ),
 }
-"""Registered id -> constructor kwargs (on top of :class:`~envs.planted_failure.PlantedFailureEnv`'s defaults)."""
+"""Registered id -> constructor kwargs, over the defaults of ``PlantedFailureEnv``."""
 
 ENV_IDS = tuple(VARIANTS)
 

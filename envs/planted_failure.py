@@ -7,8 +7,9 @@ drawn from the content tokens, so a policy needs one embedding table of ``vocab_
 its logits cover exactly the action space.
 
 The rules of a step live in two places written independently on purpose: the scalar
-:meth:`Structure.classify` (used by the single env and the exact solver) and the array kernel of
-:meth:`PlantedFailureVectorEnv.step_rows`. Tests hold them to each other and to a naive reference.
+:meth:`Structure.classify` (used by the single env and the exact solver) and the array kernel
+behind :meth:`PlantedFailureVectorEnv.step_rows`. Tests hold them to each other and to a naive
+reference.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ OK, RECOVERABLE, FATAL = 0, 1, 2
 
 LENGTH_DISTS = ("fixed", "uniform", "lognormal")
 INFO_KEYS = ("problem", "failure_step", "doomed", "success", "recoverable_errors")
-"""Keys of every ``info`` dict (reset and step, single and vector)."""
+"""Keys of every ``info`` dict (reset and step, single and vector; the vector env's
+:meth:`~PlantedFailureVectorEnv.row_info` adds ``length`` and ``live``)."""
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -118,7 +120,9 @@ def make_structure(
         f"got {C} ** {prompt_len} = {C**prompt_len}",
     )
     _require(max_len >= 2, "max_len", f"must be >= 2 (at least one content token and EOS), got {max_len}")
-    _require(length_dist in LENGTH_DISTS, "length_dist", f"must be one of {LENGTH_DISTS}, got {length_dist!r}")
+    _require(
+        length_dist in LENGTH_DISTS, "length_dist", f"must be one of {LENGTH_DISTS}, got {length_dist!r}"
+    )
     # L content tokens plus EOS must fit in max_len, so L <= max_len - 1.
     _require(1 <= min_len < max_len, "min_len", f"must be in [1, max_len - 1 = {max_len - 1}], got {min_len}")
     _require(
@@ -313,7 +317,8 @@ class PlantedFailureEnv(_StructureAttrs, gym.Env[dict[str, np.ndarray], int]):
         render_mode: str | None = None,
     ):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode: must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
+            modes = self.metadata["render_modes"]
+            raise ValueError(f"render_mode: must be None or one of {modes}, got {render_mode!r}")
         self.render_mode = render_mode
         self.structure = make_structure(
             num_problems=num_problems,
@@ -405,9 +410,10 @@ class PlantedFailureEnv(_StructureAttrs, gym.Env[dict[str, np.ndarray], int]):
 class PlantedFailureVectorEnv(_StructureAttrs, VectorEnv):
     """``num_envs`` independent :class:`PlantedFailureEnv` rows stepped in one numpy call.
 
-    Takes ``num_envs=1`` plus the keyword arguments of :class:`PlantedFailureEnv`; all rows share
-    one structure. Observations batch the single env's: ``"tokens"`` ``(N, prompt_len + max_len)``,
-    ``"length"`` ``(N,)``; ``info`` maps each key of :data:`INFO_KEYS` to an ``(N,)`` array.
+    Takes ``num_envs=1`` plus the keyword arguments of :class:`PlantedFailureEnv` (no
+    ``render_mode``); all rows share one structure. Observations batch the single env's:
+    ``"tokens"`` ``(N, prompt_len + max_len)``, ``"length"`` ``(N,)``; ``info`` is
+    :meth:`row_info` of every row: each key an ``(N,)`` array.
 
     Two ways to drive it (they may be mixed; a row is *live* from its start until it ends):
 
@@ -430,7 +436,8 @@ class PlantedFailureVectorEnv(_StructureAttrs, VectorEnv):
         defaults = PlantedFailureEnv.__init__.__kwdefaults__
         unknown = set(kwargs) - set(defaults)
         if unknown:
-            raise TypeError(f"unknown arguments {sorted(unknown)}; valid: {sorted(set(defaults) - {'render_mode'})}")
+            valid = sorted(set(defaults) - {"render_mode"})
+            raise TypeError(f"unknown arguments {sorted(unknown)}; valid: {valid}")
         params = {k: kwargs.get(k, v) for k, v in defaults.items() if k != "render_mode"}
         self.structure = make_structure(**params)
         self.num_envs = N = int(num_envs)
@@ -468,19 +475,16 @@ class PlantedFailureVectorEnv(_StructureAttrs, VectorEnv):
         self, actions: np.ndarray
     ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """Step live rows, restart the others (next-step autoreset). ``actions`` is ``(N,)`` ints."""
-        actions = np.asarray(actions)
-        if actions.shape != (self.num_envs,):
-            raise ValueError(f"actions: expected shape ({self.num_envs},), got {actions.shape}")
         N = self.num_envs
+        actions = self._check_actions(actions, (N,))
         reward = np.zeros(N, dtype=np.float64)
         terminated = np.zeros(N, dtype=bool)
         truncated = np.zeros(N, dtype=bool)
-        restart = ~self._live
-        live = np.flatnonzero(self._live)
+        live, restart = np.flatnonzero(self._live), np.flatnonzero(~self._live)
         if live.size:
-            reward[live], terminated[live], truncated[live], _ = self.step_rows(live, actions[live])
-        if restart.any():
-            self.reset_rows(np.flatnonzero(restart))
+            reward[live], terminated[live], truncated[live] = self._advance(live, actions[live])
+        if restart.size:
+            self._start(restart, self.np_random.integers(self.num_problems, size=restart.size))
         return self._obs(), reward, terminated, truncated, self.row_info(np.arange(N))
 
     # -- row API (extension used by the testbed's task adapter) ------------------------------
@@ -503,16 +507,19 @@ class PlantedFailureVectorEnv(_StructureAttrs, VectorEnv):
             raise ValueError(f"problems: expected shape {rows.shape}, got {problems.shape}")
         if problems.size and not (0 <= problems.min() and problems.max() < self.num_problems):
             raise ValueError(f"problems: must be in [0, {self.num_problems}), got {problems}")
-        prompts = self.prompts[problems]
+        self._start(rows, problems)
+        return self.prompts[problems]
+
+    def _start(self, rows: np.ndarray, problems: np.ndarray) -> None:
+        """Unchecked :meth:`reset_rows`: ``rows`` distinct, ``problems`` in range."""
         self._problem[rows] = problems
         self._tokens[rows] = PAD_ID
-        self._tokens[rows, : self.prompt_len] = prompts
+        self._tokens[rows, : self.prompt_len] = self.prompts[problems]
         self._t[rows] = 0
         self._failure_step[rows] = -1
         self._errors[rows] = 0
         self._success[rows] = False
         self._live[rows] = True
-        return prompts.copy()
 
     def step_rows(
         self, rows: np.ndarray, actions: np.ndarray
@@ -529,14 +536,13 @@ class PlantedFailureVectorEnv(_StructureAttrs, VectorEnv):
             ``(n,)`` arrays keyed by :data:`INFO_KEYS`, for the listed rows in order.
         """
         rows = self._check_rows(rows)
-        actions = np.asarray(actions)
-        if actions.shape != rows.shape or (actions.size and not np.issubdtype(actions.dtype, np.integer)):
-            raise ValueError(f"actions: expected integer array of shape {rows.shape}, got {actions.dtype} {actions.shape}")
-        if actions.size and not (0 <= actions.min() and actions.max() < self.vocab_size):
-            raise ValueError(f"actions: must be in [0, {self.vocab_size}), got {actions}")
+        actions = self._check_actions(actions, rows.shape)
         if not self._live[rows].all():
             raise ValueError(f"rows: rows {rows[~self._live[rows]]} have ended; reset_rows() them first")
+        return (*self._advance(rows, actions), self.row_info(rows))
 
+    def _advance(self, rows: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Unchecked :meth:`step_rows` without the info: ``rows`` distinct and live, ``actions`` valid."""
         p, t = self._problem[rows], self._t[rows]
         is_eos = actions == EOS_ID
         not_doomed = self._failure_step[rows] < 0
@@ -555,7 +561,12 @@ class PlantedFailureVectorEnv(_StructureAttrs, VectorEnv):
         self._success[rows] = success
         self._live[rows] = ~(terminated | truncated)
         reward = np.where(success, self.structure.success_reward(self._errors[rows]), 0.0)
-        return reward, terminated, truncated, self.row_info(rows)
+        return reward, terminated, truncated
+
+    @property
+    def problem(self) -> np.ndarray:
+        """``(N,)`` problem index of each row's current (or last) episode; a copy."""
+        return self._problem.copy()
 
     def row_info(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Ground truth of ``rows`` as they stand: :data:`INFO_KEYS` plus ``"length"`` (response
@@ -579,9 +590,19 @@ class PlantedFailureVectorEnv(_StructureAttrs, VectorEnv):
         rows = rows.astype(np.int64, copy=False)
         if rows.size and not (0 <= rows.min() and rows.max() < self.num_envs):
             raise ValueError(f"rows: must be in [0, {self.num_envs}), got {rows}")
-        if np.unique(rows).size != rows.size:
+        if rows.size and np.bincount(rows, minlength=self.num_envs).max() > 1:
             raise ValueError(f"rows: must be distinct, got {rows}")
         return rows
+
+    def _check_actions(self, actions: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        actions = np.asarray(actions)
+        if actions.shape != shape or (actions.size and not np.issubdtype(actions.dtype, np.integer)):
+            raise ValueError(
+                f"actions: expected an integer array of shape {shape}, got {actions.dtype} {actions.shape}"
+            )
+        if actions.size and not (0 <= actions.min() and actions.max() < self.vocab_size):
+            raise ValueError(f"actions: must be in [0, {self.vocab_size}), got {actions}")
+        return actions
 
     def _obs(self) -> dict[str, np.ndarray]:
         return {"tokens": self._tokens.copy(), "length": self.prompt_len + self._t}

@@ -145,7 +145,9 @@ def solve(
 
     def value(prefix: tuple[int, ...], errors: int) -> float:
         if len(table) >= max_prefixes:
-            raise ValueError(f"max_prefixes: this instance needs more than {max_prefixes} prefixes; use solve_positional")
+            raise ValueError(
+                f"max_prefixes: this instance needs more than {max_prefixes} prefixes; use solve_positional"
+            )
         probs = _check_probs(policy(problem, prefix), (s.vocab_size,), f"policy({problem}, {prefix})")
         t, total = len(prefix), 0.0
         for a in range(s.vocab_size):
@@ -190,7 +192,10 @@ def solve_positional(source: object, problem: int, probs: np.ndarray) -> PrefixV
 
 
 def success_curves(
-    values: Sequence[PrefixValues] | dict[int, PrefixValues], problems: np.ndarray, tokens: np.ndarray, lengths: np.ndarray
+    values: Sequence[PrefixValues] | dict[int, PrefixValues],
+    problems: np.ndarray,
+    tokens: np.ndarray,
+    lengths: np.ndarray,
 ) -> np.ndarray:
     """Curves for a batch of responses, NaN-padded.
 

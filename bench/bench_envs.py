@@ -1,0 +1,68 @@
+"""Row-steps per second: the native numpy vector env against a Python loop over the single env.
+
+Both sides do the same work: ``ROWS`` rows of ``testbed/PlantedFailure-v0`` stepped ``STEPS`` times
+with uniformly random actions (so episodes end often and restarts are included). The vector env
+steps all rows in one call with next-step autoreset; the loop steps one unwrapped single env
+``ROWS * STEPS`` times, resetting it when an episode ends. Each side reports its best of
+``--repeats`` timings (the vector side takes milliseconds, so one timing is noisy).
+
+Run: ``PYTHONPATH=. python bench/bench_envs.py [--rows 4096] [--steps 50] [--repeats 3]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import gymnasium as gym
+import numpy as np
+
+import envs  # noqa: F401  (registers the ids)
+
+ENV_ID = "testbed/PlantedFailure-v0"
+
+
+def bench_vector(rows: int, steps: int, actions: np.ndarray) -> float:
+    """Seconds for ``steps`` calls of ``step`` on ``rows`` rows."""
+    venv = gym.make_vec(ENV_ID, num_envs=rows, vectorization_mode="vector_entry_point")
+    venv.reset(seed=0)
+    start = time.perf_counter()
+    for k in range(steps):
+        venv.step(actions[k])
+    return time.perf_counter() - start
+
+
+def bench_loop(rows: int, steps: int, actions: np.ndarray) -> float:
+    """Seconds for ``rows * steps`` single-env steps in a Python loop."""
+    env = gym.make(ENV_ID).unwrapped  # no checker wrappers: the fastest fair single-env loop
+    env.reset(seed=0)
+    flat = actions.reshape(-1).tolist()
+    start = time.perf_counter()
+    for a in flat:
+        _, _, terminated, truncated, _ = env.step(a)
+        if terminated or truncated:
+            env.reset()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=4096, help="rows stepped together")
+    parser.add_argument("--steps", type=int, default=50, help="steps per row")
+    parser.add_argument("--repeats", type=int, default=3, help="timings per side; the best is kept")
+    args = parser.parse_args()
+    vocab_size = gym.make(ENV_ID).unwrapped.vocab_size
+    actions = np.random.default_rng(0).integers(vocab_size, size=(args.steps, args.rows))
+
+    vec_s = min(bench_vector(args.rows, args.steps, actions) for _ in range(args.repeats))
+    loop_s = min(bench_loop(args.rows, args.steps, actions) for _ in range(args.repeats))
+    row_steps = args.rows * args.steps
+    vec_rate, loop_rate = row_steps / vec_s, row_steps / loop_s
+    print(f"{ENV_ID}: {args.rows} rows x {args.steps} steps = {row_steps} row-steps each")
+    print(f"native vector env : {vec_rate:12,.0f} row-steps/s  ({vec_s:.3f} s)")
+    print(f"single-env loop   : {loop_rate:12,.0f} row-steps/s  ({loop_s:.3f} s)")
+    print(f"speed-up          : {vec_rate / loop_rate:12.1f}x")
+
+
+if __name__ == "__main__":
+    main()
