@@ -140,6 +140,9 @@ class SamplePool:
     def __init__(self, task: Task, rule: StopRule, cfg: Config, *, seed: int):
         self.task, self.rule, self.cfg = task, rule, cfg
         self.B = cfg.rollout.batch_size
+        task_max = getattr(task, "max_len", None)
+        if task_max is not None and cfg.rollout.max_len > task_max:
+            raise ValueError(f"rollout.max_len: {cfg.rollout.max_len} exceeds the task's own max_len {task_max}")
         self.slots: list[_Slot | None] = [None] * self.B
         self.generator = torch.Generator().manual_seed(seed)
         self._next_group = 0

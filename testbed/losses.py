@@ -104,8 +104,11 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
         v, g = _z(values, mask).detach(), _z(returns, mask).detach()
         var_g = masked_var(g, mask, unbiased=False)
         var_res = masked_var(g - v, mask, unbiased=False)
-        ev = 1.0 - var_res / var_g.clamp(min=torch.finfo(var_g.dtype).tiny)
-        return torch.where(var_g > 0, ev, torch.zeros_like(ev))
+        # Returns that are constant up to float noise (e.g. all-zero rewards) make the ratio
+        # meaningless and huge; treat a variance below 1e-10 as zero.
+        ok = var_g > 1e-10
+        ev = 1.0 - var_res / torch.where(ok, var_g, torch.ones_like(var_g))
+        return torch.where(ok, ev, torch.zeros_like(ev))
 
 
 def value_loss(

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+from hypothesis import strategies as st
 from torch import Tensor
 
 EOS, LENGTH_CAP, WINDOW_CUT, EARLY_STOP = 0, 1, 2, 3
@@ -230,8 +232,6 @@ def estimator(name: str, rollout, params):
 
 
 def _agg_lists(per_token: list[list[float]], mask: Tensor, mode: str) -> float:
-    import torch
-
     return aggregate(torch.tensor(per_token, dtype=torch.float64), mask, mode)
 
 
@@ -310,8 +310,6 @@ def kl_penalty(logprobs, ref_logprobs, mask, kind, agg) -> float:
 # Random ragged batches for the property tests: hypothesis draws the structure (shape, lengths,
 # endings, holes, a seed); the float contents come from a seeded torch generator (fast to shrink).
 
-import torch  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 
 @st.composite

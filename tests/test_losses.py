@@ -58,6 +58,29 @@ def test_ppo_matches_oracle_and_ignores_pads(b, agg, clip_low, clip_high, dual_c
 
 
 @relaxed
+@given(ragged(), st.sampled_from(["logprobs", "old_logprobs", "advantages"]), st.sampled_from(AGG_MODES))
+def test_ppo_garbage_in_one_input_at_a_time(b, which, agg):
+    # garbage in a single input matters most when the others are sane at the pads (e.g. a NaN
+    # advantage where ratio = 1 would make 0 * NaN in the backward pass unless pads are selected away)
+    B, T, m, g = b["B"], b["T"], b["mask"], b["gen"]
+    inputs = {"logprobs": randn((B, T), g), "old_logprobs": None, "advantages": randn((B, T), g)}
+    inputs["old_logprobs"] = inputs["logprobs"] + 0.1 * randn((B, T), g)
+    grads = []
+    for dirty in (False, True):
+        x = dict(inputs)
+        if dirty:
+            x[which] = garbage(x[which], m, g)
+        x["logprobs"] = _leaf(x["logprobs"])
+        loss, metrics = ppo_policy_loss(x["logprobs"], x["old_logprobs"], x["advantages"], m, clip_low=0.2, clip_high=0.2, agg=agg, dual_clip=2.0)
+        loss.backward()
+        grads.append((loss, x["logprobs"].grad, metrics))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=0, atol=0)
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=0, atol=0)
+    for key in grads[0][2]:
+        torch.testing.assert_close(grads[1][2][key], grads[0][2][key], rtol=0, atol=0)
+
+
+@relaxed
 @given(ragged(min_len=1))
 def test_at_ratio_one_clipped_equals_unclipped_and_grad_is_minus_a_over_n(b):
     B, T, m, g = b["B"], b["T"], b["mask"], b["gen"]
@@ -124,6 +147,12 @@ def test_dual_clip_bounds_negative_advantages_only():
     assert _one_token_grad(10.0, 2.0, dual_clip=3.0) == pytest.approx(_one_token_grad(10.0, 2.0), abs=1e-12)
     with pytest.raises(ValueError):
         _one_token_grad(1.0, 1.0, dual_clip=0.5)
+    # metric: the dual clip binds on exactly the A < 0 token with ratio above c (1 of 3 tokens)
+    old = torch.zeros(1, 3, dtype=F64)
+    lp = torch.log(torch.tensor([[10.0, 10.0, 2.0]], dtype=F64))
+    adv = torch.tensor([[-1.0, 1.0, -1.0]], dtype=F64)
+    _, metrics = ppo_policy_loss(lp, old, adv, torch.ones(1, 3, dtype=torch.bool), clip_low=0.2, clip_high=0.2, dual_clip=3.0)
+    torch.testing.assert_close(metrics["clipfrac_dual"].double(), torch.tensor(1 / 3, dtype=F64), rtol=0, atol=1e-7)
 
 
 @relaxed
@@ -157,7 +186,8 @@ def test_aggregation_modes_by_hand():
 
 
 def test_metrics_by_hand_and_detached():
-    ratios = [1.5, 1.5, 0.5, 0.5, 1.0]
+    # mean(ratio) != 1 on purpose, so k3 (approx_kl) and k1 (mean -log ratio) differ
+    ratios = [1.5, 1.3, 0.5, 0.7, 1.1]
     advs = [1.0, -1.0, -1.0, 1.0, 1.0]
     old = torch.tensor([[-1.0] * 5 + [0.0]], dtype=F64)
     lp = _leaf(old + torch.tensor([[math.log(r) for r in ratios] + [float("nan")]], dtype=F64))
