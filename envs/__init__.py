@@ -12,7 +12,7 @@ VARIANTS: dict[str, dict] = {
     # Default: fixed length 12, 2 critical positions per problem, 8 of 16 content tokens acceptable.
     # A uniform policy succeeds 0.6% of the time (EOS exactly at 12 is the hard part), so PPO has
     # a signal from the first batches; a tabular REINFORCE learner reaches ~60% in 400 steps of 64.
-    "testbed/PlantedFailure-v0": {},
+    "testbed/PlantedFailure-v0": dict(num_problems=16),
     # T-PPO: lognormal lengths with median 12 and a long right tail (a few problems need 40+).
     "testbed/PlantedFailureLongTail-v0": dict(
         length_dist="lognormal", target_len=12, length_sigma=0.6, min_len=4, max_len=64
@@ -22,7 +22,7 @@ VARIANTS: dict[str, dict] = {
     # outcome. Errors cost so little that a learning policy keeps making them (uniform success
     # 1.3%). A detector that stops on surprising tokens alone stops mostly healthy rows.
     "testbed/PlantedFailureTrap-v0": dict(
-        num_acceptable=2, num_acceptable_critical=8, critical_frac=0.1, recoverable_cost=0.02
+        num_problems=16, num_acceptable=2, num_acceptable_critical=8, critical_frac=0.1, recoverable_cost=0.02
     ),
     # Small enough for envs.solver's exact DP over every prefix (5 actions; seed 2 gives L = 5, 4, 3).
     "testbed/PlantedFailureTiny-v0": dict(

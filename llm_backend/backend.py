@@ -110,6 +110,18 @@ class HFBackend:
         pad_token_id: id written into padding (never attended to); default ``eos_token_id``.
         seed: seeds the value head's initialisation.
         head_init_std: value-head init std (None: ``1/(hidden+1)``; 0: zero init).
+
+    Attributes:
+        policy, critic, value_head, reference: the modules (``critic`` is None for the head layout,
+            ``value_head`` None for the separate one, ``reference`` None unless asked for).
+        chunk_values: (b, n) fp32 after a ``step(with_values=True)``: values of the ``n`` states
+            reached since the previous values request (all states since ``begin`` for the first),
+            oldest first; the last column is the current state's value (``n = 0`` if values were
+            requested twice at one state). With ``stop_check_every = k`` the catch-up forward
+            computes these anyway; a collector may use them instead of a teacher-forced pass.
+            States of rows dropped between two requests are never valued.
+
+    ``step()`` returns the backend's own logits tensor: treat it as read-only.
     """
 
     def __init__(
@@ -208,10 +220,7 @@ class HFBackend:
         self._logits: Tensor | None = None  # (b, V) fp32, valid when _p_done == L
         self._values_now: Tensor | None = None  # (b,) fp32 value of the current state, if computed
         self._hidden_hist: list[Tensor] = []  # head layout: last hidden state of states not yet valued
-        self.chunk_values: Tensor | None = None
-        """(b, n) fp32 after a ``step(with_values=True)``: values of the ``n`` states reached since the
-        previous values request (all states since ``begin`` for the first), oldest first; the last
-        column is the current state's value. ``n = 0`` if values were requested twice at one state."""
+        self.chunk_values: Tensor | None = None  # see the class docstring
 
     @property
     def num_active(self) -> int:
@@ -222,13 +231,13 @@ class HFBackend:
         lens = [len(p) for p in prompts]
         if any(n == 0 for n in lens):
             raise ValueError("every prompt needs at least one token")
-        width = max(lens)
+        width = max(lens, default=1)
         ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
         attn = torch.zeros((len(prompts), width), dtype=torch.long)
         for i, p in enumerate(prompts):
             ids[i, width - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
             attn[i, width - len(p):] = 1
-        if int(ids.max()) >= self.vocab_size or int(ids.min()) < 0:
+        if ids.numel() and (int(ids.max()) >= self.vocab_size or int(ids.min()) < 0):
             raise ValueError(f"prompt token ids must be in [0, {self.vocab_size})")
         ids, attn = ids.to(self.device), attn.to(self.device)
         return ids, attn, (attn.cumsum(1) - 1).clamp_(min=0)

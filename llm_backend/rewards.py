@@ -171,6 +171,18 @@ def _verify_general(gold: str, pred: str) -> bool:
     return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
 
 
+_warm = False
+
+
+def _warm_up() -> None:
+    """Import math-verify and run one check untimed: first-use imports and parser set-up take
+    seconds on a loaded machine and must not count against the first answer's timeout."""
+    global _warm
+    if not _warm:
+        _verify_general("\\frac{1}{2}", "\\dfrac{2}{4}")
+        _warm = True
+
+
 def _alarm_handler(signum, frame):
     raise _CheckTimeout()
 
@@ -180,15 +192,19 @@ def _call_with_signal_timeout(gold: str, pred: str, timeout: float) -> bool | No
     old_handler = signal.signal(signal.SIGALRM, _alarm_handler)
     old_delay, _ = signal.setitimer(signal.ITIMER_REAL, timeout)
     started = time.monotonic()
+    result: bool | None = None
     try:
-        return _verify_general(gold, pred)
-    except _CheckTimeout:
-        return None
+        try:
+            result = _verify_general(gold, pred)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except _CheckTimeout:  # also catches an alarm that lands between the check's end and the disarm
+        result = None
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old_handler)
         if old_delay > 0:  # someone else's timer was running: give back what is left of it
             signal.setitimer(signal.ITIMER_REAL, max(old_delay - (time.monotonic() - started), 1e-3))
+    return result
 
 
 _pool = None
@@ -200,7 +216,8 @@ def _call_in_worker(gold: str, pred: str, timeout: float) -> bool | None:
     global _pool
     with _pool_lock:  # one check at a time through the single worker
         if _pool is None:
-            _pool = multiprocessing.get_context("spawn").Pool(1)
+            _pool = multiprocessing.get_context("spawn").Pool(1, initializer=_warm_up)
+            _pool.apply(_warm_up)  # wait, untimed, until the worker is up and warm
         try:
             return _pool.apply_async(_verify_general, (gold, pred)).get(timeout)
         except multiprocessing.TimeoutError:
@@ -213,6 +230,7 @@ def _verify_with_timeout(gold: str, pred: str, timeout: float) -> bool | None:
     if timeout is None or timeout <= 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
     if threading.current_thread() is threading.main_thread():
+        _warm_up()
         return _call_with_signal_timeout(gold, pred, timeout)
     return _call_in_worker(gold, pred, timeout)
 

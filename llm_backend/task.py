@@ -1,6 +1,7 @@
 r"""Math problems for a chat language model: the :class:`testbed.protocols.Task` of the LLM backend.
 
-Prompts are the tokenizer's chat template (``add_generation_prompt=True``) around the question plus
+Prompts are the tokenizer's chat template (``add_generation_prompt=True``) around a one-shot
+demonstration (:data:`EXAMPLE`: without it SmolLM2-135M never boxes its answer) and the question plus
 :data:`ANSWER_INSTRUCTION`; responses are decoded and scored by
 :func:`llm_backend.rewards.check_answers` -- exact integer match with a plain-number box for
 integer answers (closes the ``\boxed{82*5}`` hack), math-verify otherwise.
@@ -24,10 +25,18 @@ from llm_backend.rewards import check_answers
 from llm_backend.tokenizer import end_of_turn_id, load_tokenizer, stop_strings
 from testbed.protocols import TaskResult
 
-__all__ = ["ANSWER_INSTRUCTION", "EVAL_SEED", "MathTask", "make_task"]
+__all__ = ["ANSWER_INSTRUCTION", "EVAL_SEED", "EXAMPLE", "MathTask", "make_task"]
 
 ANSWER_INSTRUCTION = "Put your final answer within \\boxed{}."
 """Appended (on its own line) to every question in the user message."""
+
+EXAMPLE = ("What is 2 + 3?", "2 + 3 = 5. The answer is \\boxed{5}.")
+"""One-shot demonstration (a user turn and the assistant's reply) placed before the question.
+
+Measured with SmolLM2-135M-Instruct, greedy, 16 problems per case: with an instruction alone (five
+phrasings tried) it answers like "3 + 7 = 10" and boxes at most 3 of 16 answers, none correctly; with
+this demonstration every answer is boxed, 16/16 correct on ``sum1`` and 3/16 on ``sum2`` (DESIGN.md:
+about 80% and 25%). The demonstrated problem (2 + 3) is in the training split, never in ``test``."""
 
 EVAL_SEED = 0
 """Seed of the held-out (``test``) order: fixed, so runs with different seeds evaluate alike."""
@@ -106,6 +115,7 @@ class MathTask:
         reward_timeout: float = 2.0,
         format_score: float = 0.0,
         system_prompt: str = "",
+        one_shot: bool = True,
     ):
         if num_slots < 1:
             raise ValueError(f"num_slots must be >= 1, got {num_slots}")
@@ -118,6 +128,7 @@ class MathTask:
         self.reward_timeout = float(reward_timeout)
         self.format_score = float(format_score)
         self.system_prompt = system_prompt
+        self.one_shot = bool(one_shot)
         self._problems: list[Problem | None] = [None] * self.num_slots
         self._verdicts: list[dict[str, Any] | None] = [None] * self.num_slots
         self._prompt_cache: dict[str, list[int]] = {}
@@ -125,8 +136,12 @@ class MathTask:
     # -- prompts ---------------------------------------------------------------------------
 
     def messages(self, question: str) -> list[dict[str, str]]:
-        """The chat messages of a question (system message only if ``system_prompt`` is set)."""
+        """The chat messages of a question: a system message if ``system_prompt`` is set, the
+        :data:`EXAMPLE` exchange if ``one_shot``, then the question with :data:`ANSWER_INSTRUCTION`."""
         msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        if self.one_shot:
+            msgs.append({"role": "user", "content": f"{EXAMPLE[0]}\n{ANSWER_INSTRUCTION}"})
+            msgs.append({"role": "assistant", "content": EXAMPLE[1]})
         msgs.append({"role": "user", "content": f"{question}\n{ANSWER_INSTRUCTION}"})
         return msgs
 

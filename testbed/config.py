@@ -54,7 +54,7 @@ class TaskSection:
     env_kwargs: dict = field(default_factory=dict)
     """sim: keyword arguments for the env (its variants' knobs)."""
     difficulty: str = "sum2"
-    """math: generator difficulty (see ``llm_backend.tasks``), used when ``dataset`` is empty."""
+    """math: generator difficulty (see ``llm_backend.problems``), used when ``dataset`` is empty."""
     dataset: str = ""
     """math: path to a local JSONL/parquet file instead of the generator."""
     dataset_format: str = "auto"

@@ -45,6 +45,8 @@ def evaluate(backend, task, cfg: Config, *, n: int, k: int = 1, greedy: bool = F
     rewards: list[float] = []
     t0 = time.perf_counter()
     tokens = 0
+    if hasattr(task, "rewind"):  # same held-out problems at every evaluation
+        task.rewind(split)
     bar = tqdm(total=n, desc="eval", disable=not progress, leave=False)
     done = 0
     while done < n:

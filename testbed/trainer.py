@@ -90,6 +90,7 @@ class Trainer:
         self.logger = MetricsLogger(self.run_dir / "metrics.jsonl")
         self.step = 0
         self.cumulative_tokens = 0
+        self._eval_task = None
         self.started = time.perf_counter()
         (self.run_dir / "config.yaml").write_text(config_mod.dump(cfg))
         self._resume()
@@ -101,12 +102,14 @@ class Trainer:
         c = self.cfg
         bar = tqdm(total=c.run.steps, initial=self.step, desc=c.run.name, disable=not c.run.progress, leave=False)
         while self.step < c.run.steps:
+            held_out = self.maybe_evaluate()
             batch = self.pool.collect(self.backend, self.step)  # collect
             adv = self.estimator(batch.rollout, self.adv_params)  # advantages
             actor = self.update_actor(batch.rollout, adv.advantages)  # epochs of minibatch updates
             critic = self.update_critic(batch, adv.returns)
             self.rule.update(batch.rollout.regret, batch.rollout.mask)  # regret normaliser, once per batch
             record = self.record(batch, adv.advantages, actor, critic)
+            record.update(held_out)
             self.logger.log(record)
             self.step += 1
             if self.step % c.run.checkpoint_every == 0 or self.step == c.run.steps:
@@ -114,7 +117,28 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(success=f"{record['success/rate']:.2f}", stop=f"{record['stop/rate']:.2f}")
         bar.close()
+        final = self.maybe_evaluate(final=True)
+        if final:
+            (self.run_dir / "final_eval.json").write_text(json.dumps(final, indent=2))
         return self.write_summary()
+
+    def maybe_evaluate(self, final: bool = False) -> dict[str, Any]:
+        """Held-out evaluation every ``run.eval_every`` steps (and after the last), greedy, no stopping."""
+        from testbed.evaluate import evaluate
+
+        c = self.cfg
+        every = c.run.eval_every
+        if not every or (not final and self.step % every):
+            return {}
+        if self._eval_task is None:
+            make = load_entry_point(TASK_ENTRY_POINTS[c.task.kind])
+            self._eval_task = make(c.task, c.model, num_slots=min(c.run.eval_size, 32), seed=c.run.seed + 10_000)
+        res = evaluate(self.backend, self._eval_task, c, n=c.run.eval_size, greedy=True,
+                       batch_size=self._eval_task.num_slots, seed=c.run.seed, progress=False)
+        out = {f"eval/{k}": v for k, v in res.items() if isinstance(v, (int, float))}
+        out["eval/step"] = self.step
+        out["eval/tokens_cumulative"] = self.cumulative_tokens
+        return out
 
     # --- updates --------------------------------------------------------------------------------
     def policy_mask(self, rollout: Rollout) -> Tensor:

@@ -68,8 +68,16 @@ def _left_padded(prompts):
     return ids, attn
 
 
-def test_backend_satisfies_protocol():
-    assert isinstance(_backend(), Backend)
+def test_backend_satisfies_protocol_and_handles_empty_batches():
+    be = _backend()
+    assert isinstance(be, Backend)
+    be.begin([])
+    out = be.step()
+    assert out.logits.shape == (0, V) and out.values.shape == (0,)
+    be.begin([[3, 4]])
+    be.step()
+    be.advance(torch.tensor([5]), torch.tensor([False]))
+    assert be.num_active == 0 and be.step(with_values=False).logits.shape == (0, V)
 
 
 @pytest.mark.parametrize("critic", ["separate", "head"])
