@@ -143,6 +143,22 @@ def fmt_number(v, digits: int = 3) -> str:
     return str(v)
 
 
+def fmt_ms(row, key: str, pct: bool = False, digits: int = 3) -> str:
+    """``row[key] ± row[key_std]`` as text for verdicts ("n/a" if undefined; no ± for one seed)."""
+    m, s = row[key], row.get(f"{key}_std", math.nan)
+    f = (lambda v: f"{v:.1f}%") if pct else (lambda v: f"{v:.{digits}g}")
+    if m is None or not np.isfinite(m):
+        return "n/a"
+    return f"{f(m)} ± {f(s)}" if s is not None and np.isfinite(s) else f(m)
+
+
+def yes_no(ok: bool, *numbers: float) -> str:
+    """"yes"/"no", or "undetermined (missing numbers)" when a number the statement rests on is NaN."""
+    if any(x is None or not np.isfinite(x) for x in numbers):
+        return "undetermined (missing numbers)"
+    return "yes" if ok else "no"
+
+
 def mean_std_columns(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     """Merge each ``x`` / ``x_std`` column pair into one ``x`` text column ``"mean ± std"``."""
     out = {}

@@ -31,7 +31,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.experiments.espo_headline import sweep
-from analysis.plots import colors_for, line_band, ordered
+from analysis.plots import colors_for, fmt_ms, line_band, ordered, yes_no
 from analysis.runs import final_mean, first_reach, mean_std, run_mean, value_at_step
 
 LEVEL_FRAC = 0.5
@@ -148,21 +148,6 @@ def _get(table: pd.DataFrame, env: str, method: str):
     return None if r.empty else r.iloc[0]
 
 
-def _ms(row, k: str, pct: bool = False, digits: int = 3) -> str:
-    m, s = row[k], row.get(f"{k}_std", math.nan)
-    f = (lambda v: f"{v:.1f}%") if pct else (lambda v: f"{v:.{digits}g}")
-    if not np.isfinite(m):
-        return "n/a"
-    return f"{f(m)} ± {f(s)}" if np.isfinite(s) else f(m)
-
-
-def _yn(ok: bool, *numbers: float) -> str:
-    """"yes"/"no", or "undetermined" when a number the statement rests on is missing (NaN)."""
-    if any(not np.isfinite(x) for x in numbers):
-        return "undetermined (missing numbers)"
-    return "yes" if ok else "no"
-
-
 def verdicts(table: pd.DataFrame, margin: float = NO_WORSE_MARGIN) -> list[str]:
     """Plain statements checked against ``table`` (from :func:`score`); each says yes/no and its numbers."""
     out = []
@@ -176,24 +161,24 @@ def verdicts(table: pd.DataFrame, margin: float = NO_WORSE_MARGIN) -> list[str]:
         saved, fs_e, fs_p = espo["tokens_saved_pct"], espo["final_success"], ppo["final_success"]
         no_worse = np.isfinite(fs_e) and np.isfinite(fs_p) and fs_e >= fs_p - margin
         out.append(f"{p} ESPO saves >{SAVING_CLAIM_PCT:g}% of PPO's rollout tokens at equal steps with final success "
-                   f"no worse than PPO (margin {margin:g}): {_yn(bool(saved > SAVING_CLAIM_PCT and no_worse), saved, fs_e, fs_p)} "
-                   f"(saved {_ms(espo, 'tokens_saved_pct', pct=True)}; final success ESPO {_ms(espo, 'final_success')} "
-                   f"vs PPO {_ms(ppo, 'final_success')})"
+                   f"no worse than PPO (margin {margin:g}): {yes_no(bool(saved > SAVING_CLAIM_PCT and no_worse), saved, fs_e, fs_p)} "
+                   f"(saved {fmt_ms(espo, 'tokens_saved_pct', pct=True)}; final success ESPO {fmt_ms(espo, 'final_success')} "
+                   f"vs PPO {fmt_ms(ppo, 'final_success')})"
                    + (f"; caution: PPO's final success is below {WEAK_BASELINE:g}, so 'no worse' says little"
                       if np.isfinite(fs_p) and fs_p < WEAK_BASELINE else ""))
         d = fs_e - fs_p
         se = math.sqrt(sum((r["final_success_std"] if np.isfinite(r["final_success_std"]) else math.nan) ** 2 / r["n"]
                            for r in (espo, ppo)))
-        sig = f"{_yn(bool(d > 2 * se))} at 2 standard errors ({2 * se:.3g})" if np.isfinite(se) else "untested (one seed)"
-        out.append(f"{p} ESPO's final success is higher than PPO's: {_yn(bool(d > 0), d)} "
+        sig = f"{yes_no(bool(d > 2 * se))} at 2 standard errors ({2 * se:.3g})" if np.isfinite(se) else "untested (one seed)"
+        out.append(f"{p} ESPO's final success is higher than PPO's: {yes_no(bool(d > 0), d)} "
                    f"(difference {d:+.3g}; significant: {sig})")
         if np.isfinite(espo["level"]) and espo["level"] > 0:
             out.append(f"{p} ESPO needs fewer tokens than PPO to reach success {espo['level']:.3g} "
                        f"({LEVEL_FRAC:g} x PPO's final): "
-                       f"{_yn(bool(espo['saved_at_level_pct'] > 0), espo['saved_at_level_pct'])} "
-                       f"(ESPO {_ms(espo, 'tokens_to_level', digits=4)} in {espo['reached']}/{espo['n']} seeds, "
-                       f"PPO {_ms(ppo, 'tokens_to_level', digits=4)} in {ppo['reached']}/{ppo['n']}; "
-                       f"saved {_ms(espo, 'saved_at_level_pct', pct=True)})")
+                       f"{yes_no(bool(espo['saved_at_level_pct'] > 0), espo['saved_at_level_pct'])} "
+                       f"(ESPO {fmt_ms(espo, 'tokens_to_level', digits=4)} in {espo['reached']}/{espo['n']} seeds, "
+                       f"PPO {fmt_ms(ppo, 'tokens_to_level', digits=4)} in {ppo['reached']}/{ppo['n']}; "
+                       f"saved {fmt_ms(espo, 'saved_at_level_pct', pct=True)})")
         else:
             out.append(f"{p} tokens to reach a success level: not evaluated (PPO's final success is 0)")
         if rnd is None:
@@ -201,31 +186,31 @@ def verdicts(table: pd.DataFrame, margin: float = NO_WORSE_MARGIN) -> list[str]:
         else:
             worse = np.isfinite(rnd["final_success"]) and rnd["final_success"] < fs_e - margin
             out.append(f"{p} random truncation matched to ESPO's stop rate does worse than ESPO (by more than {margin:g}): "
-                       f"{_yn(bool(worse), rnd['final_success'], fs_e)} (final success random {_ms(rnd, 'final_success')} vs ESPO "
-                       f"{_ms(espo, 'final_success')}; stop rate random {_ms(rnd, 'stop_rate')} vs ESPO "
-                       f"{_ms(espo, 'stop_rate')})")
+                       f"{yes_no(bool(worse), rnd['final_success'], fs_e)} (final success random {fmt_ms(rnd, 'final_success')} vs ESPO "
+                       f"{fmt_ms(espo, 'final_success')}; stop rate random {fmt_ms(rnd, 'stop_rate')} vs ESPO "
+                       f"{fmt_ms(espo, 'stop_rate')})")
             out.append(f"{p} ESPO's stops are more precise than random's: "
-                       f"{_yn(bool(espo['precision'] > rnd['precision']), espo['precision'], rnd['precision'])} (precision ESPO {_ms(espo, 'precision')} "
-                       f"vs random {_ms(rnd, 'precision')})")
+                       f"{yes_no(bool(espo['precision'] > rnd['precision']), espo['precision'], rnd['precision'])} (precision ESPO {fmt_ms(espo, 'precision')} "
+                       f"vs random {fmt_ms(rnd, 'precision')})")
         abl = [a for a in ("regret_only", "value_only") if _get(table, env, a) is not None]
         if abl:
             rows = {a: _get(table, env, a) for a in abl}
             ok = all(fs_e >= rows[a]["final_success"] - margin for a in abl)
             out.append(f"{p} ESPO's final success is no worse than each single-signal ablation's (margin {margin:g}): "
-                       f"{_yn(bool(ok), fs_e, *[rows[a]['final_success'] for a in abl])} (" + "; ".join(f"{a} {_ms(rows[a], 'final_success')}" for a in abl)
-                       + f"; ESPO {_ms(espo, 'final_success')})")
+                       f"{yes_no(bool(ok), fs_e, *[rows[a]['final_success'] for a in abl])} (" + "; ".join(f"{a} {fmt_ms(rows[a], 'final_success')}" for a in abl)
+                       + f"; ESPO {fmt_ms(espo, 'final_success')})")
             if "regret_only" in rows:
                 ro = rows["regret_only"]
                 out.append(f"{p} the value gate cuts false stops (ESPO's false-stop rate below regret_only's): "
-                           f"{_yn(bool(espo['false_stop_rate'] < ro['false_stop_rate']), espo['false_stop_rate'], ro['false_stop_rate'])} "
-                           f"(ESPO {_ms(espo, 'false_stop_rate')} vs regret_only {_ms(ro, 'false_stop_rate')})")
+                           f"{yes_no(bool(espo['false_stop_rate'] < ro['false_stop_rate']), espo['false_stop_rate'], ro['false_stop_rate'])} "
+                           f"(ESPO {fmt_ms(espo, 'false_stop_rate')} vs regret_only {fmt_ms(ro, 'false_stop_rate')})")
         if orc is None:
             out.append(f"{p} closeness to the oracle: not evaluated (no oracle runs)")
         else:
             out.append(f"{p} ESPO gets at least half of the oracle's token saving: "
-                       f"{_yn(bool(espo['saving_vs_oracle'] >= 0.5), espo['saving_vs_oracle'])} (ratio {_ms(espo, 'saving_vs_oracle')}; oracle saves "
-                       f"{_ms(orc, 'tokens_saved_pct', pct=True)}; precision/recall relative to the oracle "
-                       f"{_ms(espo, 'precision_vs_oracle')} / {_ms(espo, 'recall_vs_oracle')})")
+                       f"{yes_no(bool(espo['saving_vs_oracle'] >= 0.5), espo['saving_vs_oracle'])} (ratio {fmt_ms(espo, 'saving_vs_oracle')}; oracle saves "
+                       f"{fmt_ms(orc, 'tokens_saved_pct', pct=True)}; precision/recall relative to the oracle "
+                       f"{fmt_ms(espo, 'precision_vs_oracle')} / {fmt_ms(espo, 'recall_vs_oracle')})")
     return out
 
 
