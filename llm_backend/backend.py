@@ -165,10 +165,13 @@ class HFBackend:
             self.reference = copy.deepcopy(policy).eval()
             self.reference.requires_grad_(False)
         if self.gradient_checkpointing:
-            kw = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
-            self.policy.gradient_checkpointing_enable(**kw)
-            if self.critic is not None:
-                self.critic.trunk.gradient_checkpointing_enable(**kw)
+            for m in (self.policy, self.critic.trunk if self.critic is not None else None):
+                if m is None:
+                    continue
+                if hasattr(m, "activation_checkpointing_enable"):  # transformers >= 5.x name
+                    m.activation_checkpointing_enable({"use_reentrant": False})
+                else:
+                    m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self._check_trunk_head_split()
         self._reset_decoding()
 

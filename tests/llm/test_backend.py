@@ -238,6 +238,24 @@ def test_gradients_reach_only_their_own_parameters(critic):
     assert len(crit) == expected
 
 
+@pytest.mark.parametrize("critic", ["separate", "head"])
+def test_gradient_checkpointing_computes_the_same(critic):
+    tokens = torch.tensor([[3, 4, 5], [6, 7, 0]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    out = []
+    for gc in (False, True):
+        be = _backend(critic, gradient_checkpointing=gc)
+        lp, _ = be.policy_forward(PROMPTS[:2], tokens, mask, temperature=0.7)
+        v = be.critic_forward(PROMPTS[:2], tokens, mask)
+        (lp.sum() + v.sum()).backward()
+        out.append((lp.detach(), v.detach(), [p.grad.clone() for p in be.parameters()]))
+        assert not be.policy.training  # back in eval mode after the training forward
+    assert_close(out[1][0], out[0][0], **TOL)
+    assert_close(out[1][1], out[0][1], **TOL)
+    for g1, g0 in zip(out[1][2], out[0][2]):
+        assert_close(g1, g0, atol=1e-5, rtol=1e-4)
+
+
 def test_masked_positions_do_not_change_outputs():
     be = _backend()
     tokens = torch.tensor([[3, 4, 5, 6], [6, 7, 8, 9]])

@@ -175,8 +175,9 @@ def verdicts(table: pd.DataFrame, margin: float = NO_WORSE_MARGIN) -> list[str]:
         if np.isfinite(espo["level"]) and espo["level"] > 0:
             out.append(f"{p} ESPO needs fewer tokens than PPO to reach success {espo['level']:.3g} "
                        f"({LEVEL_FRAC:g} x PPO's final): "
-                       f"{yes_no(bool(espo['saved_at_level_pct'] > 0), espo['saved_at_level_pct'])} "
-                       f"(ESPO {fmt_ms(espo, 'tokens_to_level', digits=4)} in {espo['reached']}/{espo['n']} seeds, "
+                       + ("no (ESPO never reached it; PPO did) " if espo["reached"] == 0 and ppo["reached"] > 0
+                          else f"{yes_no(bool(espo['saved_at_level_pct'] > 0), espo['saved_at_level_pct'])} ")
+                       + f"(ESPO {fmt_ms(espo, 'tokens_to_level', digits=4)} in {espo['reached']}/{espo['n']} seeds, "
                        f"PPO {fmt_ms(ppo, 'tokens_to_level', digits=4)} in {ppo['reached']}/{ppo['n']}; "
                        f"saved {fmt_ms(espo, 'saved_at_level_pct', pct=True)})")
         else:

@@ -72,7 +72,8 @@ def render_report(*, root, outcome, detector, verdicts, figs, errors, cmd, quick
         f"`{json.dumps(spec['overrides'])}`",
         f"- training: {int(df['step'].max()) + 1} steps of {first.get('config/rollout.batch_size')} rows, "
         f"max length {first.get('config/rollout.max_len')}",
-        f"- ESPO constants (also used by regret_only and value_only): `{json.dumps(sweep.ESPO_CONSTANTS)}`",
+        f"- ESPO constants (also used by regret_only and value_only): `{json.dumps(sweep.ESPO_CONSTANTS)}`; "
+        f"as resolved in the espo runs' config.yaml: {resolved_stop(df)}",
         f"- methods: " + "; ".join(f"**{m}** `{json.dumps(v)}`" for m, v in sweep.METHODS.items()),
         f"- envs: " + "; ".join(f"**{e}** `{v.get('task.env_id', '')}`" for e, v in sweep.ENVS.items()),
         f"- seeds in this report: {seeds}; seeds reserved for tuning the ESPO constants: {sweep.TUNE_SEEDS} "
@@ -96,9 +97,22 @@ def render_report(*, root, outcome, detector, verdicts, figs, errors, cmd, quick
         "- Per-row (planted failure step, stop step) pairs are not logged, only per-step aggregates "
         "(`stop/step_hist`, `stop/delay` of correct stops), so stop-vs-failure is shown as distributions, "
         "with the oracle's stop positions as the failure-position reference.",
-        "- Times (`time/*`) depend on the machine's load; this study compares tokens, not seconds.", "",
+        "- Times (`time/*`) depend on the machine's load; this study compares tokens, not seconds.",
+        "- Reused runs are checked against the settings through their config.yaml only: after a change "
+        "to code or to an env variant (`envs.VARIANTS`), regenerate with `--fresh`.", "",
     ]
     return "\n".join(lines)
+
+
+def resolved_stop(df) -> str:
+    """The stop constants the espo runs actually ran with (from their config.yaml), or why not."""
+    espo = df[df["label/method"] == "espo"]
+    if espo.empty:
+        return "no espo runs"
+    wanted = {*sweep.ESPO_CONSTANTS, *(k for k in sweep.OVERRIDES if k.startswith("stop."))}
+    keys = [f"config/{k}" for k in sorted(wanted) if f"config/{k}" in espo]
+    vals = {c.removeprefix("config/"): espo[c].unique().tolist() for c in keys}
+    return ", ".join(f"`{k}={v[0] if len(v) == 1 else v}`" for k, v in vals.items())
 
 
 def cli(argv: list[str] | None = None) -> int:

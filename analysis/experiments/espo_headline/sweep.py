@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# ESPO's detector constants (testbed.stopping, DESIGN.md "Stop rules"). The regret_only and
-# value_only ablations use the same constants, so they differ from ESPO only in the signal.
+# ESPO's detector constants (testbed.stopping, DESIGN.md "Stop rules"), tuned on TUNE_SEEDS. The
+# regret_only and value_only ablations (and T-PPO + ESPO in tppo_speedup) use the same constants, so
+# they differ from ESPO only in the signal. These override configs/espo.yaml; a test checks the two
+# agree, so change both together.
 ESPO_CONSTANTS: dict = {
     "stop.accumulate": "cusum",
     "stop.gate": "scaled",
-    "stop.kappa": 0.5,
+    "stop.kappa": 2.0,
     "stop.tau": 8.0,
     "stop.tau_min": 1.0,
     "stop.ema_beta": 0.9,

@@ -1,0 +1,388 @@
+"""analysis/: loaders, scores, verdicts and figures on small run directories with known numbers."""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from analysis import experiments  # noqa: E402
+from analysis.experiments.espo_headline import analysis as headline  # noqa: E402
+from analysis.experiments.espo_headline import sweep as headline_sweep  # noqa: E402
+from analysis.experiments.tppo_speedup import analysis as speedup  # noqa: E402
+from analysis.plots import markdown_table, plot_runs_cli, summary_table  # noqa: E402
+from analysis.runs import RunDirError, first_reach, load_run, load_runs, name_labels  # noqa: E402
+
+STEPS = 20  # the last 10% of training is the last 2 steps
+_fresh = itertools.count()  # distinct folder names for cases built inside one test
+
+
+# --- fake run directories ---------------------------------------------------------------------------
+def make_run(parent: Path, name: str, *, tokens: float = 100.0, success=None, steps: int = STEPS,
+             rule: str = "none", warmup: int = 0, step_time: float = 1.0, extra=None, summary: bool = True) -> Path:
+    """A run directory: ``tokens`` generated per step, ``success[step]`` (default 0.5 everywhere),
+    ``step_time`` seconds of generation per step (actor, critic: 0), ``extra(step) -> dict`` merged in."""
+    d = parent / name
+    d.mkdir(parents=True)
+    success = [0.5] * steps if success is None else list(success)
+    cfg = {"run": {"name": name, "seed": 0, "steps": steps, "out_dir": str(parent)},
+           "task": {"kind": "sim", "env_id": "testbed/PlantedFailure-v0"},
+           "rollout": {"batch_size": 4, "max_len": 8},
+           "stop": {"rule": rule, "warmup_steps": warmup}}
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    lines = []
+    for k in range(steps):
+        rec = {"step": k, "tokens/generated": tokens, "tokens/cumulative": tokens * (k + 1),
+               "reward/mean": success[k], "success/rate": success[k], "stop/rate": 0.0,
+               "stop/step_hist": [0] * 8, "length/mean": 6.0, "time/gen": step_time, "time/actor": 0.0,
+               "time/critic": 0.0, "time/wall": step_time * (k + 1), "loss/policy": 0.0, "loss/value": 0.0,
+               "critic/explained_variance": None, "stop/precision": None, "stop/recall": 0.0,
+               "stop/false_stop_rate": 0.0, "stop/delay": None, "credit/failure_rank": 0.5,
+               "gen/idle_fraction": 0.5, "pool/age_mean": 0.0}
+        rec.update(extra(k) if extra else {})
+        lines.append(json.dumps(rec))
+    (d / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    if summary:
+        (d / "summary.json").write_text(json.dumps({"name": name, "steps": steps, "complete": True}))
+    return d
+
+
+def stopper(precision=0.8, recall=0.8, fsr=0.1, delay=1.0, warmup=0, hist_pos=3):
+    """Per-step detector metrics of a stop rule that stops from ``warmup`` on."""
+    def extra(k):
+        if k < warmup:
+            return {"stop/recall": 0.0}
+        h = [0] * 8
+        h[hist_pos] = 2
+        return {"stop/rate": 0.25, "stop/precision": precision, "stop/recall": recall,
+                "stop/false_stop_rate": fsr, "stop/delay": delay, "stop/step_hist": h}
+    return extra
+
+
+def step_success(start: int, steps: int = STEPS):
+    """Success 0 before ``start``, 1 from ``start`` on."""
+    return [0.0 if k < start else 1.0 for k in range(steps)]
+
+
+@pytest.fixture
+def study(tmp_path):
+    """One env, one seed: PPO 100 tokens/step, ESPO 75 (25% saved), random 75, oracle 50."""
+    root = tmp_path / "runs"
+    make_run(root, "ppo-default-s0", tokens=100, success=step_success(10))
+    make_run(root, "espo-default-s0", tokens=75, success=step_success(6), rule="espo", warmup=5,
+             extra=stopper(warmup=5, precision=0.6, recall=0.8, fsr=0.2))
+    make_run(root, "random-default-s0", tokens=75, success=step_success(10), rule="random", warmup=5,
+             extra=stopper(warmup=5, precision=0.3, recall=0.4, fsr=0.5))
+    make_run(root, "oracle-default-s0", tokens=50, success=step_success(6), rule="oracle", warmup=5,
+             extra=stopper(warmup=5, precision=1.0, recall=1.0, fsr=0.0, delay=0.0))
+    return root
+
+
+def row(table, method, env="default"):
+    r = table[(table["env"] == env) & (table["method"] == method)]
+    assert len(r) == 1, f"no single row for {env}/{method}"
+    return r.iloc[0]
+
+
+# --- loaders ----------------------------------------------------------------------------------------
+def test_load_run_reads_metrics_nulls_and_derived_time(tmp_path):
+    d = make_run(tmp_path, "ppo-default-s0", step_time=2.0)
+    r = load_run(d)
+    m = r["metrics"]
+    assert r["name"] == "ppo-default-s0" and r["summary"]["complete"] is True
+    assert len(m) == STEPS and list(m["step"]) == list(range(STEPS))
+    assert m["critic/explained_variance"].isna().all()  # JSON null -> NaN
+    assert m["stop/step_hist"].iloc[0] == [0] * 8  # lists stay lists
+    np.testing.assert_allclose(m["time/compute_cumulative"].iloc[-1], 2.0 * STEPS)
+
+
+@pytest.mark.parametrize("missing", ["config.yaml", "metrics.jsonl", "summary.json"])
+def test_load_run_names_the_missing_file(tmp_path, missing):
+    d = make_run(tmp_path, "espo-default-s0")
+    (d / missing).unlink()
+    with pytest.raises(RunDirError, match=f"{d}.*{missing}"):
+        load_run(d)
+
+
+def test_load_run_names_the_bad_metrics_line(tmp_path):
+    d = make_run(tmp_path, "espo-default-s0")
+    lines = (d / "metrics.jsonl").read_text().splitlines()
+    lines[2] = '{"step": 2, "tokens/cumulative": '
+    (d / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(RunDirError, match=r"metrics\.jsonl:3"):
+        load_run(d)
+
+
+def test_load_run_names_a_record_without_required_keys(tmp_path):
+    d = make_run(tmp_path, "espo-default-s0")
+    lines = (d / "metrics.jsonl").read_text().splitlines()
+    lines[4] = json.dumps({"step": 4})
+    (d / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(RunDirError, match=r"metrics\.jsonl:5.*tokens/cumulative"):
+        load_run(d)
+
+
+def test_load_run_names_bad_yaml_and_bad_summary(tmp_path):
+    d = make_run(tmp_path, "a")
+    (d / "config.yaml").write_text("run: [unclosed\n")
+    with pytest.raises(RunDirError, match=r"config\.yaml"):
+        load_run(d)
+    d = make_run(tmp_path, "b")
+    (d / "summary.json").write_text("{not json")
+    with pytest.raises(RunDirError, match=r"summary\.json"):
+        load_run(d)
+
+
+def test_load_runs_unfinished_run_and_missing_folder(tmp_path):
+    make_run(tmp_path / "runs", "ppo-default-s0", summary=False)
+    df = load_runs(tmp_path / "runs")
+    assert not df["complete"].any()
+    with pytest.raises(RunDirError, match="summary.json"):
+        load_runs(tmp_path / "runs", require_summary=True)
+    with pytest.raises(RunDirError, match="nowhere"):
+        load_runs(tmp_path / "nowhere")
+
+
+def test_labels_from_name_parts_and_from_sweep_summary(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root, "regret_only-trap-s2")
+    df = load_runs(root, axes=("method", "env", "seed"))
+    assert df["label/method"].iloc[0] == "regret_only" and df["label/env"].iloc[0] == "trap"
+    assert df["label/seed"].iloc[0] == 2 and df["group"].iloc[0] == "regret_only-trap"
+    assert name_labels("espo-s3") == {"label/part0": "espo", "label/seed": 3}
+    # a sweep summary in the parent folder wins over the name
+    (root / "sweep_summary.jsonl").write_text(json.dumps(
+        {"name": "regret_only-trap-s2", "label/method": "R", "label/env": "E", "label/seed": 7}) + "\n")
+    df = load_runs(root, axes=("method", "env", "seed"))
+    assert (df["label/method"].iloc[0], df["label/env"].iloc[0], df["label/seed"].iloc[0]) == ("R", "E", 7)
+
+
+def test_first_reach_uses_the_trailing_average():
+    import pandas as pd
+
+    run = pd.DataFrame({"step": range(10), "tokens/cumulative": [10 * (k + 1) for k in range(10)],
+                        "success/rate": [0, 0, 0, 1, 1, 1, 1, 1, 1, 1]})
+    assert first_reach(run, 0.5, window=2) == 40  # mean(0, 1) at step 3
+    assert first_reach(run, 0.9, window=2) == 50  # mean(1, 1) at step 4
+    assert math.isnan(first_reach(run, 1.5, window=2))
+
+
+# --- ESPO headline score ----------------------------------------------------------------------------
+def test_score_computes_known_numbers(study):
+    df = load_runs(study, axes=headline_sweep.AXES)
+    t = headline.score(df)
+    ppo, espo, rnd, orc = (row(t, m) for m in ("ppo", "espo", "random", "oracle"))
+    np.testing.assert_allclose(espo["tokens_saved_pct"], 25.0)
+    np.testing.assert_allclose(orc["tokens_saved_pct"], 50.0)
+    np.testing.assert_allclose(ppo["tokens_saved_pct"], 0.0)
+    np.testing.assert_allclose(espo["tokens"], 75 * STEPS)
+    np.testing.assert_allclose(espo["final_success"], 1.0)
+    # level = 0.5 * PPO's final success (1.0); 2-step trailing mean first hits 0.5 at the first success step
+    np.testing.assert_allclose(espo["level"], 0.5)
+    np.testing.assert_allclose(ppo["tokens_to_level"], 100 * 11)
+    np.testing.assert_allclose(espo["tokens_to_level"], 75 * 7)
+    np.testing.assert_allclose(espo["saved_at_level_pct"], 100 * (1 - 525 / 1100))
+    # detector metrics average only the steps after the warm-up (recall is 0 before it)
+    np.testing.assert_allclose(espo["recall"], 0.8)
+    np.testing.assert_allclose(espo["precision"], 0.6)
+    np.testing.assert_allclose(espo["false_stop_rate"], 0.2)
+    np.testing.assert_allclose(espo["stop_rate"], 0.25 * 15 / 20)
+    # closeness to the oracle: half of its saving, 0.6 of its precision, 0.8 of its recall
+    np.testing.assert_allclose(espo["saving_vs_oracle"], 0.5)
+    np.testing.assert_allclose(espo["precision_vs_oracle"], 0.6)
+    np.testing.assert_allclose(espo["recall_vs_oracle"], 0.8)
+    assert espo["n"] == 1 and espo["reached"] == 1 and math.isnan(espo["tokens_saved_pct_std"])
+
+
+def test_score_mean_and_std_over_seeds(tmp_path):
+    root = tmp_path / "runs"
+    for s, tok in ((0, 80), (1, 60)):  # 20% and 40% saved
+        make_run(root, f"ppo-default-s{s}", tokens=100)
+        make_run(root, f"espo-default-s{s}", tokens=tok, rule="espo")
+    t = headline.score(load_runs(root, axes=headline_sweep.AXES))
+    espo = row(t, "espo")
+    np.testing.assert_allclose(espo["tokens_saved_pct"], 30.0)
+    np.testing.assert_allclose(espo["tokens_saved_pct_std"], np.std([20.0, 40.0], ddof=1))
+    assert espo["n"] == 2
+
+
+def test_headline_verdict_flips_with_the_numbers(tmp_path):
+    def claim(espo_tokens, espo_success):
+        root = tmp_path / f"case{next(_fresh)}"
+        make_run(root, "ppo-default-s0", tokens=100, success=[0.5] * STEPS)
+        make_run(root, "espo-default-s0", tokens=espo_tokens, success=[espo_success] * STEPS, rule="espo")
+        v = headline.verdicts(headline.score(load_runs(root, axes=headline_sweep.AXES)))
+        (line,) = [x for x in v if "saves >20%" in x]
+        return line
+
+    assert ": yes (" in claim(75, 0.5)  # 25% saved, same success
+    assert ": no (" in claim(90, 0.5)  # 10% saved
+    assert ": no (" in claim(75, 0.4)  # 25% saved but worse success
+    assert "25.0%" in claim(75, 0.5)
+
+
+def test_random_and_oracle_verdicts_flip(tmp_path):
+    def verdict_lines(random_success, oracle_tokens=60):
+        root = tmp_path / f"case{next(_fresh)}"
+        make_run(root, "ppo-default-s0", tokens=100)
+        make_run(root, "espo-default-s0", tokens=75, success=[0.5] * STEPS, rule="espo", extra=stopper(precision=0.7))
+        make_run(root, "random-default-s0", tokens=75, success=[random_success] * STEPS, rule="random",
+                 extra=stopper(precision=0.3))
+        make_run(root, "oracle-default-s0", tokens=oracle_tokens, rule="oracle", extra=stopper(precision=1.0))
+        return headline.verdicts(headline.score(load_runs(root, axes=headline_sweep.AXES)))
+
+    worse = [x for x in verdict_lines(0.3) if "random truncation" in x][0]
+    same = [x for x in verdict_lines(0.5) if "random truncation" in x][0]
+    assert ": yes (" in worse and ": no (" in same
+    oracle = [x for x in verdict_lines(0.5) if "oracle's token saving" in x][0]
+    assert ": yes (" in oracle and "ratio 0.625" in oracle  # 25% / 40% of tokens saved
+    oracle = [x for x in verdict_lines(0.5, oracle_tokens=10) if "oracle's token saving" in x][0]
+    assert ": no (" in oracle and "ratio 0.278" in oracle  # 25% / 90%
+    precise = [x for x in verdict_lines(0.5) if "more precise" in x][0]
+    assert ": yes (" in precise
+
+
+def test_verdicts_say_when_a_method_is_missing(tmp_path):
+    make_run(tmp_path / "runs", "ppo-default-s0")
+    v = headline.verdicts(headline.score(load_runs(tmp_path / "runs", axes=headline_sweep.AXES)))
+    assert v and "not evaluated" in v[0]
+
+
+# --- figures ----------------------------------------------------------------------------------------
+def test_plot_functions_return_figures_and_write_nothing(study, tmp_path, monkeypatch):
+    df = load_runs(study, axes=headline_sweep.AXES)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    before = sorted(p for p in tmp_path.rglob("*"))
+    for name, fn in headline.PLOTS.items():
+        fig = fn(df)
+        assert isinstance(fig, Figure), name
+        assert fig.axes, name
+        plt.close(fig)
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+def test_plot_runs_cli_writes_report_and_pngs(study, tmp_path, capsys):
+    out = tmp_path / "plots"
+    assert plot_runs_cli([str(study)], out=str(out)) == 0
+    report = (out / "report.md").read_text()
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert "success_vs_tokens.png" in pngs and len(pngs) >= 4
+    for p in pngs:
+        assert f"({p})" in report
+        assert (out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| espo-default |" in report and "1,500" in report  # ESPO's 75 x 20 tokens
+
+
+def test_plot_runs_cli_reports_a_bad_directory(tmp_path, capsys):
+    d = make_run(tmp_path, "espo-default-s0")
+    (d / "metrics.jsonl").write_text("not json\n")
+    assert plot_runs_cli([str(d)], out=str(tmp_path / "plots")) == 2
+    assert "metrics.jsonl:1" in capsys.readouterr().err
+
+
+def test_markdown_table_merges_mean_and_std(study):
+    t = summary_table(load_runs(study))
+    md = markdown_table(t)
+    assert md.splitlines()[0].startswith("| group |") and "final_success_std" not in md
+
+
+# --- T-PPO speed-up score ---------------------------------------------------------------------------
+def test_speedup_score_and_verdict(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root, "ppo-longtail-s0", tokens=100, success=step_success(10), step_time=2.0)
+    make_run(root, "tppo-longtail-s0", tokens=50, success=step_success(10), step_time=0.5,
+             extra=lambda k: {"gen/idle_fraction": 0.1})
+    t = speedup.score(load_runs(root, axes=("method", "env", "seed")))
+    tp = row(t, "tppo", "longtail")
+    np.testing.assert_allclose(tp["compute_to_level"], 0.5 * 11)
+    np.testing.assert_allclose(tp["speedup_compute"], 4.0)
+    np.testing.assert_allclose(tp["speedup_wall"], 4.0)
+    np.testing.assert_allclose(tp["tokens_saved_at_level_pct"], 50.0)
+    np.testing.assert_allclose(tp["gen_s"], 0.5 * STEPS)
+    v = speedup.verdicts(t)
+    assert any("claimed 2.5x: yes" in x for x in v)
+    assert any("fewer decoding slots idle than PPO: yes" in x for x in v)
+    # slower T-PPO: the verdict flips
+    root2 = tmp_path / "runs2"
+    make_run(root2, "ppo-longtail-s0", tokens=100, success=step_success(10), step_time=1.0)
+    make_run(root2, "tppo-longtail-s0", tokens=50, success=step_success(10), step_time=0.8)
+    v = speedup.verdicts(speedup.score(load_runs(root2, axes=("method", "env", "seed"))))
+    assert any("claimed 2.5x: no" in x for x in v)
+
+
+def test_speedup_plots_return_figures(tmp_path):
+    root = tmp_path / "runs"
+    for m in ("ppo", "tppo"):
+        make_run(root, f"{m}-longtail-s0", success=step_success(5))
+    df = load_runs(root, axes=("method", "env", "seed"))
+    for name, fn in speedup.PLOTS.items():
+        fig = fn(df)
+        assert isinstance(fig, Figure), name
+        plt.close(fig)
+
+
+# --- the study registry and sweep settings ----------------------------------------------------------
+@pytest.mark.parametrize("name", experiments.names())
+def test_registered_studies_have_their_parts(name):
+    a, r, s = (experiments.load(name, part) for part in ("analysis", "run", "sweep"))
+    assert callable(a.score) and callable(a.verdicts) and a.PLOTS
+    assert all(k.isidentifier() and callable(f) for k, f in a.PLOTS.items())
+    assert callable(r.main) and callable(s.spec)
+    assert experiments.entry_point(name).endswith(".run:main")
+    with pytest.raises(KeyError, match="registered"):
+        experiments.load("nope")
+
+
+def test_headline_sweep_expands_to_named_runs(tmp_path):
+    runner = importlib.import_module("testbed.sweep")
+    _, specs = runner.expand(headline_sweep.spec(tmp_path / "runs"))
+    names = {s.name: s for s in specs}
+    n = len(headline_sweep.METHODS) * len(headline_sweep.ENVS) * len(headline_sweep.REPORT_SEEDS)
+    assert len(names) == n and "espo-trap-s1" in names
+    rnd = names["random-trap-s1"].config
+    assert rnd["stop"]["reference_run"] == str(tmp_path / "runs" / "espo-trap-s1")
+    assert names["espo-default-s0"].config["stop"]["tau"] == headline_sweep.ESPO_CONSTANTS["stop.tau"]
+    assert names["oracle-trap-s0"].config["task"]["env_id"] == "testbed/PlantedFailureTrap-v0"
+    assert not set(headline_sweep.REPORT_SEEDS) & set(headline_sweep.TUNE_SEEDS)
+    _, tune = runner.expand(headline_sweep.tune_spec(tmp_path / "tune"))
+    assert {s.config["run"]["seed"] for s in tune} == set(headline_sweep.TUNE_SEEDS)
+
+
+def test_stale_runs_are_detected(tmp_path):
+    runner = importlib.import_module("testbed.sweep")
+    _, specs = runner.expand(headline_sweep.spec(tmp_path / "runs", quick=True))
+    by = {s.name: s for s in specs}
+    for name in ("espo-default-s0", "random-default-s0", "ppo-default-s0"):
+        s = by[name]
+        s.run_dir.mkdir(parents=True)
+        (s.run_dir / "config.yaml").write_text(yaml.safe_dump(s.config))
+    assert experiments.stale_runs(specs) == {}
+    cfg = dict(by["espo-default-s0"].config, stop={**by["espo-default-s0"].config["stop"], "tau": 123.0})
+    (by["espo-default-s0"].run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    stale = experiments.stale_runs(specs)
+    assert set(stale) == {"espo-default-s0", "random-default-s0"}  # random follows its reference run
+    assert "stop.tau" in stale["espo-default-s0"]
+
+
+def test_espo_constants_agree_with_the_espo_config():
+    """The study's ESPO_CONSTANTS override configs/espo.yaml; silently different values would make the
+    headline report a different ESPO than ``testbed run configs/espo.yaml``."""
+    stop = yaml.safe_load(Path(headline_sweep.BASE_CONFIG).read_text())["stop"]
+    stop_overrides = {k: v for k, v in headline_sweep.OVERRIDES.items() if k.startswith("stop.")}
+    for key, value in {**headline_sweep.ESPO_CONSTANTS, **stop_overrides}.items():
+        assert stop.get(key.removeprefix("stop.")) == value, (
+            f"espo_headline.sweep sets {key} = {value!r} but configs/espo.yaml has {stop.get(key.removeprefix('stop.'))!r}")
