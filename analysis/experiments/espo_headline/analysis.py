@@ -265,7 +265,7 @@ def plot_stop_vs_failure(df: pd.DataFrame) -> Figure:
         for m in stoppers:
             g = df[(df["label/env"] == env) & (df["label/method"] == m)]
             if "stop/step_hist" in g:
-                warm = g["config/stop.warmup_steps"] if "config/stop.warmup_steps" in g else 0
+                warm = g["config/stop.warmup_steps"].max() if "config/stop.warmup_steps" in g and len(g) else 0
                 hists = [np.asarray(h, dtype=float) for h in g.loc[g["step"] >= warm, "stop/step_hist"]
                          if isinstance(h, (list, np.ndarray)) and len(h)]
                 if hists:

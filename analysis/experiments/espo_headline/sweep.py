@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[3]
 BASE_CONFIG = str(REPO / "configs" / "espo.yaml")
 """Base config of every run (absolute, so the study runs from any working directory)."""
 
-STEPS = 150
+STEPS = 200
 """Training steps per run."""
 
 OVERRIDES: dict = {
