@@ -360,7 +360,9 @@ class HFBackend:
         tokens = tokens.to(self.device).long()
         mask = mask.to(self.device).bool()
         if tokens.shape[0] != p_ids.shape[0] or tokens.shape != mask.shape:
-            raise ValueError(f"tokens {tuple(tokens.shape)} and mask {tuple(mask.shape)} must be (B, T), B = {p_ids.shape[0]}")
+            raise ValueError(
+                f"tokens {tuple(tokens.shape)} and mask {tuple(mask.shape)} must be (B, T), B = {p_ids.shape[0]}"
+            )
         tokens = torch.where(mask, tokens, torch.full_like(tokens, self.pad_token_id))
         ids = torch.cat([p_ids, tokens], dim=1)
         attn = torch.cat([p_attn, mask.long()], dim=1)
@@ -400,7 +402,8 @@ class HFBackend:
         ids, attn, pos, Lp, tokens, mask = self._teacher_inputs(prompts, tokens, mask)
         T = tokens.shape[1]
         with _train_mode([model], self.gradient_checkpointing and torch.is_grad_enabled()):
-            hidden = model.base_model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
+            out = model.base_model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
+        hidden = out.last_hidden_state
         states = hidden[:, Lp - 1:Lp - 1 + T]  # state before response token t
         lp, ent = self._logprob_entropy(states[mask], tokens[mask], temperature, model.get_output_embeddings())
         zeros = torch.zeros(tokens.shape, dtype=torch.float32, device=self.device)
@@ -433,7 +436,8 @@ class HFBackend:
             values = values[:, Lp - 1:Lp - 1 + T]
         else:  # shared trunk, detached: the value loss trains the head only
             with torch.no_grad():
-                hidden = self._trunk(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
+                out = self._trunk(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
+                hidden = out.last_hidden_state
             values = self.value_head(hidden[:, Lp - 1:Lp - 1 + T])
         return torch.where(mask, values, torch.zeros_like(values))
 
