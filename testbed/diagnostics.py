@@ -35,7 +35,9 @@ def detection_metrics(rollout: Rollout) -> dict[str, float]:
 
     A stop is correct when the row was already doomed: its fatal token is at or before the stop.
     ``stop/false_stop_rate`` is the share of not-doomed finished rows that were stopped (a false
-    positive rate, not 1 - precision). ``stop/recall`` is the share of doomed finished rows stopped.
+    positive rate, not 1 - precision). ``stop/recall`` is the share of *stoppable* doomed rows that
+    were stopped: rows whose fatal token was their own last token (an early EOS, say) ended at the
+    failure and could not have been stopped any earlier, so they are not counted.
     """
     fin = rollout.finished
     stopped = (rollout.ending == Ending.EARLY_STOP) & fin
@@ -43,10 +45,13 @@ def detection_metrics(rollout: Rollout) -> dict[str, float]:
     f = rollout.failure_step
     doomed = fin & (f >= 0) & (f <= pos)
     hit = stopped & doomed
+    stoppable = hit | (doomed & ~stopped & (f < pos))
     delay = (pos - f)[hit].float()
     return {
         "stop/precision": _ratio(hit.sum(), stopped.sum()),
-        "stop/recall": _ratio(hit.sum(), doomed.sum()),
+        "stop/recall": _ratio(hit.sum(), stoppable.sum()),
+        "stop/count": float(stopped.sum()),
+        "stop/doomed_count": float(doomed.sum()),
         "stop/false_stop_rate": _ratio((stopped & ~doomed).sum(), (fin & ~doomed).sum()),
         "stop/delay": float(delay.mean()) if len(delay) else float("nan"),
         "stats/doomed_rate": _ratio(doomed.sum(), fin.sum()),
@@ -64,3 +69,15 @@ def failure_rank(rollout: Rollout, advantages: Tensor) -> float:
     adv = advantages.masked_fill(~rollout.mask, float("inf"))
     worst = adv.argmin(-1)
     return float((worst[rows] == local[rows]).float().mean())
+
+
+def row_records(rollout: Rollout) -> dict[str, list[int]]:
+    """Per finished row: response length, ending code, stop flag and planted failure step (for scatter plots)."""
+    fin = rollout.finished
+    pos = _stop_positions(rollout)
+    return {
+        "length": (pos + 1)[fin].tolist(),
+        "ending": rollout.ending[fin].tolist(),
+        "failure_step": rollout.failure_step[fin].tolist(),
+        "success": rollout.success[fin].int().tolist() if rollout.success is not None else [],
+    }

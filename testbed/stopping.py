@@ -243,9 +243,12 @@ class StopSchedule:
 class RandomRule(StopRule):
     """Random truncation matched to a reference ESPO run, step by step.
 
-    At ``reset`` each new row is marked for stopping with the reference's stop rate at this training
-    step, at a position drawn from the reference's stop-position histogram at this step. A marked row
-    that ends on its own first is not stopped, exactly as an ESPO stop could not happen after the end.
+    At ``reset`` each new row is marked for stopping at a position drawn from the reference's
+    stop-position histogram at this training step. A marked row that ends on its own before that
+    position is not stopped (no stop can happen after the end), so marking with the reference's rate
+    would stop fewer rows than the reference did; the marking probability is therefore the
+    reference's rate divided by the share of marked rows that were actually stopped so far
+    (``hit_rate``, a running ratio), capped at 1. The realised stop rate then tracks the reference's.
     """
 
     def __init__(self, cfg: StopSection, *, num_slots: int, seed: int = 0, schedule: StopSchedule | None = None):
@@ -257,11 +260,19 @@ class RandomRule(StopRule):
         self.schedule = schedule
         self.rng = np.random.default_rng(seed + 7919)
         self.stop_at = torch.full((num_slots,), -1, dtype=torch.long)
+        self.marked = 0
+        self.fired = 0
+
+    @property
+    def hit_rate(self) -> float:
+        """Share of marked rows that were stopped (1 before any evidence)."""
+        return self.fired / self.marked if self.marked >= 20 and self.fired > 0 else 1.0
 
     def reset(self, slots: Tensor, train_step: int) -> None:
         rate, hist = self.schedule.at(train_step)
         n = len(slots)
-        marked = self.rng.random(n) < rate
+        marked = self.rng.random(n) < min(1.0, rate / self.hit_rate)
+        self.marked += int(marked.sum())
         if hist.sum() > 0:
             pos = self.rng.choice(len(hist), size=n, p=hist / hist.sum())
         else:
@@ -272,11 +283,18 @@ class RandomRule(StopRule):
         at = self.stop_at[ctx.slots.cpu()].to(ctx.positions.device)
         return (at >= 0) & (ctx.positions >= at)
 
+    def __call__(self, ctx: StopContext) -> Tensor:
+        stop = super().__call__(ctx)
+        # Count executed stops once per row (the collector drops a stopped row at once).
+        self.fired += int(stop.sum())
+        return stop
+
     def state_dict(self) -> dict:
-        return {"rng": self.rng.bit_generator.state}
+        return {"rng": self.rng.bit_generator.state, "marked": self.marked, "fired": self.fired}
 
     def load_state_dict(self, state: dict) -> None:
         self.rng.bit_generator.state = state["rng"]
+        self.marked, self.fired = state["marked"], state["fired"]
 
 
 @RULES.register("oracle")

@@ -25,7 +25,7 @@ from testbed import config as config_mod
 from testbed.advantages import ESTIMATORS, AdvantageParams, loss_mask, mc_returns
 from testbed.collector import SamplePool, StepBatch
 from testbed.config import Config
-from testbed.diagnostics import detection_metrics, failure_rank, stop_metrics
+from testbed.diagnostics import detection_metrics, failure_rank, row_records, stop_metrics
 from testbed.losses import entropy_bonus, explained_variance, kl_penalty, ppo_policy_loss, value_loss
 from testbed.masked import masked_mean, masked_whiten as whiten
 from testbed.metrics import MetricsLogger
@@ -88,6 +88,8 @@ class Trainer:
         self.opt_critic = torch.optim.Adam(self.backend.critic_parameters(), lr=cfg.algo.lr_critic)
         self.shuffle = torch.Generator().manual_seed(cfg.run.seed + 1)
         self.logger = MetricsLogger(self.run_dir / "metrics.jsonl")
+        # Per-row outcomes of finished rows (length, ending, planted failure step) on simulated tasks.
+        self.rows_logger = MetricsLogger(self.run_dir / "rows.jsonl") if cfg.task.kind == "sim" else None
         self.step = 0
         self.cumulative_tokens = 0
         self._eval_task = None
@@ -111,6 +113,8 @@ class Trainer:
             record = self.record(batch, adv.advantages, actor, critic)
             record.update(held_out)
             self.logger.log(record)
+            if self.rows_logger is not None:
+                self.rows_logger.log({"step": self.step, **row_records(batch.rollout)})
             self.step += 1
             if self.step % c.run.checkpoint_every == 0 or self.step == c.run.steps:
                 self.save_checkpoint()
@@ -336,8 +340,10 @@ class Trainer:
 
     def _resume(self) -> None:
         ck = self.run_dir / "checkpoints"
+        loggers = [x for x in (self.logger, self.rows_logger) if x is not None]
         if not (ck / "latest.json").exists():
-            self.logger.truncate_after(-1)
+            for lg in loggers:
+                lg.truncate_after(-1)
             return
         from safetensors.torch import load_file
 
@@ -353,7 +359,8 @@ class Trainer:
         self.rule.load_state_dict(json.loads(state["rule"]))
         _set_task_rng_state(self.task, json.loads(state["task_rng"]))
         # Carried T-PPO rows are not checkpointed: the resumed run starts with a fresh pool.
-        self.logger.truncate_after(self.step - 1)
+        for lg in loggers:
+            lg.truncate_after(self.step - 1)
 
 
 def _task_rng_state(task) -> Any:

@@ -166,3 +166,24 @@ def test_random_rule_reads_reference_run(tmp_path):
         StopSchedule.from_run(tmp_path)
     with pytest.raises(ValueError, match="reference_run"):
         make_stop_rule(StopSection(rule="random"), num_slots=2)
+
+
+def test_random_rule_calibrates_for_rows_that_end_first():
+    """Rows that end before their drawn stop position are not stopped; marking compensates."""
+    sched = StopSchedule(rates=[0.3], histograms=[[0, 0, 0, 0, 1, 1]])  # positions 4 or 5
+    rule = RandomRule(StopSection(rule="random", warmup_steps=0, min_tokens=1), num_slots=2000, seed=3, schedule=sched)
+    rates = []
+    for step in range(6):
+        rule.reset(torch.arange(2000), train_step=step)
+        alive = torch.ones(2000, dtype=torch.bool)
+        stopped = torch.zeros(2000, dtype=torch.bool)
+        for pos in range(6):
+            if pos == 4:  # half of all rows end on their own (EOS) at position 4, before any stop at 5
+                alive[:1000] = False
+            idx = alive.nonzero().squeeze(-1)
+            s = rule(ctx([0.0] * len(idx), None, slots=idx, positions=torch.full((len(idx),), pos), step=step))
+            stopped[idx[s]] = True
+            alive[idx[s]] = False
+        rates.append(stopped.float().mean().item())
+    assert rates[0] < 0.27  # uncalibrated: 0.3 * (1 - 0.5 * 0.5) = 0.225
+    assert abs(rates[-1] - 0.3) < 0.03

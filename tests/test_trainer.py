@@ -91,3 +91,17 @@ def test_cli_reports_bad_override(tmp_path):
     p = subprocess.run([sys.executable, "-m", "testbed.cli", "run", "configs/ppo.yaml", "stop.tauu=1"],
                        capture_output=True, text=True)
     assert p.returncode == 2 and "stop.tauu: unknown key" in p.stderr
+
+
+def test_rows_log_matches_metrics(tmp_path):
+    Trainer(small(tmp_path, "stop.rule=oracle", "stop.warmup_steps=0", "stop.min_tokens=1")).train()
+    rows = read_metrics(tmp_path / "r" / "rows.jsonl")
+    recs = read_metrics(tmp_path / "r" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [r["step"] for r in recs]
+    for row, rec in zip(rows, recs):
+        stops = [e == 3 for e in row["ending"]]  # Ending.EARLY_STOP
+        assert sum(stops) / len(stops) == pytest.approx(rec["stop/rate"])
+        # the oracle (delay 0) stops exactly at the planted failure
+        for stopped, length, f in zip(stops, row["length"], row["failure_step"]):
+            if stopped:
+                assert length - 1 == f
