@@ -64,8 +64,12 @@ def cmd_plot(args) -> int:
 def cmd_demo(args) -> int:
     from testbed.trainer import load_entry_point
 
-    return load_entry_point("analysis.experiments.espo_headline.run:main")(
-        out=args.out, workers=args.workers, quick=args.quick, fresh=args.fresh)
+    try:
+        spec = load_entry_point("analysis.experiments:entry_point")(args.study)
+    except KeyError as e:
+        raise config_mod.ConfigError(f"--study: {e.args[0]}") from None
+    out = args.out or f"out/{args.study}"
+    return load_entry_point(spec)(out=out, workers=args.workers, quick=args.quick, fresh=args.fresh)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", required=True, help="output folder")
     pl.set_defaults(fn=cmd_plot)
 
-    d = sub.add_parser("demo", help="the headline simulated ESPO study, end to end")
-    d.add_argument("--out", default="out/espo_headline", help="output folder (runs, figures, report)")
+    d = sub.add_parser("demo", help="the headline simulated ESPO study (or another registered study), end to end")
+    d.add_argument("--study", default="espo_headline", help="registered study: espo_headline, tppo_speedup")
+    d.add_argument("--out", default="", help="output folder (runs, figures, report); default out/<study>")
     d.add_argument("--workers", type=int, default=2, help="parallel processes")
     d.add_argument("--quick", action="store_true", help="fewer seeds and steps (smoke test)")
     d.add_argument("--fresh", action="store_true", help="ignore completed runs in the output folder")
