@@ -18,6 +18,11 @@ every metric key          as logged (``success/rate``, ``stop/step_hist`` as a l
 ``time/compute``          ``time/gen + time/actor + time/critic`` of the step (derived)
 ``time/compute_cumulative``  its running sum over the run (derived)
 ========================  ==============================================================
+
+Simulated runs also write ``rows.jsonl``: per training step, one entry per row that finished that
+step (``{"step", "length", "ending", "failure_step", "success"}``, parallel lists). :func:`load_rows`
+turns it into one row per finished row (columns :data:`ROW_COLUMNS`); a run without the file (LLM
+runs) gives an empty table, a malformed line raises :class:`RunDirError` naming ``path:line``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,14 @@ import yaml
 from testbed.metrics import REQUIRED_KEYS, read_metrics
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json")
+ROWS_FILE = "rows.jsonl"
+"""Per-row outcomes of finished rows (simulated tasks only)."""
+EOS, LENGTH_CAP, WINDOW_CUT, EARLY_STOP = 0, 1, 2, 3
+"""``ending`` codes of ``rows.jsonl``: the values of ``testbed.rollout.Ending`` (not importable here:
+it needs torch; tests/analysis checks the two agree)."""
+ROW_LISTS = ("length", "ending", "failure_step", "success")
+ROW_COLUMNS = ("run", "step", "length", "ending", "failure_step", "success", "stopped", "doomed")
+"""Columns of :func:`load_rows`."""
 SWEEP_SUMMARY = "sweep_summary.jsonl"
 SEED_PART = re.compile(r"^s(-?\d+)$")
 TIME_PARTS = ("time/gen", "time/actor", "time/critic")
@@ -103,6 +116,104 @@ def load_run(run_dir: str | Path, *, require_summary: bool = True) -> dict[str, 
             raise RunDirError(f"{sum_path}: expected a JSON object")
     name = str(config["run"].get("name") or d.name)
     return {"name": name, "dir": d, "config": config, "metrics": metrics, "summary": summary}
+
+
+# --- per-row outcomes (rows.jsonl) ------------------------------------------------------------------
+def _empty_rows() -> pd.DataFrame:
+    return pd.DataFrame({
+        "run": pd.Series(dtype=object), "step": pd.Series(dtype=np.int64), "length": pd.Series(dtype=np.int64),
+        "ending": pd.Series(dtype=np.int64), "failure_step": pd.Series(dtype=np.int64),
+        "success": pd.Series(dtype=float), "stopped": pd.Series(dtype=bool), "doomed": pd.Series(dtype=bool),
+    })
+
+
+def _int_list(p: Path, n: int, key: str, vals) -> np.ndarray:
+    if not isinstance(vals, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+        raise RunDirError(f"{p}:{n}: {key!r} must be a list of integers")
+    return np.asarray(vals, dtype=np.int64)
+
+
+def load_rows(run_dir: str | Path, name: str | None = None) -> pd.DataFrame:
+    """One row per finished row of a run, from its ``rows.jsonl`` (see the module docstring).
+
+    Columns :data:`ROW_COLUMNS`: ``run`` (``name``, else ``config.yaml``'s ``run.name``, else the
+    directory's name), ``step`` (training step the row finished in), ``length`` (response tokens; the
+    last token's index is ``length - 1``, a stopped row's stop position), ``ending`` (code, see
+    :data:`EARLY_STOP`), ``failure_step`` (planted fatal-token index, -1 none), ``success`` (1/0, NaN
+    when not logged), and derived ``stopped`` (``ending == EARLY_STOP``) and ``doomed`` (``0 <=
+    failure_step <= length - 1``: the row held its fatal token when it ended).
+
+    A run without ``rows.jsonl`` gives an empty table with those columns. A line that is not a JSON
+    object, lacks a key, holds lists of different lengths or non-integers, an unknown ending code, a
+    length below 1 or a failure step below -1 raises :class:`RunDirError` naming ``path:line``.
+    """
+    d = Path(run_dir)
+    if not d.is_dir():
+        raise RunDirError(f"{d}: not a run directory (no such folder)")
+    if name is None:
+        name = d.name
+        cfg_path = d / "config.yaml"
+        if cfg_path.is_file():
+            try:
+                cfg = yaml.safe_load(cfg_path.read_text())
+            except yaml.YAMLError as e:
+                raise RunDirError(f"{cfg_path}: not valid YAML ({e})") from None
+            if isinstance(cfg, dict) and isinstance(cfg.get("run"), dict) and cfg["run"].get("name"):
+                name = str(cfg["run"]["name"])
+    p = d / ROWS_FILE
+    if not p.is_file():
+        return _empty_rows()
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("step", *ROW_LISTS)}
+    seen: dict[int, int] = {}
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RunDirError(f"{p}:{n}: not a JSON object ({e})") from None
+        if not isinstance(rec, dict):
+            raise RunDirError(f"{p}:{n}: expected a JSON object, got {type(rec).__name__}")
+        missing = [k for k in ("step", "length", "ending", "failure_step") if k not in rec]
+        if missing:
+            raise RunDirError(f"{p}:{n}: record lacks {missing}")
+        step = rec["step"]
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise RunDirError(f"{p}:{n}: 'step' must be a non-negative integer, got {step!r}")
+        if step in seen:
+            raise RunDirError(f"{p}:{n}: step {step} already logged on line {seen[step]}")
+        seen[step] = n
+        length, ending, fail = (_int_list(p, n, k, rec[k]) for k in ("length", "ending", "failure_step"))
+        succ = rec.get("success") or []  # [] when the task reports no success
+        succ = _int_list(p, n, "success", succ).astype(float) if len(succ) else np.full(len(length), np.nan)
+        sizes = {"length": len(length), "ending": len(ending), "failure_step": len(fail), "success": len(succ)}
+        if len(set(sizes.values())) > 1:
+            raise RunDirError(f"{p}:{n}: lists of different lengths {sizes}")
+        if len(length) and length.min() < 1:
+            raise RunDirError(f"{p}:{n}: 'length' must be >= 1, got {int(length.min())}")
+        bad = sorted(set(ending.tolist()) - {EOS, LENGTH_CAP, WINDOW_CUT, EARLY_STOP})
+        if bad:
+            raise RunDirError(f"{p}:{n}: unknown 'ending' code(s) {bad} (expected 0 EOS, 1 LENGTH_CAP, "
+                              "2 WINDOW_CUT, 3 EARLY_STOP)")
+        if len(fail) and fail.min() < -1:
+            raise RunDirError(f"{p}:{n}: 'failure_step' must be >= -1, got {int(fail.min())}")
+        cols["step"].append(np.full(len(length), step, dtype=np.int64))
+        for k, v in zip(ROW_LISTS, (length, ending, fail, succ)):
+            cols[k].append(v)
+    if not cols["step"]:
+        return _empty_rows()
+    out = pd.DataFrame({k: np.concatenate(v) for k, v in cols.items()})
+    out.insert(0, "run", name)
+    out["stopped"] = out["ending"] == EARLY_STOP
+    out["doomed"] = (out["failure_step"] >= 0) & (out["failure_step"] <= out["length"] - 1)
+    return out.sort_values("step", kind="stable").reset_index(drop=True)
+
+
+def load_many_rows(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
+    """:func:`load_rows` of every run directory among ``paths`` (as :func:`load_runs` finds them),
+    concatenated; runs without ``rows.jsonl`` contribute nothing (the result may be empty)."""
+    frames = [f for f in (load_rows(d) for d in find_run_dirs(paths)) if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else _empty_rows()
 
 
 # --- many runs --------------------------------------------------------------------------------------
@@ -292,6 +403,7 @@ def curve_band(runs: pd.DataFrame, x: str, y: str, *, window: int | None = None,
 
 
 __all__ = [
-    "RunDirError", "REQUIRED_KEYS", "load_run", "load_runs", "find_run_dirs", "name_labels", "final_mean",
+    "RunDirError", "REQUIRED_KEYS", "load_run", "load_runs", "load_rows", "load_many_rows", "ROW_COLUMNS",
+    "EOS", "LENGTH_CAP", "WINDOW_CUT", "EARLY_STOP", "find_run_dirs", "name_labels", "final_mean",
     "run_mean", "value_at_step", "smooth", "first_reach", "mean_std", "curve_band", "tail_len",
 ]

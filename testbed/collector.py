@@ -91,6 +91,12 @@ def decode_segment(
         vals = None if out.values is None else out.values.float().cpu()
         if vals is not None:
             values[active, k] = vals
+            # A backend whose critic caught up over the skipped steps in one chunk (stop_check_every > 1)
+            # exposes those values; using them saves a teacher-forced critic pass after decoding.
+            chunk = getattr(backend, "chunk_values", None)
+            if chunk is not None and chunk.shape[0] == len(active) and chunk.shape[1] > 1:
+                n = min(chunk.shape[1], k + 1)
+                values[active.unsqueeze(1), torch.arange(k - n + 1, k + 1)] = chunk[:, -n:].float().cpu()
         fs = torch.as_tensor(task.observe(slots[active.numpy()], tok.numpy()), dtype=torch.long)
         failure[active] = fs
         pos = start[active] + k
@@ -179,11 +185,15 @@ class SamplePool:
         seg = decode_segment(backend, self.task, self.rule, slots=slots, contexts=contexts, start=start,
                              budget=budget, max_len=c.rollout.max_len, cfg=c, train_step=train_step,
                              generator=self.generator, greedy=greedy)
-        # Values the critic skipped (stop_check_every > 1): one teacher-forced pass fills them.
-        if torch.isnan(seg.values[seg.mask]).any():
+        # Values the critic never computed (rows that ended between two checks when
+        # stop_check_every > 1): one teacher-forced pass over those rows only fills them.
+        missing = (torch.isnan(seg.values) & seg.mask).any(-1).nonzero().squeeze(-1)
+        if len(missing):
             with torch.no_grad():
-                v = backend.critic_forward(contexts, seg.tokens.to(backend.device), seg.mask.to(backend.device)).float().cpu()
-            seg.values = torch.where(torch.isnan(seg.values), v, seg.values)
+                dev = backend.device
+                v = backend.critic_forward([contexts[i] for i in missing.tolist()], seg.tokens[missing].to(dev),
+                                           seg.mask[missing].to(dev)).float().cpu()
+            seg.values[missing] = torch.where(torch.isnan(seg.values[missing]), v, seg.values[missing])
         seg.values = torch.where(seg.mask, seg.values, torch.zeros_like(seg.values))
         t_gen = time.perf_counter() - t0
 

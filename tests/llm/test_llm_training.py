@@ -32,3 +32,25 @@ def test_llm_preset_trains_with_tiny_model(tmp_path, preset, extra):
         assert recs[0]["stop/rate"] == 0.0 and recs[1]["stop/rate"] == 1.0
     if preset == "tppo":
         assert recs[1]["pool/carried"] == 4 and recs[2]["pool/finished"] == 4
+
+
+def test_chunked_critic_values_match_per_token_values(tmp_path):
+    """stop_check_every=3 fills skipped values from the backend's chunk (or one pass for rows that
+    left between checks); the rollout's values equal those of a per-token run."""
+    import torch
+
+    from testbed.collector import SamplePool
+    from testbed.stopping import make_stop_rule
+    from testbed.trainer import BACKEND_ENTRY_POINTS, TASK_ENTRY_POINTS, load_entry_point
+
+    def collect(every):
+        cfg = C.load(ROOT / "configs" / "llm" / "ppo.yaml", [f"run.out_dir={tmp_path}", *TINY, "model.critic=separate",
+                                                              f"model.stop_check_every={every}", "rollout.max_len=10"])
+        task = load_entry_point(TASK_ENTRY_POINTS["math"])(cfg.task, cfg.model, num_slots=4, seed=0)
+        backend = load_entry_point(BACKEND_ENTRY_POINTS["hf"])(cfg.model, task, seed=0)
+        pool = SamplePool(task, make_stop_rule(cfg.stop, num_slots=4), cfg, seed=0)
+        return pool.collect(backend, 0).rollout
+
+    a, b = collect(1), collect(3)
+    assert torch.equal(a.tokens, b.tokens)
+    torch.testing.assert_close(a.values[a.mask], b.values[b.mask], rtol=1e-4, atol=1e-5)
