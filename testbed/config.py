@@ -115,6 +115,8 @@ class RolloutSection:
 class AlgoSection:
     estimator: str = "gae"
     """Advantage estimator: ``gae``, ``egae``, ``grpo``, ``mc`` (registry names)."""
+    policy_loss: str = "ppo"
+    """Policy loss (registry name in ``testbed.losses.POLICY_LOSSES``)."""
     gamma: float = 1.0
     """Discount."""
     lam_actor: float = 0.95

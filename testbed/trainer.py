@@ -26,7 +26,7 @@ from testbed.advantages import ESTIMATORS, AdvantageParams, loss_mask, mc_return
 from testbed.collector import SamplePool, StepBatch
 from testbed.config import Config
 from testbed.diagnostics import detection_metrics, failure_rank, row_records, stop_metrics
-from testbed.losses import entropy_bonus, explained_variance, kl_penalty, ppo_policy_loss, value_loss
+from testbed.losses import POLICY_LOSSES, PolicyLossParams, entropy_bonus, explained_variance, kl_penalty, value_loss
 from testbed.masked import masked_mean, masked_whiten as whiten
 from testbed.metrics import MetricsLogger
 from testbed.rollout import Ending, Rollout
@@ -84,6 +84,8 @@ class Trainer:
         self.pool = SamplePool(self.task, self.rule, cfg, seed=cfg.run.seed)
         self.estimator = ESTIMATORS.get(cfg.algo.estimator)
         self.adv_params = AdvantageParams.from_config(cfg.algo, cfg.rollout)
+        self.policy_loss = POLICY_LOSSES.get(cfg.algo.policy_loss)
+        self.loss_params = PolicyLossParams.from_config(cfg.algo)
         self.opt_actor = torch.optim.Adam(self.backend.policy_parameters(), lr=cfg.algo.lr_actor)
         self.opt_critic = torch.optim.Adam(self.backend.critic_parameters(), lr=cfg.algo.lr_critic)
         self.shuffle = torch.Generator().manual_seed(cfg.run.seed + 1)
@@ -184,8 +186,7 @@ class Trainer:
             logp, ent = self.backend.policy_forward(prompts, rollout.tokens[idx].to(dev), rollout.mask[idx].to(dev),
                                                     temperature=c.rollout.temperature)
             logp, ent = logp.float().cpu(), ent.float().cpu()
-            loss, met = ppo_policy_loss(logp, rollout.logprobs[idx], advantages[idx], m, clip_low=a.clip_low,
-                                        clip_high=a.clip_high, agg=a.agg, dual_clip=a.dual_clip)
+            loss, met = self.policy_loss(logp, rollout.logprobs[idx], advantages[idx], m, self.loss_params)
             if a.entropy_coef:
                 l_ent, m_ent = entropy_bonus(ent, m, agg=a.agg)
                 loss = loss + a.entropy_coef * l_ent
