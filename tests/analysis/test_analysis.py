@@ -23,7 +23,11 @@ from analysis.experiments.espo_headline import analysis as headline  # noqa: E40
 from analysis.experiments.espo_headline import sweep as headline_sweep  # noqa: E402
 from analysis.experiments.tppo_speedup import analysis as speedup  # noqa: E402
 from analysis.plots import markdown_table, plot_runs_cli, summary_table  # noqa: E402
-from analysis.runs import RunDirError, first_reach, load_run, load_runs, name_labels  # noqa: E402
+from analysis.experiments.espo_headline import run as headline_run  # noqa: E402
+from analysis.runs import (  # noqa: E402
+    EARLY_STOP, EOS, LENGTH_CAP, ROW_COLUMNS, WINDOW_CUT, RunDirError, first_reach, load_many_rows, load_rows,
+    load_run, load_runs, name_labels,
+)
 
 STEPS = 20  # the last 10% of training is the last 2 steps
 _fresh = itertools.count()  # distinct folder names for cases built inside one test
@@ -87,6 +91,52 @@ def study(tmp_path):
              extra=stopper(warmup=5, precision=0.3, recall=0.4, fsr=0.5))
     make_run(root, "oracle-default-s0", tokens=50, success=step_success(6), rule="oracle", warmup=5,
              extra=stopper(warmup=5, precision=1.0, recall=1.0, fsr=0.0, delay=0.0))
+    return root
+
+
+def make_rows(run_dir: Path, steps: dict[int, list[tuple]]) -> Path:
+    """Write ``rows.jsonl``: ``steps[k]`` lists the rows that finished at step k as
+    ``(length, ending, failure_step, success)``."""
+    lines = []
+    for k, rs in sorted(steps.items()):
+        cols = list(zip(*rs)) if rs else [(), (), (), ()]
+        lines.append(json.dumps({"step": k, "length": list(cols[0]), "ending": list(cols[1]),
+                                 "failure_step": list(cols[2]), "success": list(cols[3])}))
+    (run_dir / "rows.jsonl").write_text("\n".join(lines) + "\n")
+    return run_dir / "rows.jsonl"
+
+
+S, E, C = EARLY_STOP, EOS, LENGTH_CAP
+# ESPO's finished rows (max_len 8, warm-up 1). Step 0 is warm-up: its hit must not count.
+# Step 1: a hit stopped 2 tokens after its fatal token; a clean EOS row; a doomed row whose fatal token
+# is its last token (not stoppable). Step 2: three false stops; two doomed, stoppable, not-stopped rows;
+# a success.
+ESPO_ROWS = {
+    0: [(4, S, 2, 0)],
+    1: [(5, S, 2, 0), (6, E, -1, 0), (4, E, 3, 0)],
+    2: [(3, S, -1, 0)] * 3 + [(8, C, 2, 0), (7, E, 5, 0), (6, E, -1, 1)],
+}
+# per step after warm-up: precision 1/1 and 0/3 (mean 0.5; pooled 1/4), recall 1/1 and 0/2 (mean 0.5;
+# pooled 1/3; 1/4 if the unstoppable row counted), false-stop rate 0/1 and 3/4 (mean 0.375; pooled 3/5)
+ESPO_STEP_METRICS = {1: {"stop/precision": 1.0, "stop/recall": 1.0, "stop/false_stop_rate": 0.0, "stop/delay": 2.0},
+                     2: {"stop/precision": 0.0, "stop/recall": 0.0, "stop/false_stop_rate": 0.75, "stop/delay": None}}
+# waste after warm-up: ESPO 2 + 0 + 5 + 1 = 8 of 5+6+4 + 9+8+7+6 = 45 tokens; PPO 7 at each of steps
+# 1, 2 (14) and 102 more at step 3, which ESPO's rows do not reach (so not paired)
+PPO_ROWS = {0: [(8, E, 0, 0)], 1: [(8, E, 0, 0)], 2: [(8, C, 0, 0)], 3: [(8, E, 0, 0)] * 14 + [(8, E, 5, 0)] * 2}
+
+
+def espo_step_metrics(k):
+    return ESPO_STEP_METRICS.get(k, {"stop/precision": None, "stop/recall": None, "stop/false_stop_rate": None,
+                                     "stop/delay": None})
+
+
+@pytest.fixture
+def row_study(tmp_path):
+    """PPO and ESPO with rows.jsonl of known content; random without one (falls back to metrics)."""
+    root = tmp_path / "rowruns"
+    make_rows(make_run(root, "ppo-default-s0", warmup=1), PPO_ROWS)
+    make_rows(make_run(root, "espo-default-s0", rule="espo", warmup=1, extra=espo_step_metrics), ESPO_ROWS)
+    make_run(root, "random-default-s0", rule="random", warmup=1, extra=stopper(precision=0.3))
     return root
 
 
@@ -169,6 +219,63 @@ def test_labels_from_name_parts_and_from_sweep_summary(tmp_path):
     assert (df["label/method"].iloc[0], df["label/env"].iloc[0], df["label/seed"].iloc[0]) == ("R", "E", 7)
 
 
+def test_row_ending_codes_match_the_testbed():
+    from testbed.rollout import Ending  # torch: fine in a test, never in analysis/
+
+    assert (EOS, LENGTH_CAP, WINDOW_CUT, EARLY_STOP) == (
+        int(Ending.EOS), int(Ending.LENGTH_CAP), int(Ending.WINDOW_CUT), int(Ending.EARLY_STOP))
+
+
+def test_load_rows_one_row_per_finished_row_with_derived_flags(tmp_path):
+    d = make_run(tmp_path, "espo-default-s0", rule="espo")
+    make_rows(d, {0: [(4, S, 3, 0), (3, E, 3, 0), (5, E, -1, 1)], 1: [(2, C, 0, 0)]})
+    r = load_rows(d)
+    assert list(r.columns) == list(ROW_COLUMNS)
+    assert (r["run"] == "espo-default-s0").all()
+    assert r["step"].tolist() == [0, 0, 0, 1] and r["length"].tolist() == [4, 3, 5, 2]
+    assert r["ending"].tolist() == [S, E, E, C] and r["failure_step"].tolist() == [3, 3, -1, 0]
+    assert r["success"].tolist() == [0.0, 0.0, 1.0, 0.0]
+    assert r["stopped"].tolist() == [True, False, False, False]
+    # doomed: 0 <= failure_step <= length - 1 (fatal token 3 is beyond a 3-token row's last index 2)
+    assert r["doomed"].tolist() == [True, False, False, True]
+
+
+def test_load_rows_without_a_file_or_success(tmp_path):
+    llm = make_run(tmp_path / "runs", "ppo-default-s0")  # an LLM run writes no rows.jsonl
+    r = load_rows(llm)
+    assert r.empty and list(r.columns) == list(ROW_COLUMNS)
+    sim = make_run(tmp_path / "runs", "espo-default-s0")
+    (sim / "rows.jsonl").write_text(json.dumps({"step": 0, "length": [2, 3], "ending": [0, 3],
+                                                "failure_step": [-1, 1], "success": []}) + "\n")
+    assert load_rows(sim)["success"].isna().all()  # a task without success flags
+    both = load_many_rows(tmp_path / "runs")
+    assert both["run"].tolist() == ["espo-default-s0"] * 2
+
+
+@pytest.mark.parametrize("bad, why", [
+    ('{"step": 1, "length": [3], "ending": ', "not a JSON object"),
+    ('[1, 2]', "expected a JSON object"),
+    ('{"step": 1, "length": [3], "ending": [0]}', "failure_step"),
+    ('{"step": 1, "length": [3, 4], "ending": [0], "failure_step": [-1], "success": [1]}', "different lengths"),
+    ('{"step": 1, "length": [3], "ending": [7], "failure_step": [-1], "success": [1]}', "ending"),
+    ('{"step": 1, "length": [3.5], "ending": [0], "failure_step": [-1], "success": [1]}', "integers"),
+    ('{"step": 1, "length": [0], "ending": [0], "failure_step": [-1], "success": [1]}', "length"),
+    ('{"step": 1, "length": [3], "ending": [0], "failure_step": [-2], "success": [1]}', "failure_step"),
+    ('{"step": 0, "length": [3], "ending": [0], "failure_step": [-1], "success": [1]}', "step 0 already"),
+])
+def test_load_rows_names_the_bad_line(tmp_path, bad, why):
+    d = make_run(tmp_path, "espo-default-s0")
+    good = make_rows(d, {0: [(3, E, -1, 1)], 2: [(4, S, 1, 0)]})
+    lines = good.read_text().splitlines()
+    lines.insert(1, "")  # blank lines are skipped but still counted
+    lines.insert(2, bad)  # line 3
+    good.write_text("\n".join(lines) + "\n")
+    with pytest.raises(RunDirError, match=rf"rows\.jsonl:3: .*{why}"):
+        load_rows(d)
+    with pytest.raises(RunDirError, match=r"rows\.jsonl:3"):
+        load_many_rows(tmp_path)
+
+
 def test_first_reach_uses_the_trailing_average():
     import pandas as pd
 
@@ -204,6 +311,96 @@ def test_score_computes_known_numbers(study):
     np.testing.assert_allclose(espo["precision_vs_oracle"], 0.6)
     np.testing.assert_allclose(espo["recall_vs_oracle"], 0.8)
     assert espo["n"] == 1 and espo["reached"] == 1 and math.isnan(espo["tokens_saved_pct_std"])
+
+
+def test_detector_pools_rows_after_warmup_not_the_mean_of_step_ratios(row_study):
+    df = load_runs(row_study, axes=headline_sweep.AXES)
+    rows = load_many_rows(row_study)
+    espo = row(headline.score(df, rows), "espo")
+    assert espo["detector_from"] == "rows"
+    np.testing.assert_allclose(espo["precision"], 1 / 4)  # the mean of the step ratios is 0.5
+    np.testing.assert_allclose(espo["recall"], 1 / 3)  # the row whose fatal token is its last is not stoppable
+    np.testing.assert_allclose(espo["false_stop_rate"], 3 / 5)  # mean of step ratios: 0.375
+    np.testing.assert_allclose(espo["delay"], 2.0)
+    # without the per-row table the same runs fall back to the per-step metrics
+    fallback = row(headline.score(df), "espo")
+    assert fallback["detector_from"] == "metrics"
+    np.testing.assert_allclose([fallback["precision"], fallback["recall"], fallback["false_stop_rate"]],
+                               [0.5, 0.5, 0.375])
+    # a run without rows.jsonl in the same table falls back on its own
+    rnd = row(headline.score(df, rows), "random")
+    assert rnd["detector_from"] == "metrics"
+    np.testing.assert_allclose(rnd["precision"], 0.3)
+    assert math.isnan(rnd["waste_tokens"]) and math.isnan(rnd["waste_removed_pct"])
+
+
+def test_waste_after_the_fatal_token(row_study):
+    df = load_runs(row_study, axes=headline_sweep.AXES)
+    t = headline.score(df, load_many_rows(row_study))
+    espo, ppo = row(t, "espo"), row(t, "ppo")
+    np.testing.assert_allclose(espo["waste_tokens"], 8)  # the warm-up step's 1 token is not counted
+    np.testing.assert_allclose(espo["waste_share_pct"], 100 * 8 / 45)
+    np.testing.assert_allclose(ppo["waste_tokens"], 7 + 7 + (14 * 7 + 2 * 2))  # steps 1, 2, 3
+    np.testing.assert_allclose(ppo["waste_removed_pct"], 0.0)
+    np.testing.assert_allclose(espo["waste_removed_pct"], 100 * (1 - 8 / 14))  # paired on steps 1-2 only
+    assert math.isnan(row(headline.score(df), "espo")["waste_removed_pct"])  # needs rows
+
+
+def test_waste_verdict_flips_with_random(tmp_path):
+    def line(random_rows):
+        root = tmp_path / f"case{next(_fresh)}"
+        make_rows(make_run(root, "ppo-default-s0"), {0: [(8, E, 0, 0)] * 2})  # waste 14
+        make_rows(make_run(root, "espo-default-s0", rule="espo"), {0: [(4, S, 1, 0), (8, E, 6, 0)]})  # 2 + 1
+        make_rows(make_run(root, "random-default-s0", rule="random"), {0: random_rows})
+        root_df = load_runs(root, axes=headline_sweep.AXES)
+        v = headline.verdicts(headline.score(root_df, load_many_rows(root)))
+        (x,) = [x for x in v if "after the fatal token than random" in x]
+        return x
+
+    assert ": yes (" in line([(8, E, 3, 0)])  # random leaves 4 of 14
+    assert ": no (" in line([(2, S, 0, 0)])  # random leaves 1 of 14
+    assert "ESPO 78.6%" in line([(8, E, 3, 0)])  # 1 - 3/14
+
+
+def test_stop_vs_failure_grid_counts_each_stop_once():
+    import pandas as pd
+
+    # the 6th row: stopped at index 2 before its fatal token 4 was generated: not doomed, a false stop
+    rows = pd.DataFrame({"length": [5, 5, 3, 9, 6, 3], "failure_step": [2, 2, -1, 1, 5, 4],
+                         "stopped": [True, True, True, True, False, True],
+                         "doomed": [True, True, False, True, True, False]})
+    counts, n, n_false = headline.stop_failure_grid(rows, max_len=8)
+    assert counts.shape == (9, 8) and counts.sum() == n == 5 and n_false == 2
+    assert counts[2 + 1, 4] == 2  # stopped at index 4, fatal token 2
+    assert counts[0, 2] == 2  # false stops at index 2: the "none" row
+    assert counts[1 + 1, 7] == 1  # a stop beyond max_len - 1 is clipped into the last column
+
+
+def test_stop_vs_failure_scatter_draws_the_rows_and_writes_nothing(row_study, tmp_path, monkeypatch):
+    df = load_runs(row_study, axes=headline_sweep.AXES)
+    rows = load_many_rows(row_study)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    fig = headline.plot_stop_vs_failure(df, rows)
+    assert isinstance(fig, Figure)
+    assert sorted(tmp_path.rglob("*")) == before
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
+    assert set(panels) == {"default: espo", "default: random"}  # PPO stops nothing: no panel
+    (mesh,) = panels["default: espo"].collections  # QuadMesh: shares of ESPO's 4 post-warm-up stops
+    share = np.ma.filled(mesh.get_array(), 0.0).reshape(8 + 1, 8)
+    np.testing.assert_allclose(share[2 + 1, 4], 0.25)  # the hit: stop at index 4, fatal token 2
+    np.testing.assert_allclose(share[0, 2], 0.75)  # three false stops at index 2, in the "none" row
+    np.testing.assert_allclose(share.sum(), 1.0)  # the warm-up step's hit is left out
+    assert any("rows.jsonl" in t.get_text() for t in panels["default: random"].texts)
+    assert any("false: 3 (75%)" in t.get_text() for t in panels["default: espo"].texts)
+    plt.close(fig)
+
+
+def test_report_says_where_detector_numbers_come_from(row_study):
+    df = load_runs(row_study, axes=headline_sweep.AXES)
+    text = headline_run.detector_source(df, load_many_rows(row_study))
+    assert "for 2 of 3 runs" in text and "`random-default-s0`" in text
+    assert "other 1" in text
 
 
 def test_score_mean_and_std_over_seeds(tmp_path):
@@ -268,11 +465,24 @@ def test_plot_functions_return_figures_and_write_nothing(study, tmp_path, monkey
     monkeypatch.chdir(work)
     before = sorted(p for p in tmp_path.rglob("*"))
     for name, fn in headline.PLOTS.items():
-        fig = fn(df)
-        assert isinstance(fig, Figure), name
-        assert fig.axes, name
-        plt.close(fig)
+        for rows in (None, load_many_rows(study)):  # study has no rows.jsonl: an empty per-row table
+            fig = fn(df, rows=rows)
+            assert isinstance(fig, Figure), name
+            assert fig.axes, name
+            plt.close(fig)
     assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+def test_headline_plots_with_rows_write_nothing(row_study, tmp_path, monkeypatch):
+    df = load_runs(row_study, axes=headline_sweep.AXES)
+    rows = load_many_rows(row_study)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    for name, fn in headline.PLOTS.items():
+        fig = fn(df, rows=rows)
+        assert isinstance(fig, Figure) and fig.axes, name
+        plt.close(fig)
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_plot_runs_cli_writes_report_and_pngs(study, tmp_path, capsys):

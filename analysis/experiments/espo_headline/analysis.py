@@ -1,7 +1,9 @@
-"""Scores, verdicts and figures of the ESPO headline study, from the long run table only.
+"""Scores, verdicts and figures of the ESPO headline study, from the run table and the per-row table.
 
 ``df`` is :func:`analysis.runs.load_runs` of the study's run directories, with the labels
-``label/method``, ``label/env``, ``label/seed``. Definitions (each per run, then mean ± std over seeds):
+``label/method``, ``label/env``, ``label/seed``; ``rows`` (optional everywhere) is
+:func:`analysis.runs.load_many_rows` of the same directories: one row per finished row, from the runs'
+``rows.jsonl`` (simulated runs only). Definitions (each per run, then mean ± std over seeds):
 
 - ``final_success``: mean ``success/rate`` over the last 10% of training steps.
 - ``tokens``: ``tokens/cumulative`` at the run's last step (rollout tokens generated in training).
@@ -12,10 +14,32 @@
   ``success/rate`` (window: 10% of the run's steps) is at least ``level``; NaN if never (``reached``
   counts the seeds that did). ``saved_at_level_pct``: ``100 * (1 - tokens_to_level / PPO's)``, paired
   by seed, where both reached it: tokens saved at equal success.
-- ``stop_rate``: mean ``stop/rate`` over all steps. ``precision``, ``recall``, ``false_stop_rate``
-  (stops of rows that were not doomed / not-doomed rows), ``delay`` (stop step − failure step of
-  correct stops): means over steps ``>= stop.warmup_steps`` where defined. ``failure_rank``: mean
-  ``credit/failure_rank`` over all steps.
+- ``stop_rate``: mean ``stop/rate`` over all steps. ``failure_rank``: mean ``credit/failure_rank``
+  over all steps.
+- A finished row is *doomed* when its planted fatal token is among its tokens
+  (``0 <= failure_step <= length - 1``); a *stop* is a row that ended ``EARLY_STOP`` at position
+  ``length - 1``; a *hit* is a stop of a doomed row; a doomed row is *stoppable* when it was stopped or
+  its fatal token came before its last token (a row whose fatal token was its last token could not
+  have been stopped any earlier). A row stopped before its fatal token was generated is not doomed:
+  whether it would have failed is unknown, so it counts as a false stop.
+- ``precision`` (hits / stops), ``recall`` (hits / stoppable doomed rows), ``false_stop_rate``
+  (stops of not-doomed rows / not-doomed rows; a false-positive rate, not 1 − precision) and
+  ``delay`` (mean ``stop position − failure_step`` over hits; 0 = stopped at the fatal token), over
+  training steps ``>= stop.warmup_steps``. ``detector_from`` says how: ``rows`` (the run has a
+  ``rows.jsonl``): the counts are pooled over all finished rows of those steps, so each row weighs the
+  same and a step with few stops weighs little; ``metrics`` (no ``rows.jsonl``, e.g. LLM runs): the
+  unweighted mean over those steps of the logged per-step ratios ``stop/precision``, ``stop/recall``,
+  ``stop/false_stop_rate``, ``stop/delay`` (steps where a ratio is undefined are skipped).
+- ``waste_tokens`` (needs ``rows``): tokens generated after the fatal token, summed over the doomed
+  finished rows of the run's steps ``>= stop.warmup_steps`` (no rule may stop before; counting the
+  warm-up would add about the same waste to every method): ``sum(length - 1 - failure_step)``; the tokens
+  early stopping is meant to remove. ``waste_share_pct``: ``100 * waste_tokens / sum(length)`` over
+  all finished rows of those steps. ``waste_removed_pct``: ``100 * (1 - waste_method / waste_ppo)``,
+  both summed over the post-warm-up steps both runs logged, paired with the PPO run of the same env
+  and seed (near 100% for the oracle; below it only where ``stop.min_tokens`` forbids stopping at an
+  early fatal token). It counts what a
+  method's stops cut and also what its policy no longer generates (fewer doomed rows once it learns),
+  so it is an outcome, not a pure detector score.
 - ``saving_vs_oracle``: ``tokens_saved_pct / oracle's tokens_saved_pct`` (paired by seed; 1 = as much
   saving as stopping exactly at every planted failure). ``precision_vs_oracle`` and
   ``recall_vs_oracle``: the same ratios of precision and recall.
@@ -47,11 +71,16 @@ BASELINE = "ppo"
 STOPPING = [m for m in sweep.METHODS if m != BASELINE]
 METRICS = ["final_success", "tokens", "tokens_saved_pct", "level", "tokens_to_level", "saved_at_level_pct",
            "stop_rate", "precision", "recall", "false_stop_rate", "delay", "failure_rank",
-           "saving_vs_oracle", "precision_vs_oracle", "recall_vs_oracle"]
+           "saving_vs_oracle", "precision_vs_oracle", "recall_vs_oracle",
+           "waste_tokens", "waste_share_pct", "waste_removed_pct"]
 OUTCOME_COLUMNS = ["env", "method", "n", "final_success", "tokens", "tokens_saved_pct", "level",
                    "tokens_to_level", "reached", "saved_at_level_pct"]
-DETECTOR_COLUMNS = ["env", "method", "stop_rate", "precision", "recall", "false_stop_rate", "delay",
-                    "failure_rank", "saving_vs_oracle", "precision_vs_oracle", "recall_vs_oracle"]
+DETECTOR_COLUMNS = ["env", "method", "detector_from", "stop_rate", "precision", "recall", "false_stop_rate",
+                    "delay", "failure_rank", "saving_vs_oracle", "precision_vs_oracle", "recall_vs_oracle"]
+WASTE_COLUMNS = ["env", "method", "waste_tokens", "waste_share_pct", "waste_removed_pct"]
+DETECTOR_KEYS = {"precision": "stop/precision", "recall": "stop/recall",
+                 "false_stop_rate": "stop/false_stop_rate", "delay": "stop/delay"}
+"""Detector quantity -> the per-step metric it falls back to when a run has no ``rows.jsonl``."""
 LABELS = ("label/method", "label/env", "label/seed")
 
 
@@ -69,24 +98,79 @@ def _pct_saved(m: float, ref: float) -> float:
     return 100.0 * (1.0 - m / ref) if np.isfinite(m) and np.isfinite(ref) and ref > 0 else math.nan
 
 
-def per_run(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: env, method, seed and every per-run quantity of the module docstring."""
+def pooled_detector(rows: pd.DataFrame) -> dict[str, float]:
+    """Precision, recall, false-stop rate and delay (module docstring) pooled over the given per-row
+    records (one run's, already restricted to the steps that count). NaN where a denominator is 0."""
+    last = rows["length"].to_numpy() - 1
+    fail = rows["failure_step"].to_numpy()
+    stopped = rows["stopped"].to_numpy(dtype=bool)
+    doomed = rows["doomed"].to_numpy(dtype=bool)
+    hit = stopped & doomed
+    stoppable = hit | (doomed & ~stopped & (fail < last))
+    n_hit = int(hit.sum())
+    return {
+        "precision": n_hit / stopped.sum() if stopped.any() else math.nan,
+        "recall": n_hit / stoppable.sum() if stoppable.any() else math.nan,
+        "false_stop_rate": (stopped & ~doomed).sum() / (~doomed).sum() if (~doomed).any() else math.nan,
+        "delay": float((last - fail)[hit].mean()) if n_hit else math.nan,
+    }
+
+
+def waste_by_step(rows: pd.DataFrame) -> pd.Series:
+    """Tokens after the fatal token (``length - 1 - failure_step`` of doomed rows) per training step,
+    indexed by every step the rows cover (0 where no row was doomed)."""
+    w = np.where(rows["doomed"], rows["length"] - 1 - rows["failure_step"], 0)
+    return pd.Series(w, index=rows["step"].to_numpy()).groupby(level=0).sum().sort_index()
+
+
+def _warmup(r: pd.DataFrame) -> int:
+    if "config/stop.warmup_steps" in r and pd.notna(r["config/stop.warmup_steps"].iloc[0]):
+        return int(r["config/stop.warmup_steps"].iloc[0])
+    return 0
+
+
+def _rows_by_run(rows: pd.DataFrame | None) -> dict[str, pd.DataFrame]:
+    if rows is None or not len(rows):
+        return {}
+    return {str(k): g for k, g in rows.groupby("run", sort=False)}
+
+
+def per_run(df: pd.DataFrame, rows: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per run: env, method, seed and every per-run quantity of the module docstring.
+
+    ``rows`` (per-row records, :func:`analysis.runs.load_many_rows`) gives the pooled detector
+    quantities and the waste; runs it does not cover fall back to the per-step metrics (waste NaN).
+    """
     _check(df)
     runs = {k: r.sort_values("step") for k, r in df.groupby(list(LABELS), sort=False)}
-    rows = []
+    by_run = _rows_by_run(rows)
+    out_rows, waste = [], {}
     for (method, env, seed), r in runs.items():
-        warm = r["config/stop.warmup_steps"].iloc[0] if "config/stop.warmup_steps" in r else 0
-        after = r[r["step"] >= warm]
-        rows.append({
-            "env": env, "method": method, "seed": seed, "run": r["run"].iloc[0], "steps": int(r["step"].max()),
+        name = str(r["run"].iloc[0])
+        warm = _warmup(r)
+        rr = by_run.get(name)
+        rec = {
+            "env": env, "method": method, "seed": seed, "run": name, "steps": int(r["step"].max()),
             "final_success": final_mean(r, "success/rate"),
             "tokens": float(r["tokens/cumulative"].iloc[-1]),
             "stop_rate": run_mean(r, "stop/rate"),
-            "precision": run_mean(after, "stop/precision"), "recall": run_mean(after, "stop/recall"),
-            "false_stop_rate": run_mean(after, "stop/false_stop_rate"), "delay": run_mean(after, "stop/delay"),
             "failure_rank": run_mean(r, "credit/failure_rank"),
-        })
-    out = pd.DataFrame(rows)
+        }
+        if rr is not None:
+            rec["detector_from"] = "rows"
+            after = rr[rr["step"] >= warm]
+            rec.update(pooled_detector(after))
+            waste[(method, env, seed)] = waste_by_step(after)
+            rec["waste_tokens"] = float(waste[(method, env, seed)].sum()) if len(after) else math.nan
+            total = float(after["length"].sum())
+            rec["waste_share_pct"] = 100.0 * rec["waste_tokens"] / total if total > 0 else math.nan
+        else:
+            after = r[r["step"] >= warm]
+            rec["detector_from"] = "metrics"
+            rec.update({k: run_mean(after, key) for k, key in DETECTOR_KEYS.items()})
+            rec["waste_tokens"] = rec["waste_share_pct"] = math.nan
+        out_rows.append(rec)
+    out = pd.DataFrame(out_rows)
     # success level per env, from PPO's final success
     levels = {e: LEVEL_FRAC * mean_std(g["final_success"])[0] for e, g in out[out["method"] == BASELINE].groupby("env")}
     levels = {e: lv if lv > 0 else math.nan for e, lv in levels.items()}  # no level when PPO never succeeds
@@ -96,7 +180,7 @@ def per_run(df: pd.DataFrame) -> pd.DataFrame:
         for m, e, s, lv in zip(out["method"], out["env"], out["seed"], out["level"])
     ]
     # paired comparisons: the PPO run (and the oracle run) of the same env and seed
-    saved, saved_lv, vs_or, p_or, r_or = [], [], [], [], []
+    saved, saved_lv, waste_rm, vs_or, p_or, r_or = [], [], [], [], [], []
     for row in out.itertuples():
         ppo = runs.get((BASELINE, row.env, row.seed))
         if ppo is not None:
@@ -108,8 +192,16 @@ def per_run(df: pd.DataFrame) -> pd.DataFrame:
         else:
             saved.append(math.nan)
             saved_lv.append(math.nan)
+        wm, wp = waste.get((row.method, row.env, row.seed)), waste.get((BASELINE, row.env, row.seed))
+        if wm is not None and wp is not None and len(wm) and len(wp):
+            lo, hi = max(wm.index.min(), wp.index.min()), min(wm.index.max(), wp.index.max())
+            both = lambda w: float(w[(w.index >= lo) & (w.index <= hi)].sum())  # noqa: E731
+            waste_rm.append(_pct_saved(both(wm), both(wp)))
+        else:
+            waste_rm.append(math.nan)
     out["tokens_saved_pct"] = saved
     out["saved_at_level_pct"] = saved_lv
+    out["waste_removed_pct"] = waste_rm
     for row in out.itertuples():
         o = out[(out["method"] == "oracle") & (out["env"] == row.env) & (out["seed"] == row.seed)]
         if len(o):
@@ -123,10 +215,11 @@ def per_run(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def score(df: pd.DataFrame) -> pd.DataFrame:
+def score(df: pd.DataFrame, rows: pd.DataFrame | None = None) -> pd.DataFrame:
     """The study's table: one row per (env, method), mean and std (``<metric>_std``) over seeds of
-    every metric in :data:`METRICS`, with ``n`` seeds and ``reached`` (seeds that reached ``level``)."""
-    pr = per_run(df)
+    every metric in :data:`METRICS`, with ``n`` seeds, ``reached`` (seeds that reached ``level``) and
+    ``detector_from`` (``rows``, ``metrics``, or both joined by ``+`` when the seeds differ)."""
+    pr = per_run(df, rows)
     envs = ordered(pr["env"], list(sweep.ENVS))
     methods = ordered(pr["method"], list(sweep.METHODS))
     rows = []
@@ -135,7 +228,8 @@ def score(df: pd.DataFrame) -> pd.DataFrame:
             g = pr[(pr["env"] == env) & (pr["method"] == method)]
             if not len(g):
                 continue
-            row = {"env": env, "method": method, "n": len(g), "reached": int(np.isfinite(g["tokens_to_level"]).sum())}
+            row = {"env": env, "method": method, "n": len(g), "reached": int(np.isfinite(g["tokens_to_level"]).sum()),
+                   "detector_from": "+".join(sorted(g["detector_from"].unique()))}
             for k in METRICS:
                 row[k], row[f"{k}_std"], _ = mean_std(g[k])
             rows.append(row)
@@ -205,6 +299,20 @@ def verdicts(table: pd.DataFrame, margin: float = NO_WORSE_MARGIN) -> list[str]:
                 out.append(f"{p} the value gate cuts false stops (ESPO's false-stop rate below regret_only's): "
                            f"{yes_no(bool(espo['false_stop_rate'] < ro['false_stop_rate']), espo['false_stop_rate'], ro['false_stop_rate'])} "
                            f"(ESPO {fmt_ms(espo, 'false_stop_rate')} vs regret_only {fmt_ms(ro, 'false_stop_rate')})")
+        if not np.isfinite(espo["waste_removed_pct"]):
+            out.append(f"{p} tokens after the fatal token: not evaluated (needs per-row logs, rows.jsonl, of ppo and espo)")
+        else:
+            ref = (f"removed: ESPO {fmt_ms(espo, 'waste_removed_pct', pct=True)}"
+                   + "".join(f", {n} {fmt_ms(r, 'waste_removed_pct', pct=True)}" for n, r in (("random", rnd), ("oracle", orc))
+                             if r is not None)
+                   + f"; PPO spends {fmt_ms(ppo, 'waste_share_pct', pct=True)} of its tokens after the fatal token")
+            if rnd is None:
+                out.append(f"{p} ESPO removes more of PPO's tokens after the fatal token than random truncation: "
+                           f"not evaluated (no random runs; {ref})")
+            else:
+                out.append(f"{p} ESPO removes more of PPO's tokens after the fatal token than random truncation: "
+                           f"{yes_no(bool(espo['waste_removed_pct'] > rnd['waste_removed_pct']), espo['waste_removed_pct'], rnd['waste_removed_pct'])} "
+                           f"({ref})")
         if orc is None:
             out.append(f"{p} closeness to the oracle: not evaluated (no oracle runs)")
         else:
@@ -230,11 +338,11 @@ def _setup(df: pd.DataFrame):
     return envs, methods, colors_for(list(sweep.METHODS) + [m for m in methods if m not in sweep.METHODS])
 
 
-def plot_success_vs_tokens(df: pd.DataFrame) -> Figure:
+def plot_success_vs_tokens(df: pd.DataFrame, rows: pd.DataFrame | None = None) -> Figure:
     """Success rate against cumulative rollout tokens, one panel per env; dashed: the success level."""
     envs, methods, col = _setup(df)
     fig, axes = _env_axes(envs, 1, (6.5, 4.0))
-    pr = per_run(df)
+    pr = per_run(df, rows)
     for ax, env in zip(axes[:, 0], envs):
         for m in methods:
             line_band(ax, df[(df["label/env"] == env) & (df["label/method"] == m)], "tokens/cumulative",
@@ -249,42 +357,94 @@ def plot_success_vs_tokens(df: pd.DataFrame) -> Figure:
     return fig
 
 
-def plot_stop_vs_failure(df: pd.DataFrame) -> Figure:
-    """Where stops land relative to planted failures, from per-step aggregates.
+def stop_failure_grid(rows: pd.DataFrame, max_len: int) -> tuple[np.ndarray, int, int]:
+    """Counts of stopped rows on the (planted failure step, stop position) grid.
 
-    Left: the distribution of stop positions (``stop/step_hist`` summed over steps after warm-up and
-    over seeds). The oracle stops exactly at the failure step (delay 0), so its histogram is the
-    distribution of planted failure positions of doomed rows: the reference the other rules are
-    compared with. Right: ``stop/delay`` (stop step − failure step of correct stops) over training.
-    Per-row (failure step, stop step) pairs are not logged, so a true joint scatter is not possible.
+    Returns ``(counts, n_stops, n_false)``: ``counts[y + 1, x]`` is the number of stopped rows whose
+    last token (stop position) is ``x`` and whose fatal token is ``y``; row 0 (``y = -1``) holds the
+    stops of rows that were not doomed at their end (false stops: no fatal token by the stop).
+    Positions beyond ``max_len - 1`` are clipped into the last column and row.
     """
+    s = rows[rows["stopped"].to_numpy(dtype=bool)]
+    x = np.clip(s["length"].to_numpy() - 1, 0, max_len - 1)
+    y = np.where(s["doomed"].to_numpy(dtype=bool), np.clip(s["failure_step"].to_numpy(), 0, max_len - 1), -1)
+    counts = np.zeros((max_len + 1, max_len), dtype=np.int64)
+    np.add.at(counts, (y + 1, x), 1)
+    return counts, len(s), int((y < 0).sum())
+
+
+def _max_len(df: pd.DataFrame, rows: pd.DataFrame | None) -> int:
+    if "config/rollout.max_len" in df and df["config/rollout.max_len"].notna().any():
+        return int(df["config/rollout.max_len"].max())
+    return int(rows["length"].max()) if rows is not None and len(rows) else 1
+
+
+def plot_stop_vs_failure(df: pd.DataFrame, rows: pd.DataFrame | None = None) -> Figure:
+    """Stop position against planted failure step of every stopped row (after warm-up, seeds pooled).
+
+    One panel per env and stop rule: a 2-D histogram (colour: share of that rule's stops in the cell,
+    log scale) of the stop position (index of the row's last token, x) against the planted fatal-token
+    index (y). On the dashed diagonal a row was stopped at its fatal token; a cell d below it, d tokens
+    after. The bottom strip, y = "none", holds false stops: rows stopped before any fatal token. Needs
+    the per-row log (``rows.jsonl``); a panel without it says so.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
     envs, methods, col = _setup(df)
-    stoppers = [m for m in methods if m != BASELINE]
-    fig, axes = _env_axes(envs, 2)
-    for (ax_h, ax_d), env in zip(axes, envs):
-        for m in stoppers:
-            g = df[(df["label/env"] == env) & (df["label/method"] == m)]
-            if "stop/step_hist" in g:
-                warm = g["config/stop.warmup_steps"].max() if "config/stop.warmup_steps" in g and len(g) else 0
-                hists = [np.asarray(h, dtype=float) for h in g.loc[g["step"] >= warm, "stop/step_hist"]
-                         if isinstance(h, (list, np.ndarray)) and len(h)]
-                if hists:
-                    n = max(len(h) for h in hists)
-                    total = sum(np.pad(h, (0, n - len(h))) for h in hists)
-                    if total.sum() > 0:
-                        ax_h.step(np.arange(n), total / total.sum(), where="mid", color=col[m],
-                                  lw=2.5 if m == "oracle" else 1.3, ls="--" if m == "oracle" else "-",
-                                  label=f"{m} ({int(total.sum())} stops)")
-            if "stop/delay" in g and g["stop/delay"].notna().any():
-                line_band(ax_d, g, "step", "stop/delay", label=m, color=col[m])
-        ax_h.set(title=f"{env}: stop positions (oracle = planted failures)", xlabel="response position",
-                 ylabel="share of stops")
-        ax_d.set(title=f"{env}: delay of correct stops", xlabel="training step", ylabel="stop step − failure step")
-        for ax in (ax_h, ax_d):
-            ax.grid(alpha=0.3)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7)
-    fig.tight_layout()
+    stoppers = [m for m in methods if m != BASELINE] or methods
+    max_len = _max_len(df, rows)
+    by_run = _rows_by_run(rows)
+    fig, axes = plt.subplots(len(envs), len(stoppers), figsize=(3.0 * len(stoppers) + 1.2, 3.3 * len(envs) + 0.4),
+                             squeeze=False, layout="constrained")
+    norm = LogNorm(vmin=1e-3, vmax=1.0)
+    mesh = None
+    edges_x, edges_y = np.arange(max_len + 1) - 0.5, np.arange(max_len + 2) - 1.5
+    for i, env in enumerate(envs):
+        for j, m in enumerate(stoppers):
+            ax = axes[i, j]
+            runs = df[(df["label/env"] == env) & (df["label/method"] == m)]
+            parts = []
+            for name, r in runs.groupby("run", sort=False):
+                rr = by_run.get(str(name))
+                if rr is not None:
+                    parts.append(rr[rr["step"] >= _warmup(r)])
+            ax.set_title(f"{env}: {m}", fontsize=9, color=col[m])
+            ax.set_xlim(edges_x[0], edges_x[-1])
+            ax.set_ylim(edges_y[0], edges_y[-1])
+            ax.set_aspect("equal")
+            ax.plot([-0.5, max_len - 0.5], [-0.5, max_len - 0.5], ls="--", color="red", lw=0.8)
+            ax.axhline(-0.5, color="black", lw=0.8)
+            ax.set_yticks([-1] + list(range(0, max_len, max(1, max_len // 6))),
+                          ["none"] + [str(t) for t in range(0, max_len, max(1, max_len // 6))])
+            ax.tick_params(labelsize=7)
+            if i == len(envs) - 1:
+                ax.set_xlabel("stop position (last token index)", fontsize=8)
+            if j == 0:
+                ax.set_ylabel("planted fatal-token index", fontsize=8)
+            if not parts:
+                ax.text(0.5, 0.5, "no per-row log\n(rows.jsonl)", ha="center", va="center",
+                        transform=ax.transAxes, fontsize=8)
+                continue
+            counts, n, n_false = stop_failure_grid(pd.concat(parts), max_len)
+            if n == 0:
+                ax.text(0.5, 0.5, "no stops after warm-up", ha="center", va="center", transform=ax.transAxes,
+                        fontsize=8)
+                continue
+            share = np.ma.masked_equal(counts / n, 0.0)
+            mesh = ax.pcolormesh(edges_x, edges_y, np.ma.clip(share, norm.vmin, norm.vmax), norm=norm,
+                                 cmap="viridis")
+            sel = pd.concat(parts)
+            hit = sel["stopped"] & sel["doomed"]
+            delay = (sel["length"] - 1 - sel["failure_step"])[hit]
+            ax.text(0.02, 0.98, f"{n} stops, {runs['run'].nunique()} run(s)\nfalse: {n_false} ({100 * n_false / n:.0f}%)"
+                    + (f"\nmedian delay {delay.median():g}" if len(delay) else ""),
+                    ha="left", va="top", transform=ax.transAxes, fontsize=7,
+                    bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})
+    if mesh is not None:
+        fig.colorbar(mesh, ax=axes.ravel().tolist(), shrink=0.6, pad=0.01, label="share of the rule's stops (log)")
+    fig.suptitle("Stops against planted failures (after warm-up; dashed: stopped at the fatal token; "
+                 "'none': false stops)", fontsize=10)
     return fig
 
 
@@ -308,27 +468,32 @@ def _bars(ax, table: pd.DataFrame, envs, methods, key: str, col) -> None:
     ax.legend(fontsize=8, title="env (hatch)")
 
 
-def plot_tokens_saved(df: pd.DataFrame) -> Figure:
-    """Tokens saved vs PPO (%), at equal training steps and at equal success level; mean ± std over seeds."""
+def plot_tokens_saved(df: pd.DataFrame, rows: pd.DataFrame | None = None) -> Figure:
+    """Tokens saved vs PPO (%), at equal training steps and at equal success level, and (with ``rows``) the
+    share of PPO's tokens after the fatal token that each method removed; mean ± std over seeds."""
     import matplotlib.pyplot as plt
 
     envs, methods, col = _setup(df)
-    table = score(df)
+    table = score(df, rows)
     ms = [m for m in methods if m != BASELINE]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    waste = bool(np.isfinite(table["waste_removed_pct"]).any())
+    fig, axes = plt.subplots(1, 3 if waste else 2, figsize=(18 if waste else 12, 4.2))
     _bars(axes[0], table, envs, ms, "tokens_saved_pct", col)
     axes[0].axhline(SAVING_CLAIM_PCT, ls="--", color="gray", lw=1)
     axes[0].set(title="tokens saved vs PPO at equal steps (%)", ylabel="% of PPO's rollout tokens")
     _bars(axes[1], table, envs, ms, "saved_at_level_pct", col)
     axes[1].set(title=f"tokens saved to reach {LEVEL_FRAC:g} x PPO's final success (%)", ylabel="%")
+    if waste:
+        _bars(axes[2], table, envs, ms, "waste_removed_pct", col)
+        axes[2].set(title="PPO's tokens after the fatal token removed (%)", ylabel="% of PPO's waste")
     fig.tight_layout()
     return fig
 
 
-def plot_precision_recall(df: pd.DataFrame) -> Figure:
+def plot_precision_recall(df: pd.DataFrame, rows: pd.DataFrame | None = None) -> Figure:
     """Precision against recall of the stop rules (after warm-up); small dots: seeds, large: means."""
     envs, methods, col = _setup(df)
-    pr = per_run(df)
+    pr = per_run(df, rows)
     fig, axes = _env_axes(envs, 1, (5.5, 4.2))
     for ax, env in zip(axes[:, 0], envs):
         for m in [m for m in methods if m != BASELINE]:
@@ -348,8 +513,9 @@ def plot_precision_recall(df: pd.DataFrame) -> Figure:
     return fig
 
 
-def plot_false_stops(df: pd.DataFrame) -> Figure:
-    """False-stop rate (stopped rows that were not doomed / not-doomed rows) over training, per env."""
+def plot_false_stops(df: pd.DataFrame, rows: pd.DataFrame | None = None) -> Figure:
+    """False-stop rate (stopped rows that were not doomed / not-doomed rows) over training, per env
+    (per-step metric ``stop/false_stop_rate``; ``rows`` is accepted for a uniform signature, not used)."""
     envs, methods, col = _setup(df)
     fig, axes = _env_axes(envs, 1, (6.5, 3.8))
     for ax, env in zip(axes[:, 0], envs):
@@ -372,4 +538,5 @@ PLOTS = {
     "precision_recall": plot_precision_recall,
     "false_stops": plot_false_stops,
 }
-"""Figure name -> plot function (``run.py`` saves each as ``<name>.png``)."""
+"""Figure name -> plot function ``fn(df, rows=None) -> Figure`` (``run.py`` passes the per-row table
+and saves each as ``<name>.png``)."""

@@ -8,6 +8,7 @@ This is the one place of the study that launches runs: it reaches the runner thr
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import shlex
@@ -19,7 +20,7 @@ from pathlib import Path
 from analysis import experiments
 from analysis.experiments.espo_headline import analysis, sweep
 from analysis.plots import build_figures, markdown_table, save_figures, text_table
-from analysis.runs import load_runs
+from analysis.runs import load_many_rows, load_runs
 
 STUDY = "espo_headline"
 
@@ -41,26 +42,31 @@ def main(out: str = "out/espo_headline", workers: int = 2, quick: bool = False, 
     spec = sweep.spec(root / "runs", quick=quick)
     runner = importlib.import_module("testbed.sweep")  # the runner, by name: analysis never imports it
     rows = experiments.execute(runner, spec, workers=workers, fresh=fresh)
-    df = load_runs([r["run_dir"] for r in rows], axes=sweep.AXES)
+    run_dirs = [r["run_dir"] for r in rows]
+    df = load_runs(run_dirs, axes=sweep.AXES)
+    per_row = load_many_rows(run_dirs)  # rows.jsonl of the simulated runs (empty if none has one)
 
-    table = analysis.score(df)
+    table = analysis.score(df, per_row)
     verdicts = analysis.verdicts(table)
-    outcome = table[[c for c in table.columns if c.removesuffix("_std") in analysis.OUTCOME_COLUMNS]]
-    detector = table[[c for c in table.columns if c.removesuffix("_std") in analysis.DETECTOR_COLUMNS]]
-    print(text_table(outcome), text_table(detector), "", *verdicts, sep="\n")
+    outcome, detector, waste = (table[[c for c in table.columns if c.removesuffix("_std") in cols]]
+                                for cols in (analysis.OUTCOME_COLUMNS, analysis.DETECTOR_COLUMNS,
+                                             analysis.WASTE_COLUMNS))
+    print(text_table(outcome), text_table(detector), text_table(waste), "", *verdicts, sep="\n")
 
     errors: list[str] = []
-    figs = save_figures(build_figures(analysis.PLOTS, df, errors), root)
+    plots = {k: functools.partial(f, rows=per_row) for k, f in analysis.PLOTS.items()}
+    figs = save_figures(build_figures(plots, df, errors), root)
     elapsed = time.time() - t0
-    report = render_report(root=root, outcome=outcome, detector=detector, verdicts=verdicts, figs=figs,
-                           errors=errors, cmd=command(out, workers, quick, fresh), quick=quick, workers=workers,
-                           elapsed=elapsed, df=df, spec=spec)
+    report = render_report(root=root, outcome=outcome, detector=detector, waste=waste, verdicts=verdicts,
+                           figs=figs, errors=errors, cmd=command(out, workers, quick, fresh), quick=quick,
+                           workers=workers, elapsed=elapsed, df=df, spec=spec, per_row=per_row)
     (root / "report.md").write_text(report)
     print(f"\nwrote {root / 'report.md'} and {len(figs)} figures ({elapsed:.0f}s)")
     return 0
 
 
-def render_report(*, root, outcome, detector, verdicts, figs, errors, cmd, quick, workers, elapsed, df, spec) -> str:
+def render_report(*, root, outcome, detector, waste, verdicts, figs, errors, cmd, quick, workers, elapsed, df, spec,
+                  per_row) -> str:
     seeds = sorted(df["label/seed"].unique().tolist())
     first = df.iloc[0]
     lines = [
@@ -80,7 +86,10 @@ def render_report(*, root, outcome, detector, verdicts, figs, errors, cmd, quick
         f"(tuning grid `{json.dumps(sweep.TUNE_GRID)}`, `sweep.tune_spec`); no tuning seed is reported here",
         f"- runs: `{spec['out_dir']}` (complete runs are reused; runs whose settings changed are re-run)", "",
         "## Outcome (mean ± std over seeds)", "", markdown_table(outcome), "",
-        "## Detector (mean ± std over seeds)", "", markdown_table(detector), "",
+        "## Detector (mean ± std over seeds)", "", detector_source(df, per_row), "", markdown_table(detector), "",
+        "## Tokens after the fatal token (mean ± std over seeds)", "",
+        "The waste early stopping is meant to remove: tokens a row generated after its planted fatal token "
+        "(see Definitions).", "", markdown_table(waste), "",
         "## Verdicts", "",
         "Computed from the tables above (`analysis.verdicts`).", "",
         *[f"- {v}" for v in verdicts], "",
@@ -94,14 +103,28 @@ def render_report(*, root, outcome, detector, verdicts, figs, errors, cmd, quick
     lines += [
         "## Definitions", "", (analysis.__doc__ or "").split("\n\n", 1)[-1].strip(), "",
         "## Not in the logs", "",
-        "- Per-row (planted failure step, stop step) pairs are not logged, only per-step aggregates "
-        "(`stop/step_hist`, `stop/delay` of correct stops), so stop-vs-failure is shown as distributions, "
-        "with the oracle's stop positions as the failure-position reference.",
+        "- Per-row records (`rows.jsonl`) cover finished rows only, and only simulated runs write them; "
+        "runs without them fall back to per-step metrics (`detector_from` = `metrics`) and have no waste numbers.",
         "- Times (`time/*`) depend on the machine's load; this study compares tokens, not seconds.",
         "- Reused runs are checked against the settings through their config.yaml only: after a change "
         "to code or to an env variant (`envs.VARIANTS`), regenerate with `--fresh`.", "",
     ]
     return "\n".join(lines)
+
+
+def detector_source(df, per_row) -> str:
+    """One sentence: how many runs' detector numbers come from pooled per-row records and how many from
+    per-step metrics."""
+    runs = sorted(df["run"].unique())
+    have = set(per_row["run"].unique()) if len(per_row) else set()
+    n_rows = sum(r in have for r in runs)
+    n_met = len(runs) - n_rows
+    text = (f"Precision, recall, false-stop rate and delay: pooled over the finished rows of all steps after "
+            f"warm-up (from `rows.jsonl`) for {n_rows} of {len(runs)} runs")
+    if n_met:
+        text += (f"; the unweighted mean of the per-step metrics for the other {n_met} (no `rows.jsonl`: "
+                 + ", ".join(f"`{r}`" for r in runs if r not in have)[:400] + ")")
+    return text + ". Column `detector_from` says which, per env and method."
 
 
 def resolved_stop(df) -> str:
