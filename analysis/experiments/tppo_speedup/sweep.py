@@ -22,11 +22,18 @@ STEPS = 300
 OVERRIDES: dict = {**STOP_OVERRIDES}
 """Applied to every run on top of the base config."""
 
+TPPO_STEPS = 600
+"""T-PPO runs get twice PPO's steps: a window of 8 generates about half of PPO's tokens per step
+(median length 12), so both get a similar token budget; the study compares time and tokens to a level."""
+
 METHODS: dict[str, dict] = {
     "ppo": {"tppo.enabled": False, "algo.estimator": "gae", "stop.rule": "none"},
-    "tppo": {"tppo.enabled": True, "tppo.window": WINDOW, "algo.estimator": "egae", "stop.rule": "none"},
+    "tppo": {"tppo.enabled": True, "tppo.window": WINDOW, "algo.estimator": "egae", "stop.rule": "none",
+             "run.steps": TPPO_STEPS},
+    "tppo_w16": {"tppo.enabled": True, "tppo.window": 16, "algo.estimator": "egae", "stop.rule": "none",
+                 "run.steps": TPPO_STEPS},
     "tppo_espo": {"tppo.enabled": True, "tppo.window": WINDOW, "algo.estimator": "egae", "stop.rule": "espo",
-                  **ESPO_CONSTANTS},
+                  **ESPO_CONSTANTS, "run.steps": TPPO_STEPS},
 }
 """Method label -> overrides (order of tables and legends). A method may also set ``run.steps``."""
 
@@ -47,5 +54,12 @@ def spec(out_dir: str | Path, quick: bool = False) -> dict:
         "base": BASE_CONFIG,
         "out_dir": str(out_dir),
         "overrides": {**OVERRIDES, "run.steps": q.get("steps", STEPS), **q.get("overrides", {})},
-        "axes": {"method": METHODS, "env": ENVS, "seed": list(q.get("seeds", SEEDS))},
+        "axes": {"method": _methods(quick), "env": ENVS, "seed": list(q.get("seeds", SEEDS))},
     }
+
+
+def _methods(quick: bool) -> dict[str, dict]:
+    """:data:`METHODS`, without their own step counts in a quick run (every quick run is short)."""
+    if not quick:
+        return METHODS
+    return {m: {k: v for k, v in ov.items() if k != "run.steps"} for m, ov in METHODS.items()}
