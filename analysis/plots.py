@@ -106,6 +106,14 @@ def plot_length(df: pd.DataFrame, by: str = GROUP, order: Sequence | None = None
                    by=by, order=order, title="Response length")
 
 
+def plot_eval_vs_tokens(df: pd.DataFrame, by: str = GROUP, order: Sequence | None = None) -> Figure:
+    """Held-out greedy pass@1 against the rollout tokens generated before each evaluation (LLM runs)."""
+    has = df[df["eval/pass@1"].notna()] if "eval/pass@1" in df else df.iloc[0:0]
+    return _curves(has if len(has) else df, [("eval/tokens_cumulative", "eval/pass@1", "cumulative generated tokens",
+                                              "held-out pass@1 (greedy)")], by=by, order=order,
+                   title="Held-out accuracy vs rollout tokens")
+
+
 # --- tables ---------------------------------------------------------------------------------------
 def summary_table(df: pd.DataFrame, by: str = GROUP, order: Sequence | None = None) -> pd.DataFrame:
     """Per group: runs, steps, and mean/std over runs of final success (last 10% of steps), final
@@ -221,6 +229,7 @@ GENERIC_PLOTS: dict[str, Callable[[pd.DataFrame], Figure]] = {
     "success_vs_time": plot_success_vs_time,
     "stop_rate": plot_stop_rate,
     "length": plot_length,
+    "eval_vs_tokens": plot_eval_vs_tokens,
 }
 
 

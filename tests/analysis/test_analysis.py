@@ -596,3 +596,21 @@ def test_espo_constants_agree_with_the_espo_config():
     for key, value in {**headline_sweep.ESPO_CONSTANTS, **stop_overrides}.items():
         assert stop.get(key.removeprefix("stop.")) == value, (
             f"espo_headline.sweep sets {key} = {value!r} but configs/espo.yaml has {stop.get(key.removeprefix('stop.'))!r}")
+
+
+def test_eval_curve_uses_only_evaluated_steps():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from analysis.plots import plot_eval_vs_tokens
+
+    df = pd.DataFrame({"run": ["a"] * 3, "group": ["a"] * 3, "step": [0, 1, 2],
+                       "eval/pass@1": [0.1, None, 0.3], "eval/tokens_cumulative": [0, None, 200]})
+    fig = plot_eval_vs_tokens(df)
+    import numpy as np
+
+    line = fig.axes[0].get_lines()[0]
+    xs, ys = np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)
+    assert xs.min() == 0 and xs.max() == 200  # the unevaluated step (no x) is left out, not drawn at 0
+    assert np.isfinite(ys).all() and ys.min() >= 0.1 - 1e-9 and ys.max() <= 0.3 + 1e-9
+    plt.close(fig)
