@@ -146,7 +146,7 @@ def verdicts(table: pd.DataFrame, margin: float = NO_WORSE_MARGIN) -> list[str]:
         out.append(f"{p} T-PPO's speed-up reaches the claimed {CLAIMED_SPEEDUP:g}x: "
                    f"{ans} (compute {fmt_ms(tppo, 'speedup_compute')})")
         fs_t, fs_p = tppo["final_success"], ppo["final_success"]
-        out.append(f"{p} T-PPO's final success is no worse than PPO's (margin {margin:g}, same number of steps): "
+        out.append(f"{p} T-PPO's final success is no worse than PPO's (margin {margin:g}, each at the end of its own run): "
                    f"{yes_no(bool(fs_t >= fs_p - margin), fs_t, fs_p)} (T-PPO {fmt_ms(tppo, 'final_success')} vs "
                    f"PPO {fmt_ms(ppo, 'final_success')})")
         out.append(f"{p} T-PPO leaves fewer decoding slots idle than PPO: "

@@ -23,7 +23,7 @@ from analysis.runs import load_runs
 
 def command(out: str, workers: int, quick: bool, fresh: bool) -> str:
     """The shell command that regenerates this report."""
-    return " ".join(["python", "-m", "analysis.experiments.tppo_speedup.run", "--out", shlex.quote(str(out)),
+    return " ".join(["testbed", "demo", "--study", "tppo_speedup", "--out", shlex.quote(str(out)),
                      "--workers", str(workers)] + (["--quick"] if quick else []) + (["--fresh"] if fresh else []))
 
 
@@ -53,8 +53,9 @@ def main(out: str = "out/tppo_speedup", workers: int = 2, quick: bool = False, f
         "Regenerate with:", "", "```", command(out, workers, quick, fresh), "```", "",
         "## Settings", "",
         f"- base config: `{Path(sweep.BASE_CONFIG).relative_to(sweep.REPO)}`; every run: `{json.dumps(spec['overrides'])}`",
-        f"- {int(df['step'].max()) + 1} steps of {first.get('config/rollout.batch_size')} rows, max length "
-        f"{first.get('config/rollout.max_len')}; T-PPO window {sweep.WINDOW}",
+        "- steps per method (a T-PPO step generates at most one window per row): "
+        + ", ".join(f"{m} {int(g['step'].max()) + 1}" for m, g in df.groupby("label/method", sort=False))
+        + f"; {first.get('config/rollout.batch_size')} rows per step, max length {first.get('config/rollout.max_len')}",
         "- methods: " + "; ".join(f"**{m}** `{json.dumps(v)}`" for m, v in sweep.METHODS.items()),
         "- envs: " + "; ".join(f"**{e}** `{v.get('task.env_id', '')}`" for e, v in sweep.ENVS.items()),
         f"- seeds: {sorted(df['label/seed'].unique().tolist())}",
