@@ -112,7 +112,8 @@ class Rollout:
     policy_version: Tensor
     """(B, T) long: training step whose weights sampled each token."""
     prompts: list[list[int]] = field(default_factory=list)
-    """B prompt token-id lists (for T-PPO: the original prompt, without carried response tokens)."""
+    """B token-id lists: the context before each row's ``tokens`` (for a T-PPO window, the prompt plus
+    the row's carried response tokens), what the backend teacher-forces the row's tokens after."""
     group_ids: Tensor | None = None
     """(B,) long: rows sharing a prompt share a group id (GRPO); None when each row is its own group."""
     task_reward: Tensor | None = None
