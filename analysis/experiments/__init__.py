@@ -125,3 +125,22 @@ def execute(runner: ModuleType, spec: dict, *, workers: int, fresh: bool, log=pr
             f"tokens {s.get('tokens/cumulative')}, {time.time() - t0:.0f}s since start")
 
     return runner.run_sweep(spec, workers=workers, threads_per_run=1, on_done=on_done, progress=True)
+
+
+def table_row(table, env: str, method: str):
+    """The row of a score table for ``(env, method)``, or None when that method has no runs there."""
+    r = table[(table["env"] == env) & (table["method"] == method)]
+    return None if r.empty else r.iloc[0]
+
+
+def study_cli(name: str, main, doc: str | None, argv: list[str] | None = None) -> int:
+    """``python -m analysis.experiments.<name>.run``: the same options as ``testbed demo --study <name>``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog=f"python -m analysis.experiments.{name}.run", description=doc)
+    p.add_argument("--out", default=f"out/{name}")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="few steps, one seed: a smoke test")
+    p.add_argument("--fresh", action="store_true", help="delete the runs folder first")
+    a = p.parse_args(argv)
+    return main(out=a.out, workers=a.workers, quick=a.quick, fresh=a.fresh)

@@ -54,6 +54,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from analysis.experiments import table_row
 from analysis.experiments.espo_headline import sweep
 from analysis.plots import colors_for, fmt_ms, line_band, ordered, yes_no
 from analysis.runs import final_mean, first_reach, mean_std, run_mean, value_at_step
@@ -237,17 +238,12 @@ def score(df: pd.DataFrame, rows: pd.DataFrame | None = None) -> pd.DataFrame:
 
 
 # --- verdicts ---------------------------------------------------------------------------------------
-def _get(table: pd.DataFrame, env: str, method: str):
-    r = table[(table["env"] == env) & (table["method"] == method)]
-    return None if r.empty else r.iloc[0]
-
-
 def verdicts(table: pd.DataFrame, margin: float = NO_WORSE_MARGIN) -> list[str]:
     """Plain statements checked against ``table`` (from :func:`score`); each says yes/no and its numbers."""
     out = []
     for env in ordered(table["env"], list(sweep.ENVS)):
-        ppo, espo = _get(table, env, BASELINE), _get(table, env, "espo")
-        rnd, orc = _get(table, env, "random"), _get(table, env, "oracle")
+        ppo, espo = table_row(table, env, BASELINE), table_row(table, env, "espo")
+        rnd, orc = table_row(table, env, "random"), table_row(table, env, "oracle")
         p = f"[{env}]"
         if ppo is None or espo is None:
             out.append(f"{p} ESPO vs PPO: not evaluated (needs both ppo and espo runs)")
@@ -287,9 +283,9 @@ def verdicts(table: pd.DataFrame, margin: float = NO_WORSE_MARGIN) -> list[str]:
             out.append(f"{p} ESPO's stops are more precise than random's: "
                        f"{yes_no(bool(espo['precision'] > rnd['precision']), espo['precision'], rnd['precision'])} (precision ESPO {fmt_ms(espo, 'precision')} "
                        f"vs random {fmt_ms(rnd, 'precision')})")
-        abl = [a for a in ("regret_only", "value_only") if _get(table, env, a) is not None]
+        abl = [a for a in ("regret_only", "value_only") if table_row(table, env, a) is not None]
         if abl:
-            rows = {a: _get(table, env, a) for a in abl}
+            rows = {a: table_row(table, env, a) for a in abl}
             ok = all(fs_e >= rows[a]["final_success"] - margin for a in abl)
             out.append(f"{p} ESPO's final success is no worse than each single-signal ablation's (margin {margin:g}): "
                        f"{yes_no(bool(ok), fs_e, *[rows[a]['final_success'] for a in abl])} (" + "; ".join(f"{a} {fmt_ms(rows[a], 'final_success')}" for a in abl)

@@ -7,7 +7,6 @@ This is the one place of the study that launches runs: it reaches the runner thr
 
 from __future__ import annotations
 
-import argparse
 import functools
 import importlib
 import json
@@ -18,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from analysis import experiments
+from analysis.experiments import study_cli
 from analysis.experiments.espo_headline import analysis, sweep
 from analysis.plots import build_figures, markdown_table, save_figures, text_table
 from analysis.runs import load_many_rows, load_runs
@@ -139,13 +139,7 @@ def resolved_stop(df) -> str:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.experiments.espo_headline.run", description=__doc__)
-    p.add_argument("--out", default="out/espo_headline")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--quick", action="store_true", help="few steps, one seed: a smoke test")
-    p.add_argument("--fresh", action="store_true", help="delete the runs folder first")
-    a = p.parse_args(argv)
-    return main(out=a.out, workers=a.workers, quick=a.quick, fresh=a.fresh)
+    return study_cli("espo_headline", main, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from analysis.experiments import table_row
 from analysis.experiments.tppo_speedup import sweep
 from analysis.plots import colors_for, fmt_ms, line_band, ordered, yes_no
 from analysis.runs import final_mean, first_reach, mean_std, run_mean
@@ -115,16 +116,11 @@ def score(df: pd.DataFrame, level: float | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _get(table: pd.DataFrame, env: str, method: str):
-    r = table[(table["env"] == env) & (table["method"] == method)]
-    return None if r.empty else r.iloc[0]
-
-
 def verdicts(table: pd.DataFrame, margin: float = NO_WORSE_MARGIN) -> list[str]:
     """Plain statements checked against ``table`` (from :func:`score`), each with its numbers."""
     out = []
     for env in ordered(table["env"], list(sweep.ENVS)):
-        ppo, tppo, te = (_get(table, env, m) for m in (BASELINE, "tppo", "tppo_espo"))
+        ppo, tppo, te = (table_row(table, env, m) for m in (BASELINE, "tppo", "tppo_espo"))
         p = f"[{env}]"
         if ppo is None or tppo is None:
             out.append(f"{p} T-PPO vs PPO: not evaluated (needs both ppo and tppo runs)")

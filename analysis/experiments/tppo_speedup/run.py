@@ -6,7 +6,6 @@ The runner is reached through the string ``"testbed.sweep"`` at call time, as in
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import shlex
@@ -16,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from analysis import experiments
+from analysis.experiments import study_cli
 from analysis.experiments.tppo_speedup import analysis, sweep
 from analysis.plots import build_figures, markdown_table, save_figures, text_table
 from analysis.runs import load_runs
@@ -80,13 +80,7 @@ def main(out: str = "out/tppo_speedup", workers: int = 2, quick: bool = False, f
 
 
 def cli(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.experiments.tppo_speedup.run", description=__doc__)
-    p.add_argument("--out", default="out/tppo_speedup")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--quick", action="store_true", help="few steps, one seed: a smoke test")
-    p.add_argument("--fresh", action="store_true", help="delete the runs folder first")
-    a = p.parse_args(argv)
-    return main(out=a.out, workers=a.workers, quick=a.quick, fresh=a.fresh)
+    return study_cli("tppo_speedup", main, __doc__, argv)
 
 
 if __name__ == "__main__":
