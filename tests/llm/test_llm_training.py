@@ -54,3 +54,25 @@ def test_chunked_critic_values_match_per_token_values(tmp_path):
     a, b = collect(1), collect(3)
     assert torch.equal(a.tokens, b.tokens)
     torch.testing.assert_close(a.values[a.mask], b.values[b.mask], rtol=1e-4, atol=1e-5)
+
+
+def test_sampled_decoding_is_reproducible_with_a_seed(tmp_path):
+    from testbed.collector import SamplePool
+    from testbed.stopping import make_stop_rule
+    from testbed.trainer import BACKEND_ENTRY_POINTS, TASK_ENTRY_POINTS, load_entry_point
+
+    def collect(seed):
+        cfg = C.load(ROOT / "configs" / "llm" / "ppo.yaml", [f"run.out_dir={tmp_path}", *TINY, "rollout.max_len=10"])
+        task = load_entry_point(TASK_ENTRY_POINTS["math"])(cfg.task, cfg.model, num_slots=4, seed=0)
+        backend = load_entry_point(BACKEND_ENTRY_POINTS["hf"])(cfg.model, task, seed=0)
+        return SamplePool(task, make_stop_rule(cfg.stop, num_slots=4), cfg, seed=seed).collect(backend, 0).rollout
+
+    a, b, c = collect(1), collect(1), collect(2)
+    assert torch_equal(a.tokens, b.tokens) and torch_equal(a.logprobs, b.logprobs)
+    assert not torch_equal(a.tokens, c.tokens)
+
+
+def torch_equal(x, y):
+    import torch
+
+    return x.shape == y.shape and bool(torch.equal(x, y))
