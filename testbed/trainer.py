@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -334,6 +335,13 @@ class Trainer:
             "task_rng": json.dumps(_task_rng_state(self.task)),
         }
         _atomic_save_torch(state, ck / "trainer_state.pt")
+        if self.step == self.cfg.run.steps and hasattr(self.backend, "save_pretrained"):
+            # The finished policy as a model directory any transformers code can load.
+            tmp, final = ck / "policy.tmp", ck / "policy"
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.backend.save_pretrained(str(tmp), tokenizer=getattr(self.task, "tokenizer", None))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
         # The marker is written last: a checkpoint counts only once both files are complete.
         (ck / "latest.json.tmp").write_text(json.dumps({"step": self.step}))
         os.replace(ck / "latest.json.tmp", ck / "latest.json")

@@ -27,6 +27,11 @@ def test_llm_preset_trains_with_tiny_model(tmp_path, preset, extra):
     assert all(k in recs[0] for k in REQUIRED_KEYS)
     if preset == "ppo":
         assert "eval/pass@1" in recs[0] and "eval/pass@1" in recs[2]
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        policy_dir = tmp_path / cfg.run.name / "checkpoints" / "policy"
+        AutoModelForCausalLM.from_pretrained(policy_dir)  # a plain transformers checkpoint
+        assert AutoTokenizer.from_pretrained(policy_dir).eos_token == "<|im_end|>"
     if preset == "espo":
         # a negative threshold stops every row at its first allowed check after the first update
         assert recs[0]["stop/rate"] == 0.0 and recs[1]["stop/rate"] == 1.0
