@@ -51,6 +51,13 @@ class _Source:
     def rewind(self, split: str) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def state(self) -> dict:  # pragma: no cover - interface
+        """JSON-able position of the train draws (for checkpoints)."""
+        raise NotImplementedError
+
+    def set_state(self, state: dict) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
 
 class _GeneratorSource(_Source):
     def __init__(self, difficulty: str, seed: int):
@@ -59,14 +66,26 @@ class _GeneratorSource(_Source):
         self.difficulty = difficulty
         self.seeds = {"train": seed, "test": EVAL_SEED}
         self._streams: dict[str, Iterator[Problem]] = {}
+        self._drawn = {s: 0 for s in SPLITS}
 
     def draw(self, split: str) -> Problem:
         if split not in self._streams:
             self._streams[split] = iter_problems(self.difficulty, self.seeds[split], split)
+        self._drawn[split] += 1
         return next(self._streams[split])
 
     def rewind(self, split: str) -> None:
         self._streams.pop(split, None)
+        self._drawn[split] = 0
+
+    def state(self) -> dict:
+        return {"train_drawn": self._drawn["train"]}
+
+    def set_state(self, state: dict) -> None:
+        # The stream is a seeded generator: replaying the same number of draws restores its position.
+        self.rewind("train")
+        for _ in range(int(state["train_drawn"])):
+            self.draw("train")
 
 
 class _DatasetSource(_Source):
@@ -96,6 +115,17 @@ class _DatasetSource(_Source):
     def rewind(self, split: str) -> None:
         if split == "test":
             self._pos["test"] = 0
+
+    def state(self) -> dict:
+        order = self._order.get("train")
+        return {"rng": self._rngs["train"].bit_generator.state, "pos": self._pos["train"],
+                "order": None if order is None else [int(i) for i in order]}
+
+    def set_state(self, state: dict) -> None:
+        self._rngs["train"].bit_generator.state = state["rng"]
+        self._pos["train"] = int(state["pos"])
+        if state["order"] is not None:
+            self._order["train"] = np.asarray(state["order"], dtype=np.int64)
 
 
 class MathTask:
@@ -186,6 +216,13 @@ class MathTask:
     def rewind(self, split: str = "test") -> None:
         """Start ``split``'s draw order again (call before each evaluation to reuse the same problems)."""
         self.source.rewind(split)
+
+    def rng_state(self) -> dict:
+        """JSON-able position of the training draws, saved in checkpoints so a resumed run draws the same problems."""
+        return self.source.state()
+
+    def set_rng_state(self, state: dict) -> None:
+        self.source.set_state(state)
 
     def observe(self, slots: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """No ground-truth failure step for language models: all -1."""

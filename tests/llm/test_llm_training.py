@@ -81,3 +81,20 @@ def torch_equal(x, y):
     import torch
 
     return x.shape == y.shape and bool(torch.equal(x, y))
+
+
+def test_llm_resume_reproduces_an_uninterrupted_run(tmp_path):
+    common = [f"run.out_dir={tmp_path}", *TINY, "run.checkpoint_every=2", "run.eval_every=0"]
+    full = C.load(ROOT / "configs" / "llm" / "ppo.yaml", [*common, "run.steps=4", "run.name=full"])
+    Trainer(full).train()
+    part = C.load(ROOT / "configs" / "llm" / "ppo.yaml", [*common, "run.steps=2", "run.name=part"])
+    Trainer(part).train()
+    resumed = Trainer(C.load(ROOT / "configs" / "llm" / "ppo.yaml", [*common, "run.steps=4", "run.name=part"]))
+    assert resumed.step == 2
+    resumed.train()
+
+    def stable(name):
+        return [{k: v for k, v in r.items() if not k.startswith(("time/", "eval/time", "eval/tokens/per_second"))}
+                for r in read_metrics(tmp_path / name / "metrics.jsonl")]
+
+    assert stable("part") == stable("full")
