@@ -1,0 +1,242 @@
+"""bench/detector_vs_bayes.py on tiny settings: the properties its table relies on.
+
+The script is imported by path (bench/ is not a package). One short training run is shared by the
+module; every check below can fail on a real bug (wrong temperature or prefix alignment in the exact
+solver's policy, a stop counted where the collector would not execute it, per-row rule state leaking
+across rows, matching that does not match).
+
+Not checked, because it is not guaranteed: that the count-matched Bayes detector has the lowest mean
+P(success | prefix at stop). P(success | prefix) is a martingale, so waiting never raises the
+expected P at a stop; a detector that stops later can beat the first-crossing rule on that column.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from envs.planted_failure import EOS_ID
+from testbed.stopping import StopContext, make_stop_rule
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    name = "bench_detector_vs_bayes"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / "detector_vs_bayes.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+dvb = _load()
+STEPS, ROWS, SEED = 60, 3000, 0
+
+
+@pytest.fixture(scope="module")
+def run():
+    trainer, _ = dvb.train_frozen(STEPS, SEED, batch_size=32)
+    report, rows, curves = dvb.score_frozen(trainer, ROWS, SEED, draws=50)
+    ok = dvb.stoppable(rows, max(trainer.cfg.stop.min_tokens - 1, 0))
+    return trainer, report, rows, curves, ok
+
+
+def _p_at(curves, stops):
+    b = np.flatnonzero(stops >= 0)
+    return b, curves[b, stops[b] + 1]
+
+
+def test_something_is_scored(run):
+    _, report, _, _, _ = run
+    assert report.blocks[0].rule == "espo"
+    assert sum(b.scores[0].stops for b in report.blocks) > 0, "no rule fired: every check below would be vacuous"
+
+
+def test_exact_p_matches_monte_carlo(run):
+    _, report, rows, curves, _ = run
+    # Every visited prefix has a finite exact P in [0, 1]; the often-visited ones agree with the rows.
+    T = rows.tokens.shape[1]
+    inside = np.arange(T + 1)[None, :] <= rows.lengths[:, None]
+    assert np.isfinite(curves[inside]).all() and (curves[inside] >= 0).all() and (curves[inside] <= 1).all()
+    assert np.isnan(curves[~inside]).all()
+    assert report.mc_checked >= 5
+    assert report.mc_max_z <= 4.0, f"exact P off the sampled success rate by {report.mc_max_z:.2f} standard errors"
+    # The last prefix is the outcome itself.
+    last = curves[np.arange(len(rows.lengths)), rows.lengths]
+    eos = rows.tokens[np.arange(len(rows.lengths)), rows.lengths - 1] == EOS_ID
+    assert np.array_equal(last[eos] == 1.0, rows.success[eos])
+
+
+def test_matching_and_stop_positions(run):
+    _, report, rows, curves, ok = run
+    for blk in report.blocks:
+        own, rand, bayes, oracle, same_lost = blk.scores
+        n = own.stops
+        assert rand.stops == bayes.stops == n and oracle.stops <= n
+        assert int((blk.stops["bayes"] >= 0).sum()) == n
+        for key in ("rule", "random", "bayes", "bayes_same_lost", "oracle"):
+            st = blk.stops[key]
+            b = np.flatnonzero(st >= 0)
+            assert ok[b, st[b]].all(), f"{blk.rule}/{key}: a stop the collector would not execute"
+        hist = lambda st: np.bincount(st[st >= 0], minlength=ok.shape[1])  # noqa: E731
+        assert np.array_equal(hist(blk.stops["random"]), hist(blk.stops["rule"]))
+        if n:
+            assert 0.0 <= blk.p_value <= 1.0
+            assert same_lost.lost <= own.lost + 1e-9  # the same-cost Bayes row never costs more
+
+
+def test_oracle_stops_only_doomed_rows(run):
+    _, report, rows, curves, ok = run
+    st = report.blocks[0].stops["oracle"]
+    b, p = _p_at(curves, st)
+    assert len(b) > 0
+    assert (p == 0).all() and (rows.failure_step[b] >= 0).all() and (rows.failure_step[b] <= st[b]).all()
+    # ... and every doomed row that can still be stopped at or after its fatal token.
+    T = ok.shape[1]
+    after = np.arange(T)[None, :] >= np.where(rows.failure_step >= 0, rows.failure_step, T)[:, None]
+    assert np.array_equal(st >= 0, (ok & after).any(1))
+    for blk in report.blocks:
+        oracle = blk.scores[3]
+        if oracle.stops:
+            assert oracle.mean_p == 0 and oracle.precision == 1 and oracle.lost == 0
+
+
+def test_bayes_stops_at_the_first_crossing(run):
+    _, report, rows, curves, ok = run
+    masked = np.where(np.concatenate([np.ones((len(ok), 1), bool), ok], 1), curves, np.nan)[:, 1:]
+    for blk in report.blocks:
+        st, thr = blk.stops["bayes"], blk.threshold
+        if (st >= 0).sum() == 0:
+            continue
+        b, p = _p_at(curves, st)
+        assert (p <= thr).all() and blk.scores[2].mean_p <= thr
+        for i in b:  # nothing stoppable before the stop was already below the threshold
+            before = masked[i, : st[i]]
+            assert not (before[~np.isnan(before)] < thr).any()
+        never = np.flatnonzero(st < 0)  # rows left running never went below it
+        assert not (np.nan_to_num(masked[never], nan=np.inf) < thr).any()
+
+
+def _synthetic_masked(seed: int = 3, R: int = 400, T: int = 6) -> np.ndarray:
+    """(R, T + 1) success curves on a 0.1 grid (many ties), NaN where no stop can be executed."""
+    rng = np.random.default_rng(seed)
+    curves = np.round(np.clip(rng.random((R, 1)) + np.cumsum(rng.normal(0, 0.25, (R, T + 1)), 1), 0, 1), 1)
+    curves[rng.random((R, T + 1)) < 0.2] = np.nan
+    curves[:, 0] = np.nan
+    lengths = rng.integers(1, T + 1, R)
+    curves[np.arange(T + 1)[None, :] > lengths[:, None]] = np.nan
+    return curves
+
+
+@pytest.mark.parametrize("n", [1, 37, 150, 300])
+def test_bayes_matched_counts_and_crossings_synthetic(n):
+    masked = _synthetic_masked()
+    stoppable_rows = (~np.isnan(masked[:, 1:])).any(1).sum()
+    assert n <= stoppable_rows
+    st, thr = dvb.bayes_matched(masked, n, np.random.default_rng(0))
+    assert (st >= 0).sum() == n
+    b, p = _p_at(masked, st)
+    assert not np.isnan(p).any() and (p <= thr).all()
+    low = np.nanmin(np.where(np.isnan(masked[:, 1:]), np.inf, masked[:, 1:]), 1)
+    assert (st[low < thr] >= 0).all(), "a row that went below the threshold was left running"
+    assert (low[st < 0] >= thr).all()
+    for i in b:
+        before = masked[i, 1 : st[i] + 1]
+        assert not (before[~np.isnan(before)] < thr).any()
+        if p[list(b).index(i)] == thr:  # a tie row stops at its first value at the threshold
+            assert not (before[~np.isnan(before)] <= thr).any()
+        elif low[i] < thr:
+            assert p[list(b).index(i)] < thr
+
+
+@pytest.mark.parametrize("target", [0.0, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 1e9])
+def test_bayes_same_lost_is_the_largest_affordable_threshold_synthetic(target):
+    from envs.solver import bayes_optimal_stop
+
+    masked = _synthetic_masked()
+    st, c = dvb.bayes_same_lost(masked, target)
+
+    def lost(stops):
+        b, p = _p_at(masked, stops)
+        return p.sum()
+
+    grid = np.unique(masked[:, 1:][~np.isnan(masked[:, 1:])])
+    if np.isnan(c):
+        assert (st < 0).all() and lost(bayes_optimal_stop(masked, np.nextafter(grid[0], np.inf))) > target
+        return
+    assert lost(st) <= target + 1e-9
+    higher = grid[grid > c]
+    if len(higher):
+        assert lost(bayes_optimal_stop(masked, np.nextafter(higher[0], np.inf))) > target
+
+
+def test_random_draw_matches_positions_synthetic():
+    rng = np.random.default_rng(1)
+    R, T = 300, 6
+    lengths = rng.integers(1, T + 1, R)
+    ok = np.arange(T)[None, :] < lengths[:, None]  # nested: running at s implies running earlier
+    rule = np.where(rng.random(R) < 0.4, rng.integers(0, lengths), -1)
+    for seed in range(5):
+        st = dvb.random_draw(rule, ok, np.random.default_rng(seed))
+        assert np.array_equal(np.bincount(st[st >= 0], minlength=T), np.bincount(rule[rule >= 0], minlength=T))
+        b = np.flatnonzero(st >= 0)
+        assert ok[b, st[b]].all()
+
+
+def test_first_fire_replayed_teacher_forced(run):
+    """The first-fire positions recorded while decoding step by step (one hidden state per row),
+    replayed through fresh rules with teacher-forced logits (the GRU over each whole prefix) and
+    teacher-forced critic values: same positions, so the recording neither drops nor invents a
+    firing and no per-row state leaks across rows."""
+    trainer, report, rows, _, _ = run
+    cfg, backend = trainer.cfg, trainer.backend
+    idx = np.arange(ROWS)
+    n, T = len(idx), rows.tokens.shape[1]
+    prompts = [list(map(int, trainer.task.env.structure.prompts[p])) for p in rows.problems[idx]]
+    tokens = torch.as_tensor(rows.tokens[idx])
+    lengths = torch.as_tensor(rows.lengths[idx])
+    mask = torch.arange(T)[None, :] < lengths[:, None]
+    with torch.no_grad():
+        values = backend.critic_forward(prompts, tokens, mask).float()
+    contexts, where = [], []
+    for j in range(n):
+        for k in range(int(lengths[j])):
+            contexts.append(prompts[j] + tokens[j, :k].tolist())
+            where.append((j, k))
+    probs = dvb.gru_probs(backend, contexts, cfg.rollout.temperature)
+    logits = torch.zeros(n, T, probs.shape[1])
+    for (j, k), pr in zip(where, probs):
+        logits[j, k] = torch.as_tensor(np.log(pr), dtype=torch.float32)
+    train_step = max(cfg.run.steps, cfg.stop.warmup_steps)
+    for name in dvb.RULES:
+        rule = make_stop_rule(dataclasses.replace(cfg.stop, rule=name), num_slots=n, seed=SEED)
+        rule.load_state_dict(trainer.rule.state_dict())
+        rule.reset(torch.arange(n), train_step)
+        first = torch.full((n,), -1, dtype=torch.long)
+        for k in range(T):
+            act = torch.nonzero(lengths > k).squeeze(-1)
+            tok = tokens[act, k]
+            lg = logits[act, k]
+            regret = (lg.max(-1).values - lg.gather(-1, tok[:, None]).squeeze(-1)).clamp(min=0)
+            ctx = StopContext(slots=act, positions=torch.full_like(act, k), logits=lg, tokens=tok, regret=regret,
+                              values=values[act, k], failure_step=torch.full_like(act, -1), train_step=train_step)
+            fire = rule(ctx) & (tok != EOS_ID) & (first[act] < 0)
+            first[act[fire]] = k
+        assert np.array_equal(first.numpy(), rows.fires[name][idx]), name
+
+
+def test_deterministic_under_seed():
+    a = dvb.measure(3, 5, 400, batch_size=8, draws=10)
+    b = dvb.measure(3, 5, 400, batch_size=8, draws=10)
+    strip = lambda r: dvb.format_report(r[0]).rsplit("\nruntime", 1)[0]  # noqa: E731
+    assert strip(a) == strip(b)
+    assert np.array_equal(a[1].tokens, b[1].tokens) and np.array_equal(a[2], b[2], equal_nan=True)
