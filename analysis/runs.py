@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from testbed.metrics import REQUIRED_KEYS, read_metrics
+from testbed.metrics import REQUIRED_KEYS, iter_jsonl, read_metrics
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json")
 ROWS_FILE = "rows.jsonl"
@@ -56,6 +56,14 @@ TIME_PARTS = ("time/gen", "time/actor", "time/critic")
 
 class RunDirError(ValueError):
     """A run directory is missing a file or holds a malformed one; the message names the path."""
+
+
+def _jsonl(path: Path):
+    """:func:`testbed.metrics.iter_jsonl`, its ``path:line`` errors raised as :class:`RunDirError`."""
+    try:
+        yield from iter_jsonl(path)
+    except ValueError as e:
+        raise RunDirError(str(e)) from None
 
 
 # --- one run ----------------------------------------------------------------------------------------
@@ -165,15 +173,7 @@ def load_rows(run_dir: str | Path, name: str | None = None) -> pd.DataFrame:
         return _empty_rows()
     cols: dict[str, list[np.ndarray]] = {k: [] for k in ("step", *ROW_LISTS)}
     seen: dict[int, int] = {}
-    for n, line in enumerate(p.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RunDirError(f"{p}:{n}: not a JSON object ({e})") from None
-        if not isinstance(rec, dict):
-            raise RunDirError(f"{p}:{n}: expected a JSON object, got {type(rec).__name__}")
+    for n, rec in _jsonl(p):
         missing = [k for k in ("step", "length", "ending", "failure_step") if k not in rec]
         if missing:
             raise RunDirError(f"{p}:{n}: record lacks {missing}")
@@ -241,14 +241,8 @@ def _sweep_labels(folder: Path, cache: dict[Path, dict[str, dict]]) -> dict[str,
         rows: dict[str, dict] = {}
         p = folder / SWEEP_SUMMARY
         if p.is_file():
-            for n, line in enumerate(p.read_text().splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise RunDirError(f"{p}:{n}: not a JSON object ({e})") from None
-                if isinstance(r, dict) and "name" in r:
+            for _, r in _jsonl(p):
+                if "name" in r:
                     rows[str(r["name"])] = {k: v for k, v in r.items() if k.startswith("label/")}
         cache[folder] = rows
     return cache[folder]

@@ -9,7 +9,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 # Keys every training step logs (DESIGN.md); analysis reads these names from here.
 REQUIRED_KEYS = (
@@ -40,10 +40,21 @@ class MetricsLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def truncate_after(self, step: int) -> None:
-        """Drop records of steps > ``step`` (a resumed run re-does them)."""
+        """Drop records of steps > ``step`` (a resumed run re-does them).
+
+        A last line cut short by the interruption is dropped too; a malformed line before it is an
+        error naming the file and line (nothing else can have written it).
+        """
         if not self.path.exists():
             return
-        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        lines = [ln for ln in self.path.read_text().splitlines() if ln.strip()]
+        if lines:
+            try:
+                json.loads(lines[-1])
+            except json.JSONDecodeError:
+                lines.pop()
+        records = iter_jsonl(self.path, lines)
+        keep = [ln for ln, (_, rec) in zip(lines, records) if rec["step"] <= step]
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("".join(ln + "\n" for ln in keep))
         os.replace(tmp, self.path)
@@ -55,15 +66,25 @@ class MetricsLogger:
             f.flush()
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Read a metrics.jsonl; a malformed line raises naming the file and line."""
+def iter_jsonl(path: str | Path, lines: list[str] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, record)`` for every non-blank line of a JSONL file (or of ``lines`` read from it).
+
+    A line that is not a JSON object raises ``ValueError`` naming ``path:line``.
+    """
     path = Path(path)
-    out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    numbered = enumerate(path.read_text().splitlines() if lines is None else lines, 1)
+    for n, line in numbered:
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
+            rec = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{n}: not a JSON object ({e})") from None
-    return out
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
+        yield n, rec
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Read a metrics.jsonl; a malformed line raises naming the file and line."""
+    return [rec for _, rec in iter_jsonl(path)]

@@ -226,16 +226,15 @@ class StopSchedule:
         path = Path(run_dir) / "metrics.jsonl"
         if not path.is_file():
             raise FileNotFoundError(f"stop.reference_run: no metrics.jsonl in {run_dir}")
+        from testbed.metrics import iter_jsonl
+
         rates, hists = [], []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
+        for n, rec in iter_jsonl(path):
             try:
-                rec = json.loads(line)
                 rates.append(float(rec["stop/rate"]))
                 hists.append(list(rec.get("stop/step_hist", [])))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{n}: cannot read stop/rate and stop/step_hist ({e})") from None
+            except (KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{n}: cannot read stop/rate and stop/step_hist ({e!r})") from None
         return cls(rates, hists)
 
 

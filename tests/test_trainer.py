@@ -105,3 +105,18 @@ def test_rows_log_matches_metrics(tmp_path):
         for stopped, length, f in zip(stops, row["length"], row["failure_step"]):
             if stopped:
                 assert length - 1 == f
+
+
+def test_resume_drops_a_last_line_cut_by_the_interruption(tmp_path):
+    from testbed.metrics import MetricsLogger
+
+    log = MetricsLogger(tmp_path / "m.jsonl")
+    for k in range(3):
+        log.log({"step": k})
+    with log.path.open("a") as f:
+        f.write('{"step": 3, "loss/po')  # the process died mid-write
+    log.truncate_after(1)
+    assert read_metrics(log.path) == [{"step": 0}, {"step": 1}]
+    log.path.write_text('{"step": 0}\nnot json\n{"step": 1}\n')
+    with pytest.raises(ValueError, match=r"m.jsonl:2: not a JSON object"):
+        log.truncate_after(5)
