@@ -338,7 +338,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"{key}: cannot parse value {raw!r}: {e}") from None
-    if isinstance(value, str) is False and value is None:
+    if value is None:  # "key=null" or "key=~": the empty string, as for "key="
         value = ""
     return key.strip(), value
 

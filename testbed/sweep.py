@@ -70,7 +70,10 @@ def expand(spec: dict, *, base_dir: Path = Path("."), source: str = "sweep") -> 
         raise config_mod.ConfigError(f"{source}: unknown sweep keys {sorted(unknown)}")
     base = spec.get("base", {})
     if isinstance(base, str):
-        base = yaml.safe_load((base_dir / base).read_text()) if not Path(base).is_absolute() else yaml.safe_load(Path(base).read_text())
+        base_path = base_dir / base  # an absolute base stays as it is
+        if not base_path.is_file():
+            raise config_mod.ConfigError(f"{source}: base config {base_path} does not exist")
+        base = yaml.safe_load(base_path.read_text())
     out_dir = str(spec.get("out_dir", "runs/sweep"))
     axes: dict[str, Any] = spec.get("axes") or {}
     if not axes:

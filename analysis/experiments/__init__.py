@@ -144,3 +144,15 @@ def study_cli(name: str, main, doc: str | None, argv: list[str] | None = None) -
     p.add_argument("--fresh", action="store_true", help="delete the runs folder first")
     a = p.parse_args(argv)
     return main(out=a.out, workers=a.workers, quick=a.quick, fresh=a.fresh)
+
+
+def report_tail(figs, errors: list[str], analysis_module) -> list[str]:
+    """The end of a study's ``report.md``: each figure under its plot function's first doc line, any
+    figures that failed, and the analysis module's definitions (its docstring after the first paragraph)."""
+    lines = ["## Figures", ""]
+    for p in figs:
+        doc = (analysis_module.PLOTS[p.stem].__doc__ or "").strip().splitlines()[0]
+        lines += [f"### {p.stem}", "", doc, "", f"![{p.stem}]({p.name})", ""]
+    if errors:
+        lines += ["Figures that failed:", "", *[f"- {e}" for e in errors], ""]
+    return lines + ["## Definitions", "", (analysis_module.__doc__ or "").split("\n\n", 1)[-1].strip(), ""]

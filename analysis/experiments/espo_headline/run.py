@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from analysis import experiments
-from analysis.experiments import study_cli
+from analysis.experiments import report_tail, study_cli
 from analysis.experiments.espo_headline import analysis, sweep
 from analysis.plots import build_figures, markdown_table, save_figures, text_table
 from analysis.runs import load_many_rows, load_runs
@@ -93,15 +93,9 @@ def render_report(*, root, outcome, detector, waste, verdicts, figs, errors, cmd
         "## Verdicts", "",
         "Computed from the tables above (`analysis.verdicts`).", "",
         *[f"- {v}" for v in verdicts], "",
-        "## Figures", "",
     ]
-    for p in figs:
-        doc = (analysis.PLOTS[p.stem].__doc__ or "").strip().splitlines()[0]
-        lines += [f"### {p.stem}", "", doc, "", f"![{p.stem}]({p.name})", ""]
-    if errors:
-        lines += ["Figures that failed:", "", *[f"- {e}" for e in errors], ""]
+    lines += report_tail(figs, errors, analysis)
     lines += [
-        "## Definitions", "", (analysis.__doc__ or "").split("\n\n", 1)[-1].strip(), "",
         "## Not in the logs", "",
         "- Per-row records (`rows.jsonl`) cover finished rows only, and only simulated runs write them; "
         "runs without them fall back to per-step metrics (`detector_from` = `metrics`) and have no waste numbers.",

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from analysis import experiments
-from analysis.experiments import study_cli
+from analysis.experiments import report_tail, study_cli
 from analysis.experiments.tppo_speedup import analysis, sweep
 from analysis.plots import build_figures, markdown_table, save_figures, text_table
 from analysis.runs import load_runs
@@ -66,14 +66,8 @@ def main(out: str = "out/tppo_speedup", workers: int = 2, quick: bool = False, f
         "## Cost breakdown (mean ± std over seeds)", "", markdown_table(cost), "",
         "## Verdicts", "", "Computed from the tables above (`analysis.verdicts`).", "",
         *[f"- {v}" for v in verdicts], "",
-        "## Figures", "",
     ]
-    for p in figs:
-        doc = (analysis.PLOTS[p.stem].__doc__ or "").strip().splitlines()[0]
-        lines += [f"### {p.stem}", "", doc, "", f"![{p.stem}]({p.name})", ""]
-    if errors:
-        lines += ["Figures that failed:", "", *[f"- {e}" for e in errors], ""]
-    lines += ["## Definitions", "", (analysis.__doc__ or "").split("\n\n", 1)[-1].strip(), ""]
+    lines += report_tail(figs, errors, analysis)
     (root / "report.md").write_text("\n".join(lines))
     print(f"\nwrote {root / 'report.md'} and {len(figs)} figures ({elapsed:.0f}s)")
     return 0
