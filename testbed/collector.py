@@ -100,10 +100,11 @@ def decode_segment(
         fs = torch.as_tensor(task.observe(slots[active.numpy()], tok.numpy()), dtype=torch.long)
         failure[active] = fs
         pos = start[active] + k
-        ctx = StopContext(slots=slots_t[active], positions=pos, logits=out.logits, tokens=tok,
-                          regret=s.regret.cpu(), values=vals, failure_step=fs, train_step=train_step)
         eos = tok == task.eos_token_id
-        stop = rule(ctx).cpu() & ~eos
+        ctx = StopContext(slots=slots_t[active], positions=pos, logits=out.logits, tokens=tok,
+                          regret=s.regret.cpu(), values=vals, failure_step=fs, train_step=train_step,
+                          ends_anyway=eos)
+        stop = rule(ctx).cpu()
         cap = ((pos + 1) >= max_len) & ~eos & ~stop
         cut = ((k + 1) >= budget[active]) & ~eos & ~stop & ~cap
         ended = eos | stop | cap | cut

@@ -43,6 +43,8 @@ class StopContext:
     """(b,) long: ground-truth fatal-token index known so far (-1 none; simulation only)."""
     train_step: int
     """The training step whose rollout this is."""
+    ends_anyway: Tensor | None = None
+    """(b,) bool: rows whose sampled token ends them regardless (EOS); a rule never stops these."""
 
 
 class RegretNormalizer:
@@ -105,6 +107,8 @@ class StopRule:
         allowed = (ctx.positions + 1) >= self.cfg.min_tokens
         if ctx.train_step < self.cfg.warmup_steps:
             allowed = torch.zeros_like(allowed)
+        if ctx.ends_anyway is not None:
+            allowed = allowed & ~ctx.ends_anyway.to(allowed.device)
         return stop & allowed
 
     def decide(self, ctx: StopContext) -> Tensor:
@@ -284,7 +288,8 @@ class RandomRule(StopRule):
 
     def __call__(self, ctx: StopContext) -> Tensor:
         stop = super().__call__(ctx)
-        # Count executed stops once per row (the collector drops a stopped row at once).
+        # Count executed stops once per row (the collector drops a stopped row at once; rows ending at
+        # EOS are never reported as stopped, see StopRule.__call__).
         self.fired += int(stop.sum())
         return stop
 

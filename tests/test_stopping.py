@@ -187,3 +187,13 @@ def test_random_rule_calibrates_for_rows_that_end_first():
         rates.append(stopped.float().mean().item())
     assert rates[0] < 0.27  # uncalibrated: 0.3 * (1 - 0.5 * 0.5) = 0.225
     assert abs(rates[-1] - 0.3) < 0.03
+
+
+def test_rows_ending_at_eos_are_never_stopped_or_counted():
+    sched = StopSchedule(rates=[1.0], histograms=[[0, 0, 1]])
+    rule = RandomRule(StopSection(rule="random", warmup_steps=0, min_tokens=1), num_slots=2, seed=0, schedule=sched)
+    rule.reset(torch.arange(2), train_step=0)
+    c = ctx([0.0, 0.0], None, positions=[2, 2], step=0)
+    c.ends_anyway = torch.tensor([True, False])
+    assert rule(c).tolist() == [False, True]
+    assert rule.fired == 1
