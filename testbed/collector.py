@@ -17,7 +17,7 @@ from torch import Tensor
 
 from testbed.config import Config
 from testbed.protocols import Backend, Task
-from testbed.rollout import Ending, Rollout, last_valid_value
+from testbed.rollout import Ending, Rollout, last_valid_value, treatment
 from testbed.sampling import sample_tokens
 from testbed.stopping import StopContext, StopRule
 
@@ -219,14 +219,12 @@ class SamplePool:
         reward_last = self._row_rewards(seg.ending, task_reward, lengths_total)
 
         rollout = self._build(rows, contexts, seg, reward_last, task_reward, success, doomed, fail,
-                              versions=[s.versions[-int(seg.mask[i].sum()):] if seg.mask[i].any() else [] for i, s in enumerate(rows)])
+                              start=start, train_step=train_step)
         finished_rollout = None
         if c.tppo.enabled and len(fin_idx):
             finished_rollout = self._whole(rows, fin_idx, seg, reward_last, task_reward, success, doomed, fail)
 
         ages = [train_step - s.born_step for s in rows]
-        old_tokens = sum(sum(v < train_step for v in s.versions) for s in rows)
-        all_tokens = sum(len(s.versions) for s in rows)
         stats = {
             "time/gen": t_gen,
             "tokens/generated": int(seg.mask.sum()),
@@ -235,7 +233,8 @@ class SamplePool:
             "pool/occupancy": float(sum(s is not None for s in self.slots)) / self.B,
             "pool/age_mean": float(np.mean(ages)),
             "pool/age_max": float(np.max(ages)),
-            "pool/stale_token_frac": old_tokens / max(all_tokens, 1),
+            # Tokens carried in from earlier steps were sampled by older policies.
+            "pool/stale_token_frac": int(start.sum()) / max(int(lengths_total.sum()), 1),
             "gen/idle_fraction": seg.idle_fraction,
             "gen/decode_steps": seg.steps,
         }
@@ -261,28 +260,23 @@ class SamplePool:
             r = torch.where(done, r - c.algo.overlong_penalty * over, r)
         return r
 
-    def _build(self, rows, contexts, seg: Segment, reward_last, task_reward, success, doomed, fail, versions) -> Rollout:
+    def _build(self, rows, contexts, seg: Segment, reward_last, task_reward, success, doomed, fail, *,
+               start: Tensor, train_step: int) -> Rollout:
         B, W = seg.tokens.shape
         rewards = torch.zeros(B, W)
         lengths = seg.mask.sum(-1)
         has = lengths > 0
         idx = (lengths - 1).clamp(min=0)
         rewards[torch.arange(B)[has], idx[has]] = reward_last[has]
-        pv = torch.zeros(B, W, dtype=torch.long)
-        for i, v in enumerate(versions):
-            pv[i, : len(v)] = torch.as_tensor(v, dtype=torch.long)
-        bootstrap = torch.zeros(B)
-        cut = seg.ending == Ending.WINDOW_CUT
-        if self.cfg.rollout.length_cap == "bootstrap":
-            cut = cut | (seg.ending == Ending.LENGTH_CAP)
-        last_v = last_valid_value(seg.values, seg.mask)
-        bootstrap[cut] = last_v[cut]
+        pv = torch.where(seg.mask, train_step, 0)  # every token of the segment comes from this step's policy
+        cut = treatment(seg.ending, self.cfg.rollout.length_cap).bootstrap_from_last_value
+        bootstrap = torch.where(cut, last_valid_value(seg.values, seg.mask), torch.zeros(B))
         roll = Rollout(
             tokens=seg.tokens, logprobs=seg.logprobs, regret=seg.regret, values=seg.values, rewards=rewards,
             mask=seg.mask, ending=seg.ending, bootstrap=bootstrap, failure_step=fail, policy_version=pv,
             prompts=contexts, group_ids=torch.tensor([s.group for s in rows], dtype=torch.long),
             task_reward=task_reward, success=success, doomed=doomed,
-            extras={"start": torch.tensor([len(s.tokens) - int(seg.mask[i].sum()) for i, s in enumerate(rows)])},
+            extras={"start": start},
         )
         roll.validate()
         return roll
