@@ -87,8 +87,10 @@ class Trainer:
         self.adv_params = AdvantageParams.from_config(cfg.algo, cfg.rollout)
         self.policy_loss = POLICY_LOSSES.get(cfg.algo.policy_loss)
         self.loss_params = PolicyLossParams.from_config(cfg.algo)
-        self.opt_actor = torch.optim.Adam(self.backend.policy_parameters(), lr=cfg.algo.lr_actor)
-        self.opt_critic = torch.optim.Adam(self.backend.critic_parameters(), lr=cfg.algo.lr_critic)
+        self.actor_params = list(self.backend.policy_parameters())
+        self.critic_params = list(self.backend.critic_parameters())
+        self.opt_actor = torch.optim.Adam(self.actor_params, lr=cfg.algo.lr_actor)
+        self.opt_critic = torch.optim.Adam(self.critic_params, lr=cfg.algo.lr_critic)
         self.shuffle = torch.Generator().manual_seed(cfg.run.seed + 1)
         self.logger = MetricsLogger(self.run_dir / "metrics.jsonl")
         # Per-row outcomes of finished rows (length, ending, planted failure step) on simulated tasks.
@@ -177,8 +179,7 @@ class Trainer:
         if a.normalize_advantages:
             advantages = whiten(advantages, mask)
         dev = self.backend.device
-        sums: dict[str, float] = {}
-        count = 0
+        means = _Means()
         for idx in self._minibatches(rollout.batch_size):
             m = mask[idx]
             if not m.any():
@@ -200,15 +201,9 @@ class Trainer:
                 l_kl, m_kl = kl_penalty(logp, ref, m, kind=a.kl_type, agg=a.agg)
                 loss = loss + a.kl_coef * l_kl
                 met = {**met, **m_kl}
-            self.opt_actor.zero_grad(set_to_none=True)
-            loss.backward()
-            gn = torch.nn.utils.clip_grad_norm_(list(self.backend.policy_parameters()), a.max_grad_norm)
-            self.opt_actor.step()
-            met = {"loss/policy": loss.detach(), "actor/grad_norm": gn, **{f"actor/{k}": v for k, v in met.items()}}
-            for k, v in met.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            count += 1
-        out = {k: v / count for k, v in sums.items()} if count else {"loss/policy": float("nan")}
+            gn = _optimizer_step(self.opt_actor, self.actor_params, loss, a.max_grad_norm)
+            means.add({"loss/policy": loss.detach(), "actor/grad_norm": gn, **{f"actor/{k}": v for k, v in met.items()}})
+        out = means.result() or {"loss/policy": float("nan")}
         out["time/actor"] = time.perf_counter() - t0
         return out
 
@@ -240,8 +235,7 @@ class Trainer:
             mask = loss_mask(rows, self.cfg.rollout.length_cap)
             out["critic/explained_variance"] = float(explained_variance(old, ret, mask))
             dev = self.backend.device
-            sums: dict[str, float] = {}
-            count = 0
+            means = _Means()
             for idx in self._minibatches(rows.batch_size):
                 m = mask[idx]
                 if not m.any():
@@ -249,16 +243,9 @@ class Trainer:
                 v = self.backend.critic_forward([rows.prompts[i] for i in idx.tolist()], rows.tokens[idx].to(dev),
                                                 rows.mask[idx].to(dev)).float().cpu()
                 loss, met = value_loss(v, old[idx], ret[idx], m, clip=a.value_clip, agg=a.agg)
-                self.opt_critic.zero_grad(set_to_none=True)
-                (a.value_coef * loss).backward()
-                gn = torch.nn.utils.clip_grad_norm_(list(self.backend.critic_parameters()), a.max_grad_norm)
-                self.opt_critic.step()
-                for k, val in {"loss/value": loss.detach(), "critic/grad_norm": gn,
-                               **{f"critic/{k}": x for k, x in met.items()}}.items():
-                    sums[k] = sums.get(k, 0.0) + float(val)
-                count += 1
-            if count:
-                out.update({k: s / count for k, s in sums.items()})
+                gn = _optimizer_step(self.opt_critic, self.critic_params, a.value_coef * loss, a.max_grad_norm)
+                means.add({"loss/value": loss.detach(), "critic/grad_norm": gn, **{f"critic/{k}": x for k, x in met.items()}})
+            out.update(means.result())
         out["time/critic"] = time.perf_counter() - t0
         return out
 
@@ -387,6 +374,31 @@ def _set_task_rng_state(task, state) -> None:
         env.np_random.bit_generator.state = state
     elif hasattr(task, "set_rng_state"):
         task.set_rng_state(state)
+
+
+def _optimizer_step(opt: torch.optim.Optimizer, params: list[Tensor], loss: Tensor, max_norm: float) -> Tensor:
+    """One clipped gradient step on ``loss``; returns the gradient norm before clipping."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    opt.step()
+    return norm
+
+
+class _Means:
+    """Running means of per-minibatch metrics; ``.item()`` happens here, not in the losses."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, metrics: dict[str, Any]) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        self.count += 1
+
+    def result(self) -> dict[str, float]:
+        return {k: v / self.count for k, v in self.sums.items()} if self.count else {}
 
 
 def _informative_groups(rollout: Rollout) -> Tensor:
