@@ -1,0 +1,59 @@
+"""The studies' interval estimates against hand computations."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from analysis.stats import Interval, band, mean_ci, paired_diff_ci
+
+
+def _exact_bootstrap_quantiles(x, qs):
+    """Every one of the n**n equally likely resamples of a tiny sample, enumerated by hand."""
+    means = np.sort([np.mean(c) for c in itertools.product(x, repeat=len(x))])
+    return [np.quantile(means, q, method="inverted_cdf") for q in qs]
+
+
+@pytest.mark.parametrize("x", [[0.0, 1.0, 2.0], [0.0, 0.0, 1.0, 3.0], [0.2, 0.5, 0.9, 1.0, 0.0]])
+def test_percentile_interval_matches_the_enumerated_bootstrap(x):
+    iv = mean_ci(x)
+    lo, hi = _exact_bootstrap_quantiles(x, [0.025, 0.975])
+    assert iv.mean == pytest.approx(np.mean(x))
+    # 10k resamples estimate the exact quantiles; the bootstrap distribution is discrete, so allow one
+    # atom's worth of slack around each exact quantile.
+    step = (max(x) - min(x)) / len(x)
+    assert lo - step <= iv.low <= lo + step
+    assert hi - step <= iv.high <= hi + step
+    assert iv.low <= iv.mean <= iv.high
+
+
+def test_paired_difference_is_per_seed():
+    a = [0.1, 0.5, 0.9, 0.3]
+    b = [0.2, 0.6, 1.0, 0.4]  # b beats a by exactly 0.1 on every seed, though the seeds spread widely
+    iv = paired_diff_ci(a, b)
+    assert iv.mean == pytest.approx(0.1) and iv.low == pytest.approx(0.1) and iv.high == pytest.approx(0.1)
+    assert iv.significant
+    noisy = paired_diff_ci([0.0, 1.0, 0.0, 1.0], [1.0, 0.0, 1.0, 0.0])
+    assert not noisy.significant and noisy.low < 0 < noisy.high
+
+
+def test_fixed_resampling_seed_and_nan_pairs():
+    a, b = [0.1, 0.4, np.nan, 0.8, 0.2], [0.3, 0.3, 0.5, 0.9, 0.6]
+    assert paired_diff_ci(a, b) == paired_diff_ci(a, b)
+    assert paired_diff_ci(a, b).n == 4
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired_diff_ci([1.0], [1.0, 2.0])
+
+
+def test_degenerate_inputs():
+    assert mean_ci([]).fmt() == "n/a"
+    assert mean_ci([0.5]) == Interval(0.5, 0.5, 0.5, 1)
+    assert not mean_ci([0.5]).significant
+
+
+def test_band_is_clipped_to_the_metric_range():
+    curves = np.array([[0.0, 0.0, 1.0], [0.0, 0.2, 1.0], [0.0, 0.0, 0.9]])
+    mean, lo, hi = band(curves, lo=0.0, hi=1.0)
+    assert (lo >= 0).all() and (hi <= 1).all()
+    np.testing.assert_allclose(mean, curves.mean(0))
+    assert lo[0] == hi[0] == 0.0
