@@ -34,6 +34,7 @@ from typing import Any, Iterator
 
 from llm_backend.problems import Problem, problem_id, split_of
 from llm_backend.rewards import extract_boxed, parse_plain_integer
+from testbed.errors import UserError  # the CLI prints these as one "error:" line
 
 __all__ = ["FORMATS", "SKIP_REASONS", "DatasetError", "LoadReport", "detect_format", "load_dataset", "read_dataset"]
 
@@ -55,7 +56,7 @@ _DAPO_PREFIX = (
 _DAPO_SUFFIX = '\n\nRemember to put your answer on its own line after "Answer:".'
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset file or record is malformed; the message names the file and line."""
 
 

@@ -34,6 +34,7 @@ import torch
 
 # One definition of where the embedded GGUF lives and of the cache root, shared with the tokenizer.
 from .tokenizer import EMBEDDED_GGUF, cache_root, embedded_gguf_path
+from testbed.errors import UserError  # the CLI prints these as one "error:" line
 
 TINY_VOCAB = 49152
 """Vocabulary of the real (SmolLM2) tokenizer: the tiny test model's default width."""
@@ -42,7 +43,7 @@ _MARKER = "testbed_source.json"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(UserError, FileNotFoundError):
     """The model named by ``model.path`` is not on this machine (nothing is ever downloaded)."""
 
 

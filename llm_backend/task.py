@@ -23,6 +23,7 @@ from llm_backend.datasets import load_dataset
 from llm_backend.problems import DIFFICULTIES, SPLITS, Problem, iter_problems
 from llm_backend.rewards import check_answers
 from llm_backend.tokenizer import end_of_turn_id, load_tokenizer, stop_strings
+from testbed.config import ConfigError
 from testbed.protocols import TaskResult
 
 __all__ = ["ANSWER_INSTRUCTION", "EVAL_SEED", "EXAMPLE", "MathTask", "make_task"]
@@ -62,7 +63,7 @@ class _Source:
 class _GeneratorSource(_Source):
     def __init__(self, difficulty: str, seed: int):
         if difficulty not in DIFFICULTIES:
-            raise ValueError(f"task.difficulty: unknown {difficulty!r}; valid: {', '.join(DIFFICULTIES)}")
+            raise ConfigError(f"task.difficulty: unknown {difficulty!r}; valid: {', '.join(DIFFICULTIES)}")
         self.difficulty = difficulty
         self.seeds = {"train": seed, "test": EVAL_SEED}
         self._streams: dict[str, Iterator[Problem]] = {}

@@ -1,4 +1,12 @@
-"""The ``testbed`` console script: run, sweep, eval, plot, demo."""
+"""The ``testbed`` console script: run, sweep, eval, plot, demo.
+
+Each subcommand is a ``cmd_NAME(args) -> exit status`` plus an ``add_NAME(subparsers)`` that declares
+its arguments; :data:`COMMANDS` lists them, so a new subcommand is two functions and one entry.
+
+Errors: a :class:`testbed.errors.UserError` (a bad config key or value, a missing or malformed file,
+a missing model, a run directory in use) prints one ``error: ...`` line on stderr and exits with
+status 2; any other exception is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +14,9 @@ import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
 
 from testbed import config as config_mod
+from testbed.errors import UserError
 
 
 def _config_help() -> str:
@@ -22,12 +30,21 @@ def _config_help() -> str:
     return "\n".join(lines)
 
 
+# --- run ---------------------------------------------------------------------------------------------
+def add_run(sub) -> None:
+    r = sub.add_parser("run", help="one training run (simulated or LLM, by the config)",
+                       epilog=_config_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("config", help="YAML config (e.g. configs/espo.yaml)")
+    r.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    r.add_argument("--steps", type=int, default=None, help="shorthand for run.steps=N")
+    r.set_defaults(fn=cmd_run)
+
+
 def cmd_run(args) -> int:
     from testbed.trainer import Trainer
 
-    cfg = config_mod.load(args.config, args.overrides)
-    if args.steps is not None:
-        cfg.run.steps = args.steps
+    overrides = list(args.overrides) + ([f"run.steps={args.steps}"] if args.steps is not None else [])
+    cfg = config_mod.load(args.config, overrides)
     trainer = Trainer(cfg)
     summary = trainer.train()
     print(json.dumps(summary, indent=2))
@@ -35,15 +52,47 @@ def cmd_run(args) -> int:
     return 0
 
 
+# --- sweep -------------------------------------------------------------------------------------------
+def add_sweep(sub) -> None:
+    s = sub.add_parser("sweep", help="a grid of runs in parallel processes, or on Ray")
+    s.add_argument("sweep", help="sweep YAML (see testbed/sweep.py)")
+    s.add_argument("--workers", type=int, default=2, help="parallel processes (process executor)")
+    s.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    s.add_argument("--executor", choices=("process", "ray"), default="process",
+                   help="process: a local process pool (default); ray: Ray tasks, local or on a cluster")
+    s.add_argument("--address", default=None,
+                   help="ray: address of a running cluster (default: $RAY_ADDRESS, else a local Ray started now)")
+    s.set_defaults(fn=cmd_sweep)
+
+
 def cmd_sweep(args) -> int:
     from testbed.sweep import run_sweep
 
-    rows = run_sweep(args.sweep, workers=args.workers, threads_per_run=args.threads)
-    keys = ["name", "steps", "tokens/cumulative", "final/success_rate", "final/stop_rate"]
+    if args.workers < 1 or args.threads < 1:
+        raise UserError("--workers and --threads: must be >= 1")
+    rows = run_sweep(args.sweep, workers=args.workers, threads_per_run=args.threads, executor=args.executor,
+                     address=args.address)
+    keys = ["name", "status", "steps", "tokens/cumulative", "final/success_rate", "final/stop_rate"]
     print(" | ".join(keys))
     for r in sorted(rows, key=lambda r: r["name"]):
         print(" | ".join(f"{r.get(k):.3f}" if isinstance(r.get(k), float) else str(r.get(k)) for k in keys))
+    skipped = [r for r in rows if r.get("status", "").startswith("skipped")]
+    for r in skipped:
+        print(f"{r['name']}: {r['status']}", file=sys.stderr)
     return 0
+
+
+# --- eval --------------------------------------------------------------------------------------------
+def add_eval(sub) -> None:
+    e = sub.add_parser("eval", help="evaluate a model or checkpoint on a task (pass@1, avg@k)")
+    e.add_argument("config", help="YAML config naming the task and model")
+    e.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    e.add_argument("--checkpoint", default="", help="run directory or checkpoints/model.safetensors to load")
+    e.add_argument("--n", type=int, default=64, help="problems")
+    e.add_argument("--k", type=int, default=1, help="samples per problem (avg@k, pass@k)")
+    e.add_argument("--greedy", action="store_true", help="greedy decoding (k must be 1)")
+    e.add_argument("--out", default="", help="write the result JSON here")
+    e.set_defaults(fn=cmd_eval)
 
 
 def cmd_eval(args) -> int:
@@ -55,14 +104,33 @@ def cmd_eval(args) -> int:
     return 0
 
 
+# --- plot --------------------------------------------------------------------------------------------
+def add_plot(sub) -> None:
+    pl = sub.add_parser("plot", help="figures and a markdown table from run directories")
+    pl.add_argument("run_dirs", nargs="+", help="run directories")
+    pl.add_argument("--out", required=True, help="output folder")
+    pl.set_defaults(fn=cmd_plot)
+
+
 def cmd_plot(args) -> int:
-    from testbed.trainer import load_entry_point
+    from testbed.build import load_entry_point
 
     return load_entry_point("analysis.plots:plot_runs_cli")(args.run_dirs, out=args.out)
 
 
+# --- demo --------------------------------------------------------------------------------------------
+def add_demo(sub) -> None:
+    d = sub.add_parser("demo", help="the headline simulated ESPO study (or another registered study), end to end")
+    d.add_argument("--study", default="espo_headline", help="registered study: espo_headline, tppo_speedup")
+    d.add_argument("--out", default="", help="output folder (runs, figures, report); default out/<study>")
+    d.add_argument("--workers", type=int, default=2, help="parallel processes")
+    d.add_argument("--quick", action="store_true", help="fewer seeds and steps (smoke test)")
+    d.add_argument("--fresh", action="store_true", help="ignore completed runs in the output folder")
+    d.set_defaults(fn=cmd_demo)
+
+
 def cmd_demo(args) -> int:
-    from testbed.trainer import load_entry_point
+    from testbed.build import load_entry_point
 
     try:
         spec = load_entry_point("analysis.experiments:entry_point")(args.study)
@@ -72,45 +140,15 @@ def cmd_demo(args) -> int:
     return load_entry_point(spec)(out=out, workers=args.workers, quick=args.quick, fresh=args.fresh)
 
 
+COMMANDS = [add_run, add_sweep, add_eval, add_plot, add_demo]
+"""Each adds one subcommand (its parser and ``fn``); the help lists them in this order."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="testbed", description="ESPO / T-PPO algorithm testbed")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    r = sub.add_parser("run", help="one training run (simulated or LLM, by the config)",
-                       epilog=_config_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("config", help="YAML config (e.g. configs/espo.yaml)")
-    r.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    r.add_argument("--steps", type=int, default=None, help="shorthand for run.steps=N")
-    r.set_defaults(fn=cmd_run)
-
-    s = sub.add_parser("sweep", help="a grid of runs in parallel processes")
-    s.add_argument("sweep", help="sweep YAML (see testbed/sweep.py)")
-    s.add_argument("--workers", type=int, default=2, help="parallel processes")
-    s.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    s.set_defaults(fn=cmd_sweep)
-
-    e = sub.add_parser("eval", help="evaluate a model or checkpoint on a task (pass@1, avg@k)")
-    e.add_argument("config", help="YAML config naming the task and model")
-    e.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    e.add_argument("--checkpoint", default="", help="run directory or checkpoints/model.safetensors to load")
-    e.add_argument("--n", type=int, default=64, help="problems")
-    e.add_argument("--k", type=int, default=1, help="samples per problem (avg@k, pass@k)")
-    e.add_argument("--greedy", action="store_true", help="greedy decoding (k must be 1)")
-    e.add_argument("--out", default="", help="write the result JSON here")
-    e.set_defaults(fn=cmd_eval)
-
-    pl = sub.add_parser("plot", help="figures and a markdown table from run directories")
-    pl.add_argument("run_dirs", nargs="+", help="run directories")
-    pl.add_argument("--out", required=True, help="output folder")
-    pl.set_defaults(fn=cmd_plot)
-
-    d = sub.add_parser("demo", help="the headline simulated ESPO study (or another registered study), end to end")
-    d.add_argument("--study", default="espo_headline", help="registered study: espo_headline, tppo_speedup")
-    d.add_argument("--out", default="", help="output folder (runs, figures, report); default out/<study>")
-    d.add_argument("--workers", type=int, default=2, help="parallel processes")
-    d.add_argument("--quick", action="store_true", help="fewer seeds and steps (smoke test)")
-    d.add_argument("--fresh", action="store_true", help="ignore completed runs in the output folder")
-    d.set_defaults(fn=cmd_demo)
+    for add in COMMANDS:
+        add(sub)
     return p
 
 
@@ -118,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (config_mod.ConfigError, FileNotFoundError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -10,17 +10,19 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
-import types
-import typing
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from testbed.build import BACKEND_ENTRY_POINTS, TASK_ENTRY_POINTS
+from testbed.errors import UserError
 
-class ConfigError(ValueError):
-    """A config file or override is malformed; the message names the key."""
+
+class ConfigError(UserError, ValueError):
+    """A config file or override is malformed or out of range; the message names the key."""
 
 
 @dataclass
@@ -233,8 +235,8 @@ class Config:
 
 
 _CHOICES = {
-    ("task", "kind"): ("sim", "math"),
-    ("model", "kind"): ("toy", "hf"),
+    ("task", "kind"): tuple(TASK_ENTRY_POINTS),
+    ("model", "kind"): tuple(BACKEND_ENTRY_POINTS),
     ("model", "dtype"): ("float32", "bfloat16"),
     ("model", "critic"): ("separate", "head"),
     ("rollout", "length_cap"): ("terminal", "bootstrap", "masked"),
@@ -278,6 +280,8 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if math.isnan(value):
+            raise ConfigError(f"{key}: expected a number, got NaN")
         return float(value)
     if typ is str:
         if not isinstance(value, str):
@@ -373,35 +377,112 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Confi
         raise ConfigError(f"{path}: {e}") from None
 
 
+def _registries() -> dict[tuple[str, str], list[str]]:
+    """Registry-backed fields -> their valid names (imported here: the registries import this module)."""
+    from testbed.advantages import ESTIMATORS
+    from testbed.losses import POLICY_LOSSES
+    from testbed.stopping import RULES
+
+    return {("algo", "estimator"): ESTIMATORS.names(), ("algo", "policy_loss"): POLICY_LOSSES.names(),
+            ("stop", "rule"): RULES.names()}
+
+
+# (section, field) -> (low, high, low inclusive, high inclusive); None: unbounded on that side. Every
+# float field not listed must be finite; listed ones follow their bounds (an open inf bound admits inf).
+_INF = math.inf
+_RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
+    ("run", "seed"): (0, _INF, True, False),
+    ("run", "steps"): (0, _INF, True, False),
+    ("run", "threads"): (0, _INF, True, False),
+    ("run", "eval_every"): (0, _INF, True, False),
+    ("run", "eval_size"): (1, _INF, True, False),
+    ("run", "checkpoint_every"): (1, _INF, True, False),
+    ("task", "reward_timeout"): (0, _INF, False, False),
+    ("model", "hidden_size"): (1, _INF, True, False),
+    ("model", "embed_size"): (1, _INF, True, False),
+    ("model", "stop_check_every"): (1, _INF, True, False),
+    ("rollout", "batch_size"): (1, _INF, True, False),
+    ("rollout", "group_size"): (1, _INF, True, False),
+    ("rollout", "max_len"): (1, _INF, True, False),
+    ("rollout", "temperature"): (0, _INF, False, False),
+    ("rollout", "top_p"): (0, 1, False, True),
+    ("rollout", "top_k"): (0, _INF, True, False),
+    ("algo", "gamma"): (0, 1, True, True),
+    ("algo", "lam_actor"): (0, 1, True, True),
+    ("algo", "lam_critic"): (0, 1, True, True),
+    ("algo", "lam_adaptive_alpha"): (0, _INF, True, False),
+    ("algo", "clip_low"): (0, 1, True, False),
+    ("algo", "clip_high"): (0, _INF, True, False),
+    ("algo", "dual_clip"): (0, _INF, True, False),
+    ("algo", "value_clip"): (0, _INF, True, False),
+    ("algo", "value_coef"): (0, _INF, True, False),
+    ("algo", "kl_coef"): (0, _INF, True, False),
+    ("algo", "epochs"): (0, _INF, True, False),
+    ("algo", "minibatch_size"): (1, _INF, True, False),
+    ("algo", "lr_actor"): (0, _INF, False, False),
+    ("algo", "lr_critic"): (0, _INF, False, False),
+    ("algo", "max_grad_norm"): (0, _INF, False, False),
+    ("algo", "overlong_buffer"): (0, _INF, True, False),
+    ("algo", "overlong_penalty"): (0, _INF, True, False),
+    ("stop", "ema_beta"): (0, 1, True, False),
+    ("stop", "alpha"): (0, 1, False, True),
+    ("stop", "tau"): (0, _INF, True, True),  # tau = inf: a rule that never fires (PPO, for tests)
+    ("stop", "tau_min"): (-_INF, _INF, False, True),  # below 0 (with tau = 0): stop at every allowed token
+    ("stop", "rho"): (0, 1, True, True),
+    ("stop", "min_tokens"): (0, _INF, True, False),
+    ("stop", "warmup_steps"): (0, _INF, True, False),
+    ("stop", "delay"): (0, _INF, True, False),
+    ("tppo", "window"): (1, _INF, True, False),
+    ("tppo", "ignore_last_k"): (0, _INF, True, False),
+}
+
+
+def _check_range(key: str, value: float, bounds: tuple[float, float, bool, bool]) -> None:
+    lo, hi, lo_in, hi_in = bounds
+    ok_lo = value >= lo if lo_in else value > lo
+    ok_hi = value <= hi if hi_in else value < hi
+    if not (ok_lo and ok_hi):
+        left, right = "[" if lo_in else "(", "]" if hi_in else ")"
+        raise ConfigError(f"{key}: {value!r} is out of range {left}{lo}, {hi}{right}")
+
+
 def validate(cfg: Config) -> None:
-    """Cross-field checks; each message names the key."""
-    r, a, t = cfg.rollout, cfg.algo, cfg.tppo
-    if r.batch_size < 1:
-        raise ConfigError("rollout.batch_size: must be >= 1")
-    if r.group_size < 1 or r.batch_size % r.group_size:
-        raise ConfigError("rollout.group_size: must divide rollout.batch_size")
-    if r.max_len < 1:
-        raise ConfigError("rollout.max_len: must be >= 1")
-    if r.temperature <= 0:
-        raise ConfigError("rollout.temperature: must be > 0")
-    if not 0 < r.top_p <= 1:
-        raise ConfigError("rollout.top_p: must be in (0, 1]")
-    if a.minibatch_size < 1 or a.epochs < 0:
-        raise ConfigError("algo.minibatch_size/epochs: must be positive")
-    if not (0 <= a.lam_actor <= 1 and 0 <= a.lam_critic <= 1):
-        raise ConfigError("algo.lam_actor/lam_critic: must be in [0, 1]")
+    """Names, ranges and cross-field checks; each message names the key."""
+    for (section, name), valid in _registries().items():
+        value = getattr(getattr(cfg, section), name)
+        if value not in valid:
+            raise ConfigError(f"{section}.{name}: unknown {value!r}; valid: {', '.join(valid)}")
+    for (section, name), choices in _CHOICES.items():
+        value = getattr(getattr(cfg, section), name)
+        if value not in choices:
+            raise ConfigError(f"{section}.{name}: {value!r} is not one of {', '.join(choices)}")
+    for f in dataclasses.fields(Config):
+        sec = getattr(cfg, f.name)
+        for sf in dataclasses.fields(sec):
+            value = getattr(sec, sf.name)
+            key = f"{f.name}.{sf.name}"
+            bounds = _RANGES.get((f.name, sf.name))
+            if isinstance(value, float) and math.isnan(value):
+                raise ConfigError(f"{key}: expected a number, got NaN")
+            if bounds is not None:
+                _check_range(key, value, bounds)
+            elif isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{key}: must be finite, got {value!r}")
+    r, a, s, t = cfg.rollout, cfg.algo, cfg.stop, cfg.tppo
+    if r.batch_size % r.group_size:
+        raise ConfigError(f"rollout.group_size: must divide rollout.batch_size ({r.group_size} does not divide {r.batch_size})")
     if a.dual_clip and a.dual_clip <= 1:
         raise ConfigError("algo.dual_clip: must be > 1 (or 0 for off)")
     if a.kl_coef > 0 and not cfg.model.reference:
         raise ConfigError("algo.kl_coef: needs model.reference=true")
-    if t.enabled and t.window < 1:
-        raise ConfigError("tppo.window: must be >= 1")
-    if t.ignore_last_k < 0 or (t.enabled and t.ignore_last_k > t.window):
-        raise ConfigError("tppo.ignore_last_k: must be in [0, window]")
-    if cfg.model.stop_check_every < 1:
-        raise ConfigError("model.stop_check_every: must be >= 1")
-    if cfg.run.steps < 0:
-        raise ConfigError("run.steps: must be >= 0")
+    if a.overlong_buffer > r.max_len:
+        raise ConfigError(f"algo.overlong_buffer: {a.overlong_buffer} exceeds rollout.max_len {r.max_len}")
+    if s.r_success <= s.r_fail:
+        raise ConfigError(f"stop.r_success: {s.r_success} must exceed stop.r_fail {s.r_fail}")
+    if s.rule == "random" and not s.reference_run:
+        raise ConfigError("stop.reference_run: the random rule needs a reference ESPO run directory")
+    if t.enabled and t.ignore_last_k > t.window:
+        raise ConfigError(f"tppo.ignore_last_k: {t.ignore_last_k} exceeds tppo.window {t.window}")
 
 
 def dump(cfg: Config) -> str:

@@ -13,8 +13,10 @@ import numpy as np
 import torch
 
 from testbed import config as config_mod
+from testbed.build import build
 from testbed.collector import decode_segment
 from testbed.config import Config, StopSection
+from testbed.errors import UserError
 from testbed.rollout import Ending
 from testbed.stopping import StopRule
 
@@ -85,12 +87,13 @@ def evaluate(backend, task, cfg: Config, *, n: int, k: int = 1, greedy: bool = F
 
 def evaluate_from_cli(config_path: str, overrides: list[str], *, checkpoint: str = "", n: int = 64, k: int = 1,
                       greedy: bool = False, out: str = "") -> dict[str, Any]:
-    from testbed.trainer import BACKEND_ENTRY_POINTS, TASK_ENTRY_POINTS, load_entry_point
-
     cfg = config_mod.load(config_path, overrides)
+    if n < 1 or k < 1:
+        raise UserError(f"--n and --k: must be >= 1, got n={n}, k={k}")
+    if greedy and k != 1:
+        raise UserError("--greedy: samples one response per problem, use --k 1")
     slots = min(32, n * k) if k == 1 else k * max(1, 32 // k)
-    task = load_entry_point(TASK_ENTRY_POINTS[cfg.task.kind])(cfg.task, cfg.model, num_slots=slots, seed=cfg.run.seed)
-    backend = load_entry_point(BACKEND_ENTRY_POINTS[cfg.model.kind])(cfg.model, task, seed=cfg.run.seed)
+    task, backend = build(cfg, num_slots=slots)
     if checkpoint:
         from safetensors.torch import load_file
 
@@ -98,8 +101,11 @@ def evaluate_from_cli(config_path: str, overrides: list[str], *, checkpoint: str
         if path.is_dir():
             path = path / "checkpoints" / "model.safetensors" if (path / "checkpoints").is_dir() else path / "model.safetensors"
         if not path.is_file():
-            raise FileNotFoundError(f"--checkpoint: no checkpoint at {path}")
-        backend.load_state_dict(load_file(str(path)))
+            raise UserError(f"--checkpoint: no checkpoint at {path}")
+        try:
+            backend.load_state_dict(load_file(str(path)))
+        except (KeyError, RuntimeError) as e:  # a checkpoint of another model or layout
+            raise UserError(f"--checkpoint: {path} does not fit the model of this config: {e}") from None
     result = evaluate(backend, task, cfg, n=n, k=k, greedy=greedy, batch_size=slots, seed=cfg.run.seed)
     result["checkpoint"] = checkpoint or None
     if out:

@@ -12,6 +12,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from testbed.errors import UserError
 from testbed.protocols import TaskResult
 
 DEFAULT_ENV_MODULE = "envs"
@@ -90,5 +91,10 @@ class SimTask:
 
 
 def make_task(task_cfg, model_cfg, *, num_slots: int, seed: int) -> SimTask:
-    """Entry point named by ``task.kind: sim``."""
-    return SimTask(task_cfg.env_id, num_slots, seed=seed, env_kwargs=task_cfg.env_kwargs)
+    """Entry point named by ``task.kind: sim``; an unknown env id or bad env kwargs is a user error."""
+    try:
+        return SimTask(task_cfg.env_id, num_slots, seed=seed, env_kwargs=task_cfg.env_kwargs)
+    except gym.error.Error as e:  # unregistered id, unknown namespace or version
+        raise UserError(f"task.env_id: {e}") from None
+    except (TypeError, ValueError) as e:  # the env's constructor checks its keyword arguments
+        raise UserError(f"task.env_kwargs: {task_cfg.env_id}: {e}") from None

@@ -9,14 +9,13 @@ module never imports ``envs`` or ``llm_backend``.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,27 +24,17 @@ from torch import Tensor
 from testbed import config as config_mod
 from testbed.advantages import ESTIMATORS, AdvantageParams, loss_mask, mc_returns
 from testbed.collector import SamplePool, StepBatch
+from testbed.build import BACKEND_ENTRY_POINTS, TASK_ENTRY_POINTS, build, build_task, load_entry_point  # noqa: F401 (re-exported)
 from testbed.config import Config
+from testbed.evaluate import evaluate
+from testbed.errors import UserError
+from testbed.lock import RunLock
 from testbed.diagnostics import detection_metrics, failure_rank, row_records, stop_metrics
 from testbed.losses import POLICY_LOSSES, PolicyLossParams, entropy_bonus, explained_variance, kl_penalty, value_loss
 from testbed.masked import masked_mean, masked_whiten as whiten
 from testbed.metrics import MetricsLogger
 from testbed.rollout import Ending, Rollout
 from testbed.stopping import make_stop_rule
-
-TASK_ENTRY_POINTS = {"sim": "testbed.sim_task:make_task", "math": "llm_backend.task:make_task"}
-BACKEND_ENTRY_POINTS = {"toy": "testbed.toy:make_backend", "hf": "llm_backend.backend:make_backend"}
-
-
-def load_entry_point(spec: str) -> Callable:
-    """``'package.module:function'`` -> the function."""
-    module, _, name = spec.partition(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except ModuleNotFoundError as e:
-        hint = " (install the LLM extra: pip install -e '.[llm]')" if module.startswith("llm_backend") else ""
-        raise ModuleNotFoundError(f"cannot load {spec}: {e}{hint}") from e
-
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -73,15 +62,36 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: str | Path | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir else Path(cfg.run.out_dir) / cfg.run.name
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+        # Refuse a directory another process trains in before building anything; a new directory is
+        # created (and locked) only once everything below was built, so a failing config leaves none.
+        self.lock = RunLock(self.run_dir)
+        if self.run_dir.is_dir():
+            self.lock.acquire()
+        try:
+            self._build(cfg)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.lock.acquire()
+            (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+            self.logger = MetricsLogger(self.run_dir / "metrics.jsonl")
+            # Per-row outcomes of finished rows (length, ending, planted failure step) on simulated tasks.
+            self.rows_logger = MetricsLogger(self.run_dir / "rows.jsonl") if cfg.task.kind == "sim" else None
+            (self.run_dir / "config.yaml").write_text(config_mod.dump(cfg))
+            self._resume()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _build(self, cfg: Config) -> None:
+        """Task, backend, stop rule, pool, estimator, losses and optimisers, in memory only."""
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         seed_everything(cfg.run.seed)
         B = cfg.rollout.batch_size
-        self.task = load_entry_point(TASK_ENTRY_POINTS[cfg.task.kind])(cfg.task, cfg.model, num_slots=B, seed=cfg.run.seed)
-        self.backend = load_entry_point(BACKEND_ENTRY_POINTS[cfg.model.kind])(cfg.model, self.task, seed=cfg.run.seed)
-        self.rule = make_stop_rule(cfg.stop, num_slots=B, seed=cfg.run.seed)
+        self.task, self.backend = build(cfg, num_slots=B)
+        try:
+            self.rule = make_stop_rule(cfg.stop, num_slots=B, seed=cfg.run.seed)
+        except (OSError, ValueError) as e:  # the random rule's stop.reference_run is missing or unreadable
+            raise UserError(str(e)) from e
         self.pool = SamplePool(self.task, self.rule, cfg, seed=cfg.run.seed)
         self.estimator = ESTIMATORS.get(cfg.algo.estimator)
         self.adv_params = AdvantageParams.from_config(cfg.algo, cfg.rollout)
@@ -92,21 +102,28 @@ class Trainer:
         self.opt_actor = torch.optim.Adam(self.actor_params, lr=cfg.algo.lr_actor)
         self.opt_critic = torch.optim.Adam(self.critic_params, lr=cfg.algo.lr_critic)
         self.shuffle = torch.Generator().manual_seed(cfg.run.seed + 1)
-        self.logger = MetricsLogger(self.run_dir / "metrics.jsonl")
-        # Per-row outcomes of finished rows (length, ending, planted failure step) on simulated tasks.
-        self.rows_logger = MetricsLogger(self.run_dir / "rows.jsonl") if cfg.task.kind == "sim" else None
         self.step = 0
         self.cumulative_tokens = 0
         self._eval_task = None
         self.started = time.perf_counter()
-        (self.run_dir / "config.yaml").write_text(config_mod.dump(cfg))
-        self._resume()
+
+    def close(self) -> None:
+        """Release the run directory (also done at the end of :meth:`train` and at process exit)."""
+        self.lock.release()
 
     # --- the loop -------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
+        try:
+            return self._train(tqdm)
+        finally:
+            self.close()
+
+    def _train(self, tqdm) -> dict[str, Any]:
         c = self.cfg
+        if not self.lock.held:
+            raise RuntimeError(f"{self.run_dir}: this trainer was closed; build a new one to resume")
         bar = tqdm(total=c.run.steps, initial=self.step, desc=c.run.name, disable=not c.run.progress, leave=False)
         while self.step < c.run.steps:
             held_out = self.maybe_evaluate()
@@ -133,15 +150,12 @@ class Trainer:
 
     def maybe_evaluate(self, final: bool = False) -> dict[str, Any]:
         """Held-out evaluation every ``run.eval_every`` steps (and after the last), greedy, no stopping."""
-        from testbed.evaluate import evaluate
-
         c = self.cfg
         every = c.run.eval_every
         if not every or (not final and self.step % every):
             return {}
         if self._eval_task is None:
-            make = load_entry_point(TASK_ENTRY_POINTS[c.task.kind])
-            self._eval_task = make(c.task, c.model, num_slots=min(c.run.eval_size, 32), seed=c.run.seed + 10_000)
+            self._eval_task = build_task(c, num_slots=min(c.run.eval_size, 32), seed=c.run.seed + 10_000)
         res = evaluate(self.backend, self._eval_task, c, n=c.run.eval_size, greedy=True,
                        batch_size=self._eval_task.num_slots, seed=c.run.seed, progress=False)
         out = {f"eval/{k}": v for k, v in res.items() if isinstance(v, (int, float))}

@@ -46,13 +46,12 @@ def test_chunked_critic_values_match_per_token_values(tmp_path):
 
     from testbed.collector import SamplePool
     from testbed.stopping import make_stop_rule
-    from testbed.trainer import BACKEND_ENTRY_POINTS, TASK_ENTRY_POINTS, load_entry_point
+    from testbed.build import build
 
     def collect(every):
         cfg = C.load(ROOT / "configs" / "llm" / "ppo.yaml", [f"run.out_dir={tmp_path}", *TINY, "model.critic=separate",
                                                               f"model.stop_check_every={every}", "rollout.max_len=10"])
-        task = load_entry_point(TASK_ENTRY_POINTS["math"])(cfg.task, cfg.model, num_slots=4, seed=0)
-        backend = load_entry_point(BACKEND_ENTRY_POINTS["hf"])(cfg.model, task, seed=0)
+        task, backend = build(cfg, num_slots=4)
         pool = SamplePool(task, make_stop_rule(cfg.stop, num_slots=4), cfg, seed=0)
         return pool.collect(backend, 0).rollout
 
@@ -64,12 +63,11 @@ def test_chunked_critic_values_match_per_token_values(tmp_path):
 def test_sampled_decoding_is_reproducible_with_a_seed(tmp_path):
     from testbed.collector import SamplePool
     from testbed.stopping import make_stop_rule
-    from testbed.trainer import BACKEND_ENTRY_POINTS, TASK_ENTRY_POINTS, load_entry_point
+    from testbed.build import build
 
     def collect(seed):
         cfg = C.load(ROOT / "configs" / "llm" / "ppo.yaml", [f"run.out_dir={tmp_path}", *TINY, "rollout.max_len=10"])
-        task = load_entry_point(TASK_ENTRY_POINTS["math"])(cfg.task, cfg.model, num_slots=4, seed=0)
-        backend = load_entry_point(BACKEND_ENTRY_POINTS["hf"])(cfg.model, task, seed=0)
+        task, backend = build(cfg, num_slots=4)
         return SamplePool(task, make_stop_rule(cfg.stop, num_slots=4), cfg, seed=seed).collect(backend, 0).rollout
 
     a, b, c = collect(1), collect(1), collect(2)
