@@ -127,15 +127,19 @@ def load_tokenizer(path: str = "default", cache_dir: str = ""):
         p = Path(path).expanduser()
         if p.suffix.lower() == ".gguf":
             if not p.is_file():
-                raise FileNotFoundError(f"{p}: no such GGUF file")
+                from llm_backend.models import ModelNotFoundError  # a user error: one "error:" line
+
+                raise ModelNotFoundError(f"{p}: no such GGUF file")
             tok = _load_gguf(p, cache_dir)
         elif p.is_dir():
             from transformers import AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
         else:
-            raise FileNotFoundError(
-                f"{path!r}: not 'default', 'tiny', a .gguf file or a model directory (nothing is downloaded)"
+            from llm_backend.models import ModelNotFoundError
+
+            raise ModelNotFoundError(
+                f"model.path: {path!r}: not 'default', 'tiny', a .gguf file or a model directory (nothing is downloaded)"
             )
     _loaded[key] = tok
     return tok

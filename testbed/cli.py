@@ -57,7 +57,8 @@ def add_sweep(sub) -> None:
     s = sub.add_parser("sweep", help="a grid of runs in parallel processes, or on Ray")
     s.add_argument("sweep", help="sweep YAML (see testbed/sweep.py)")
     s.add_argument("--workers", type=int, default=2, help="parallel processes (process executor)")
-    s.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    s.add_argument("--threads", type=int, default=None,
+                   help="torch threads per run (default: the sweep file's cpus_per_run, else 1)")
     s.add_argument("--executor", choices=("process", "ray"), default="process",
                    help="process: a local process pool (default); ray: Ray tasks, local or on a cluster")
     s.add_argument("--address", default=None,
@@ -68,7 +69,7 @@ def add_sweep(sub) -> None:
 def cmd_sweep(args) -> int:
     from testbed.sweep import run_sweep
 
-    if args.workers < 1 or args.threads < 1:
+    if args.workers < 1 or (args.threads is not None and args.threads < 1):
         raise UserError("--workers and --threads: must be >= 1")
     rows = run_sweep(args.sweep, workers=args.workers, threads_per_run=args.threads, executor=args.executor,
                      address=args.address)

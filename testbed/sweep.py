@@ -1,9 +1,10 @@
-"""A grid of runs in local processes.
+"""A grid of runs in local processes or on Ray.
 
 A sweep file::
 
     base: configs/espo.yaml          # a config file (relative to the sweep file) or inline sections
     out_dir: runs/my_sweep
+    cpus_per_run: 1                  # Ray: CPUs reserved per run (default 1; also its torch threads)
     overrides: {run.steps: 100}      # applied to every run
     axes:                            # the grid is the product of the axes, in this order
       method:
@@ -18,6 +19,17 @@ A sweep file::
 Each run is named by its axis values joined with ``-`` (``espo-trap-s1``). String values may use
 ``{axis}`` and ``{out_dir}`` placeholders; a run whose ``stop.reference_run`` names another run of
 the sweep waits for that run. Completed runs (``summary.json`` with ``complete: true``) are skipped.
+
+A run whose directory another process holds (its ``run.lock``, see :mod:`testbed.lock`) is skipped,
+not waited for: that process is already training it, and a sweep blocked on a run that may take hours
+(or on a process that is itself waiting) helps no one. The sweep's table says ``skipped: ... in use by
+process N``; runs that reference a skipped run are skipped too. Run the sweep again later to finish.
+
+Executors: ``process`` (default) runs ``workers`` runs at a time in a local process pool; ``ray``
+submits each run as a Ray task reserving ``cpus_per_run`` CPUs, on the cluster at ``address`` (or
+``$RAY_ADDRESS``) or on a local Ray started for the sweep with ``workers * cpus_per_run`` CPUs. Both
+follow the same order: a run starts only after the run it references finished. On a cluster,
+``out_dir`` must be on a filesystem every node sees (paths are made absolute before submitting).
 """
 
 from __future__ import annotations
@@ -26,9 +38,9 @@ import itertools
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import yaml
 
@@ -41,6 +53,8 @@ class RunSpec:
     labels: dict[str, Any]
     config: dict[str, Any]
     overrides: list[str]
+    depends_on: str | None = None
+    """Name of the run of this sweep whose directory ``stop.reference_run`` names (it runs first)."""
 
     @property
     def run_dir(self) -> Path:
@@ -60,12 +74,17 @@ def load_sweep(path: str | Path) -> tuple[dict, list[RunSpec]]:
     path = Path(path)
     if not path.is_file():
         raise config_mod.ConfigError(f"{path}: no such sweep file")
-    spec = yaml.safe_load(path.read_text()) or {}
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise config_mod.ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(spec, dict):
+        raise config_mod.ConfigError(f"{path}: a sweep file is a mapping (base, out_dir, overrides, axes)")
     return expand(spec, base_dir=path.parent, source=str(path))
 
 
 def expand(spec: dict, *, base_dir: Path = Path("."), source: str = "sweep") -> tuple[dict, list[RunSpec]]:
-    unknown = set(spec) - {"base", "out_dir", "overrides", "axes", "name"}
+    unknown = set(spec) - {"base", "out_dir", "overrides", "axes", "name", "cpus_per_run"}
     if unknown:
         raise config_mod.ConfigError(f"{source}: unknown sweep keys {sorted(unknown)}")
     base = spec.get("base", {})
@@ -73,8 +92,14 @@ def expand(spec: dict, *, base_dir: Path = Path("."), source: str = "sweep") -> 
         base_path = base_dir / base  # an absolute base stays as it is
         if not base_path.is_file():
             raise config_mod.ConfigError(f"{source}: base config {base_path} does not exist")
-        base = yaml.safe_load(base_path.read_text())
+        try:
+            base = yaml.safe_load(base_path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise config_mod.ConfigError(f"{base_path}: invalid YAML: {e}") from None
     out_dir = str(spec.get("out_dir", "runs/sweep"))
+    cpus = spec.get("cpus_per_run", 1)
+    if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or not cpus > 0:
+        raise config_mod.ConfigError(f"{source}: cpus_per_run must be a number > 0, got {cpus!r}")
     axes: dict[str, Any] = spec.get("axes") or {}
     if not axes:
         raise config_mod.ConfigError(f"{source}: 'axes' must list at least one axis")
@@ -108,7 +133,17 @@ def expand(spec: dict, *, base_dir: Path = Path("."), source: str = "sweep") -> 
             raise config_mod.ConfigError(f"{source}: run {name}: {e}") from None
         runs.append(RunSpec(name=name, labels={k: v for k, v in labels.items() if k != "out_dir"},
                             config=cfg.to_dict(), overrides=overrides))
-    return {"out_dir": out_dir, "source": source}, runs
+    _link(runs)
+    return {"out_dir": out_dir, "source": source, "cpus_per_run": cpus}, runs
+
+
+def _link(runs: list[RunSpec]) -> None:
+    """Set ``depends_on`` from each run's ``stop.reference_run``."""
+    by_dir = {str(r.run_dir.resolve()): r.name for r in runs}
+    for r in runs:
+        ref = r.config["stop"].get("reference_run") or ""
+        d = by_dir.get(str(Path(ref).resolve())) if ref else None
+        r.depends_on = d if d and d != r.name else None
 
 
 def is_complete(run_dir: Path) -> bool:
@@ -123,12 +158,7 @@ def is_complete(run_dir: Path) -> bool:
 
 def _waves(runs: list[RunSpec]) -> list[list[RunSpec]]:
     """Order runs so a run referencing another run of the sweep comes after it."""
-    by_dir = {str(r.run_dir.resolve()): r.name for r in runs}
-    deps = {}
-    for r in runs:
-        ref = r.config["stop"].get("reference_run") or ""
-        d = by_dir.get(str(Path(ref).resolve())) if ref else None
-        deps[r.name] = {d} if d and d != r.name else set()
+    deps = {r.name: {r.depends_on} if r.depends_on else set() for r in runs}
     done: set[str] = set()
     waves = []
     left = list(runs)
@@ -143,48 +173,140 @@ def _waves(runs: list[RunSpec]) -> list[list[RunSpec]]:
 
 
 def _run_one(config: dict, threads: int) -> dict:
+    """Train one run to completion in this process; a run directory in use is reported, not waited for."""
     import torch
 
+    from testbed.errors import RunDirInUse
     from testbed.trainer import run
 
     torch.set_num_threads(threads)
     cfg = config_mod.from_dict(config)
     cfg.run.progress = False
-    return run(cfg)
+    try:
+        return run(cfg)
+    except RunDirInUse as e:
+        return {"status": f"skipped: {e}"}
 
 
-def run_sweep(path_or_spec, *, workers: int = 1, threads_per_run: int = 1,
-              on_done: Callable[[RunSpec, dict], None] | None = None, progress: bool = True) -> list[dict]:
-    """Run every spec (skipping complete ones), ``workers`` processes at a time; returns one row per run."""
+def _serial(todo: list[RunSpec], threads: int) -> Iterator[tuple[RunSpec, dict]]:
+    for r in todo:
+        yield r, _run_one(r.config, threads)
+
+
+def _process_pool(todo: list[RunSpec], threads: int, workers: int) -> Iterator[tuple[RunSpec, dict]]:
+    with ProcessPoolExecutor(max_workers=workers) as ex:
+        futs = {ex.submit(_run_one, r.config, threads): r for r in todo}
+        for f in as_completed(futs):
+            yield futs[f], f.result()
+
+
+class _Ray:
+    """Ray tasks for the runs of a wave: connects to ``address`` / ``$RAY_ADDRESS`` or starts a local Ray.
+
+    Ray is imported at once (a missing install is an error before any run), but started only when a
+    wave has something to run, so a sweep whose runs are all complete starts nothing.
+    """
+
+    def __init__(self, address: str | None, *, num_cpus: float, cpus_per_run: float):
+        try:
+            import ray
+        except ModuleNotFoundError:
+            raise config_mod.ConfigError("--executor ray: Ray is not installed (pip install -e '.[ray]')") from None
+        self.ray = ray
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.num_cpus, self.cpus_per_run = num_cpus, cpus_per_run
+        self.started = False
+        self.task = None
+
+    def _start(self) -> None:
+        ray = self.ray
+        if not ray.is_initialized():
+            kw: dict[str, Any] = {"address": self.address, "log_to_driver": False, "include_dashboard": False}
+            if self.address is None:  # a local Ray for this sweep, sized like the process pool
+                kw["num_cpus"] = self.num_cpus
+            # Workers import the testbed as this process does (an uninstalled checkout: via PYTHONPATH).
+            path = [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+            kw["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in path if p)}}
+            ray.init(**kw)
+            self.started = True
+        self.task = ray.remote(num_cpus=self.cpus_per_run, max_retries=0)(_run_one)
+
+    def map(self, todo: list[RunSpec], threads: int) -> Iterator[tuple[RunSpec, dict]]:
+        if not todo:
+            return
+        if self.task is None:
+            self._start()
+        refs = {self.task.remote(_absolute(r.config), threads): r for r in todo}
+        while refs:
+            done, _ = self.ray.wait(list(refs), num_returns=1)
+            for ref in done:
+                yield refs.pop(ref), self.ray.get(ref)
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+
+
+def _absolute(config: dict) -> dict:
+    """The config with its run and reference directories absolute (Ray workers may start elsewhere)."""
+    c = json.loads(json.dumps(config))
+    c["run"]["out_dir"] = str(Path(c["run"]["out_dir"]).resolve())
+    if c["stop"].get("reference_run"):
+        c["stop"]["reference_run"] = str(Path(c["stop"]["reference_run"]).resolve())
+    return c
+
+
+def run_sweep(path_or_spec, *, workers: int = 1, threads_per_run: int | None = None, executor: str = "process",
+              address: str | None = None, on_done: Callable[[RunSpec, dict], None] | None = None,
+              progress: bool = True) -> list[dict]:
+    """Run every spec (skipping complete ones and ones in use), dependencies first; one row per run.
+
+    ``executor``: ``process`` (``workers`` local processes; 1: in this process) or ``ray``.
+    ``threads_per_run``: torch threads of each run (default: the sweep file's ``cpus_per_run``).
+    Each row has ``status``: ``ran``, ``complete`` (finished before), or ``skipped: <why>``.
+    """
     from tqdm.auto import tqdm
 
+    if executor not in ("process", "ray"):
+        raise config_mod.ConfigError(f"--executor: unknown {executor!r}; valid: process, ray")
     meta, runs = load_sweep(path_or_spec) if not isinstance(path_or_spec, dict) else expand(path_or_spec)
-    rows = []
+    cpus = meta["cpus_per_run"]
+    threads = threads_per_run or max(1, int(cpus))
+    ray_ex = _Ray(address, num_cpus=workers * cpus, cpus_per_run=cpus) if executor == "ray" else None
+    rows: list[dict] = []
+    not_done: set[str] = set()
     bar = tqdm(total=len(runs), desc="sweep", disable=not progress)
-    for wave in _waves(runs):
-        todo = []
-        for r in wave:
-            if is_complete(r.run_dir):
-                rows.append(_row(r, json.loads((r.run_dir / "summary.json").read_text())))
-                bar.update(1)
-            else:
-                todo.append(r)
-        if workers <= 1:
-            for r in todo:
-                s = _run_one(r.config, threads_per_run)
-                rows.append(_row(r, s))
-                on_done and on_done(r, s)
-                bar.update(1)
-        else:
-            with ProcessPoolExecutor(max_workers=workers) as ex:
-                futs = {ex.submit(_run_one, r.config, threads_per_run): r for r in todo}
-                for f in as_completed(futs):
-                    r = futs[f]
-                    s = f.result()
-                    rows.append(_row(r, s))
-                    on_done and on_done(r, s)
+    try:
+        for wave in _waves(runs):
+            todo = []
+            for r in wave:
+                if is_complete(r.run_dir):
+                    rows.append(_row(r, json.loads((r.run_dir / "summary.json").read_text()), "complete"))
                     bar.update(1)
-    bar.close()
+                elif r.depends_on in not_done:
+                    rows.append(_row(r, {}, f"skipped: its reference run {r.depends_on} did not finish"))
+                    not_done.add(r.name)
+                    bar.update(1)
+                else:
+                    todo.append(r)
+            if ray_ex is not None:
+                results = ray_ex.map(todo, threads)
+            elif workers <= 1:
+                results = _serial(todo, threads)
+            else:
+                results = _process_pool(todo, threads, workers)
+            for r, s in results:
+                status = s.pop("status", "ran")
+                if status != "ran" or not s.get("complete"):
+                    not_done.add(r.name)
+                rows.append(_row(r, s, status))
+                if status == "ran" and on_done:
+                    on_done(r, s)
+                bar.update(1)
+    finally:
+        bar.close()
+        if ray_ex is not None:
+            ray_ex.close()
     out = Path(meta["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "sweep_summary.jsonl.tmp"
@@ -193,5 +315,6 @@ def run_sweep(path_or_spec, *, workers: int = 1, threads_per_run: int = 1,
     return rows
 
 
-def _row(r: RunSpec, summary: dict) -> dict:
-    return {"name": r.name, **{f"label/{k}": v for k, v in r.labels.items()}, **summary, "run_dir": str(r.run_dir)}
+def _row(r: RunSpec, summary: dict, status: str) -> dict:
+    return {"name": r.name, "status": status, **{f"label/{k}": v for k, v in r.labels.items()}, **summary,
+            "run_dir": str(r.run_dir)}

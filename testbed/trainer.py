@@ -297,7 +297,8 @@ class Trainer:
     def write_summary(self) -> dict[str, Any]:
         from testbed.metrics import read_metrics
 
-        recs = read_metrics(self.run_dir / "metrics.jsonl")
+        path = self.run_dir / "metrics.jsonl"
+        recs = read_metrics(path) if path.exists() else []  # run.steps=0 logs nothing
         tail = recs[-max(1, len(recs) // 10):] if recs else []
 
         def avg(key):

@@ -1,0 +1,216 @@
+"""Operations: user errors as one line (exit 2), the run-directory lock, sweep skipping and executors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from testbed import cli
+from testbed.errors import UserError
+from testbed.lock import RunLock, holder
+from testbed.sweep import run_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+TINY = ["rollout.batch_size=8", "rollout.max_len=8", "algo.minibatch_size=8", "algo.epochs=1",
+        "model.hidden_size=8", "model.embed_size=8", "task.env_kwargs={max_len: 8, target_len: 4}",
+        "run.progress=false", "run.threads=1"]
+
+
+def run_cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "testbed.cli", *map(str, args)], capture_output=True, text=True,
+                          env=ENV, cwd=ROOT, timeout=timeout)
+
+
+def assert_one_error_line(p, *fragments):
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), p.stderr
+    assert "Traceback" not in p.stderr
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+
+
+# --- clean errors, through the real console script ------------------------------------------------
+
+
+@pytest.mark.parametrize("config, override, fragments", [
+    ("configs/ppo.yaml", "stop.rule=espoo", ["stop.rule: unknown 'espoo'", "valid: espo, none, oracle, random"]),
+    ("configs/ppo.yaml", "algo.lr_actor=nan", ["algo.lr_actor", "NaN"]),
+    ("configs/llm/ppo.yaml", "task.dataset={data}", ["bad.jsonl:2: invalid JSON"]),
+    ("configs/llm/ppo.yaml", "model.path={missing}", ["model.path", "nothing is downloaded"]),
+])
+def test_cli_user_error_is_one_line_exit_2_and_creates_no_run_dir(tmp_path, config, override, fragments):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"question": "1+1?", "answer": "#### 2"}\n{"question": "2+2?"\n')
+    override = override.format(data=data, missing=tmp_path / "no-such-model")
+    p = run_cli("run", config, f"run.out_dir={tmp_path / 'runs'}", "run.name=r", override)
+    assert_one_error_line(p, *fragments)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("algo.estimator=gaee", "algo.estimator: unknown 'gaee'; valid: egae, gae, grpo, mc"),
+    ("algo.policy_loss=ppoo", "algo.policy_loss: unknown 'ppoo'; valid:"),
+    ("task.kind=mth", "task.kind: 'mth' is not one of sim, math"),
+    ("model.kind=gpt", "model.kind: 'gpt' is not one of toy, hf"),
+    ("algo.lr_critic=0", "algo.lr_critic: 0.0 is out of range (0, inf)"),
+    ("algo.lr_actor=.inf", "algo.lr_actor: inf is out of range (0, inf)"),
+    ("algo.clip_low=-0.1", "algo.clip_low: -0.1 is out of range [0, 1)"),
+    ("rollout.top_p=1.5", "rollout.top_p: 1.5 is out of range (0, 1]"),
+    ("stop.rho=2", "stop.rho: 2.0 is out of range [0, 1]"),
+    ("stop.ema_beta=1", "stop.ema_beta: 1.0 is out of range [0, 1)"),
+    ("algo.gamma=1.01", "algo.gamma: 1.01 is out of range [0, 1]"),
+    ("rollout.batch_size=0", "rollout.batch_size: 0 is out of range [1, inf)"),
+    ("algo.entropy_coef=.nan", "algo.entropy_coef: expected a number, got NaN"),
+    ("stop.failure_reward=-.inf", "stop.failure_reward: must be finite"),
+    ("stop.rule=random", "stop.reference_run: the random rule needs"),
+    ("rollout.max_len=30", "rollout.max_len: 30 exceeds the task's own max_len 8"),  # found when building
+    ("task.env_id=testbed/NoSuchEnv-v0", "task.env_id:"),
+    ("task.env_kwargs.bogus=1", "task.env_kwargs: testbed/PlantedFailure-v0:"),
+    ("stop.rule=random stop.reference_run={ref}", "stop.reference_run: no metrics.jsonl in"),
+])
+def test_user_errors_in_process(tmp_path, capsys, override, fragment):
+    argv = ["run", "configs/ppo.yaml", f"run.out_dir={tmp_path / 'runs'}", *TINY,
+            *override.format(ref=tmp_path / "nowhere").split()]
+    os.chdir(ROOT)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: ") and fragment in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_internal_error_keeps_its_traceback(tmp_path, monkeypatch):
+    import testbed.trainer
+
+    def broken(self, *a, **k):
+        raise RuntimeError("a bug, not the user's fault")
+
+    monkeypatch.setattr(testbed.trainer.Trainer, "update_actor", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["run", str(ROOT / "configs/ppo.yaml"), f"run.out_dir={tmp_path}", "run.steps=1", *TINY])
+    assert holder(tmp_path / "ppo") is None  # the lock went with the failed run
+
+
+def test_user_error_class_is_what_the_cli_catches():
+    from testbed.config import ConfigError
+
+    assert issubclass(ConfigError, UserError) and issubclass(ConfigError, ValueError)
+    pytest.importorskip("transformers")
+    from llm_backend.datasets import DatasetError
+    from llm_backend.models import ModelNotFoundError
+
+    assert issubclass(DatasetError, UserError) and issubclass(ModelNotFoundError, UserError)
+
+
+# --- the run lock, with real processes -------------------------------------------------------------
+
+
+def _snapshot(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def _hold(run_dir: Path) -> subprocess.Popen:
+    """A separate process that takes the run directory's lock and sleeps."""
+    code = ("import sys, time; from testbed.lock import RunLock; lock = RunLock(sys.argv[1]); lock.acquire(); "
+            "print('locked', flush=True); time.sleep(600)")
+    p = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True, env=ENV)
+    assert p.stdout.readline().strip() == "locked"
+    return p
+
+
+def test_second_run_on_a_locked_dir_refuses_and_changes_nothing_then_kill_9_frees_it(tmp_path):
+    from testbed import config as C
+    from testbed.trainer import Trainer
+
+    args = [f"run.out_dir={tmp_path}", "run.name=r", "run.checkpoint_every=1", *TINY]
+    Trainer(C.load(ROOT / "configs/ppo.yaml", [*args, "run.steps=1"])).train()
+    d = tmp_path / "r"
+    other = _hold(d)
+    try:
+        before = _snapshot(d)
+        assert holder(d) == str(other.pid)
+        p = run_cli("run", "configs/ppo.yaml", *args, "run.steps=3")  # would resume and train two more steps
+        assert_one_error_line(p, f"{d} is in use by process {other.pid}")
+        assert _snapshot(d) == before
+    finally:
+        other.send_signal(signal.SIGKILL)
+        other.wait()
+    assert holder(d) is None  # the kernel dropped the lock with the killed process
+    Trainer(C.load(ROOT / "configs/ppo.yaml", [*args, "run.steps=3"])).train()
+    assert [json.loads(x)["step"] for x in (d / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
+
+
+def test_a_live_trainer_holds_its_directory(tmp_path):
+    from testbed import config as C
+    from testbed.trainer import Trainer
+
+    cfg = C.from_dict({}, [f"run.out_dir={tmp_path}", "run.name=r", "run.steps=1", *TINY])
+    t = Trainer(cfg)
+    try:
+        assert holder(tmp_path / "r") == str(os.getpid())
+        p = run_cli("run", "configs/ppo.yaml", f"run.out_dir={tmp_path}", "run.name=r", *TINY)
+        assert_one_error_line(p, f"is in use by process {os.getpid()}")
+        with pytest.raises(UserError, match="in use"):  # a second trainer in this process too
+            Trainer(cfg)
+    finally:
+        t.train()  # releases at the end
+    assert holder(tmp_path / "r") is None
+    Trainer(cfg).close()
+
+
+# --- sweeps ------------------------------------------------------------------------------------------
+
+
+def sweep_spec(out_dir: Path, cpus: int = 1) -> dict:
+    import yaml
+
+    overrides = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in TINY)}
+    overrides.update({"run.steps": 2, "run.checkpoint_every": 2})
+    return {
+        "out_dir": str(out_dir), "cpus_per_run": cpus, "overrides": overrides,
+        "axes": {"method": {"espo": {"stop.rule": "espo", "stop.warmup_steps": 0},
+                            "random": {"stop.rule": "random", "stop.reference_run": "{out_dir}/espo-s{seed}"}},
+                 "seed": [0, 1]},
+    }
+
+
+def test_sweep_skips_a_locked_run_and_what_depends_on_it(tmp_path):
+    spec = sweep_spec(tmp_path)
+    (tmp_path / "espo-s0").mkdir(parents=True)
+    with RunLock(tmp_path / "espo-s0"):
+        rows = {r["name"]: r for r in run_sweep(spec, workers=1, progress=False)}
+    assert rows["espo-s0"]["status"] == f"skipped: {tmp_path / 'espo-s0'} is in use by process {os.getpid()}"
+    assert rows["random-s0"]["status"] == "skipped: its reference run espo-s0 did not finish"
+    assert rows["espo-s1"]["status"] == rows["random-s1"]["status"] == "ran"
+    assert not (tmp_path / "random-s0").exists()
+    assert sorted(os.listdir(tmp_path / "espo-s0")) == ["run.lock"]
+    # Run again once the lock is free: the complete runs are skipped, the rest run.
+    rows = {r["name"]: r for r in run_sweep(spec, workers=1, progress=False)}
+    assert {k: r["status"] for k, r in rows.items()} == {
+        "espo-s0": "ran", "random-s0": "ran", "espo-s1": "complete", "random-s1": "complete"}
+
+
+def test_sweep_on_local_ray_with_two_cpus(tmp_path):
+    pytest.importorskip("ray")
+    spec = sweep_spec(tmp_path / "sw")
+    rows = {r["name"]: r for r in run_sweep(spec, workers=2, executor="ray", progress=False)}
+    assert {k: r["status"] for k, r in rows.items()} == dict.fromkeys(
+        ["espo-s0", "espo-s1", "random-s0", "random-s1"], "ran")
+    assert all(r["complete"] and r["steps"] == 2 for r in rows.values())
+    for seed in (0, 1):  # each random run started after its reference ESPO run had finished
+        ref = tmp_path / "sw" / f"espo-s{seed}" / "summary.json"
+        started = tmp_path / "sw" / f"random-s{seed}" / "config.yaml"
+        assert started.stat().st_mtime >= ref.stat().st_mtime
+    again = run_sweep(spec, workers=2, executor="ray", progress=False)
+    assert {r["status"] for r in again} == {"complete"}
+    import ray
+
+    assert not ray.is_initialized()  # the local Ray started for the sweep was shut down
