@@ -45,6 +45,8 @@ class RunSection:
     """Write a checkpoint every N steps (and at the end)."""
     progress: bool = True
     """Show a progress bar."""
+    tensorboard: bool = False
+    """Also write each step's scalars as TensorBoard events in ``RUN_DIR/tensorboard`` (extra ``tensorboard``)."""
 
 
 @dataclass

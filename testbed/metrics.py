@@ -18,7 +18,6 @@ REQUIRED_KEYS = (
     "critic/explained_variance",
 )
 SIM_KEYS = ("stop/precision", "stop/recall", "stop/false_stop_rate", "stop/delay", "credit/failure_rank")
-STOP_HIST_KEY = "stop/step_hist"
 
 
 def _clean(v: Any) -> Any:
@@ -64,6 +63,39 @@ class MetricsLogger:
         with self.path.open("a") as f:
             f.write(line + "\n")
             f.flush()
+
+
+class TensorBoardLogger:
+    """The numeric scalars of each metrics record as TensorBoard events in ``log_dir`` (``run.tensorboard``).
+
+    Needs the ``tensorboard`` package (``pip install -e '.[tensorboard]'``), not torch. ``step`` is the
+    event step; lists (histograms such as ``stop/step_hist``), strings and missing values are left out.
+    A resumed run writes its re-done steps again; TensorBoard shows the later events.
+    """
+
+    def __init__(self, log_dir: str | Path):
+        try:
+            from tensorboard.compat.proto.event_pb2 import Event
+            from tensorboard.compat.proto.summary_pb2 import Summary
+            from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        except ModuleNotFoundError:
+            from testbed.errors import UserError
+
+            raise UserError("run.tensorboard: needs the tensorboard package (pip install -e '.[tensorboard]')") from None
+        self._event, self._summary = Event, Summary
+        self._writer = EventFileWriter(str(log_dir))
+
+    def log(self, record: dict[str, Any]) -> None:
+        import time
+
+        values = [self._summary.Value(tag=k, simple_value=float(v)) for k, v in record.items()
+                  if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)]
+        self._writer.add_event(self._event(wall_time=time.time(), step=int(record["step"]),
+                                           summary=self._summary(value=values)))
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
 
 
 def iter_jsonl(path: str | Path, lines: list[str] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:

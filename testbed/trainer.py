@@ -32,7 +32,7 @@ from testbed.lock import RunLock
 from testbed.diagnostics import detection_metrics, failure_rank, row_records, stop_metrics
 from testbed.losses import POLICY_LOSSES, PolicyLossParams, entropy_bonus, explained_variance, kl_penalty, value_loss
 from testbed.masked import masked_mean, masked_whiten as whiten
-from testbed.metrics import MetricsLogger
+from testbed.metrics import MetricsLogger, TensorBoardLogger
 from testbed.rollout import Ending, Rollout
 from testbed.stopping import make_stop_rule
 
@@ -75,6 +75,7 @@ class Trainer:
             self.logger = MetricsLogger(self.run_dir / "metrics.jsonl")
             # Per-row outcomes of finished rows (length, ending, planted failure step) on simulated tasks.
             self.rows_logger = MetricsLogger(self.run_dir / "rows.jsonl") if cfg.task.kind == "sim" else None
+            self.tb = TensorBoardLogger(self.run_dir / "tensorboard") if cfg.run.tensorboard else None
             (self.run_dir / "config.yaml").write_text(config_mod.dump(cfg))
             self._resume()
         except BaseException:
@@ -109,6 +110,9 @@ class Trainer:
 
     def close(self) -> None:
         """Release the run directory (also done at the end of :meth:`train` and at process exit)."""
+        if getattr(self, "tb", None) is not None:
+            self.tb.close()
+            self.tb = None
         self.lock.release()
 
     # --- the loop -------------------------------------------------------------------------------
@@ -135,6 +139,8 @@ class Trainer:
             record = self.record(batch, adv.advantages, actor, critic)
             record.update(held_out)
             self.logger.log(record)
+            if self.tb is not None:
+                self.tb.log(record)
             if self.rows_logger is not None:
                 self.rows_logger.log({"step": self.step, **row_records(batch.rollout)})
             self.step += 1

@@ -214,3 +214,32 @@ def test_sweep_on_local_ray_with_two_cpus(tmp_path):
     import ray
 
     assert not ray.is_initialized()  # the local Ray started for the sweep was shut down
+
+
+# --- TensorBoard -------------------------------------------------------------------------------------
+
+
+def test_tensorboard_events_hold_the_metrics_scalars(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from testbed import config as C
+    from testbed.metrics import read_metrics
+    from testbed.trainer import Trainer
+
+    cfg = C.from_dict({}, [f"run.out_dir={tmp_path}", "run.name=r", "run.steps=3", "run.tensorboard=true",
+                           "stop.rule=espo", "stop.warmup_steps=0", *TINY])
+    Trainer(cfg).train()
+    recs = read_metrics(tmp_path / "r" / "metrics.jsonl")
+    ea = EventAccumulator(str(tmp_path / "r" / "tensorboard"))
+    ea.Reload()
+    tags = set(ea.Tags()["scalars"])
+    for key in ("loss/policy", "reward/mean", "tokens/cumulative", "stop/rate", "time/gen"):
+        assert key in tags, key
+        events = ea.Scalars(key)
+        assert [e.step for e in events] == [r["step"] for r in recs]
+        assert [e.value for e in events] == pytest.approx([r[key] for r in recs], rel=1e-6)
+    assert "stop/step_hist" not in tags and "step" not in tags
+    # off by default: no event files
+    Trainer(C.from_dict({}, [f"run.out_dir={tmp_path}", "run.name=q", "run.steps=1", *TINY])).train()
+    assert not (tmp_path / "q" / "tensorboard").exists()
