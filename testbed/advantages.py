@@ -7,8 +7,10 @@ position inside a row (a hole) is treated as absent: the scan steps over it.
 
 The registry :data:`ESTIMATORS` maps a name to ``estimator(rollout, params) -> Advantages``, so the
 trainer calls ``ESTIMATORS.get(cfg.algo.estimator)(rollout, params)`` and never branches on the name.
-How each row ended (EOS, LENGTH_CAP, WINDOW_CUT, EARLY_STOP) enters only through
-:func:`testbed.rollout.treatment` (DESIGN.md's ending table).
+How each row ended (EOS, LENGTH_CAP, WINDOW_CUT, EARLY_STOP) enters only through the rollout: its
+``bootstrap`` (the value after each row's last token, written by the collector from DESIGN.md's
+ending table) and its :attr:`~testbed.rollout.Rollout.treatment` (which rows are trainable, which
+are cut), computed once per rollout.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from torch import Tensor
 
 from testbed.registry import Registry
-from testbed.rollout import LengthCap, Rollout, last_valid_value, treatment
+from testbed.rollout import Rollout, last_valid_value
 
 # ---------------------------------------------------------------------------------------------
 # Pure functions (contract)
@@ -166,19 +168,17 @@ class AdvantageParams:
     """If > 0, per-row lambda_actor = clamp(1 - 1/(alpha * length), 0, 1) (length-adaptive GAE)."""
     grpo_scale: bool = True
     """GRPO: divide by the group's std."""
-    length_cap: str = LengthCap.TERMINAL
-    """Treatment of ``LENGTH_CAP`` rows: ``terminal``, ``bootstrap`` or ``masked``."""
 
     @classmethod
-    def from_config(cls, algo: Any, rollout: Any) -> "AdvantageParams":
-        """From a :class:`testbed.config.AlgoSection` and :class:`testbed.config.RolloutSection`."""
+    def from_config(cls, algo: Any, rollout: Any = None) -> "AdvantageParams":
+        """From a :class:`testbed.config.AlgoSection` (``rollout.length_cap`` travels on each
+        :class:`~testbed.rollout.Rollout`, not here; the argument is accepted for old callers)."""
         return cls(
             gamma=algo.gamma,
             lam_actor=algo.lam_actor,
             lam_critic=algo.lam_critic,
             lam_adaptive_alpha=algo.lam_adaptive_alpha,
             grpo_scale=algo.grpo_scale,
-            length_cap=rollout.length_cap,
         )
 
 
@@ -196,23 +196,14 @@ Estimator = Callable[[Rollout, AdvantageParams], Advantages]
 ESTIMATORS: Registry[Estimator] = Registry("advantage estimator")
 
 
-def loss_mask(rollout: Rollout, length_cap: str = LengthCap.TERMINAL) -> Tensor:
-    """``(B, T)`` bool: tokens that may enter any loss (valid, in a trainable row)."""
-    return rollout.mask & treatment(rollout.ending, length_cap).trainable.unsqueeze(-1)
+def loss_mask(rollout: Rollout, length_cap: str | None = None) -> Tensor:
+    """``(B, T)`` bool: tokens that may enter any loss (valid, in a trainable row).
 
-
-def row_bootstrap(rollout: Rollout, length_cap: str = LengthCap.TERMINAL) -> Tensor:
-    """``(B,)`` the value after each row's last token, per DESIGN.md's ending table.
-
-    Terminal rows (EOS, EARLY_STOP, LENGTH_CAP when ``terminal``): 0, whatever ``rollout.bootstrap``
-    says. Rows whose treatment bootstraps from the last value (WINDOW_CUT; LENGTH_CAP when
-    ``bootstrap``): V(s_l), the value of the row's own last valid state (EGAE's V(s_{l+1}) := V(s_l)).
-    Any other row (LENGTH_CAP when ``masked``, which no loss sees): ``rollout.bootstrap``.
+    ``length_cap``, if given, must be the rollout's own (a guard against two sources of truth).
     """
-    tr = treatment(rollout.ending, length_cap)
-    values = rollout.values
-    b = torch.where(tr.bootstrap_from_last_value, last_valid_value(values, rollout.mask), rollout.bootstrap.to(values.dtype))
-    return torch.where(tr.terminal, torch.zeros_like(b), b)
+    if length_cap is not None and length_cap != rollout.length_cap:
+        raise ValueError(f"length_cap {length_cap!r} differs from the rollout's {rollout.length_cap!r}")
+    return rollout.mask & rollout.treatment.trainable.unsqueeze(-1)
 
 
 def actor_lambda(rollout: Rollout, params: AdvantageParams) -> float | Tensor:
@@ -225,9 +216,9 @@ def actor_lambda(rollout: Rollout, params: AdvantageParams) -> float | Tensor:
     return (1.0 - 1.0 / (params.lam_adaptive_alpha * length)).clamp(0.0, 1.0)
 
 
-def _finish(rollout: Rollout, params: AdvantageParams, adv: Tensor, ret: Tensor) -> Advantages:
+def _finish(rollout: Rollout, adv: Tensor, ret: Tensor) -> Advantages:
     """Zero both outputs outside :func:`loss_mask` (non-trainable rows teach nothing)."""
-    keep = loss_mask(rollout, params.length_cap)
+    keep = loss_mask(rollout)
     zero = torch.zeros((), dtype=adv.dtype, device=adv.device)
     return Advantages(advantages=torch.where(keep, adv, zero), returns=torch.where(keep, ret, zero))
 
@@ -235,54 +226,54 @@ def _finish(rollout: Rollout, params: AdvantageParams, adv: Tensor, ret: Tensor)
 @ESTIMATORS.register("gae")
 def gae_estimator(rollout: Rollout, params: AdvantageParams) -> Advantages:
     """Decoupled GAE: advantages with lambda_actor (optionally length-adaptive), returns with
-    lambda_critic; the bootstrap after each row follows :func:`row_bootstrap`."""
-    b = row_bootstrap(rollout, params.length_cap)
+    lambda_critic; the value after each row is ``rollout.bootstrap``."""
+    b = rollout.bootstrap.to(rollout.values.dtype)
     r, v, m = rollout.rewards, rollout.values, rollout.mask
     adv, _ = gae(r, v, m, gamma=params.gamma, lam=actor_lambda(rollout, params), bootstrap=b)
     _, ret = gae(r, v, m, gamma=params.gamma, lam=params.lam_critic, bootstrap=b)
-    return _finish(rollout, params, adv, ret)
+    return _finish(rollout, adv, ret)
 
 
 @ESTIMATORS.register("egae")
 def egae_estimator(rollout: Rollout, params: AdvantageParams) -> Advantages:
     """T-PPO's Extended GAE, written through :func:`egae`: a row is "unfinished" when its treatment
     bootstraps from its last value (WINDOW_CUT, and LENGTH_CAP under ``bootstrap``); every other
-    row bootstraps with 0. Decoupled lambdas as in ``gae``. It equals ``gae`` except that it never
-    reads ``rollout.bootstrap`` (which ``gae`` uses only for rows no loss sees)."""
-    unfinished = treatment(rollout.ending, params.length_cap).bootstrap_from_last_value
+    row bootstraps with 0. Decoupled lambdas as in ``gae``. It is eq. 6 itself, so it does not read
+    ``rollout.bootstrap``; on a rollout from the collector (whose bootstrap is the same V(s_l)) it
+    equals ``gae``."""
+    unfinished = rollout.treatment.bootstrap_from_last_value
     r, v, m = rollout.rewards, rollout.values, rollout.mask
     adv, _ = egae(r, v, m, ~unfinished, gamma=params.gamma, lam=actor_lambda(rollout, params))
     _, ret = egae(r, v, m, ~unfinished, gamma=params.gamma, lam=params.lam_critic)
-    return _finish(rollout, params, adv, ret)
+    return _finish(rollout, adv, ret)
 
 
 @ESTIMATORS.register("grpo")
 def grpo_estimator(rollout: Rollout, params: AdvantageParams) -> Advantages:
     """GRPO: a row's score is the sum of its rewards; group-normalised among the trainable rows of
     its group (``rollout.group_ids``; None: each row alone, so every advantage is 0) and broadcast
-    over its valid tokens. Returns are Monte-Carlo (bootstrap per :func:`row_bootstrap`) so a critic
+    over its valid tokens. Returns are Monte-Carlo (bootstrap ``rollout.bootstrap``) so a critic
     can still train and be logged."""
-    tr = treatment(rollout.ending, params.length_cap)
+    trainable = rollout.treatment.trainable
     B = rollout.batch_size
     device = rollout.rewards.device
     scores = (torch.where(rollout.mask, rollout.rewards, torch.zeros_like(rollout.rewards))).sum(-1)
     gid = rollout.group_ids if rollout.group_ids is not None else torch.arange(B, device=device)
     _, gid = torch.unique(gid, return_inverse=True)
     # a non-trainable row leaves its group (a fresh singleton id): its reward must not set the baseline
-    gid = torch.where(tr.trainable, gid, gid.numel() + torch.arange(B, device=device))
+    gid = torch.where(trainable, gid, gid.numel() + torch.arange(B, device=device))
     row_adv = grpo(scores, gid, scale=params.grpo_scale).to(rollout.values.dtype)
     adv = row_adv.unsqueeze(-1).expand_as(rollout.values)
-    ret = mc_returns(rollout.rewards, rollout.mask, gamma=params.gamma, bootstrap=row_bootstrap(rollout, params.length_cap))
-    return _finish(rollout, params, adv, ret)
+    ret = mc_returns(rollout.rewards, rollout.mask, gamma=params.gamma, bootstrap=rollout.bootstrap.to(rollout.values.dtype))
+    return _finish(rollout, adv, ret)
 
 
 @ESTIMATORS.register("mc")
 def mc_estimator(rollout: Rollout, params: AdvantageParams) -> Advantages:
-    """REINFORCE with the critic as baseline: returns = discounted reward-to-go (bootstrap per
-    :func:`row_bootstrap`, so a cut row is not scored as a failure), advantages = returns - values.
+    """REINFORCE with the critic as baseline: returns = discounted reward-to-go (plus
+    ``rollout.bootstrap``, so a cut row is not scored as a failure), advantages = returns - values.
     With a zero critic this is plain REINFORCE. Lambdas are ignored (it is GAE with lambda = 1)."""
-    b = row_bootstrap(rollout, params.length_cap)
-    ret = mc_returns(rollout.rewards, rollout.mask, gamma=params.gamma, bootstrap=b)
+    ret = mc_returns(rollout.rewards, rollout.mask, gamma=params.gamma, bootstrap=rollout.bootstrap.to(rollout.values.dtype))
     zero = torch.zeros((), dtype=ret.dtype, device=ret.device)
     adv = torch.where(rollout.mask, ret - rollout.values, zero)
-    return _finish(rollout, params, adv, ret)
+    return _finish(rollout, adv, ret)

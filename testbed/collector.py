@@ -17,7 +17,7 @@ from torch import Tensor
 
 from testbed.config import Config
 from testbed.protocols import Backend, Task
-from testbed.rollout import Ending, Rollout, last_valid_value, treatment
+from testbed.rollout import Ending, Rollout, table_bootstrap
 from testbed.sampling import sample_tokens
 from testbed.stopping import StopContext, StopRule
 
@@ -207,22 +207,20 @@ class SamplePool:
         # The task judges finished rows on their whole response.
         task_reward = torch.zeros(self.B)
         success = torch.zeros(self.B, dtype=torch.bool)
-        doomed = torch.zeros(self.B, dtype=torch.bool)
         fail = seg.failure_step.clone()
         if len(fin_idx):
             res = self.task.finish(fin_idx, [rows[i].tokens for i in fin_idx])
             task_reward[fin_idx] = torch.as_tensor(res.reward, dtype=torch.float32)
             success[fin_idx] = torch.as_tensor(res.success, dtype=torch.bool)
-            doomed[fin_idx] = torch.as_tensor(res.doomed, dtype=torch.bool)
             fail[fin_idx] = torch.as_tensor(res.failure_step, dtype=torch.long)
         lengths_total = torch.tensor([len(s.tokens) for s in rows], dtype=torch.long)
         reward_last = self._row_rewards(seg.ending, task_reward, lengths_total)
 
-        rollout = self._build(rows, contexts, seg, reward_last, task_reward, success, doomed, fail,
+        rollout = self._build(rows, contexts, seg, reward_last, task_reward, success, fail,
                               start=start, train_step=train_step)
         finished_rollout = None
         if c.tppo.enabled and len(fin_idx):
-            finished_rollout = self._whole(rows, fin_idx, seg, reward_last, task_reward, success, doomed, fail)
+            finished_rollout = self._whole(rows, fin_idx, seg, reward_last, task_reward, success, fail)
 
         ages = [train_step - s.born_step for s in rows]
         stats = {
@@ -260,7 +258,7 @@ class SamplePool:
             r = torch.where(done, r - c.algo.overlong_penalty * over, r)
         return r
 
-    def _build(self, rows, contexts, seg: Segment, reward_last, task_reward, success, doomed, fail, *,
+    def _build(self, rows, contexts, seg: Segment, reward_last, task_reward, success, fail, *,
                start: Tensor, train_step: int) -> Rollout:
         B, W = seg.tokens.shape
         rewards = torch.zeros(B, W)
@@ -269,19 +267,19 @@ class SamplePool:
         idx = (lengths - 1).clamp(min=0)
         rewards[torch.arange(B)[has], idx[has]] = reward_last[has]
         pv = torch.where(seg.mask, train_step, 0)  # every token of the segment comes from this step's policy
-        cut = treatment(seg.ending, self.cfg.rollout.length_cap).bootstrap_from_last_value
-        bootstrap = torch.where(cut, last_valid_value(seg.values, seg.mask), torch.zeros(B))
         roll = Rollout(
             tokens=seg.tokens, logprobs=seg.logprobs, regret=seg.regret, values=seg.values, rewards=rewards,
-            mask=seg.mask, ending=seg.ending, bootstrap=bootstrap, failure_step=fail, policy_version=pv,
+            mask=seg.mask, ending=seg.ending, bootstrap=torch.zeros(B), failure_step=fail, policy_version=pv,
             prompts=contexts, group_ids=torch.tensor([s.group for s in rows], dtype=torch.long),
-            task_reward=task_reward, success=success, doomed=doomed,
-            extras={"start": start},
+            task_reward=task_reward, success=success, extras={"start": start},
+            length_cap=self.cfg.rollout.length_cap,
         )
+        # The ending table's bootstrap, once; every estimator reads it from here.
+        roll.bootstrap = table_bootstrap(roll.treatment, seg.values, seg.mask)
         roll.validate()
         return roll
 
-    def _whole(self, rows, fin_idx, seg, reward_last, task_reward, success, doomed, fail) -> Rollout:
+    def _whole(self, rows, fin_idx, seg, reward_last, task_reward, success, fail) -> Rollout:
         """Finished rows as whole responses from their prompts (values to be recomputed by the trainer)."""
         n = len(fin_idx)
         L = max(len(rows[i].tokens) for i in fin_idx)
@@ -302,5 +300,5 @@ class SamplePool:
             tokens=tokens, logprobs=zeros.clone(), regret=zeros.clone(), values=zeros.clone(), rewards=rewards,
             mask=mask, ending=seg.ending[idx], bootstrap=torch.zeros(n), failure_step=fail[idx],
             policy_version=pv, prompts=[rows[i].prompt for i in fin_idx],
-            task_reward=task_reward[idx], success=success[idx], doomed=doomed[idx],
+            task_reward=task_reward[idx], success=success[idx], length_cap=self.cfg.rollout.length_cap,
         )

@@ -1,12 +1,13 @@
 """The one data type: a right-padded, batch-major batch of response-token rows.
 
 Every rollout, simulated or LLM, becomes a :class:`Rollout`. How a row ended decides how it is
-treated by every estimator; that table lives here, once (:func:`treatment`).
+treated by every estimator; that table lives here, once (:func:`treatment`), and each rollout applies
+it once (:attr:`Rollout.treatment`). The collector writes the table's bootstrap into
+``Rollout.bootstrap`` (:func:`table_bootstrap`); estimators read that field and never re-derive it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -70,6 +71,12 @@ def treatment(ending: Tensor, length_cap: str = LengthCap.TERMINAL) -> Treatment
     return Treatment(terminal=terminal, bootstrap_from_last_value=bootstrap, trainable=trainable)
 
 
+def table_bootstrap(tr: Treatment, values: Tensor, mask: Tensor) -> Tensor:
+    """``(B,)`` the ending table's value after each row's last token: V(s_l) (the row's own last
+    value, EGAE's V(s_{l+1}) := V(s_l)) where the treatment bootstraps from it, else 0."""
+    return torch.where(tr.bootstrap_from_last_value, last_valid_value(values, mask), torch.zeros_like(values[:, 0]))
+
+
 def last_valid_index(mask: Tensor) -> Tensor:
     """``(B,)`` index of each row's last valid token (``-1`` for an empty row). ``mask`` is ``(B, T)``."""
     T = mask.shape[-1]
@@ -120,10 +127,21 @@ class Rollout:
     """(B,) float: the task's own reward for each row as it stands (before stop treatment)."""
     success: Tensor | None = None
     """(B,) bool: the task counts the row as solved."""
-    doomed: Tensor | None = None
-    """(B,) bool: ground truth (simulation): a fatal error had happened by the row's last token."""
     extras: dict[str, Tensor] = field(default_factory=dict)
-    """Optional per-row or per-token tensors (e.g. ``ref_logprobs``, ``stop_step``)."""
+    """Optional per-row or per-token tensors (e.g. ``start``: response tokens before this segment)."""
+    length_cap: str = LengthCap.TERMINAL
+    """How this rollout's ``LENGTH_CAP`` rows are treated (``rollout.length_cap``); with ``ending`` it
+    fixes :attr:`treatment`."""
+
+    @property
+    def treatment(self) -> Treatment:
+        """The ending table for these rows, computed once per rollout (again only if ``ending`` or
+        ``length_cap`` is replaced; ``ending`` is never edited in place)."""
+        cached = self.__dict__.get("_treatment")
+        if cached is None or cached[0] is not self.ending or cached[1] != self.length_cap:
+            cached = (self.ending, self.length_cap, treatment(self.ending, self.length_cap))
+            self.__dict__["_treatment"] = cached
+        return cached[2]
 
     @property
     def batch_size(self) -> int:
@@ -154,31 +172,6 @@ class Rollout:
             raise ValueError(f"Rollout.mask must be bool, got {self.mask.dtype}")
         if self.prompts and len(self.prompts) != B:
             raise ValueError(f"Rollout.prompts has {len(self.prompts)} rows, expected {B}")
-
-    def select(self, rows: Tensor) -> "Rollout":
-        """A new Rollout of the given rows (index or bool tensor), fields sliced consistently."""
-        if rows.dtype == torch.bool:
-            rows = rows.nonzero().squeeze(-1)
-        out = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, Tensor):
-                out[f.name] = v[rows]
-            elif f.name == "prompts":
-                out[f.name] = [v[i] for i in rows.tolist()] if v else []
-            elif f.name == "extras":
-                out[f.name] = {k: t[rows] for k, t in v.items()}
-            else:
-                out[f.name] = v
-        return Rollout(**out)
-
-    def to(self, device: torch.device | str) -> "Rollout":
-        out = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, Tensor):
-                v = v.to(device)
-            elif f.name == "extras":
-                v = {k: t.to(device) for k, t in v.items()}
-            out[f.name] = v
-        return Rollout(**out)
+        bad = (self.treatment.terminal & (self.bootstrap != 0)).nonzero().squeeze(-1)
+        if len(bad):
+            raise ValueError(f"Rollout.bootstrap must be 0 on terminal rows (ending table); rows {bad.tolist()[:5]}")

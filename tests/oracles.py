@@ -171,17 +171,25 @@ def ending_table(ending: int, length_cap: str) -> tuple[str, bool]:
     return "given", False
 
 
+def table_bootstrap(rollout) -> list[float]:
+    """The ending table's bootstrap per row (what the collector writes into ``rollout.bootstrap``):
+    0, V(s_l), or the given value for rows the table leaves open (masked LENGTH_CAP: no loss sees them)."""
+    last = last_value(rollout.values, rollout.mask)
+    given = [float(v) for v in rollout.bootstrap.tolist()]
+    kinds = [ending_table(int(e), rollout.length_cap)[0] for e in rollout.ending.tolist()]
+    return [{"zero": 0.0, "last_value": last[b], "given": given[b]}[k] for b, k in enumerate(kinds)]
+
+
 def estimator(name: str, rollout, params):
-    """Oracle for ``ESTIMATORS.get(name)(rollout, params)``; returns (advantages, returns) lists."""
+    """Oracle for ``ESTIMATORS.get(name)(rollout, params)``; returns (advantages, returns) lists.
+
+    gae, mc and grpo use ``rollout.bootstrap`` as given (the collector's ending table); egae is
+    T-PPO eq. 6 and bootstraps cut rows with their own last value whatever the field says."""
     B = rollout.tokens.shape[0]
     idx = _valid(rollout.mask)
     last = last_value(rollout.values, rollout.mask)
-    given = [float(v) for v in rollout.bootstrap.tolist()]
-    boot, trainable = [], []
-    for b in range(B):
-        kind, tr = ending_table(int(rollout.ending[b]), params.length_cap)
-        boot.append({"zero": 0.0, "last_value": last[b], "given": given[b]}[kind])
-        trainable.append(tr)
+    boot = [float(v) for v in rollout.bootstrap.tolist()]
+    trainable = [ending_table(int(e), rollout.length_cap)[1] for e in rollout.ending.tolist()]
     if params.lam_adaptive_alpha > 0:
         lam_actor = []
         for b in range(B):
@@ -192,8 +200,9 @@ def estimator(name: str, rollout, params):
         lam_actor = params.lam_actor
     g = params.gamma
     if name in ("gae", "egae"):
-        if name == "egae":  # egae never reads rollout.bootstrap: 'given' rows are untrainable anyway
-            boot = [0.0 if ending_table(int(rollout.ending[b]), params.length_cap)[0] == "given" else boot[b] for b in range(B)]
+        if name == "egae":  # eq. 6: V(s_l) after cut rows, 0 after every other row
+            kinds = [ending_table(int(e), rollout.length_cap)[0] for e in rollout.ending.tolist()]
+            boot = [last[b] if kinds[b] == "last_value" else 0.0 for b in range(B)]
         adv, _ = gae(rollout.rewards, rollout.values, rollout.mask, g, lam_actor, boot)
         _, ret = gae(rollout.rewards, rollout.values, rollout.mask, g, params.lam_critic, boot)
     elif name == "mc":

@@ -221,14 +221,15 @@ def test_grpo_by_hand():
 # ---------------------------------------------------------------------------- estimator registry
 
 
-def _rollout(b, with_groups=True):
-    """A Rollout with garbage pads, random rewards on every valid token, a random (often wrong)
-    ``rollout.bootstrap``, and endings drawn from all four."""
+def _rollout(b, with_groups=True, length_cap="terminal"):
+    """A Rollout with garbage pads, random rewards on every valid token, endings drawn from all four,
+    and ``rollout.bootstrap`` as the collector writes it (the ending table; random where the table
+    leaves it open)."""
     B, T, m, g = b["B"], b["T"], b["mask"], b["gen"]
     r, v, _, boot = _batch(b)
     group_ids = torch.randint(0, 3, (B,), generator=g) if with_groups else None
     zeros = torch.zeros(B, T)
-    return Rollout(
+    rollout = Rollout(
         tokens=torch.zeros(B, T, dtype=torch.long),
         logprobs=zeros,
         regret=zeros,
@@ -240,7 +241,10 @@ def _rollout(b, with_groups=True):
         failure_step=torch.full((B,), -1),
         policy_version=torch.zeros(B, T, dtype=torch.long),
         group_ids=group_ids,
+        length_cap=length_cap,
     )
+    rollout.bootstrap = torch.tensor(oracles.table_bootstrap(rollout), dtype=v.dtype)
+    return rollout
 
 
 params_st = st.builds(
@@ -266,8 +270,7 @@ def _check_estimator(name, rollout, params):
 @relaxed
 @given(b=ragged(), params=params_st, with_groups=st.booleans())
 def test_estimator_matches_oracle(name, length_cap, b, params, with_groups):
-    params = dataclasses.replace(params, length_cap=length_cap)
-    _check_estimator(name, _rollout(b, with_groups), params)
+    _check_estimator(name, _rollout(b, with_groups, length_cap), params)
 
 
 @pytest.mark.parametrize("length_cap", LengthCap.ALL)
@@ -277,33 +280,74 @@ def test_estimator_fixed_batch_with_every_ending(name, length_cap):
     lengths = [3, 5, 1, 4, 2, 5, 4, 3]
     endings = [Ending.EOS, Ending.LENGTH_CAP, Ending.WINDOW_CUT, Ending.EARLY_STOP] * 2
     b = {"B": 8, "T": 5, "mask": _prefix_mask(lengths, 5), "lengths": lengths, "ending": torch.tensor(endings), "gen": torch.Generator().manual_seed(1)}
-    rollout = _rollout(b)
+    rollout = _rollout(b, length_cap=length_cap)
     rollout.group_ids = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
-    _check_estimator(name, rollout, AdvantageParams(gamma=0.9, lam_actor=0.8, lam_critic=0.95, length_cap=length_cap))
+    _check_estimator(name, rollout, AdvantageParams(gamma=0.9, lam_actor=0.8, lam_critic=0.95))
 
 
 @relaxed
 @given(ragged(), st.sampled_from(LengthCap.ALL), st.sampled_from(["gae", "egae", "grpo", "mc"]))
 def test_non_trainable_rows_get_zero_and_loss_mask(b, length_cap, name):
-    rollout = _rollout(b)
-    out = ESTIMATORS.get(name)(rollout, AdvantageParams(length_cap=length_cap))
+    rollout = _rollout(b, length_cap=length_cap)
+    out = ESTIMATORS.get(name)(rollout, AdvantageParams())
     lm = loss_mask(rollout, length_cap)
+    assert torch.equal(lm, loss_mask(rollout))
+    other = next(c for c in LengthCap.ALL if c != length_cap)
+    with pytest.raises(ValueError, match="differs from the rollout"):
+        loss_mask(rollout, other)
     trainable = [oracles.ending_table(int(e), length_cap)[1] for e in b["ending"]]
     expect = b["mask"] & torch.tensor(trainable, dtype=torch.bool).unsqueeze(1)
     assert torch.equal(lm, expect)
     assert (out.advantages[~lm] == 0).all() and (out.returns[~lm] == 0).all()
 
 
-def test_window_cut_ignores_given_bootstrap_and_uses_last_value():
-    # one token, reward 0, V = 0.7: a cut row's advantage is gamma*V(s_l) - V(s_l); an EOS row's is -V
+def test_estimators_trust_rollout_bootstrap_and_egae_is_eq_6():
+    # one token, reward 0, V = 0.7; a cut row whose bootstrap field says 123 and an EOS row (0)
     m = torch.ones(2, 1, dtype=torch.bool)
     rollout = _rollout({"B": 2, "T": 1, "mask": m, "lengths": [1, 1], "ending": torch.tensor([Ending.WINDOW_CUT, Ending.EOS]), "gen": torch.Generator().manual_seed(0)})
     rollout.values = torch.full((2, 1), 0.7, dtype=torch.float64)
     rollout.rewards = torch.zeros(2, 1, dtype=torch.float64)
-    rollout.bootstrap = torch.tensor([123.0, 456.0], dtype=torch.float64)  # wrong on purpose
-    for name in ("gae", "egae"):
-        out = ESTIMATORS.get(name)(rollout, AdvantageParams(gamma=0.5))
-        torch.testing.assert_close(out.advantages, torch.tensor([[0.5 * 0.7 - 0.7], [-0.7]], dtype=torch.float64), **TOL)
+    rollout.bootstrap = torch.tensor([123.0, 0.0], dtype=torch.float64)
+    gae_out = ESTIMATORS.get("gae")(rollout, AdvantageParams(gamma=0.5))
+    torch.testing.assert_close(gae_out.advantages, torch.tensor([[0.5 * 123.0 - 0.7], [-0.7]], dtype=torch.float64), **TOL)
+    mc_out = ESTIMATORS.get("mc")(rollout, AdvantageParams(gamma=0.5))
+    torch.testing.assert_close(mc_out.returns, torch.tensor([[0.5 * 123.0], [0.0]], dtype=torch.float64), **TOL)
+    egae_out = ESTIMATORS.get("egae")(rollout, AdvantageParams(gamma=0.5))  # V(s_{l+1}) := V(s_l)
+    torch.testing.assert_close(egae_out.advantages, torch.tensor([[0.5 * 0.7 - 0.7], [-0.7]], dtype=torch.float64), **TOL)
+    # and the collector's table bootstrap makes gae and egae agree
+    rollout.bootstrap = torch.tensor([0.7, 0.0], dtype=torch.float64)
+    torch.testing.assert_close(ESTIMATORS.get("gae")(rollout, AdvantageParams(gamma=0.5)).advantages, egae_out.advantages)
+
+
+def test_treatment_is_computed_once_per_rollout(monkeypatch):
+    import testbed.rollout as R
+
+    calls = []
+    real = R.treatment
+    monkeypatch.setattr(R, "treatment", lambda *a: calls.append(a) or real(*a))
+    lengths = [3, 5, 1, 4]
+    b = {"B": 4, "T": 5, "mask": _prefix_mask(lengths, 5), "lengths": lengths,
+         "ending": torch.tensor([Ending.EOS, Ending.LENGTH_CAP, Ending.WINDOW_CUT, Ending.EARLY_STOP]),
+         "gen": torch.Generator().manual_seed(1)}
+    rollout = _rollout(b, length_cap="masked")
+    calls.clear()
+    for name in ("gae", "egae", "grpo", "mc"):
+        ESTIMATORS.get(name)(rollout, AdvantageParams())
+    loss_mask(rollout)
+    assert len(calls) == 1
+    rollout.length_cap = "bootstrap"  # a replaced field is seen
+    assert rollout.treatment.bootstrap_from_last_value[1] and len(calls) == 2
+
+
+def test_rollout_validate_rejects_a_bootstrap_on_a_terminal_row():
+    lengths = [2, 2]
+    b = {"B": 2, "T": 2, "mask": _prefix_mask(lengths, 2), "lengths": lengths,
+         "ending": torch.tensor([Ending.WINDOW_CUT, Ending.EOS]), "gen": torch.Generator().manual_seed(0)}
+    rollout = _rollout(b)
+    rollout.validate()
+    rollout.bootstrap = torch.tensor([0.3, 0.5], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"bootstrap must be 0 on terminal rows.*\[1\]"):
+        rollout.validate()
 
 
 def test_length_adaptive_lambda_by_hand():
@@ -332,4 +376,4 @@ def test_registry_members_share_one_signature_and_unknown_names_raise():
 def test_params_from_config():
     algo = AlgoSection(gamma=0.9, lam_actor=0.8, lam_critic=0.7, lam_adaptive_alpha=0.3, grpo_scale=False)
     p = AdvantageParams.from_config(algo, RolloutSection(length_cap="masked"))
-    assert p == AdvantageParams(gamma=0.9, lam_actor=0.8, lam_critic=0.7, lam_adaptive_alpha=0.3, grpo_scale=False, length_cap="masked")
+    assert p == AdvantageParams(gamma=0.9, lam_actor=0.8, lam_critic=0.7, lam_adaptive_alpha=0.3, grpo_scale=False)
