@@ -6,6 +6,7 @@ collector and trainer are written once. The recurrent state plays the role of th
 
 from __future__ import annotations
 
+import copy
 from typing import Iterable, Sequence
 
 import torch
@@ -54,9 +55,11 @@ def _pad(prompts: Sequence[Sequence[int]], tokens: Tensor | None = None, mask: T
 
 
 class ToyBackend(nn.Module):
-    """GRU policy + separate GRU critic. Decoding keeps one hidden state per active row."""
+    """GRU policy + separate GRU critic (+ a frozen copy of the initial policy with ``reference=True``,
+    for the KL penalty). Decoding keeps one hidden state per active row."""
 
-    def __init__(self, vocab_size: int, eos_token_id: int, *, embed_size: int = 32, hidden_size: int = 64, seed: int = 0):
+    def __init__(self, vocab_size: int, eos_token_id: int, *, embed_size: int = 32, hidden_size: int = 64, seed: int = 0,
+                 reference: bool = False):
         super().__init__()
         g = torch.random.fork_rng()
         with g:
@@ -65,6 +68,8 @@ class ToyBackend(nn.Module):
             self.critic = GRUTrunk(vocab_size, embed_size, hidden_size, 1)
             nn.init.zeros_(self.critic.head.weight)
             nn.init.zeros_(self.critic.head.bias)
+        # Part of state_dict, so a resumed run keeps the same reference; never in policy_parameters().
+        self.reference = copy.deepcopy(self.policy).requires_grad_(False) if reference else None
         self.vocab_size = vocab_size
         self.eos_token_id = eos_token_id
         self.device = torch.device("cpu")
@@ -110,6 +115,15 @@ class ToyBackend(nn.Module):
         zero = torch.zeros_like(logp)
         return torch.where(mask, logp, zero), torch.where(mask, entropy, zero)
 
+    @torch.no_grad()
+    def reference_forward(self, prompts, tokens: Tensor, mask: Tensor, *, temperature: float) -> Tensor:
+        """(B, T) log-probs of ``tokens`` under the frozen initial policy (needs ``reference=True``)."""
+        if self.reference is None:
+            raise RuntimeError("reference_forward needs a reference policy (model.reference=true)")
+        logits = self._response_outputs(self.reference, prompts, tokens, mask).float() / temperature
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, tokens.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return torch.where(mask, logp, torch.zeros_like(logp))
+
     def critic_forward(self, prompts, tokens: Tensor, mask: Tensor) -> Tensor:
         v = self._response_outputs(self.critic, prompts, tokens, mask).squeeze(-1).float()
         return torch.where(mask, v, torch.zeros_like(v))
@@ -129,4 +143,5 @@ def make_backend(model_cfg, task, *, seed: int) -> ToyBackend:
         embed_size=model_cfg.embed_size,
         hidden_size=model_cfg.hidden_size,
         seed=seed,
+        reference=bool(model_cfg.reference),
     )
