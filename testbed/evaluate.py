@@ -17,7 +17,6 @@ from testbed.build import build
 from testbed.collector import decode_segment
 from testbed.config import Config, StopSection
 from testbed.errors import UserError
-from testbed.rollout import Ending
 from testbed.stopping import StopRule
 
 
