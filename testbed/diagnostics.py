@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from testbed.metrics import detector_metrics
 from testbed.rollout import Ending, Rollout, last_valid_index
 
 
@@ -31,31 +32,14 @@ def _stop_positions(rollout: Rollout) -> Tensor:
 
 
 def detection_metrics(rollout: Rollout) -> dict[str, float]:
-    """Precision, recall, false-stop rate and delay of stops against the planted failures.
-
-    A stop is correct when the row was already doomed: its fatal token is at or before the stop.
-    ``stop/false_stop_rate`` is the share of not-doomed finished rows that were stopped (a false
-    positive rate, not 1 - precision). ``stop/recall`` is the share of *stoppable* doomed rows that
-    were stopped: rows whose fatal token was their own last token (an early EOS, say) ended at the
-    failure and could not have been stopped any earlier, so they are not counted.
-    """
+    """Precision, recall, false-stop rate and delay of this step's stops against the planted failures,
+    over the rows that finished (definitions: :func:`testbed.metrics.detector_metrics`)."""
     fin = rollout.finished
-    stopped = (rollout.ending == Ending.EARLY_STOP) & fin
-    pos = _stop_positions(rollout)
-    f = rollout.failure_step
-    doomed = fin & (f >= 0) & (f <= pos)
-    hit = stopped & doomed
-    stoppable = hit | (doomed & ~stopped & (f < pos))
-    delay = (pos - f)[hit].float()
-    return {
-        "stop/precision": _ratio(hit.sum(), stopped.sum()),
-        "stop/recall": _ratio(hit.sum(), stoppable.sum()),
-        "stop/count": float(stopped.sum()),
-        "stop/doomed_count": float(doomed.sum()),
-        "stop/false_stop_rate": _ratio((stopped & ~doomed).sum(), (fin & ~doomed).sum()),
-        "stop/delay": float(delay.mean()) if len(delay) else float("nan"),
-        "stats/doomed_rate": _ratio(doomed.sum(), fin.sum()),
-    }
+    m = detector_metrics((rollout.ending == Ending.EARLY_STOP)[fin], rollout.failure_step[fin],
+                         _stop_positions(rollout)[fin])
+    out = {f"stop/{k}": m[k] for k in ("precision", "recall", "count", "doomed_count", "false_stop_rate", "delay")}
+    out["stats/doomed_rate"] = m["doomed_rate"]
+    return out
 
 
 def failure_rank(rollout: Rollout, advantages: Tensor) -> float:

@@ -288,3 +288,33 @@ def test_kl_penalty_against_the_toy_reference_policy(tmp_path):
     assert not torch.equal(plain.backend.policy.head.weight, t.backend.policy.head.weight)
     with pytest.raises(C.ConfigError, match="needs model.reference=true"):
         small(tmp_path, "algo.kl_coef=0.1")
+
+
+# --- one definition of the detector metrics --------------------------------------------------------
+
+
+def test_detector_metrics_one_definition_for_trainer_and_analysis():
+    """Five finished rows (stopped, failure_step, last): a hit with delay 2, a false stop, a missed
+    stoppable doomed row, a row doomed at its last token (not stoppable), a clean row."""
+    import pandas as pd
+
+    from analysis.experiments.espo_headline.analysis import pooled_detector
+    from testbed.diagnostics import detection_metrics
+    from testbed.metrics import detector_metrics
+    from testbed.rollout import Rollout
+
+    stopped, fail, last = [True, True, False, False, False], [1, -1, 2, 4, -1], [3, 2, 5, 4, 6]
+    expect = {"precision": 0.5, "recall": 0.5, "false_stop_rate": 0.5, "delay": 2.0}
+    for xs in (np.asarray, torch.tensor):
+        m = detector_metrics(xs(stopped), xs(fail), xs(last))
+        assert {k: m[k] for k in expect} == expect and m["doomed_rate"] == 0.6 and m["count"] == 2
+    df = pd.DataFrame({"stopped": stopped, "failure_step": fail, "length": np.asarray(last) + 1})
+    assert pooled_detector(df) == expect
+    T = max(last) + 1
+    mask = torch.arange(T)[None, :] <= torch.tensor(last)[:, None]
+    z = torch.zeros(5, T)
+    ending = torch.tensor([Ending.EARLY_STOP if s else Ending.EOS for s in stopped])
+    r = Rollout(tokens=z.long(), logprobs=z, regret=z, values=z, rewards=z, mask=mask, ending=ending,
+                bootstrap=torch.zeros(5), failure_step=torch.tensor(fail), policy_version=z.long())
+    d = detection_metrics(r)
+    assert {k: d[f"stop/{k}"] for k in expect} == expect and d["stats/doomed_rate"] == 0.6

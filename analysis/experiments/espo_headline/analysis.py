@@ -58,6 +58,7 @@ from analysis.experiments import table_row
 from analysis.experiments.espo_headline import sweep
 from analysis.plots import colors_for, fmt_ms, line_band, ordered, yes_no
 from analysis.runs import final_mean, first_reach, mean_std, run_mean, value_at_step
+from testbed.metrics import detector_metrics
 
 LEVEL_FRAC = 0.5
 """The success level of "tokens to reach a level" is this fraction of PPO's final success."""
@@ -100,21 +101,12 @@ def _pct_saved(m: float, ref: float) -> float:
 
 
 def pooled_detector(rows: pd.DataFrame) -> dict[str, float]:
-    """Precision, recall, false-stop rate and delay (module docstring) pooled over the given per-row
+    """Precision, recall, false-stop rate and delay (module docstring; one definition with the
+    trainer's per-step metrics: ``testbed.metrics.detector_metrics``) pooled over the given per-row
     records (one run's, already restricted to the steps that count). NaN where a denominator is 0."""
-    last = rows["length"].to_numpy() - 1
-    fail = rows["failure_step"].to_numpy()
-    stopped = rows["stopped"].to_numpy(dtype=bool)
-    doomed = rows["doomed"].to_numpy(dtype=bool)
-    hit = stopped & doomed
-    stoppable = hit | (doomed & ~stopped & (fail < last))
-    n_hit = int(hit.sum())
-    return {
-        "precision": n_hit / stopped.sum() if stopped.any() else math.nan,
-        "recall": n_hit / stoppable.sum() if stoppable.any() else math.nan,
-        "false_stop_rate": (stopped & ~doomed).sum() / (~doomed).sum() if (~doomed).any() else math.nan,
-        "delay": float((last - fail)[hit].mean()) if n_hit else math.nan,
-    }
+    m = detector_metrics(rows["stopped"].to_numpy(dtype=bool), rows["failure_step"].to_numpy(),
+                         rows["length"].to_numpy() - 1)
+    return {k: m[k] for k in ("precision", "recall", "false_stop_rate", "delay")}
 
 
 def waste_by_step(rows: pd.DataFrame) -> pd.Series:
