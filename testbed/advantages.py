@@ -276,6 +276,9 @@ def grpo_estimator(rollout: Rollout, params: AdvantageParams) -> Advantages:
     return _finish(rollout, params, adv, ret)
 
 
+grpo_estimator.uses_values = False  # advantages from rewards alone: the trainer then runs no critic
+
+
 @ESTIMATORS.register("mc")
 def mc_estimator(rollout: Rollout, params: AdvantageParams) -> Advantages:
     """REINFORCE with the critic as baseline: returns = discounted reward-to-go (bootstrap per
