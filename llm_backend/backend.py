@@ -12,15 +12,32 @@ into its own ``DynamicCache`` and *catches up* lazily:
 - with ``with_values=True`` a separate critic runs over *all* columns appended since its last call
   in one chunked forward through its cache. With ``stop_check_every = k`` the collector asks for
   values every k tokens, so k tokens cost the critic one forward instead of k. The values of every
-  state covered by that chunk are kept in :attr:`HFBackend.chunk_values`.
+  state covered by that chunk travel in ``StepOutput.chunk_values``.
 - ``advance(tokens, keep)`` appends one column, then drops the rows where ``keep`` is False from the
   ids, masks and every cache (``batch_select_indices``); leading columns that became padding in
   every surviving row are trimmed from the caches too. Dropped rows cost nothing afterwards.
 
-Teacher-forced evaluation builds ``[left pads | prompt | response tokens (right padded)]``; the
-state before response token ``t`` is the position ``Lp - 1 + t`` (``Lp`` = padded prompt length),
-so ``V(s_0)`` is read at the last prompt token. Log-probs and entropies are computed from the final
-hidden states in chunks of valid tokens only (gradient-checkpointed when grads are on), so the
+Shared prefix (``shared_prefix=True``, the default). Chat prompts start with the same system message
+and one-shot example, and a GRPO group repeats one whole prompt. :func:`plan_prefix` finds the
+longest prefix common to all rows (``P`` tokens, at most every prompt's length minus one) and the
+distinct remainders (``u`` of them). Rows are then laid out as ``[prefix | left pads | remainder]``
+(same positions as above; pads in the middle are masked exactly like pads on the left):
+
+- decoding prefills the prefix once (batch 1), expands its KV cache along the batch to the ``u``
+  distinct remainders, prefills those, then gathers the cache to the ``b`` rows;
+- training (:meth:`HFBackend.policy_forward`, :meth:`HFBackend.critic_forward`) does the same with
+  gradient: the prefix's keys/values are expanded (not copied) across rows, so every row's loss flows
+  back into the one prefix forward; the response tokens then run against the gathered cache.
+
+Work saved per batch: ``(b - 1) P`` prefix tokens plus the repeated remainders; the attention of each
+row over the prefix is still computed (that is per row by nature). With gradient checkpointing on,
+transformers refuses caches in training forwards, so the training path falls back to the plain one.
+
+Teacher-forced evaluation builds ``[left pads | prompt | response tokens (right padded)]`` (plain)
+or the shared layout above; the state before response token ``t`` is the position ``Lp - 1 + t``
+(``Lp`` = padded prompt length), so ``V(s_0)`` is read at the last prompt token. Log-probs and
+entropies are computed from the final hidden states of response positions only (the LM head never
+sees a prompt position), in chunks of valid tokens (gradient-checkpointed when grads are on), so the
 ``(B, T, V)`` fp32 logits are never materialised at once.
 
 Prompts may contain carried response tokens (T-PPO re-encodes unfinished rows): nothing here
@@ -34,6 +51,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
@@ -42,7 +60,7 @@ from torch.utils.checkpoint import checkpoint
 
 from testbed.protocols import StepOutput
 
-from .critic import ValueHead, ValueModel, disable_dropout
+from .critic import ValueHead, ValueModel, disable_dropout, trunk_forward
 from .models import load_causal_lm, torch_dtype
 
 CRITIC_LAYOUTS = ("separate", "head")
@@ -78,6 +96,7 @@ def _cache_select(cache: Any, index: Tensor) -> None:
 
 
 def _cache_trimmable(cache: Any) -> bool:
+    """Plain growing layers only (sliding-window or quantized layers keep other state)."""
     from transformers.cache_utils import DynamicLayer
 
     return cache is None or all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
@@ -93,6 +112,259 @@ def _cache_trim_left(cache: Any, n: int) -> None:
             layer.values = layer.values[..., n:, :]
 
 
+def _cache_expand(cache: Any, n: int) -> None:
+    """Batch-1 cache -> a view of ``n`` identical rows (no copy: the next update concatenates; the
+    backward of ``expand`` sums the rows' gradients into the one prefix)."""
+    if n == 1:
+        return
+    for layer in cache.layers:
+        if layer.is_initialized and layer.keys is not None and layer.keys.numel():
+            layer.keys = layer.keys.expand(n, -1, -1, -1)
+            layer.values = layer.values.expand(n, -1, -1, -1)
+
+
+# ---------------------------------------------------------------------------------- shared prefix
+
+
+@dataclass
+class PrefixPlan:
+    """How ``B`` prompts share work: one common prefix and ``u`` distinct remainders.
+
+    Row ``i``'s prompt is ``prefix + remainder[inverse[i]]``; its layout is ``[prefix | left pads |
+    remainder]`` (:meth:`rows`), with positions ``0 .. len - 1`` over its real tokens.
+    """
+
+    prefix: Tensor
+    """(P,) long, P >= 1: tokens every prompt starts with."""
+    rest: Tensor
+    """(u, R) long: the distinct remainders, left-padded (R >= 1: every remainder has a token)."""
+    rest_attn: Tensor
+    """(u, R) long: 1 on the remainders' real tokens."""
+    inverse: Tensor
+    """(B,) long: row -> its remainder."""
+
+    @property
+    def P(self) -> int:
+        return int(self.prefix.shape[0])
+
+    @property
+    def u(self) -> int:
+        return int(self.rest.shape[0])
+
+    @property
+    def identity(self) -> bool:
+        """Every row has its own remainder, in row order (nothing to gather)."""
+        return self.u == self.inverse.shape[0] and bool((self.inverse == torch.arange(self.u, device=self.inverse.device)).all())
+
+    def rows(self) -> tuple[Tensor, Tensor]:
+        """(B, P + R) ids and attention mask of the rows' layout."""
+        B = self.inverse.shape[0]
+        ids = torch.cat([self.prefix.expand(B, -1), self.rest[self.inverse]], dim=1)
+        attn = torch.cat([torch.ones_like(ids[:, :self.P]), self.rest_attn[self.inverse]], dim=1)
+        return ids, attn
+
+    def rest_positions(self) -> Tensor:
+        """(u, R) positions of the remainder columns (pads: P, never attended)."""
+        return self.P + (self.rest_attn.cumsum(1) - 1).clamp(min=0)
+
+    def select(self, index: Tensor) -> "PrefixPlan":
+        """The plan for rows ``index`` (remainders no row uses any more are still computed, once)."""
+        return PrefixPlan(self.prefix, self.rest, self.rest_attn, self.inverse[index])
+
+
+def plan_prefix(prompts: Sequence[Sequence[int]], *, pad_token_id: int, device: torch.device | str = "cpu") -> PrefixPlan | None:
+    """The shared-prefix plan for ``prompts``, or None when there is nothing to share.
+
+    ``P`` is the longest common prefix, capped at the shortest prompt's length minus one so that every
+    row keeps a remainder token (the state before the first response token is a remainder position).
+    Remainders are deduplicated in order of first appearance (a GRPO group's repeated prompt is
+    computed once). None for fewer than two rows or no common token.
+
+    >>> p = plan_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3, 4]], pad_token_id=0)
+    >>> p.prefix.tolist(), p.rest.tolist(), p.inverse.tolist()
+    ([1, 2], [[3, 4], [0, 5]], [0, 1, 0])
+    """
+    B = len(prompts)
+    if B < 2:
+        return None
+    lens = [len(p) for p in prompts]
+    if min(lens) < 2:
+        return None
+    first = list(prompts[0])
+    P = min(lens) - 1
+    for p in prompts[1:]:
+        n = 0
+        while n < P and p[n] == first[n]:
+            n += 1
+        P = n
+        if P == 0:
+            return None
+    index: dict[tuple[int, ...], int] = {}
+    inverse = [index.setdefault(tuple(p[P:]), len(index)) for p in prompts]
+    rests = list(index)
+    R = max(len(r) for r in rests)
+    rest = torch.full((len(rests), R), int(pad_token_id), dtype=torch.long)
+    attn = torch.zeros((len(rests), R), dtype=torch.long)
+    for j, r in enumerate(rests):
+        rest[j, R - len(r):] = torch.as_tensor(r, dtype=torch.long)
+        attn[j, R - len(r):] = 1
+    return PrefixPlan(torch.as_tensor(first[:P], dtype=torch.long).to(device), rest.to(device), attn.to(device),
+                      torch.as_tensor(inverse, dtype=torch.long, device=device))
+
+
+def _prefill(trunk: nn.Module, plan: PrefixPlan, cache: Any, tail: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Run ``trunk`` over the prefix once (batch 1), then over the ``u`` remainders (and ``tail``
+    (u, n) ids and mask, appended after each remainder) against the expanded prefix cache.
+
+    Returns the (u, R + n, H) hidden states of the remainder (and tail) columns; ``cache`` then holds
+    ``u`` rows of ``P + R + n`` columns. Differentiable when grads are enabled.
+    """
+    dev = plan.prefix.device
+    P, u = plan.P, plan.u
+    trunk_forward(trunk, plan.prefix[None], torch.ones(1, P, dtype=torch.long, device=dev),
+                  torch.arange(P, device=dev)[None], cache)
+    _cache_expand(cache, u)
+    ids, attn, pos = plan.rest, plan.rest_attn, plan.rest_positions()
+    if tail is not None:
+        t_ids, t_mask = tail
+        end = P + plan.rest_attn.sum(1, keepdim=True)  # position after each remainder's last token
+        ids = torch.cat([ids, t_ids], dim=1)
+        attn = torch.cat([attn, t_mask.long()], dim=1)
+        pos = torch.cat([pos, end + torch.arange(t_ids.shape[1], device=dev)], dim=1)
+    full_attn = torch.cat([torch.ones(u, P, dtype=torch.long, device=dev), attn], dim=1)
+    return trunk_forward(trunk, ids, full_attn, pos, cache)
+
+
+class _Stream:
+    """One trunk's decoding KV cache and the number of the batch's columns it has consumed."""
+
+    def __init__(self, trunk: nn.Module):
+        self.trunk = trunk
+        self.cache = _new_cache(trunk.config)
+        self.done = 0
+
+    def catch_up(self, cols: "_Columns") -> Tensor | None:
+        """Consume every column not yet seen; return the (b, n, H) hidden states of the states from the
+        last prompt column on among them (None if there were none)."""
+        L = cols.ids.shape[1]
+        parts = []
+        if self.done == 0 and cols.plan is not None:  # the prompt, shared
+            h = _prefill(self.trunk, cols.plan, self.cache)[:, -1:]
+            if not cols.plan.identity:
+                _cache_select(self.cache, cols.plan.inverse)
+                h = h[cols.plan.inverse]
+            parts.append(h)
+            self.done = cols.prompt_cols
+        if self.done < L:
+            h = trunk_forward(self.trunk, cols.ids[:, self.done:L], cols.attn, cols.pos[:, self.done:L], self.cache)
+            parts.append(h[:, max(cols.prompt_cols - 1 - self.done, 0):])
+            self.done = L
+        return torch.cat(parts, dim=1) if parts else None
+
+    def select(self, index: Tensor) -> None:
+        _cache_select(self.cache, index)
+
+    def trim_left(self, n: int) -> None:
+        _cache_trim_left(self.cache, min(n, self.done))
+        self.done = max(self.done - n, 0)
+
+
+@dataclass
+class _Columns:
+    """The decoding batch: (b, L) ids, attention mask and positions; the padded prompt width; the plan."""
+
+    ids: Tensor
+    attn: Tensor
+    pos: Tensor
+    prompt_cols: int
+    plan: PrefixPlan | None
+
+
+# ---------------------------------------------------------------------------------- critic layouts
+
+
+class SeparateCritic:
+    """``model.critic: separate``: a :class:`ValueModel` (own trunk + fp32 head) with its own
+    decoding cache; the value loss trains trunk and head."""
+
+    name = "critic"
+
+    def __init__(self, model: ValueModel):
+        self.model = model
+        self._stream: _Stream | None = None
+
+    @property
+    def module(self) -> nn.Module:
+        return self.model
+
+    def begin(self) -> None:
+        self._stream = _Stream(self.model.trunk)
+
+    def observe(self, hidden: Tensor) -> None:
+        """Policy hidden states of new states: not needed (this critic reads its own trunk)."""
+
+    def values(self, cols: _Columns) -> Tensor | None:
+        """(b, n) values of the states reached since the last call (None: none)."""
+        h = self._stream.catch_up(cols)
+        return None if h is None else self.model.head(h)
+
+    def select(self, index: Tensor) -> None:
+        self._stream.select(index)
+
+    def trim_left(self, n: int) -> None:
+        self._stream.trim_left(n)
+
+    def trimmable(self) -> bool:
+        return _cache_trimmable(self._stream.cache)
+
+    def forward(self, backend: "HFBackend", prompts, tokens: Tensor, mask: Tensor) -> Tensor:
+        """(B, T) fp32 teacher-forced values, differentiable w.r.t. trunk and head."""
+        return self.model.head(backend.response_states(self.model.trunk, prompts, tokens, mask))
+
+
+class HeadCritic:
+    """``model.critic: head``: a :class:`ValueHead` on the policy's *detached* last hidden state
+    (see ``critic.py``); decoding values come from the hidden states the policy already computed."""
+
+    name = "value_head"
+
+    def __init__(self, head: ValueHead):
+        self.model = head
+        self._hidden: list[Tensor] = []
+
+    @property
+    def module(self) -> nn.Module:
+        return self.model
+
+    def begin(self) -> None:
+        self._hidden = []
+
+    def observe(self, hidden: Tensor) -> None:
+        """(b, n, H) policy hidden states of new states, kept until the next values request."""
+        self._hidden.append(hidden)
+
+    def values(self, cols: _Columns) -> Tensor | None:
+        if not self._hidden:
+            return None
+        chunk = self.model(torch.cat(self._hidden, dim=1))
+        self._hidden = []
+        return chunk
+
+    def select(self, index: Tensor) -> None:
+        self._hidden = [h[index] for h in self._hidden]
+
+    def trim_left(self, n: int) -> None:
+        pass
+
+    def trimmable(self) -> bool:
+        return True
+
+    def forward(self, backend: "HFBackend", prompts, tokens: Tensor, mask: Tensor) -> Tensor:
+        with torch.no_grad():  # shared trunk, detached: the value loss trains the head only
+            states = backend.response_states(backend._trunk, prompts, tokens, mask)
+        return self.model(states)
+
+
 class HFBackend:
     """Policy (a transformers causal LM) plus critic, implementing :class:`testbed.protocols.Backend`.
 
@@ -100,8 +372,9 @@ class HFBackend:
         policy: a ``*ForCausalLM`` model on its device and dtype (its ``base_model`` is the trunk,
             its output embedding the LM head).
         eos_token_id: the task's end-of-sequence id.
-        critic: ``"separate"`` (a :class:`ValueModel` copied from the policy) or ``"head"`` (a
-            :class:`ValueHead` on the policy's detached last hidden state, see ``critic.py``).
+        critic: ``"separate"`` (:class:`SeparateCritic`, a :class:`ValueModel` copied from the policy)
+            or ``"head"`` (:class:`HeadCritic`, a :class:`ValueHead` on the policy's detached last
+            hidden state, see ``critic.py``).
         reference: keep a frozen copy of the initial policy for :meth:`reference_forward`.
         stop_check_every: how often the collector requests values (stored for it; the critic's
             catch-up makes any schedule correct).
@@ -110,16 +383,13 @@ class HFBackend:
         pad_token_id: id written into padding (never attended to); default ``eos_token_id``.
         seed: seeds the value head's initialisation.
         head_init_std: value-head init std (None: ``1/(hidden+1)``; 0: zero init).
+        shared_prefix: compute the rows' common prompt prefix once (decoding and training), see the
+            module docstring; False gives the plain full-sequence forwards.
 
     Attributes:
-        policy, critic, value_head, reference: the modules (``critic`` is None for the head layout,
-            ``value_head`` None for the separate one, ``reference`` None unless asked for).
-        chunk_values: (b, n) fp32 after a ``step(with_values=True)``: values of the ``n`` states
-            reached since the previous values request (all states since ``begin`` for the first),
-            oldest first; the last column is the current state's value (``n = 0`` if values were
-            requested twice at one state). With ``stop_check_every = k`` the catch-up forward
-            computes these anyway; a collector may use them instead of a teacher-forced pass.
-            States of rows dropped between two requests are never valued.
+        policy, reference: the modules (``reference`` None unless asked for).
+        critic_impl: the :class:`SeparateCritic` or :class:`HeadCritic` (None after :meth:`drop_critic`);
+            ``critic`` and ``value_head`` name its module for the layout that has one (else None).
 
     ``step()`` returns the backend's own logits tensor: treat it as read-only.
     """
@@ -137,6 +407,7 @@ class HFBackend:
         pad_token_id: int | None = None,
         seed: int = 0,
         head_init_std: float | None = None,
+        shared_prefix: bool = True,
     ):
         if critic not in CRITIC_LAYOUTS:
             raise ValueError(f"critic must be one of {CRITIC_LAYOUTS}, got {critic!r}")
@@ -147,6 +418,7 @@ class HFBackend:
         self.stop_check_every = int(stop_check_every)
         self.gradient_checkpointing = bool(gradient_checkpointing)
         self.logit_chunk = int(logit_chunk)
+        self.shared_prefix = bool(shared_prefix)
         param = next(policy.parameters())
         self.device: torch.device = param.device
         self.dtype: torch.dtype = param.dtype
@@ -155,11 +427,10 @@ class HFBackend:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             if critic == "separate":
-                self.critic: ValueModel | None = ValueModel.from_policy(policy, head_init_std).eval()
-                self.value_head: ValueHead | None = None
+                self.critic_impl: SeparateCritic | HeadCritic | None = SeparateCritic(
+                    ValueModel.from_policy(policy, head_init_std).eval())
             else:
-                self.critic = None
-                self.value_head = ValueHead(hidden, head_init_std).to(self.device)
+                self.critic_impl = HeadCritic(ValueHead(hidden, head_init_std).to(self.device))
         self.reference: nn.Module | None = None
         if reference:
             self.reference = copy.deepcopy(policy).eval()
@@ -176,6 +447,16 @@ class HFBackend:
         self._reset_decoding()
 
     # ------------------------------------------------------------------ model pieces
+
+    @property
+    def critic(self) -> ValueModel | None:
+        """The separate critic's :class:`ValueModel` (None for the head layout or without a critic)."""
+        return self.critic_impl.model if isinstance(self.critic_impl, SeparateCritic) else None
+
+    @property
+    def value_head(self) -> ValueHead | None:
+        """The head layout's :class:`ValueHead` (None for the separate layout or without a critic)."""
+        return self.critic_impl.model if isinstance(self.critic_impl, HeadCritic) else None
 
     @property
     def _trunk(self) -> nn.Module:
@@ -196,39 +477,45 @@ class HFBackend:
         if not torch.allclose(full.float(), split.float(), rtol=1e-3, atol=1e-3):
             raise ValueError(f"{type(self.policy).__name__}: logits are not lm_head(base_model(x)); unsupported model")
 
+    def drop_critic(self) -> None:
+        """Free the critic (for estimators and stop rules that use no values, e.g. GRPO): afterwards
+        ``critic_parameters()`` is empty, the state dict holds the policy only, and values cannot be
+        requested."""
+        self.critic_impl = None
+
     def policy_parameters(self) -> Iterable[nn.Parameter]:
         """The policy's trainable parameters."""
         return [p for p in self.policy.parameters() if p.requires_grad]
 
     def critic_parameters(self) -> Iterable[nn.Parameter]:
         """The critic's trainable parameters: trunk + head (``separate``) or the head only (``head``)."""
-        module = self.critic if self.critic is not None else self.value_head
-        return [p for p in module.parameters() if p.requires_grad]
+        if self.critic_impl is None:
+            return []
+        return [p for p in self.critic_impl.module.parameters() if p.requires_grad]
 
     def parameters(self) -> Iterable[nn.Parameter]:
         """Policy then critic parameters (no reference)."""
         return list(self.policy_parameters()) + list(self.critic_parameters())
 
+    def _plan(self, prompts: Sequence[Sequence[int]]) -> PrefixPlan | None:
+        return plan_prefix(prompts, pad_token_id=self.pad_token_id, device=self.device) if self.shared_prefix else None
+
     # ------------------------------------------------------------------ decoding
 
     def _reset_decoding(self) -> None:
-        self._ids: Tensor | None = None  # (b, L) long
-        self._attn: Tensor | None = None  # (b, L) long
-        self._pos: Tensor | None = None  # (b, L) long
-        self._prompt_cols = 0  # padded prompt length Lp (columns before the first response token)
-        self._p_done = 0  # columns consumed by the policy cache
-        self._c_done = 0  # columns consumed by the critic cache (separate critic)
-        self._pcache: Any = None
-        self._ccache: Any = None
-        self._logits: Tensor | None = None  # (b, V) fp32, valid when _p_done == L
+        self._cols: _Columns | None = None
+        self._pstream: _Stream | None = None
+        self._logits: Tensor | None = None  # (b, V) fp32, valid while the policy has consumed every column
         self._values_now: Tensor | None = None  # (b,) fp32 value of the current state, if computed
-        self._hidden_hist: list[Tensor] = []  # head layout: last hidden state of states not yet valued
-        self.chunk_values: Tensor | None = None  # see the class docstring
 
     @property
     def num_active(self) -> int:
         """Rows still decoding."""
-        return 0 if self._ids is None else int(self._ids.shape[0])
+        return 0 if self._cols is None else int(self._cols.ids.shape[0])
+
+    def _check_ids(self, ids: Tensor) -> None:
+        if ids.numel() and (int(ids.max()) >= self.vocab_size or int(ids.min()) < 0):
+            raise ValueError(f"prompt token ids must be in [0, {self.vocab_size})")
 
     def _left_pad(self, prompts: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor, Tensor]:
         lens = [len(p) for p in prompts]
@@ -240,92 +527,79 @@ class HFBackend:
         for i, p in enumerate(prompts):
             ids[i, width - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
             attn[i, width - len(p):] = 1
-        if ids.numel() and (int(ids.max()) >= self.vocab_size or int(ids.min()) < 0):
-            raise ValueError(f"prompt token ids must be in [0, {self.vocab_size})")
+        self._check_ids(ids)
         ids, attn = ids.to(self.device), attn.to(self.device)
         return ids, attn, (attn.cumsum(1) - 1).clamp_(min=0)
 
     def begin(self, prompts: Sequence[Sequence[int]]) -> None:
         """Open a decoding batch. ``prompts[i]`` may already hold carried response tokens (T-PPO)."""
         self._reset_decoding()
-        self._ids, self._attn, self._pos = self._left_pad(prompts)
-        self._prompt_cols = self._ids.shape[1]
-        self._pcache = _new_cache(self.policy.config)
-        if self.critic is not None:
-            self._ccache = _new_cache(self.critic.config)
+        plan = self._plan(prompts)
+        if plan is None:
+            ids, attn, pos = self._left_pad(prompts)
+        else:
+            self._check_ids(plan.prefix)
+            self._check_ids(plan.rest)
+            ids, attn = plan.rows()
+            pos = (attn.cumsum(1) - 1).clamp_(min=0)
+        self._cols = _Columns(ids, attn, pos, int(ids.shape[1]), plan)
+        self._pstream = _Stream(self._trunk)
+        if self.critic_impl is not None:
+            self.critic_impl.begin()
 
     @torch.no_grad()
     def _policy_catch_up(self) -> None:
-        L = self._ids.shape[1]
-        if self._p_done == L:
+        h = self._pstream.catch_up(self._cols)
+        if h is None:
             return
-        cols = slice(self._p_done, L)
-        out = self._trunk(
-            input_ids=self._ids[:, cols],
-            attention_mask=self._attn,
-            position_ids=self._pos[:, cols],
-            past_key_values=self._pcache,
-            use_cache=True,
-        )
-        h = out.last_hidden_state[:, -1]
-        self._logits = self._lm_head(h).float()
-        self._p_done = L
-        if self.value_head is not None:
-            self._hidden_hist.append(h)
+        self._logits = self._lm_head(h[:, -1]).float()
+        if self.critic_impl is not None:
+            self.critic_impl.observe(h)
 
     @torch.no_grad()
-    def _critic_catch_up(self) -> Tensor:
-        b = self._ids.shape[0]
-        if self.value_head is not None:  # head layout: hidden states kept by the policy's steps
-            if self._hidden_hist:
-                chunk = self.value_head(torch.stack(self._hidden_hist, dim=1))
-                self._hidden_hist = []
-                self._values_now = chunk[:, -1]
-            else:
-                chunk = torch.zeros(b, 0, device=self.device)
-        else:
-            L = self._ids.shape[1]
-            if self._c_done < L:
-                cols = slice(self._c_done, L)
-                vals = self.critic(
-                    self._ids[:, cols],
-                    attention_mask=self._attn,
-                    position_ids=self._pos[:, cols],
-                    past_key_values=self._ccache,
-                    use_cache=True,
-                ).values
-                # only response states: from the last prompt column on
-                chunk = vals[:, max(self._prompt_cols - 1 - self._c_done, 0):]
-                self._c_done = L
-                self._values_now = vals[:, -1]
-            else:
-                chunk = torch.zeros(b, 0, device=self.device)
-        self.chunk_values = chunk
-        return self._values_now
+    def _critic_values(self) -> Tensor:
+        """(b, n) values of the states reached since the previous request (n may be 0)."""
+        if self.critic_impl is None:
+            raise RuntimeError("values requested from a backend without a critic (drop_critic() was called)")
+        chunk = self.critic_impl.values(self._cols)
+        if chunk is None:
+            chunk = torch.zeros(self.num_active, 0, device=self.device)
+        return chunk
 
     def step(self, *, with_values: bool = True) -> StepOutput:
-        """Next-token logits (b, V) fp32 of the active rows, and their values (b,) if asked."""
-        if self._ids is None:
+        """Next-token logits (b, V) fp32 of the active rows; if asked, their values (b,) and
+        ``chunk_values`` (b, n): the values of the ``n`` states reached since the previous values
+        request (all states since ``begin`` for the first), oldest first, the last column being
+        ``values`` (``n = 0`` if values were requested twice at one state; then ``values`` repeats the
+        last ones). States of rows dropped between two requests are never valued."""
+        if self._cols is None:
             raise RuntimeError("step() before begin()")
-        if self._ids.shape[0] == 0:
+        b = self.num_active
+        if b == 0:
             empty = torch.zeros(0, device=self.device)
-            return StepOutput(logits=empty.new_zeros(0, self.vocab_size), values=empty if with_values else None)
+            return StepOutput(logits=empty.new_zeros(0, self.vocab_size), values=empty if with_values else None,
+                              chunk_values=empty.new_zeros(0, 0) if with_values else None)
         self._policy_catch_up()
-        values = self._critic_catch_up() if with_values else None
-        return StepOutput(logits=self._logits, values=values)
+        if not with_values:
+            return StepOutput(logits=self._logits, values=None)
+        chunk = self._critic_values()
+        if chunk.shape[1]:
+            self._values_now = chunk[:, -1]
+        return StepOutput(logits=self._logits, values=self._values_now, chunk_values=chunk)
 
     def advance(self, tokens: Tensor, keep: Tensor) -> None:
         """Append ``tokens`` (b,) to the active rows, then keep only the rows where ``keep`` (b,) is True."""
-        if self._ids is None:
+        if self._cols is None:
             raise RuntimeError("advance() before begin()")
-        b = self._ids.shape[0]
+        c = self._cols
+        b = c.ids.shape[0]
         tokens = torch.as_tensor(tokens, device=self.device).long().reshape(-1)
         keep = torch.as_tensor(keep, device=self.device).bool().reshape(-1)
         if tokens.shape[0] != b or keep.shape[0] != b:
             raise ValueError(f"advance: expected {b} tokens and keep flags, got {tokens.shape[0]} and {keep.shape[0]}")
-        self._ids = torch.cat([self._ids, tokens[:, None]], dim=1)
-        self._attn = torch.cat([self._attn, self._attn.new_ones(b, 1)], dim=1)
-        self._pos = torch.cat([self._pos, self._pos[:, -1:] + 1], dim=1)
+        c.ids = torch.cat([c.ids, tokens[:, None]], dim=1)
+        c.attn = torch.cat([c.attn, c.attn.new_ones(b, 1)], dim=1)
+        c.pos = torch.cat([c.pos, c.pos[:, -1:] + 1], dim=1)
         self._logits = None
         self._values_now = None
         if not bool(keep.all()):
@@ -333,21 +607,25 @@ class HFBackend:
 
     def _select(self, index: Tensor) -> None:
         """Keep rows ``index`` everywhere; then trim columns that are padding in every kept row."""
-        self._ids, self._attn, self._pos = self._ids[index], self._attn[index], self._pos[index]
-        _cache_select(self._pcache, index)
-        _cache_select(self._ccache, index)
-        self._hidden_hist = [h[index] for h in self._hidden_hist]
+        c = self._cols
+        c.ids, c.attn, c.pos = c.ids[index], c.attn[index], c.pos[index]
+        if c.plan is not None:
+            c.plan = c.plan.select(index)
+        self._pstream.select(index)
+        crit = self.critic_impl
+        if crit is not None:
+            crit.select(index)
         if index.numel() == 0:
             return
-        # leading columns that are padding in every surviving row: no query attends to them
-        n = int(self._attn.any(0).long().argmax())
-        if n > 0 and _cache_trimmable(self._pcache) and _cache_trimmable(self._ccache):
-            self._ids, self._attn, self._pos = self._ids[:, n:], self._attn[:, n:], self._pos[:, n:]
-            _cache_trim_left(self._pcache, min(n, self._p_done))
-            _cache_trim_left(self._ccache, min(n, self._c_done))
-            self._p_done = max(self._p_done - n, 0)
-            self._c_done = max(self._c_done - n, 0)
-            self._prompt_cols -= n
+        # leading columns that are padding in every surviving row: no query attends to them (never
+        # with a shared prefix, whose first column every row attends)
+        n = int(c.attn.any(0).long().argmax())
+        if n > 0 and _cache_trimmable(self._pstream.cache) and (crit is None or crit.trimmable()):
+            c.ids, c.attn, c.pos = c.ids[:, n:], c.attn[:, n:], c.pos[:, n:]
+            self._pstream.trim_left(n)
+            if crit is not None:
+                crit.trim_left(n)
+            c.prompt_cols -= n
 
     # ------------------------------------------------------------------ teacher-forced
 
@@ -357,17 +635,52 @@ class HFBackend:
         """``[left pads | prompt | response]`` ids, attention mask and positions; ``Lp``; the
         response tokens (masked ones replaced by the pad id) and the bool mask, on the device."""
         p_ids, p_attn, _ = self._left_pad(prompts)
-        tokens = tokens.to(self.device).long()
-        mask = mask.to(self.device).bool()
-        if tokens.shape[0] != p_ids.shape[0] or tokens.shape != mask.shape:
-            raise ValueError(
-                f"tokens {tuple(tokens.shape)} and mask {tuple(mask.shape)} must be (B, T), B = {p_ids.shape[0]}"
-            )
-        tokens = torch.where(mask, tokens, torch.full_like(tokens, self.pad_token_id))
+        tokens, mask = self._response_inputs(tokens, mask, p_ids.shape[0])
         ids = torch.cat([p_ids, tokens], dim=1)
         attn = torch.cat([p_attn, mask.long()], dim=1)
         pos = (attn.cumsum(1) - 1).clamp_(min=0)
         return ids, attn, pos, p_ids.shape[1], tokens, mask
+
+    def _response_inputs(self, tokens: Tensor, mask: Tensor, B: int) -> tuple[Tensor, Tensor]:
+        tokens = tokens.to(self.device).long()
+        mask = mask.to(self.device).bool()
+        if tokens.shape[0] != B or tokens.shape != mask.shape:
+            raise ValueError(f"tokens {tuple(tokens.shape)} and mask {tuple(mask.shape)} must be (B, T), B = {B}")
+        return torch.where(mask, tokens, torch.full_like(tokens, self.pad_token_id)), mask
+
+    def response_states(self, trunk: nn.Module, prompts: Sequence[Sequence[int]], tokens: Tensor, mask: Tensor) -> Tensor:
+        """(B, T, H) last hidden states of ``trunk`` at the state before each response token (the
+        last prompt token for t = 0), through the shared prefix when there is one. Differentiable
+        when grads are enabled; rows at masked positions are meaningless (never read unmasked)."""
+        grad_ckpt = self.gradient_checkpointing and torch.is_grad_enabled()
+        plan = None if grad_ckpt else self._plan(prompts)
+        if plan is None:
+            ids, attn, pos, Lp, tokens, mask = self._teacher_inputs(prompts, tokens, mask)
+            T = tokens.shape[1]
+            with _train_mode([trunk], grad_ckpt):
+                hidden = trunk_forward(trunk, ids, attn, pos)
+            return hidden[:, Lp - 1:Lp - 1 + T]
+        self._check_ids(plan.prefix)
+        self._check_ids(plan.rest)
+        B = plan.inverse.shape[0]
+        tokens, mask = self._response_inputs(tokens, mask, B)
+        T = tokens.shape[1]
+        R = plan.rest.shape[1]
+        cache = _new_cache(trunk.config)
+        if plan.identity:  # every row its own remainder: remainder and response in one forward
+            tail = (tokens[:, :T - 1], mask[:, :T - 1]) if T > 1 else None
+            return _prefill(trunk, plan, cache, tail)[:, R - 1:R - 1 + T]
+        # distinct remainders once, then every row's response against its gathered cache
+        first = _prefill(trunk, plan, cache)[:, -1][plan.inverse]  # (B, H): state before token 0
+        if T <= 1:
+            return first[:, None, :][:, :T]
+        _cache_select(cache, plan.inverse)
+        rest_attn = plan.rest_attn[plan.inverse]
+        attn = torch.cat([torch.ones(B, plan.P, dtype=torch.long, device=self.device), rest_attn,
+                          mask[:, :T - 1].long()], dim=1)
+        pos = (plan.P + rest_attn.sum(1, keepdim=True)) + torch.arange(T - 1, device=self.device)
+        later = trunk_forward(trunk, tokens[:, :T - 1], attn, pos, cache)
+        return torch.cat([first[:, None, :], later], dim=1)
 
     def _logprob_entropy(self, hidden: Tensor, tokens: Tensor, temperature: float, lm_head: nn.Module):
         """(n, H) hidden states and (n,) tokens -> (n,) log-probs and entropies of softmax(logits / T)."""
@@ -399,12 +712,8 @@ class HFBackend:
     def _response_logprobs(
         self, model: nn.Module, prompts, tokens: Tensor, mask: Tensor, temperature: float
     ) -> tuple[Tensor, Tensor]:
-        ids, attn, pos, Lp, tokens, mask = self._teacher_inputs(prompts, tokens, mask)
-        T = tokens.shape[1]
-        with _train_mode([model], self.gradient_checkpointing and torch.is_grad_enabled()):
-            out = model.base_model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
-        hidden = out.last_hidden_state
-        states = hidden[:, Lp - 1:Lp - 1 + T]  # state before response token t
+        states = self.response_states(model.base_model, prompts, tokens, mask)
+        tokens, mask = self._response_inputs(tokens, mask, states.shape[0])
         lp, ent = self._logprob_entropy(states[mask], tokens[mask], temperature, model.get_output_embeddings())
         zeros = torch.zeros(tokens.shape, dtype=torch.float32, device=self.device)
         return zeros.masked_scatter(mask, lp), zeros.masked_scatter(mask, ent)
@@ -428,27 +737,18 @@ class HFBackend:
     def critic_forward(self, prompts: Sequence[Sequence[int]], tokens: Tensor, mask: Tensor) -> Tensor:
         """Teacher-forced values (B, T) fp32: V(s_t), read at the position before response token t
         (the last prompt token for t = 0). Differentiable w.r.t. the critic; masked positions hold 0."""
-        ids, attn, pos, Lp, tokens, mask = self._teacher_inputs(prompts, tokens, mask)
-        T = tokens.shape[1]
-        if self.critic is not None:
-            with _train_mode([self.critic], self.gradient_checkpointing and torch.is_grad_enabled()):
-                values = self.critic(ids, attention_mask=attn, position_ids=pos).values
-            values = values[:, Lp - 1:Lp - 1 + T]
-        else:  # shared trunk, detached: the value loss trains the head only
-            with torch.no_grad():
-                out = self._trunk(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
-                hidden = out.last_hidden_state
-            values = self.value_head(hidden[:, Lp - 1:Lp - 1 + T])
+        if self.critic_impl is None:
+            raise RuntimeError("critic_forward on a backend without a critic (drop_critic() was called)")
+        values = self.critic_impl.forward(self, prompts, tokens, mask)
+        mask = mask.to(self.device).bool()
         return torch.where(mask, values, torch.zeros_like(values))
 
     # ------------------------------------------------------------------ checkpoints
 
     def _modules(self) -> dict[str, nn.Module]:
         mods: dict[str, nn.Module] = {"policy": self.policy}
-        if self.critic is not None:
-            mods["critic"] = self.critic
-        if self.value_head is not None:
-            mods["value_head"] = self.value_head
+        if self.critic_impl is not None:
+            mods[self.critic_impl.name] = self.critic_impl.module
         return mods
 
     @staticmethod
@@ -506,6 +806,7 @@ def make_backend(model_cfg: Any, task: Any, *, seed: int) -> HFBackend:
         stop_check_every=int(model_cfg.stop_check_every),
         gradient_checkpointing=bool(model_cfg.gradient_checkpointing),
         seed=seed,
+        shared_prefix=bool(getattr(model_cfg, "shared_prefix", True)),
     )
     if int(task.vocab_size) > backend.vocab_size:
         raise ValueError(f"task vocabulary ({task.vocab_size}) exceeds the model's ({backend.vocab_size})")

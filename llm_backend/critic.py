@@ -20,6 +20,8 @@ function of the prefix for the value loss and for stop rules).
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,15 +76,37 @@ class ValueOutput:
 
     values: Tensor
     """(B, L) float32: V of the prefix ending at each input position."""
-    past_key_values: Any = None
-    """The critic's KV cache after this forward (when ``use_cache``), else None."""
+    cache: Any = None
+    """The critic's KV cache after this forward (the one passed in, updated), else None."""
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_argument(forward: Any) -> str:
+    """The name a transformers trunk's ``forward`` takes its KV cache by: ``cache`` from transformers
+    5.24 on (which warns on the old name), ``past_key_values`` before."""
+    params = inspect.signature(forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def trunk_forward(trunk: nn.Module, ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache: Any = None) -> Tensor:
+    """(B, L, H) last hidden states of a transformers base model; with ``cache`` (a ``DynamicCache``
+    holding earlier columns, updated in place) the ids are the columns after the cached ones and
+    ``attention_mask`` covers cached and new columns. Never reads ``output.past_key_values``
+    (deprecated, and a warning, in transformers >= 5.24)."""
+    kwargs: dict[str, Any] = {}
+    if cache is not None:
+        kwargs[_cache_argument(type(trunk).forward)] = cache
+    out = trunk(input_ids=ids, attention_mask=attention_mask, position_ids=position_ids,
+                use_cache=cache is not None, **kwargs)
+    return out.last_hidden_state
 
 
 class ValueModel(nn.Module):
     """Separate critic: a causal-LM trunk plus an fp32 scalar head, no dropout.
 
     Build it from a policy with :meth:`from_policy` (deep copy of the policy's base model). The
-    forward takes the usual ``input_ids, attention_mask, position_ids, past_key_values, use_cache``.
+    forward takes ``input_ids, attention_mask, position_ids`` and an optional ``cache`` (a
+    ``DynamicCache``, updated in place; see :func:`trunk_forward`).
     """
 
     def __init__(self, trunk: nn.Module, hidden_size: int, head_init_std: float | None = None):
@@ -106,17 +130,10 @@ class ValueModel(nn.Module):
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
-        past_key_values: Any = None,
-        use_cache: bool = False,
+        cache: Any = None,
     ) -> ValueOutput:
-        out = self.trunk(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-        )
-        return ValueOutput(values=self.head(out.last_hidden_state), past_key_values=out.past_key_values)
+        hidden = trunk_forward(self.trunk, input_ids, attention_mask, position_ids, cache)
+        return ValueOutput(values=self.head(hidden), cache=cache)
 
 
 def _device_of(module: nn.Module) -> torch.device:

@@ -268,6 +268,9 @@ def grpo_estimator(rollout: Rollout, params: AdvantageParams) -> Advantages:
     return _finish(rollout, adv, ret)
 
 
+grpo_estimator.uses_values = False  # advantages from rewards alone: the trainer then runs no critic
+
+
 @ESTIMATORS.register("mc")
 def mc_estimator(rollout: Rollout, params: AdvantageParams) -> Advantages:
     """REINFORCE with the critic as baseline: returns = discounted reward-to-go (plus

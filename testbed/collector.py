@@ -51,11 +51,14 @@ def decode_segment(
     train_step: int,
     generator: torch.Generator | None,
     greedy: bool = False,
+    with_values: bool = True,
 ) -> Segment:
     """Decode up to ``budget[i]`` tokens for each row ``i``, whose response already has ``start[i]`` tokens.
 
     A row ends at EOS, when the stop rule fires, when its response reaches ``max_len`` (LENGTH_CAP)
     or when its budget runs out first (WINDOW_CUT). Ended rows leave the backend's batch at once.
+    ``with_values=False`` (nothing uses values: GRPO without a value-gated stop rule) never asks the
+    critic: the segment's values are 0.
     """
     B = len(contexts)
     W = int(budget.max()) if B else 0
@@ -64,7 +67,7 @@ def decode_segment(
     tokens = torch.zeros(B, W, dtype=torch.long)
     logprobs = torch.zeros(B, W)
     regret = torch.zeros(B, W)
-    values = torch.full((B, W), float("nan"))
+    values = torch.full((B, W), float("nan")) if with_values else torch.zeros(B, W)
     mask = torch.zeros(B, W, dtype=torch.bool)
     ending = torch.full((B,), -1, dtype=torch.long)
     failure = torch.full((B,), -1, dtype=torch.long)
@@ -79,7 +82,7 @@ def decode_segment(
             break
         steps += 1
         busy_row_steps += len(active)
-        check = (k % every == 0) or k == W - 1
+        check = with_values and ((k % every == 0) or k == W - 1)
         out = backend.step(with_values=check)
         s = sample_tokens(out.logits, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
                           generator=generator, greedy=greedy)
@@ -92,9 +95,9 @@ def decode_segment(
         if vals is not None:
             values[active, k] = vals
             # A backend whose critic caught up over the skipped steps in one chunk (stop_check_every > 1)
-            # exposes those values; using them saves a teacher-forced critic pass after decoding.
-            chunk = getattr(backend, "chunk_values", None)
-            if chunk is not None and chunk.shape[0] == len(active) and chunk.shape[1] > 1:
+            # returns those values too; using them saves a teacher-forced critic pass after decoding.
+            chunk = out.chunk_values
+            if chunk is not None and chunk.shape[1] > 1:
                 n = min(chunk.shape[1], k + 1)
                 values[active.unsqueeze(1), torch.arange(k - n + 1, k + 1)] = chunk[:, -n:].float().cpu()
         fs = torch.as_tensor(task.observe(slots[active.numpy()], tok.numpy()), dtype=torch.long)
@@ -144,8 +147,9 @@ class StepBatch:
 class SamplePool:
     """B slots of rows; refill finished ones, decode a segment, carry the unfinished (T-PPO)."""
 
-    def __init__(self, task: Task, rule: StopRule, cfg: Config, *, seed: int):
+    def __init__(self, task: Task, rule: StopRule, cfg: Config, *, seed: int, with_values: bool = True):
         self.task, self.rule, self.cfg = task, rule, cfg
+        self.with_values = with_values  # False: nothing uses values, the critic is never asked
         self.B = cfg.rollout.batch_size
         task_max = getattr(task, "max_len", None)
         if task_max is not None and cfg.rollout.max_len > task_max:
@@ -185,7 +189,7 @@ class SamplePool:
         contexts = [s.prompt + s.tokens for s in rows]
         seg = decode_segment(backend, self.task, self.rule, slots=slots, contexts=contexts, start=start,
                              budget=budget, max_len=c.rollout.max_len, cfg=c, train_step=train_step,
-                             generator=self.generator, greedy=greedy)
+                             generator=self.generator, greedy=greedy, with_values=self.with_values)
         # Values the critic never computed (rows that ended between two checks when
         # stop_check_every > 1): one teacher-forced pass over those rows only fills them.
         missing = (torch.isnan(seg.values) & seg.mask).any(-1).nonzero().squeeze(-1)

@@ -57,7 +57,7 @@ def evaluate(backend, task, cfg: Config, *, n: int, k: int = 1, greedy: bool = F
         L = cfg.rollout.max_len
         seg = decode_segment(backend, task, rule, slots=slots, contexts=[list(p) for p in prompts],
                              start=torch.zeros(m * k, dtype=torch.long), budget=torch.full((m * k,), L),
-                             max_len=L, cfg=cfg, train_step=0, generator=gen, greedy=greedy)
+                             max_len=L, cfg=cfg, train_step=0, generator=gen, greedy=greedy, with_values=False)
         responses = [seg.tokens[i, : int(seg.mask[i].sum())].tolist() for i in range(m * k)]
         res = task.finish(slots, responses)
         ok = np.asarray(res.success, dtype=bool).reshape(m, k)

@@ -24,6 +24,13 @@ class StepOutput:
     """(b, V) float32: raw next-token logits (no temperature applied)."""
     values: Tensor | None
     """(b,) float32: critic V(s_t) of the current state, or None when not requested this step."""
+    chunk_values: Tensor | None = None
+    """(b, n) float32 or None: values of the last ``n`` states, oldest first, ending with the current
+    one (``values``). A backend whose critic catches up over the steps since the previous values
+    request in one forward (``stop_check_every > 1``) returns all of them; a backend that values only
+    the current state returns ``values[:, None]``; ``n`` never exceeds the states reached since the
+    previous request (it may be 0 when values are requested twice at one state). None when values
+    were not requested."""
 
 
 @runtime_checkable

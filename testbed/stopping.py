@@ -93,6 +93,9 @@ class RegretNormalizer:
 class StopRule:
     """Base class: no stops. Subclasses override :meth:`decide`."""
 
+    uses_values = False
+    """Whether :meth:`decide` reads ``ctx.values`` (if no rule or estimator does, no critic runs)."""
+
     def __init__(self, cfg: StopSection, *, num_slots: int, seed: int = 0):
         self.cfg = cfg
         self.num_slots = num_slots
@@ -142,6 +145,7 @@ class ESPORule(StopRule):
 
     use_regret = True
     use_value = True
+    uses_values = True  # every variant decides only at steps that carry values (the ablations too)
 
     def __init__(self, cfg: StopSection, *, num_slots: int, seed: int = 0):
         super().__init__(cfg, num_slots=num_slots, seed=seed)

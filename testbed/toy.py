@@ -86,8 +86,10 @@ class ToyBackend(nn.Module):
     @torch.no_grad()
     def step(self, *, with_values: bool = True) -> StepOutput:
         logits = self.policy.head(self._hp).float()
-        values = self.critic.head(self._hc).squeeze(-1).float() if with_values else None
-        return StepOutput(logits=logits, values=values)
+        if not with_values:
+            return StepOutput(logits=logits, values=None)
+        values = self.critic.head(self._hc).squeeze(-1).float()
+        return StepOutput(logits=logits, values=values, chunk_values=values[:, None])
 
     @torch.no_grad()
     def advance(self, tokens: Tensor, keep: Tensor) -> None:

@@ -93,15 +93,20 @@ class Trainer:
             self.rule = make_stop_rule(cfg.stop, num_slots=B, seed=cfg.run.seed)
         except (OSError, ValueError) as e:  # the random rule's stop.reference_run is missing or unreadable
             raise UserError(str(e)) from e
-        self.pool = SamplePool(self.task, self.rule, cfg, seed=cfg.run.seed)
         self.estimator = ESTIMATORS.get(cfg.algo.estimator)
+        # No critic when neither the estimator (GRPO) nor the stop rule reads values: no critic forward
+        # in decoding, no critic update, no critic optimiser state.
+        self.uses_critic = getattr(self.estimator, "uses_values", True) or getattr(self.rule, "uses_values", True)
+        if not self.uses_critic and hasattr(self.backend, "drop_critic"):
+            self.backend.drop_critic()
+        self.pool = SamplePool(self.task, self.rule, cfg, seed=cfg.run.seed, with_values=self.uses_critic)
         self.adv_params = AdvantageParams.from_config(cfg.algo, cfg.rollout)
         self.policy_loss = POLICY_LOSSES.get(cfg.algo.policy_loss)
         self.loss_params = PolicyLossParams.from_config(cfg.algo)
         self.actor_params = list(self.backend.policy_parameters())
-        self.critic_params = list(self.backend.critic_parameters())
+        self.critic_params = list(self.backend.critic_parameters()) if self.uses_critic else []
         self.opt_actor = torch.optim.Adam(self.actor_params, lr=cfg.algo.lr_actor)
-        self.opt_critic = torch.optim.Adam(self.critic_params, lr=cfg.algo.lr_critic)
+        self.opt_critic = torch.optim.Adam(self.critic_params, lr=cfg.algo.lr_critic) if self.uses_critic else None
         self.shuffle = torch.Generator().manual_seed(cfg.run.seed + 1)
         self.step = 0
         self.cumulative_tokens = 0
@@ -199,6 +204,7 @@ class Trainer:
         if a.normalize_advantages:
             advantages = whiten(advantages, mask)
         dev = self.backend.device
+        ref = self.reference_logprobs(rollout) if a.kl_coef else None
         means = _Means()
         for idx in self._minibatches(rollout.batch_size):
             m = mask[idx]
@@ -216,15 +222,27 @@ class Trainer:
             else:
                 met = {**met, "entropy": masked_mean(ent.detach(), m)}
             if a.kl_coef:
-                ref = self.backend.reference_forward(prompts, rollout.tokens[idx].to(dev), rollout.mask[idx].to(dev),
-                                                     temperature=c.rollout.temperature).float().cpu()
-                l_kl, m_kl = kl_penalty(logp, ref, m, kind=a.kl_type, agg=a.agg)
+                l_kl, m_kl = kl_penalty(logp, ref[idx], m, kind=a.kl_type, agg=a.agg)
                 loss = loss + a.kl_coef * l_kl
                 met = {**met, **m_kl}
             gn = _optimizer_step(self.opt_actor, self.actor_params, loss, a.max_grad_norm)
             means.add({"loss/policy": loss.detach(), "actor/grad_norm": gn, **{f"actor/{k}": v for k, v in met.items()}})
         out = means.result() or {"loss/policy": float("nan")}
         out["time/actor"] = time.perf_counter() - t0
+        return out
+
+    @torch.no_grad()
+    def reference_logprobs(self, rollout: Rollout) -> Tensor:
+        """(B, T) log-probs under the frozen reference, once per batch (it never changes), computed in
+        minibatch-sized chunks."""
+        c, dev = self.cfg, self.backend.device
+        out = torch.zeros(rollout.tokens.shape)
+        mb = c.algo.minibatch_size
+        for s in range(0, rollout.batch_size, mb):
+            rows = slice(s, s + mb)
+            out[rows] = self.backend.reference_forward(rollout.prompts[rows], rollout.tokens[rows].to(dev),
+                                                       rollout.mask[rows].to(dev),
+                                                       temperature=c.rollout.temperature).float().cpu()
         return out
 
     def critic_data(self, batch: StepBatch, returns: Tensor) -> tuple[Rollout, Tensor, Tensor] | None:
@@ -248,8 +266,10 @@ class Trainer:
     def update_critic(self, batch: StepBatch, returns: Tensor) -> dict[str, float]:
         a = self.cfg.algo
         t0 = time.perf_counter()
-        data = self.critic_data(batch, returns)
         out: dict[str, float] = {"loss/value": float("nan"), "critic/explained_variance": float("nan")}
+        if not self.uses_critic:
+            return {**out, "time/critic": 0.0}
+        data = self.critic_data(batch, returns)
         if data is not None:
             rows, ret, old = data
             mask = loss_mask(rows, self.cfg.rollout.length_cap)
@@ -335,7 +355,7 @@ class Trainer:
             "step": self.step,
             "cumulative_tokens": self.cumulative_tokens,
             "opt_actor": self.opt_actor.state_dict(),
-            "opt_critic": self.opt_critic.state_dict(),
+            "opt_critic": self.opt_critic.state_dict() if self.opt_critic is not None else {},
             "pool_rng": self.pool.generator.get_state(),
             "shuffle_rng": self.shuffle.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -369,7 +389,8 @@ class Trainer:
         self.step = int(state["step"])
         self.cumulative_tokens = int(state["cumulative_tokens"])
         self.opt_actor.load_state_dict(state["opt_actor"])
-        self.opt_critic.load_state_dict(state["opt_critic"])
+        if self.opt_critic is not None:
+            self.opt_critic.load_state_dict(state["opt_critic"])
         self.pool.generator.set_state(state["pool_rng"])
         self.shuffle.set_state(state["shuffle_rng"])
         torch.set_rng_state(state["torch_rng"])

@@ -160,9 +160,9 @@ def test_chunked_critic_equals_per_token(critic):
         check = t % k == k - 1 or t == n - 1
         out = be.step(with_values=check)
         if check:
-            assert be.chunk_values.shape == (len(active), t - since + 1)
-            chunked[active, since:t + 1] = be.chunk_values
-            assert_close(out.values, be.chunk_values[:, -1], **TOL)
+            assert out.chunk_values.shape == (len(active), t - since + 1)
+            chunked[active, since:t + 1] = out.chunk_values
+            assert_close(out.values, out.chunk_values[:, -1], **TOL)
             since = t + 1
         else:
             assert out.values is None
