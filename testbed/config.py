@@ -199,6 +199,8 @@ class StopSection:
     """Never stop during the first N training steps."""
     reference_run: str = ""
     """random: run directory of the ESPO run whose stop rate and stop-step histogram to match."""
+    hit_window: int = 10
+    """random: training steps over which the share of marked rows actually stopped is measured."""
     delay: int = 0
     """oracle: stop this many tokens after the planted failure."""
 
