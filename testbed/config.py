@@ -83,6 +83,8 @@ class ModelSection:
     """toy: GRU width."""
     embed_size: int = 32
     """toy: token embedding width."""
+    positions: bool = True
+    """toy: add a position embedding to the inputs (lets the policy learn where EOS goes)."""
     cache_dir: str = ""
     """hf: folder for the dequantised checkpoint of a GGUF model (empty: ``~/.cache/testbed``)."""
     stop_check_every: int = 1

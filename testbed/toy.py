@@ -149,5 +149,6 @@ def make_backend(model_cfg, task, *, seed: int) -> ToyBackend:
         hidden_size=model_cfg.hidden_size,
         seed=seed,
         # every column a sim row can reach: prompt plus response (a task without these has no positions)
-        max_positions=int(getattr(task, "prompt_len", 0)) + int(getattr(task, "max_len", 0)),
+        max_positions=(int(getattr(task, "prompt_len", 0)) + int(getattr(task, "max_len", 0))
+                       if model_cfg.positions else 0),
     )

@@ -133,8 +133,9 @@ def table_row(table, env: str, method: str):
     return None if r.empty else r.iloc[0]
 
 
-def study_cli(name: str, main, doc: str | None, argv: list[str] | None = None) -> int:
-    """``python -m analysis.experiments.<name>.run``: the same options as ``testbed demo --study <name>``."""
+def study_cli(name: str, main, doc: str | None, argv: list[str] | None = None, *, full: bool = False) -> int:
+    """``python -m analysis.experiments.<name>.run``: the same options as ``testbed demo --study <name>``
+    (``full``: the study's ``main`` takes ``full=``, a larger version of the study)."""
     import argparse
 
     p = argparse.ArgumentParser(prog=f"python -m analysis.experiments.{name}.run", description=doc)
@@ -142,8 +143,19 @@ def study_cli(name: str, main, doc: str | None, argv: list[str] | None = None) -
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="few steps, one seed: a smoke test")
     p.add_argument("--fresh", action="store_true", help="delete the runs folder first")
+    if full:
+        p.add_argument("--full", action="store_true", help="more seeds (and methods): the full study")
     a = p.parse_args(argv)
-    return main(out=a.out, workers=a.workers, quick=a.quick, fresh=a.fresh)
+    return main(out=a.out, workers=a.workers, quick=a.quick, fresh=a.fresh, **({"full": a.full} if full else {}))
+
+
+def write_scores(table, root) -> Path:
+    """Write a study's score table as ``root/scores.csv`` (one row per env x method, the columns of its
+    report's tables, numbers unformatted) beside its ``report.md``; returns the path."""
+    path = Path(root) / "scores.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False)
+    return path
 
 
 def report_tail(figs, errors: list[str], analysis_module) -> list[str]:
