@@ -16,6 +16,7 @@ from types import ModuleType
 
 REGISTRY: dict[str, str] = {
     "espo_headline": "analysis.experiments.espo_headline",
+    "espo_difficulty": "analysis.experiments.espo_difficulty",
     "tppo_speedup": "analysis.experiments.tppo_speedup",
 }
 """Study name -> package path. The one list of studies."""

@@ -666,3 +666,59 @@ def test_eval_curve_uses_only_evaluated_steps():
     assert xs.min() == 0 and xs.max() == 200  # the unevaluated step (no x) is left out, not drawn at 0
     assert np.isfinite(ys).all() and ys.min() >= 0.1 - 1e-9 and ys.max() <= 0.3 + 1e-9
     plt.close(fig)
+
+
+# --- ESPO difficulty study --------------------------------------------------------------------------
+def test_difficulty_sweep_varies_one_knob_at_a_time(tmp_path):
+    from analysis.experiments.espo_difficulty import sweep as diff_sweep
+
+    runner = importlib.import_module("testbed.sweep")
+    _, specs = runner.expand(diff_sweep.spec(tmp_path / "runs"))
+    by = {s.name: s.config for s in specs}
+    assert len(diff_sweep.KNOBS) >= 3 and len(diff_sweep.SEEDS) >= 5
+    assert set(diff_sweep.METHODS) >= {"ppo", "espo", "oracle", "random"}
+    default = by["espo-default-s0"]
+    for knob, vals in diff_sweep.KNOBS.items():
+        for v in vals:
+            cfg = by[f"espo-{diff_sweep.point_name(knob, v)}-s0"]
+            assert len(cfg["task"]["env_kwargs"]) == 1  # one knob moved, nothing else
+            assert {k: x for k, x in cfg.items() if k not in ("task", "run")} == \
+                   {k: x for k, x in default.items() if k not in ("task", "run")}
+    assert by["random-length18-s3"]["stop"]["reference_run"].endswith("espo-length18-s3")
+    # the knobs' values are what they claim: count critical positions in the env they build
+    import gymnasium as gym
+    import envs  # noqa: F401
+
+    for v in diff_sweep.KNOBS["critical"]:
+        kw = by[f"ppo-critical{v:g}-s0"]["task"]["env_kwargs"]
+        env = gym.make("testbed/PlantedFailure-v0", **kw).unwrapped
+        assert (env.critical.sum(axis=1) == v).all()
+
+
+def test_difficulty_score_reading_and_figures(tmp_path, monkeypatch):
+    from analysis.experiments.espo_difficulty import analysis as diff
+
+    root = tmp_path / "runs"
+    for env, espo_tok in (("default", 70), ("critical5", 95)):
+        for s in range(5):
+            make_run(root, f"ppo-{env}-s{s}", tokens=100, success=[0.5] * STEPS)
+            make_run(root, f"espo-{env}-s{s}", tokens=espo_tok + s, success=[0.5] * STEPS, rule="espo")
+            make_run(root, f"random-{env}-s{s}", tokens=espo_tok, success=[0.3] * STEPS, rule="random")
+            make_run(root, f"oracle-{env}-s{s}", tokens=60, success=[0.5] * STEPS, rule="oracle")
+    t = diff.score(diff.per_run(load_runs(root, axes=("method", "env", "seed"))))
+    e = t[(t["knob"] == "critical") & (t["value"] == 5) & (t["method"] == "espo")].iloc[0]
+    np.testing.assert_allclose(e["tokens_saved_pct"], 100 - 97)
+    np.testing.assert_allclose(e["espo_minus_random"], 0.2)
+    # the default point is shared by every knob's curve
+    assert set(t[t["env"] == "default"]["knob"]) == {"critical", "length", "acceptable"}
+    text = diff.verdicts(t)
+    crit5 = [x for x in text if "critical positions per problem = 5]" in x][0]
+    assert "saves >20% tokens: no" in crit5 and "better than matched random: yes" in crit5
+    assert "saves >20% tokens: yes" in [x for x in text if "= 2 (default)" in x][0]
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    for name, fn in diff.PLOTS.items():
+        fig = fn(t)
+        assert isinstance(fig, Figure) and fn.__doc__
+        plt.close(fig)
+    assert sorted(tmp_path.rglob("*")) == before
