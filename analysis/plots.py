@@ -3,7 +3,7 @@
 Every ``plot_*`` function takes that DataFrame, returns a :class:`matplotlib.figure.Figure` and saves
 nothing; :func:`save_figures` and :func:`plot_runs_cli` (``testbed plot``) are the only writers.
 Curves are grouped by ``by`` (default ``group``: the run name without its seed part), drawn as the
-mean over the group's runs with a ±1 std band, after a short trailing moving average.
+mean over the group's runs with a 95% bootstrap band, after a short trailing moving average.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from analysis.runs import RunDirError, curve_band, final_mean, load_runs, mean_std, run_mean  # noqa: E402
+from analysis.runs import RunDirError, curve_band, curve_stack, final_mean, load_runs, mean_std, run_mean  # noqa: E402
 
 GROUP = "group"
 
@@ -41,17 +41,32 @@ def ordered(values: Iterable, order: Sequence | None = None) -> list:
     return first + sorted((v for v in vals if v not in first), key=str)
 
 
-def line_band(ax, runs: pd.DataFrame, x: str, y: str, *, label: str, color=None, window: int | None = None) -> None:
-    """Mean ± std over ``runs`` of smoothed ``y`` against ``x`` (see :func:`analysis.runs.curve_band`)."""
+RANGES = {"success/rate": (0.0, 1.0), "stop/rate": (0.0, 1.0), "stop/false_stop_rate": (0.0, 1.0),
+          "stop/precision": (0.0, 1.0), "stop/recall": (0.0, 1.0), "eval/pass@1": (0.0, 1.0)}
+"""Metric -> the range its bands are clipped to (a success band never drawn below 0)."""
+
+
+def line_band(ax, runs: pd.DataFrame, x: str, y: str, *, label: str, color=None, window: int | None = None,
+              seeds: bool = False) -> None:
+    """Mean over ``runs`` of smoothed ``y`` against ``x`` with a 95% bootstrap band over runs
+    (:func:`analysis.stats.band`), clipped to the metric's range (:data:`RANGES`); ``seeds`` also draws
+    each run as a thin line."""
+    from analysis.stats import band
+
     if x not in runs or y not in runs:
         return
-    grid, mean, std = curve_band(runs, x, y, window=window)
+    grid, ys = curve_stack(runs, x, y, window=window)
     if not len(grid):
         return
-    n = runs["run"].nunique()
+    lo, hi = RANGES.get(y, (None, None))
+    mean, low, high = band(ys, lo=lo, hi=hi)
+    n = len(ys)
+    if seeds:
+        for c in ys:
+            ax.plot(grid, c, color=color, lw=0.4, alpha=0.35)
     ax.plot(grid, mean, color=color, label=f"{label} (n={n})")
     if n > 1:
-        ax.fill_between(grid, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+        ax.fill_between(grid, low, high, color=color, alpha=0.2, linewidth=0)
 
 
 def _by_group(df: pd.DataFrame, by: str, order: Sequence | None = None):
@@ -168,12 +183,18 @@ def yes_no(ok: bool, *numbers: float) -> str:
 
 
 def mean_std_columns(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
-    """Merge each ``x`` / ``x_std`` column pair into one ``x`` text column ``"mean ± std"``."""
+    """Merge each ``x`` / ``x_lo`` / ``x_hi`` column triple into one ``x`` text column ``"mean [lo, hi]"``
+    (an interval), else each ``x`` / ``x_std`` pair into ``"mean ± std"``."""
     out = {}
     for c in table.columns:
-        if c.endswith("_std") and c[:-4] in table:
+        base = c.rsplit("_", 1)[0] if c.endswith(("_std", "_lo", "_hi")) else None
+        if base is not None and base in table:
             continue
-        if f"{c}_std" in table:
+        if f"{c}_lo" in table and f"{c}_hi" in table:
+            out[c] = [fmt_number(m, digits) if not (np.isfinite(lo) and np.isfinite(hi) and np.isfinite(m)) else
+                      f"{fmt_number(m, digits)} [{fmt_number(lo, digits)}, {fmt_number(hi, digits)}]"
+                      for m, lo, hi in zip(table[c], table[f"{c}_lo"], table[f"{c}_hi"])]
+        elif f"{c}_std" in table:
             out[c] = [fmt_number(m, digits) if not np.isfinite(s) or not np.isfinite(m) else
                       f"{fmt_number(m, digits)} ± {fmt_number(s, digits)}" for m, s in zip(table[c], table[f"{c}_std"])]
         else:

@@ -371,12 +371,13 @@ def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else math.nan, len(v)
 
 
-def curve_band(runs: pd.DataFrame, x: str, y: str, *, window: int | None = None,
-               points: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean and std over runs of smoothed ``y`` against ``x``, interpolated on a common grid.
+def curve_stack(runs: pd.DataFrame, x: str, y: str, *, window: int | None = None,
+                points: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Smoothed ``y`` against ``x`` of every run, interpolated on a common grid: ``(grid, ys)`` with ys
+    ``(runs, points)``.
 
-    The grid spans 0 to the smallest final ``x`` among the runs (so every run covers it); a single
-    run gives std 0. Steps where ``y`` or ``x`` is NaN are dropped.
+    The grid spans 0 to the smallest final ``x`` among the runs (so every run covers it). Steps where
+    ``y`` or ``x`` is NaN are dropped.
     """
     curves = []
     for _, r in runs.groupby("run", sort=False):
@@ -388,16 +389,24 @@ def curve_band(runs: pd.DataFrame, x: str, y: str, *, window: int | None = None,
         w = tail_len(len(r), 0.05) if window is None else window
         curves.append((xs[ok], smooth(ys[ok], w)))
     if not curves:
-        return np.array([]), np.array([]), np.array([])
+        return np.array([]), np.zeros((0, 0))
     hi = min(c[0][-1] for c in curves)
     lo = max(min(c[0][0] for c in curves), 0.0) if hi > 0 else 0.0
     grid = np.linspace(lo, hi, points) if hi > lo else np.array([hi])
-    ys = np.stack([np.interp(grid, cx, cy) for cx, cy in curves])
+    return grid, np.stack([np.interp(grid, cx, cy) for cx, cy in curves])
+
+
+def curve_band(runs: pd.DataFrame, x: str, y: str, *, window: int | None = None,
+               points: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and std over runs of :func:`curve_stack`'s curves (a single run gives std 0)."""
+    grid, ys = curve_stack(runs, x, y, window=window, points=points)
+    if not len(grid):
+        return np.array([]), np.array([]), np.array([])
     return grid, ys.mean(0), ys.std(0, ddof=1) if len(ys) > 1 else np.zeros(len(grid))
 
 
 __all__ = [
     "RunDirError", "REQUIRED_KEYS", "load_run", "load_runs", "load_rows", "load_many_rows", "ROW_COLUMNS",
     "EOS", "LENGTH_CAP", "WINDOW_CUT", "EARLY_STOP", "find_run_dirs", "name_labels", "final_mean",
-    "run_mean", "value_at_step", "smooth", "first_reach", "mean_std", "curve_band", "tail_len",
+    "run_mean", "value_at_step", "smooth", "first_reach", "mean_std", "curve_band", "curve_stack", "tail_len",
 ]

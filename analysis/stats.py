@@ -76,13 +76,44 @@ def band(curves: np.ndarray, *, lo: float | None = None, hi: float | None = None
          confidence: float = CONFIDENCE, resamples: int = 2_000, seed: int = BOOTSTRAP_SEED):
     """Mean and bootstrap band of ``curves`` (seeds, points) at each point, clipped to ``[lo, hi]``.
 
-    Returns ``(mean, low, high)`` arrays; a point with one finite seed has a band of zero width."""
+    Returns ``(mean, low, high)`` arrays; a point with one finite seed, or with no spread, has a band of
+    zero width. Curves without NaNs are resampled in one ``scipy.stats.bootstrap`` call along the seed
+    axis (the same seeds drawn for every point, so the band is one resampling of whole curves)."""
     curves = np.asarray(curves, dtype=float)
-    mean = np.full(curves.shape[1], np.nan)
-    low, high = mean.copy(), mean.copy()
-    for j in range(curves.shape[1]):
-        iv = mean_ci(curves[:, j], confidence=confidence, resamples=resamples, seed=seed)
-        mean[j], low[j], high[j] = iv.mean, iv.low, iv.high
+    if curves.ndim != 2:
+        raise ValueError(f"curves must be (seeds, points), got shape {curves.shape}")
+    if curves.shape[0] >= 2 and np.isfinite(curves).all():
+        from scipy.stats import bootstrap
+
+        mean = curves.mean(axis=0)
+        flat = np.all(curves == curves[:1], axis=0)
+        low, high = mean.copy(), mean.copy()
+        if not flat.all():
+            res = bootstrap((curves[:, ~flat],), np.mean, axis=0, confidence_level=confidence, n_resamples=resamples,
+                            method="percentile", vectorized=True, rng=np.random.default_rng(seed))
+            low[~flat], high[~flat] = res.confidence_interval.low, res.confidence_interval.high
+    else:
+        mean = np.full(curves.shape[1], np.nan)
+        low, high = mean.copy(), mean.copy()
+        for j in range(curves.shape[1]):
+            iv = mean_ci(curves[:, j], confidence=confidence, resamples=resamples, seed=seed)
+            mean[j], low[j], high[j] = iv.mean, iv.low, iv.high
     if lo is not None or hi is not None:
         low, high, mean = (np.clip(v, lo, hi) for v in (low, high, mean))
     return mean, low, high
+
+
+def paired_by_seed(per_run, metric: str, a: str, b: str, *, where: dict | None = None,
+                   group: str = "method", seed: str = "seed", **kw) -> Interval:
+    """:func:`paired_diff_ci` of ``metric`` between the runs of ``group == b`` and ``group == a`` that share a seed.
+
+    ``per_run`` is a DataFrame with one row per run (columns ``group``, ``seed``, ``metric`` and the
+    keys of ``where``, which selects the rows first, e.g. ``{"env": "trap"}``). Seeds that only one of
+    the two has are dropped."""
+    t = per_run
+    for k, v in (where or {}).items():
+        t = t[t[k] == v]
+    xa = t[t[group] == a].set_index(seed)[metric]
+    xb = t[t[group] == b].set_index(seed)[metric]
+    common = sorted(set(xa.index) & set(xb.index))
+    return paired_diff_ci(xa.loc[common].tolist(), xb.loc[common].tolist(), **kw)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import sys
 
@@ -122,11 +123,13 @@ def cmd_plot(args) -> int:
 # --- demo --------------------------------------------------------------------------------------------
 def add_demo(sub) -> None:
     d = sub.add_parser("demo", help="the headline simulated ESPO study (or another registered study), end to end")
-    d.add_argument("--study", default="espo_headline", help="registered study: espo_headline, tppo_speedup")
+    d.add_argument("--study", default="espo_headline",
+                   help="a study registered in analysis.experiments.REGISTRY (espo_headline, espo_difficulty, ...)")
     d.add_argument("--out", default="", help="output folder (runs, figures, report); default out/<study>")
     d.add_argument("--workers", type=int, default=2, help="parallel processes")
     d.add_argument("--quick", action="store_true", help="fewer seeds and steps (smoke test)")
     d.add_argument("--fresh", action="store_true", help="ignore completed runs in the output folder")
+    d.add_argument("--full", action="store_true", help="the full study (headline: 30 seeds and the ablations)")
     d.set_defaults(fn=cmd_demo)
 
 
@@ -138,7 +141,10 @@ def cmd_demo(args) -> int:
     except KeyError as e:
         raise config_mod.ConfigError(f"--study: {e.args[0]}") from None
     out = args.out or f"out/{args.study}"
-    return load_entry_point(spec)(out=out, workers=args.workers, quick=args.quick, fresh=args.fresh)
+    main = load_entry_point(spec)
+    if args.full and "full" not in inspect.signature(main).parameters:
+        raise config_mod.ConfigError(f"--full: study {args.study} has no full version")
+    return main(out=out, workers=args.workers, quick=args.quick, fresh=args.fresh, **({"full": True} if args.full else {}))
 
 
 COMMANDS = [add_run, add_sweep, add_eval, add_plot, add_demo]

@@ -87,6 +87,8 @@ class ModelSection:
     """toy: GRU width."""
     embed_size: int = 32
     """toy: token embedding width."""
+    positions: bool = True
+    """toy: add a position embedding to the inputs (lets the policy learn where EOS goes)."""
     cache_dir: str = ""
     """hf: folder for the dequantised checkpoint of a GGUF model (empty: ``~/.cache/testbed``)."""
     stop_check_every: int = 1
@@ -203,6 +205,8 @@ class StopSection:
     """Never stop during the first N training steps."""
     reference_run: str = ""
     """random: run directory of the ESPO run whose stop rate and stop-step histogram to match."""
+    hit_window: int = 10
+    """random: training steps over which the share of marked rows actually stopped is measured."""
     delay: int = 0
     """oracle: stop this many tokens after the planted failure."""
 

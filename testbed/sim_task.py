@@ -41,6 +41,7 @@ class SimTask:
         self.vocab_size = int(self.env.vocab_size)
         self.eos_token_id = int(self.env.eos_id)
         self.max_len = int(self.env.max_len)
+        self.prompt_len = int(self.env.prompt_len)
         self._reward = np.zeros(num_slots)
         self._success = np.zeros(num_slots, dtype=bool)
         self._failure = np.full(num_slots, -1, dtype=np.int64)

@@ -50,8 +50,11 @@ class StopContext:
 class RegretNormalizer:
     """Exponential moving mean and variance of regret over earlier training batches.
 
-    ``update`` is called once per training batch, after its rollout; between updates the statistics
-    are frozen, so a decision never depends on tokens of its own batch.
+    Keeps EMAs of the batch means of g and of g², and uses ``var = E[g²] - mu²``: a drift of the mean
+    between batches then widens the variance, as it should for a z-score applied to the next batch
+    (an EMA of within-batch variances would ignore it). ``update`` is called once per training batch,
+    after its rollout; between updates the statistics are frozen, so a decision never depends on
+    tokens of its own batch.
     """
 
     def __init__(self, beta: float = 0.9):
@@ -59,24 +62,30 @@ class RegretNormalizer:
             raise ValueError(f"ema_beta must be in [0, 1), got {beta}")
         self.beta = beta
         self.mean: float | None = None
-        self.var: float | None = None
+        self.sq: float | None = None
+        """EMA of the batch means of g²."""
 
     @property
     def ready(self) -> bool:
         return self.mean is not None
+
+    @property
+    def var(self) -> float | None:
+        """``E[g²] - mu²`` (clamped at 0 against rounding)."""
+        return None if self.mean is None else max(0.0, self.sq - self.mean ** 2)
 
     def update(self, regret: Tensor, mask: Tensor) -> None:
         """Fold one batch's valid regrets (``(B, T)`` with bool ``mask``) into the statistics."""
         g = regret[mask].double()
         if g.numel() == 0:
             return
-        m, v = g.mean().item(), g.var(unbiased=False).item()
+        m, m2 = g.mean().item(), (g * g).mean().item()
         if self.mean is None:
-            self.mean, self.var = m, v
+            self.mean, self.sq = m, m2
         else:
             b = self.beta
             self.mean = b * self.mean + (1 - b) * m
-            self.var = b * self.var + (1 - b) * v
+            self.sq = b * self.sq + (1 - b) * m2
 
     def normalize(self, regret: Tensor) -> Tensor:
         if self.mean is None:
@@ -84,10 +93,10 @@ class RegretNormalizer:
         return (regret - self.mean) / (math.sqrt(self.var) + 1e-6)
 
     def state_dict(self) -> dict:
-        return {"beta": self.beta, "mean": self.mean, "var": self.var}
+        return {"beta": self.beta, "mean": self.mean, "sq": self.sq}
 
     def load_state_dict(self, state: dict) -> None:
-        self.beta, self.mean, self.var = state["beta"], state["mean"], state["var"]
+        self.beta, self.mean, self.sq = state["beta"], state["mean"], state["sq"]
 
 
 class StopRule:
@@ -254,12 +263,19 @@ class RandomRule(StopRule):
     stop-position histogram at this training step. A marked row that ends on its own before that
     position is not stopped (no stop can happen after the end), so marking with the reference's rate
     would stop fewer rows than the reference did; the marking probability is therefore the
-    reference's rate divided by the share of marked rows that were actually stopped so far
-    (``hit_rate``, a running ratio), capped at 1. The realised stop rate then tracks the reference's.
+    reference's rate divided by the share of marked rows that were actually stopped (``hit_rate``),
+    capped at 1. The share is measured over the last ``stop.hit_window`` training steps only, so it
+    follows the policy's lengths as they change (a whole-run ratio lags behind them). The realised
+    stop rate then tracks the reference's.
     """
+
+    MIN_MARKED = 20
+    """Marked rows the window needs before its hit rate is trusted (1 is used until then)."""
 
     def __init__(self, cfg: StopSection, *, num_slots: int, seed: int = 0, schedule: StopSchedule | None = None):
         super().__init__(cfg, num_slots=num_slots, seed=seed)
+        if cfg.hit_window < 1:
+            raise ValueError(f"stop.hit_window: must be >= 1 training step, got {cfg.hit_window}")
         if schedule is None:
             if not cfg.reference_run:
                 raise ValueError("stop.reference_run: the random rule needs a reference ESPO run directory")
@@ -267,19 +283,28 @@ class RandomRule(StopRule):
         self.schedule = schedule
         self.rng = np.random.default_rng(seed + 7919)
         self.stop_at = torch.full((num_slots,), -1, dtype=torch.long)
-        self.marked = 0
-        self.fired = 0
+        self.counts: dict[int, list[int]] = {}
+        """training step -> [rows marked at that step, stops executed at that step], last hit_window steps."""
+
+    def _count(self, train_step: int, marked: int = 0, fired: int = 0) -> None:
+        c = self.counts.setdefault(int(train_step), [0, 0])
+        c[0] += marked
+        c[1] += fired
+        for k in [k for k in self.counts if k <= train_step - self.cfg.hit_window]:
+            del self.counts[k]
 
     @property
     def hit_rate(self) -> float:
-        """Share of marked rows that were stopped (1 before any evidence)."""
-        return self.fired / self.marked if self.marked >= 20 and self.fired > 0 else 1.0
+        """Share of marked rows that were stopped over the window (1 before enough evidence)."""
+        marked = sum(c[0] for c in self.counts.values())
+        fired = sum(c[1] for c in self.counts.values())
+        return fired / marked if marked >= self.MIN_MARKED and fired > 0 else 1.0
 
     def reset(self, slots: Tensor, train_step: int) -> None:
         rate, hist = self.schedule.at(train_step)
         n = len(slots)
         marked = self.rng.random(n) < min(1.0, rate / self.hit_rate)
-        self.marked += int(marked.sum())
+        self._count(train_step, marked=int(marked.sum()))
         if hist.sum() > 0:
             pos = self.rng.choice(len(hist), size=n, p=hist / hist.sum())
         else:
@@ -294,15 +319,15 @@ class RandomRule(StopRule):
         stop = super().__call__(ctx)
         # Count executed stops once per row (the collector drops a stopped row at once; rows ending at
         # EOS are never reported as stopped, see StopRule.__call__).
-        self.fired += int(stop.sum())
+        self._count(ctx.train_step, fired=int(stop.sum()))
         return stop
 
     def state_dict(self) -> dict:
-        return {"rng": self.rng.bit_generator.state, "marked": self.marked, "fired": self.fired}
+        return {"rng": self.rng.bit_generator.state, "counts": {str(k): list(v) for k, v in self.counts.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.rng.bit_generator.state = state["rng"]
-        self.marked, self.fired = state["marked"], state["fired"]
+        self.counts = {int(k): list(v) for k, v in state["counts"].items()}
 
 
 @RULES.register("oracle")

@@ -16,23 +16,39 @@ from testbed.protocols import StepOutput
 
 
 class GRUTrunk(nn.Module):
-    """Embedding + one-layer GRU; ``out_dim`` outputs per position (logits, or 1 for a value)."""
+    """Token + position embedding, one-layer GRU; ``out_dim`` outputs per position (logits, or 1 for a value).
 
-    def __init__(self, vocab_size: int, embed_size: int, hidden_size: int, out_dim: int):
+    The position input (the token's column in prompt + response, clamped to ``max_positions - 1``)
+    lets the policy learn *where* EOS goes: without it a GRU must learn to count, and PPO on the
+    planted-failure env either found the EOS position within the budget or never did (final
+    success 0.05 / 0.63 / 0.00 on three seeds; docs/espo_headline.md, "Baseline reliability").
+    """
+
+    def __init__(self, vocab_size: int, embed_size: int, hidden_size: int, out_dim: int, max_positions: int = 0):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embed_size)
+        self.max_positions = max_positions
+        self.pos_embed = nn.Embedding(max_positions, embed_size) if max_positions > 0 else None
         self.gru = nn.GRU(embed_size, hidden_size, batch_first=True)
         self.head = nn.Linear(hidden_size, out_dim)
 
+    def _inputs(self, tokens: Tensor, positions: Tensor) -> Tensor:
+        """Embeddings of ``tokens`` at column ``positions`` (same shape): (..., E)."""
+        x = self.embed(tokens)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(positions.clamp(max=self.max_positions - 1))
+        return x
+
     def encode(self, seqs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Run right-padded ``seqs`` (B, L); return per-position hidden (B, L, H) and the state after each row's last token (B, H)."""
-        out, _ = self.gru(self.embed(seqs))
+        cols = torch.arange(seqs.shape[1]).expand_as(seqs)
+        out, _ = self.gru(self._inputs(seqs, cols))
         last = out[torch.arange(len(seqs)), lengths - 1]
         return out, last
 
-    def step(self, tokens: Tensor, h: Tensor) -> Tensor:
-        """Feed one token per row (b,) to state ``h`` (b, H); return the new state."""
-        _, h_new = self.gru(self.embed(tokens).unsqueeze(1), h.unsqueeze(0))
+    def step(self, tokens: Tensor, positions: Tensor, h: Tensor) -> Tensor:
+        """Feed one token per row (b,) sitting at column ``positions`` (b,) to state ``h`` (b, H); return the new state."""
+        _, h_new = self.gru(self._inputs(tokens, positions).unsqueeze(1), h.unsqueeze(0))
         return h_new.squeeze(0)
 
 
@@ -59,13 +75,13 @@ class ToyBackend(nn.Module):
     for the KL penalty). Decoding keeps one hidden state per active row."""
 
     def __init__(self, vocab_size: int, eos_token_id: int, *, embed_size: int = 32, hidden_size: int = 64, seed: int = 0,
-                 reference: bool = False):
+                 reference: bool = False, max_positions: int = 0):
         super().__init__()
         g = torch.random.fork_rng()
         with g:
             torch.manual_seed(seed)
-            self.policy = GRUTrunk(vocab_size, embed_size, hidden_size, vocab_size)
-            self.critic = GRUTrunk(vocab_size, embed_size, hidden_size, 1)
+            self.policy = GRUTrunk(vocab_size, embed_size, hidden_size, vocab_size, max_positions)
+            self.critic = GRUTrunk(vocab_size, embed_size, hidden_size, 1, max_positions)
             nn.init.zeros_(self.critic.head.weight)
             nn.init.zeros_(self.critic.head.bias)
         # Part of state_dict, so a resumed run keeps the same reference; never in policy_parameters().
@@ -75,6 +91,7 @@ class ToyBackend(nn.Module):
         self.device = torch.device("cpu")
         self._hp: Tensor | None = None
         self._hc: Tensor | None = None
+        self._col: Tensor | None = None  # (b,) column of each active row's next input token
 
     # --- decoding -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -82,6 +99,7 @@ class ToyBackend(nn.Module):
         seqs, plen = _pad(prompts)
         _, self._hp = self.policy.encode(seqs, plen)
         _, self._hc = self.critic.encode(seqs, plen)
+        self._col = plen.clone()
 
     @torch.no_grad()
     def step(self, *, with_values: bool = True) -> StepOutput:
@@ -94,10 +112,10 @@ class ToyBackend(nn.Module):
     @torch.no_grad()
     def advance(self, tokens: Tensor, keep: Tensor) -> None:
         keep = keep.to(torch.bool)
-        tokens, hp, hc = tokens[keep], self._hp[keep], self._hc[keep]
+        tokens, hp, hc, col = tokens[keep], self._hp[keep], self._hc[keep], self._col[keep]
         if len(tokens):
-            hp, hc = self.policy.step(tokens, hp), self.critic.step(tokens, hc)
-        self._hp, self._hc = hp, hc
+            hp, hc = self.policy.step(tokens, col, hp), self.critic.step(tokens, col, hc)
+        self._hp, self._hc, self._col = hp, hc, col + 1
 
     # --- training -------------------------------------------------------------------------------
     def _response_outputs(self, trunk: GRUTrunk, prompts, tokens: Tensor, mask: Tensor) -> Tensor:
@@ -146,4 +164,7 @@ def make_backend(model_cfg, task, *, seed: int) -> ToyBackend:
         hidden_size=model_cfg.hidden_size,
         seed=seed,
         reference=bool(model_cfg.reference),
+        # every column a sim row can reach: prompt plus response (a task without these has no positions)
+        max_positions=(int(getattr(task, "prompt_len", 0)) + int(getattr(task, "max_len", 0))
+                       if model_cfg.positions else 0),
     )

@@ -92,8 +92,38 @@ def test_normalizer_changes_only_on_update():
         rule(ctx([7.0, 0.0, 3.0, 1.0], [0.5] * 4))  # deciding never moves the statistics
     assert rule.normalizer.state_dict() == stats
     n.update(torch.tensor([[10.0, 10.0]]), torch.ones(1, 2, dtype=torch.bool))
-    assert (n.mean, n.var) == (6.0, 0.5)  # EMA: 0.5*2 + 0.5*10, 0.5*1 + 0.5*0
+    # EMAs of E[g] and E[g²]: mean 0.5*2 + 0.5*10 = 6, E[g²] 0.5*5 + 0.5*100 = 52.5, var 52.5 - 36 = 16.5
+    # (an EMA of within-batch variances would give 0.5: it ignores the jump of the mean)
+    assert n.mean == 6.0 and n.var == pytest.approx(16.5)
     assert not torch.equal(n.normalize(torch.tensor([4.0])), before)
+
+
+def test_normalizer_variance_follows_a_drifting_mean():
+    """On a stream whose mean drifts between batches, the normaliser's variance is the EMA-weighted
+    mixture variance of all batches so far, computed here directly from the weights."""
+    beta = 0.8
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(0.5 * k, 1.0 + 0.1 * k, size=(4, 25)) for k in range(12)]
+    n = RegretNormalizer(beta=beta)
+    for k, b in enumerate(batches):
+        n.update(torch.as_tensor(b), torch.ones(b.shape, dtype=torch.bool))
+        # weights of batches 0..k: the first batch initialises (beta^k), batch j>0 gets (1-beta) beta^(k-j)
+        w = np.array([beta ** k] + [(1 - beta) * beta ** (k - j) for j in range(1, k + 1)])
+        mu = sum(wj * bj.mean() for wj, bj in zip(w, batches))
+        var = sum(wj * ((bj - mu) ** 2).mean() for wj, bj in zip(w, batches))
+        assert n.mean == pytest.approx(mu, rel=1e-9, abs=1e-12)
+        assert n.var == pytest.approx(var, rel=1e-9)
+    within = np.mean([b.var() for b in batches[-3:]])
+    assert n.var > 1.5 * within  # the drift widens it beyond the within-batch spread
+
+
+def test_normalizer_state_round_trips():
+    n = RegretNormalizer(beta=0.7)
+    for k in range(3):
+        n.update(torch.full((1, 3), float(k)) + torch.arange(3.0), torch.ones(1, 3, dtype=torch.bool))
+    m = RegretNormalizer()
+    m.load_state_dict(n.state_dict())
+    assert (m.beta, m.mean, m.var) == (n.beta, n.mean, n.var)
 
 
 def test_normalizer_ignores_masked_regret():
@@ -189,6 +219,44 @@ def test_random_rule_calibrates_for_rows_that_end_first():
     assert abs(rates[-1] - 0.3) < 0.03
 
 
+def _calibration_run(hit_window: int, steps: int = 30, change: int = 10) -> list[float]:
+    """Realised stop rate per step when, up to step ``change``, half the rows end at EOS at position
+    4 (before a stop at 5 can fire) and afterwards none do (the policy's lengths changed)."""
+    sched = StopSchedule(rates=[0.3], histograms=[[0, 0, 0, 0, 1, 1]])  # positions 4 or 5
+    cfg = StopSection(rule="random", warmup_steps=0, min_tokens=1, hit_window=hit_window)
+    rule = RandomRule(cfg, num_slots=2000, seed=3, schedule=sched)
+    rates = []
+    for step in range(steps):
+        rule.reset(torch.arange(2000), train_step=step)
+        alive = torch.ones(2000, dtype=torch.bool)
+        stopped = torch.zeros(2000, dtype=torch.bool)
+        for pos in range(6):
+            if pos == 4 and step < change:
+                alive[:1000] = False
+            idx = alive.nonzero().squeeze(-1)
+            s = rule(ctx([0.0] * len(idx), None, slots=idx, positions=torch.full((len(idx),), pos), step=step))
+            stopped[idx[s]] = True
+            alive[idx[s]] = False
+        rates.append(stopped.float().mean().item())
+    return rates
+
+
+def test_random_rule_calibration_follows_a_length_change():
+    """After the rows stop ending early, a windowed hit rate returns the stop rate to the reference's
+    within the window; a whole-run ratio keeps over-marking (it still remembers the early rows)."""
+    windowed = _calibration_run(hit_window=5)
+    whole_run = _calibration_run(hit_window=10_000)
+    assert abs(windowed[9] - 0.3) < 0.03 and abs(whole_run[9] - 0.3) < 0.03  # both calibrated before
+    assert all(abs(r - 0.3) < 0.03 for r in windowed[16:])
+    # whole run at step 16: hit rate ~ (10*0.75 + 6*1)/16 = 0.84, marks 0.3/0.84 = 0.36 of rows, all stopped
+    assert np.mean(whole_run[16:20]) > 0.33
+
+
+def test_random_rule_rejects_a_bad_window():
+    with pytest.raises(ValueError, match="hit_window"):
+        RandomRule(StopSection(rule="random", hit_window=0), num_slots=2, schedule=StopSchedule([0.1], [[1]]))
+
+
 def test_rows_ending_at_eos_are_never_stopped_or_counted():
     sched = StopSchedule(rates=[1.0], histograms=[[0, 0, 1]])
     rule = RandomRule(StopSection(rule="random", warmup_steps=0, min_tokens=1), num_slots=2, seed=0, schedule=sched)
@@ -196,4 +264,4 @@ def test_rows_ending_at_eos_are_never_stopped_or_counted():
     c = ctx([0.0, 0.0], None, positions=[2, 2], step=0)
     c.ends_anyway = torch.tensor([True, False])
     assert rule(c).tolist() == [False, True]
-    assert rule.fired == 1
+    assert rule.counts[0] == [2, 1]  # both rows marked, one stop executed

@@ -16,6 +16,7 @@ from types import ModuleType
 
 REGISTRY: dict[str, str] = {
     "espo_headline": "analysis.experiments.espo_headline",
+    "espo_difficulty": "analysis.experiments.espo_difficulty",
     "tppo_speedup": "analysis.experiments.tppo_speedup",
 }
 """Study name -> package path. The one list of studies."""
@@ -133,8 +134,9 @@ def table_row(table, env: str, method: str):
     return None if r.empty else r.iloc[0]
 
 
-def study_cli(name: str, main, doc: str | None, argv: list[str] | None = None) -> int:
-    """``python -m analysis.experiments.<name>.run``: the same options as ``testbed demo --study <name>``."""
+def study_cli(name: str, main, doc: str | None, argv: list[str] | None = None, *, full: bool = False) -> int:
+    """``python -m analysis.experiments.<name>.run``: the same options as ``testbed demo --study <name>``
+    (``full``: the study's ``main`` takes ``full=``, a larger version of the study)."""
     import argparse
 
     p = argparse.ArgumentParser(prog=f"python -m analysis.experiments.{name}.run", description=doc)
@@ -142,8 +144,19 @@ def study_cli(name: str, main, doc: str | None, argv: list[str] | None = None) -
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="few steps, one seed: a smoke test")
     p.add_argument("--fresh", action="store_true", help="delete the runs folder first")
+    if full:
+        p.add_argument("--full", action="store_true", help="more seeds (and methods): the full study")
     a = p.parse_args(argv)
-    return main(out=a.out, workers=a.workers, quick=a.quick, fresh=a.fresh)
+    return main(out=a.out, workers=a.workers, quick=a.quick, fresh=a.fresh, **({"full": a.full} if full else {}))
+
+
+def write_scores(table, root) -> Path:
+    """Write a study's score table as ``root/scores.csv`` (one row per env x method, the columns of its
+    report's tables, numbers unformatted) beside its ``report.md``; returns the path."""
+    path = Path(root) / "scores.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False)
+    return path
 
 
 def report_tail(figs, errors: list[str], analysis_module) -> list[str]:

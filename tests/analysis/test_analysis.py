@@ -349,17 +349,18 @@ def test_waste_after_the_fatal_token(row_study):
 def test_waste_verdict_flips_with_random(tmp_path):
     def line(random_rows):
         root = tmp_path / f"case{next(_fresh)}"
-        make_rows(make_run(root, "ppo-default-s0"), {0: [(8, E, 0, 0)] * 2})  # waste 14
-        make_rows(make_run(root, "espo-default-s0", rule="espo"), {0: [(4, S, 1, 0), (8, E, 6, 0)]})  # 2 + 1
-        make_rows(make_run(root, "random-default-s0", rule="random"), {0: random_rows})
+        for seed in range(5):
+            make_rows(make_run(root, f"ppo-default-s{seed}"), {0: [(8, E, 0, 0)] * 2})  # waste 14
+            make_rows(make_run(root, f"espo-default-s{seed}", rule="espo"), {0: [(4, S, 1, 0), (8, E, 6, 0)]})  # 2 + 1
+            make_rows(make_run(root, f"random-default-s{seed}", rule="random"), {0: random_rows})
         root_df = load_runs(root, axes=headline_sweep.AXES)
-        v = headline.verdicts(headline.score(root_df, load_many_rows(root)))
+        v = headline.verdicts(headline.per_run(root_df, load_many_rows(root)))
         (x,) = [x for x in v if "after the fatal token than random" in x]
         return x
 
     assert ": yes (" in line([(8, E, 3, 0)])  # random leaves 4 of 14
     assert ": no (" in line([(2, S, 0, 0)])  # random leaves 1 of 14
-    assert "ESPO 78.6%" in line([(8, E, 3, 0)])  # 1 - 3/14
+    assert "ESPO +78.6 [+78.6, +78.6] %" in line([(8, E, 3, 0)])  # 1 - 3/14 on every seed
 
 
 def test_stop_vs_failure_grid_counts_each_stop_once():
@@ -415,46 +416,76 @@ def test_score_mean_and_std_over_seeds(tmp_path):
     assert espo["n"] == 2
 
 
-def test_headline_verdict_flips_with_the_numbers(tmp_path):
-    def claim(espo_tokens, espo_success):
-        root = tmp_path / f"case{next(_fresh)}"
-        make_run(root, "ppo-default-s0", tokens=100, success=[0.5] * STEPS)
-        make_run(root, "espo-default-s0", tokens=espo_tokens, success=[espo_success] * STEPS, rule="espo")
-        v = headline.verdicts(headline.score(load_runs(root, axes=headline_sweep.AXES)))
-        (line,) = [x for x in v if "saves >20%" in x]
-        return line
+def _seeds(root, method, n=5, *, tokens, success, **kw):
+    """``n`` seeds of one method; ``tokens`` and ``success`` are per-seed lists (or one value for all)."""
+    tok = tokens if isinstance(tokens, list) else [tokens] * n
+    suc = success if isinstance(success, list) else [success] * n
+    for s in range(n):
+        make_run(root, f"{method}-default-s{s}", tokens=tok[s], success=[suc[s]] * STEPS, **kw)
 
-    assert ": yes (" in claim(75, 0.5)  # 25% saved, same success
-    assert ": no (" in claim(90, 0.5)  # 10% saved
-    assert ": no (" in claim(75, 0.4)  # 25% saved but worse success
-    assert "25.0%" in claim(75, 0.5)
+
+def test_headline_verdict_flips_with_the_interval(tmp_path):
+    def claim(espo_tokens, espo_success=0.5, n=5):
+        root = tmp_path / f"case{next(_fresh)}"
+        _seeds(root, "ppo", n, tokens=100, success=0.5)
+        _seeds(root, "espo", n, tokens=espo_tokens, success=espo_success, rule="espo")
+        v = headline.verdicts(headline.per_run(load_runs(root, axes=headline_sweep.AXES)))
+        return {k: [x for x in v if k in x][0] for k in ("saves >20%", "higher than PPO's")}
+
+    assert ": yes (" in claim([75, 70, 72, 78, 74])["saves >20%"]  # 22-30% saved on every seed
+    assert ": no (" in claim([90, 85, 88, 92, 86])["saves >20%"]  # 8-15%
+    assert ": undecided (the 95% interval contains 20)" in claim([60, 95, 62, 96, 70])["saves >20%"]
+    assert "saved +25.0 [+25.0, +25.0] %" in claim(75)["saves >20%"]
+    assert ": undecided (3 seeds" in claim(75, n=3)["saves >20%"]  # too few seeds to decide
+    # success: paired by seed, so a constant +0.1 on every seed is decided despite the spread of seeds
+    assert ": yes (" in claim(75, [0.6] * 5)["higher than PPO's"]
+    assert ": no (" in claim(75, [0.3, 0.35, 0.4, 0.3, 0.2])["higher than PPO's"]
+    assert ": undecided" in claim(75, [0.9, 0.1, 0.9, 0.1, 0.5])["higher than PPO's"]
 
 
 def test_random_and_oracle_verdicts_flip(tmp_path):
     def verdict_lines(random_success, oracle_tokens=60):
         root = tmp_path / f"case{next(_fresh)}"
-        make_run(root, "ppo-default-s0", tokens=100)
-        make_run(root, "espo-default-s0", tokens=75, success=[0.5] * STEPS, rule="espo", extra=stopper(precision=0.7))
-        make_run(root, "random-default-s0", tokens=75, success=[random_success] * STEPS, rule="random",
-                 extra=stopper(precision=0.3))
-        make_run(root, "oracle-default-s0", tokens=oracle_tokens, rule="oracle", extra=stopper(precision=1.0))
-        return headline.verdicts(headline.score(load_runs(root, axes=headline_sweep.AXES)))
+        _seeds(root, "ppo", tokens=100, success=0.5)
+        _seeds(root, "espo", tokens=75, success=0.5, rule="espo", extra=stopper(precision=0.7))
+        _seeds(root, "random", tokens=75, success=random_success, rule="random", extra=stopper(precision=0.3))
+        _seeds(root, "oracle", tokens=oracle_tokens, success=0.5, rule="oracle", extra=stopper(precision=1.0))
+        return headline.verdicts(headline.per_run(load_runs(root, axes=headline_sweep.AXES)))
 
     worse = [x for x in verdict_lines(0.3) if "random truncation" in x][0]
-    same = [x for x in verdict_lines(0.5) if "random truncation" in x][0]
-    assert ": yes (" in worse and ": no (" in same
+    same = [x for x in verdict_lines([0.45, 0.55, 0.5, 0.4, 0.6]) if "random truncation" in x][0]
+    assert ": yes (" in worse and ": undecided" in same
     oracle = [x for x in verdict_lines(0.5) if "oracle's token saving" in x][0]
-    assert ": yes (" in oracle and "ratio 0.625" in oracle  # 25% / 40% of tokens saved
+    assert ": yes (" in oracle and "ratio +0.625" in oracle  # 25% / 40% of tokens saved
     oracle = [x for x in verdict_lines(0.5, oracle_tokens=10) if "oracle's token saving" in x][0]
-    assert ": no (" in oracle and "ratio 0.278" in oracle  # 25% / 90%
+    assert ": no (" in oracle and "ratio +0.278" in oracle  # 25% / 90%
     precise = [x for x in verdict_lines(0.5) if "more precise" in x][0]
     assert ": yes (" in precise
 
 
 def test_verdicts_say_when_a_method_is_missing(tmp_path):
     make_run(tmp_path / "runs", "ppo-default-s0")
-    v = headline.verdicts(headline.score(load_runs(tmp_path / "runs", axes=headline_sweep.AXES)))
-    assert v and "not evaluated" in v[0]
+    v = headline.verdicts(headline.per_run(load_runs(tmp_path / "runs", axes=headline_sweep.AXES)))
+    assert any("not evaluated" in x for x in v)
+    assert "reliability: PPO's final success is >= 0.5 on 1 of 1 seeds" in v[0]
+
+
+def test_score_has_intervals_and_scores_csv_columns(tmp_path):
+    root = tmp_path / "runs"
+    _seeds(root, "ppo", tokens=100, success=[0.5, 0.6, 0.7, 0.2, 0.9])
+    _seeds(root, "espo", tokens=[80, 60, 70, 75, 65], success=0.5, rule="espo")
+    t = headline.score(load_runs(root, axes=headline_sweep.AXES))
+    espo = row(t, "espo")
+    assert espo["tokens_saved_pct_lo"] < espo["tokens_saved_pct"] < espo["tokens_saved_pct_hi"]
+    np.testing.assert_allclose(espo["success_vs_ppo"], 0.5 - np.mean([0.5, 0.6, 0.7, 0.2, 0.9]))
+    assert row(t, "ppo")["reliable"] == 4 and espo["reliable"] == 5
+    from analysis.experiments import write_scores
+    import pandas as pd
+
+    back = pd.read_csv(write_scores(t, tmp_path / "study"))
+    assert list(back.columns) == list(t.columns) and len(back) == 2
+    text = markdown_table(t[["env", "method", "tokens_saved_pct", "tokens_saved_pct_lo", "tokens_saved_pct_hi"]])
+    assert f"{espo['tokens_saved_pct']:.3g} [" in text
 
 
 # --- figures ----------------------------------------------------------------------------------------
@@ -588,14 +619,35 @@ def test_stale_runs_are_detected(tmp_path):
     assert "stop.tau" in stale["espo-default-s0"]
 
 
-def test_espo_constants_agree_with_the_espo_config():
-    """The study's ESPO_CONSTANTS override configs/espo.yaml; silently different values would make the
-    headline report a different ESPO than ``testbed run configs/espo.yaml``."""
-    stop = yaml.safe_load(Path(headline_sweep.BASE_CONFIG).read_text())["stop"]
-    stop_overrides = {k: v for k, v in headline_sweep.OVERRIDES.items() if k.startswith("stop.")}
-    for key, value in {**headline_sweep.ESPO_CONSTANTS, **stop_overrides}.items():
-        assert stop.get(key.removeprefix("stop.")) == value, (
-            f"espo_headline.sweep sets {key} = {value!r} but configs/espo.yaml has {stop.get(key.removeprefix('stop.'))!r}")
+@pytest.mark.parametrize("method,preset", [("ppo", "ppo.yaml"), ("espo", "espo.yaml")])
+def test_the_presets_are_the_headline_settings(tmp_path, method, preset):
+    """``testbed run configs/<preset> run.seed=S`` is exactly the headline's cell ``<method>-default-sS``
+    (every resolved config value but the run's name and folder), and the trap cell differs only in its env."""
+    from testbed import config as config_mod
+
+    runner = importlib.import_module("testbed.sweep")
+    _, specs = runner.expand(headline_sweep.spec(tmp_path / "runs"))
+    by = {s.name: s.config for s in specs}
+    for seed in (0, 7):
+        want = config_mod.load(headline_sweep.REPO / "configs" / preset, [f"run.seed={seed}"]).to_dict()
+        got = by[f"{method}-default-s{seed}"]
+        for cfg in (want, got):
+            cfg["run"] = {k: v for k, v in cfg["run"].items() if k not in ("name", "out_dir")}
+        assert got == want
+    trap = dict(by[f"{method}-trap-s0"])
+    assert trap.pop("task")["env_id"] == "testbed/PlantedFailureTrap-v0"
+    default = dict(by[f"{method}-default-s0"])
+    default.pop("task")
+    assert {k: v for k, v in trap.items() if k != "run"} == {k: v for k, v in default.items() if k != "run"}
+
+
+def test_full_headline_has_30_seeds_and_the_ablations(tmp_path):
+    runner = importlib.import_module("testbed.sweep")
+    _, specs = runner.expand(headline_sweep.spec(tmp_path / "runs", full=True))
+    assert {s.config["run"]["seed"] for s in specs} == set(range(30))
+    names = {s.name for s in specs}
+    assert {"regret_only-trap-s29", "value_only-default-s0"} <= names
+    assert len(headline_sweep.REPORT_SEEDS) >= 10
 
 
 def test_eval_curve_uses_only_evaluated_steps():
@@ -614,3 +666,59 @@ def test_eval_curve_uses_only_evaluated_steps():
     assert xs.min() == 0 and xs.max() == 200  # the unevaluated step (no x) is left out, not drawn at 0
     assert np.isfinite(ys).all() and ys.min() >= 0.1 - 1e-9 and ys.max() <= 0.3 + 1e-9
     plt.close(fig)
+
+
+# --- ESPO difficulty study --------------------------------------------------------------------------
+def test_difficulty_sweep_varies_one_knob_at_a_time(tmp_path):
+    from analysis.experiments.espo_difficulty import sweep as diff_sweep
+
+    runner = importlib.import_module("testbed.sweep")
+    _, specs = runner.expand(diff_sweep.spec(tmp_path / "runs"))
+    by = {s.name: s.config for s in specs}
+    assert len(diff_sweep.KNOBS) >= 3 and len(diff_sweep.SEEDS) >= 5
+    assert set(diff_sweep.METHODS) >= {"ppo", "espo", "oracle", "random"}
+    default = by["espo-default-s0"]
+    for knob, vals in diff_sweep.KNOBS.items():
+        for v in vals:
+            cfg = by[f"espo-{diff_sweep.point_name(knob, v)}-s0"]
+            assert len(cfg["task"]["env_kwargs"]) == 1  # one knob moved, nothing else
+            assert {k: x for k, x in cfg.items() if k not in ("task", "run")} == \
+                   {k: x for k, x in default.items() if k not in ("task", "run")}
+    assert by["random-length18-s3"]["stop"]["reference_run"].endswith("espo-length18-s3")
+    # the knobs' values are what they claim: count critical positions in the env they build
+    import gymnasium as gym
+    import envs  # noqa: F401
+
+    for v in diff_sweep.KNOBS["critical"]:
+        kw = by[f"ppo-critical{v:g}-s0"]["task"]["env_kwargs"]
+        env = gym.make("testbed/PlantedFailure-v0", **kw).unwrapped
+        assert (env.critical.sum(axis=1) == v).all()
+
+
+def test_difficulty_score_reading_and_figures(tmp_path, monkeypatch):
+    from analysis.experiments.espo_difficulty import analysis as diff
+
+    root = tmp_path / "runs"
+    for env, espo_tok in (("default", 70), ("critical5", 95)):
+        for s in range(5):
+            make_run(root, f"ppo-{env}-s{s}", tokens=100, success=[0.5] * STEPS)
+            make_run(root, f"espo-{env}-s{s}", tokens=espo_tok + s, success=[0.5] * STEPS, rule="espo")
+            make_run(root, f"random-{env}-s{s}", tokens=espo_tok, success=[0.3] * STEPS, rule="random")
+            make_run(root, f"oracle-{env}-s{s}", tokens=60, success=[0.5] * STEPS, rule="oracle")
+    t = diff.score(diff.per_run(load_runs(root, axes=("method", "env", "seed"))))
+    e = t[(t["knob"] == "critical") & (t["value"] == 5) & (t["method"] == "espo")].iloc[0]
+    np.testing.assert_allclose(e["tokens_saved_pct"], 100 - 97)
+    np.testing.assert_allclose(e["espo_minus_random"], 0.2)
+    # the default point is shared by every knob's curve
+    assert set(t[t["env"] == "default"]["knob"]) == {"critical", "length", "acceptable"}
+    text = diff.verdicts(t)
+    crit5 = [x for x in text if "critical positions per problem = 5]" in x][0]
+    assert "saves >20% tokens: no" in crit5 and "better than matched random: yes" in crit5
+    assert "saves >20% tokens: yes" in [x for x in text if "= 2 (default)" in x][0]
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    for name, fn in diff.PLOTS.items():
+        fig = fn(t)
+        assert isinstance(fig, Figure) and fn.__doc__
+        plt.close(fig)
+    assert sorted(tmp_path.rglob("*")) == before

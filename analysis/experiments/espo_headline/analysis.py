@@ -3,9 +3,13 @@
 ``df`` is :func:`analysis.runs.load_runs` of the study's run directories, with the labels
 ``label/method``, ``label/env``, ``label/seed``; ``rows`` (optional everywhere) is
 :func:`analysis.runs.load_many_rows` of the same directories: one row per finished row, from the runs'
-``rows.jsonl`` (simulated runs only). Definitions (each per run, then mean ± std over seeds):
+``rows.jsonl`` (simulated runs only). Definitions (each per run, then the mean over seeds with its
+95% percentile-bootstrap interval over seeds, ``analysis.stats``; quantities defined against the PPO
+run of the same env and seed are paired by seed):
 
-- ``final_success``: mean ``success/rate`` over the last 10% of training steps.
+- ``final_success``: mean ``success/rate`` over the last 10% of training steps. ``reliable``: seeds
+  whose ``final_success`` is at least ``RELIABLE_SUCCESS`` (0.5).
+- ``success_vs_ppo``: ``final_success`` minus that of the PPO run of the same env and seed.
 - ``tokens``: ``tokens/cumulative`` at the run's last step (rollout tokens generated in training).
 - ``tokens_saved_pct``: ``100 * (1 - tokens_method / tokens_ppo)`` at the same training step (the
   last step both runs logged), paired with the PPO run of the same env and seed.
@@ -54,28 +58,28 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.experiments import table_row
 from analysis.experiments.espo_headline import sweep
-from analysis.plots import colors_for, fmt_ms, line_band, ordered, yes_no
+from analysis.plots import colors_for, line_band, ordered
 from analysis.runs import final_mean, first_reach, mean_std, run_mean, value_at_step
+from analysis.stats import Interval, mean_ci, paired_by_seed
 from testbed.metrics import detector_metrics
 
 LEVEL_FRAC = 0.5
 """The success level of "tokens to reach a level" is this fraction of PPO's final success."""
-NO_WORSE_MARGIN = 0.02
-"""Final success within this absolute margin counts as "no worse" (and a drop beyond it as "worse")."""
 SAVING_CLAIM_PCT = 20.0
 """The paper's claim: more than this percentage of rollout tokens saved."""
-WEAK_BASELINE = 0.05
-"""Below this final success PPO has barely learned; verdicts against it carry a caution."""
+MIN_SEEDS = 5
+"""Fewer paired seeds than this leave a claim undecided: a percentile bootstrap of 2-4 values covers poorly."""
+RELIABLE_SUCCESS = 0.5
+"""The baseline counts as having learned on a seed when its final success reaches this."""
 
 BASELINE = "ppo"
 STOPPING = [m for m in sweep.METHODS if m != BASELINE]
-METRICS = ["final_success", "tokens", "tokens_saved_pct", "level", "tokens_to_level", "saved_at_level_pct",
+METRICS = ["final_success", "success_vs_ppo", "tokens", "tokens_saved_pct", "level", "tokens_to_level", "saved_at_level_pct",
            "stop_rate", "precision", "recall", "false_stop_rate", "delay", "failure_rank",
            "saving_vs_oracle", "precision_vs_oracle", "recall_vs_oracle",
            "waste_tokens", "waste_share_pct", "waste_removed_pct"]
-OUTCOME_COLUMNS = ["env", "method", "n", "final_success", "tokens", "tokens_saved_pct", "level",
+OUTCOME_COLUMNS = ["env", "method", "n", "reliable", "final_success", "success_vs_ppo", "tokens", "tokens_saved_pct", "level",
                    "tokens_to_level", "reached", "saved_at_level_pct"]
 DETECTOR_COLUMNS = ["env", "method", "detector_from", "stop_rate", "precision", "recall", "false_stop_rate",
                     "delay", "failure_rank", "saving_vs_oracle", "precision_vs_oracle", "recall_vs_oracle"]
@@ -173,14 +177,15 @@ def per_run(df: pd.DataFrame, rows: pd.DataFrame | None = None) -> pd.DataFrame:
         for m, e, s, lv in zip(out["method"], out["env"], out["seed"], out["level"])
     ]
     # paired comparisons: the PPO run (and the oracle run) of the same env and seed
-    saved, saved_lv, waste_rm, vs_or, p_or, r_or = [], [], [], [], [], []
+    saved, saved_lv, waste_rm, vs_or, p_or, r_or, dsucc = [], [], [], [], [], [], []
     for row in out.itertuples():
         ppo = runs.get((BASELINE, row.env, row.seed))
+        ref = out[(out["method"] == BASELINE) & (out["env"] == row.env) & (out["seed"] == row.seed)]
+        dsucc.append(row.final_success - float(ref["final_success"].iloc[0]) if len(ref) else math.nan)
         if ppo is not None:
             step = min(row.steps, int(ppo["step"].max()))
             saved.append(_pct_saved(value_at_step(runs[(row.method, row.env, row.seed)], "tokens/cumulative", step),
                                     value_at_step(ppo, "tokens/cumulative", step)))
-            ref = out[(out["method"] == BASELINE) & (out["env"] == row.env) & (out["seed"] == row.seed)]
             saved_lv.append(_pct_saved(row.tokens_to_level, float(ref["tokens_to_level"].iloc[0])))
         else:
             saved.append(math.nan)
@@ -193,6 +198,7 @@ def per_run(df: pd.DataFrame, rows: pd.DataFrame | None = None) -> pd.DataFrame:
         else:
             waste_rm.append(math.nan)
     out["tokens_saved_pct"] = saved
+    out["success_vs_ppo"] = dsucc
     out["saved_at_level_pct"] = saved_lv
     out["waste_removed_pct"] = waste_rm
     for row in out.itertuples():
@@ -209,105 +215,121 @@ def per_run(df: pd.DataFrame, rows: pd.DataFrame | None = None) -> pd.DataFrame:
 
 
 def score(df: pd.DataFrame, rows: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The study's table: one row per (env, method), mean and std (``<metric>_std``) over seeds of
-    every metric in :data:`METRICS`, with ``n`` seeds, ``reached`` (seeds that reached ``level``) and
-    ``detector_from`` (``rows``, ``metrics``, or both joined by ``+`` when the seeds differ)."""
-    pr = per_run(df, rows)
+    """The study's table from the run table: :func:`summarize` of :func:`per_run`."""
+    return summarize(per_run(df, rows))
+
+
+def summarize(pr: pd.DataFrame) -> pd.DataFrame:
+    """One row per (env, method) of the per-run table: for every metric in :data:`METRICS` the mean over
+    seeds, its 95% percentile-bootstrap interval (``<metric>_lo``, ``<metric>_hi``; paired by seed
+    where the metric is a difference from the PPO run of the same seed) and the std (``<metric>_std``);
+    ``n`` seeds, ``reliable`` (seeds with final success >= :data:`RELIABLE_SUCCESS`), ``reached`` (seeds
+    that reached ``level``) and ``detector_from`` (``rows``, ``metrics``, or both joined by ``+``)."""
     envs = ordered(pr["env"], list(sweep.ENVS))
     methods = ordered(pr["method"], list(sweep.METHODS))
-    rows = []
+    out = []
     for env in envs:
         for method in methods:
             g = pr[(pr["env"] == env) & (pr["method"] == method)]
             if not len(g):
                 continue
             row = {"env": env, "method": method, "n": len(g), "reached": int(np.isfinite(g["tokens_to_level"]).sum()),
+                   "reliable": int((g["final_success"] >= RELIABLE_SUCCESS).sum()),
                    "detector_from": "+".join(sorted(g["detector_from"].unique()))}
             for k in METRICS:
-                row[k], row[f"{k}_std"], _ = mean_std(g[k])
-            rows.append(row)
-    return pd.DataFrame(rows)
+                iv = mean_ci(g[k].tolist())
+                row[k], row[f"{k}_lo"], row[f"{k}_hi"] = iv.mean, iv.low, iv.high
+                row[f"{k}_std"] = mean_std(g[k])[1]
+            out.append(row)
+    return pd.DataFrame(out)
 
 
 # --- verdicts ---------------------------------------------------------------------------------------
-def verdicts(table: pd.DataFrame, margin: float = NO_WORSE_MARGIN) -> list[str]:
-    """Plain statements checked against ``table`` (from :func:`score`); each says yes/no and its numbers."""
+def decide(iv: Interval, *, above: float = 0.0) -> str:
+    """The word for a claim "the quantity exceeds ``above``" from its 95% interval: ``yes`` when the
+    interval lies above it, ``no`` when below, ``undecided`` when it straddles it (or one seed only)."""
+    if iv.n == 0 or not np.isfinite(iv.mean):
+        return "undetermined (missing numbers)"
+    if iv.n < MIN_SEEDS or not (np.isfinite(iv.low) and np.isfinite(iv.high)):
+        return f"undecided ({iv.n} seeds; a decision needs {MIN_SEEDS})"
+    if iv.low > above:
+        return "yes"
+    if iv.high < above:
+        return "no"
+    return f"undecided (the 95% interval contains {above:g})"
+
+
+def _pair(pr: pd.DataFrame, env: str, metric: str, a: str, b: str) -> Interval:
+    """Paired-by-seed mean of ``b - a`` on ``metric`` in ``env``, with its 95% percentile-bootstrap interval."""
+    return paired_by_seed(pr, metric, a, b, where={"env": env})
+
+
+def _one(pr: pd.DataFrame, env: str, metric: str, method: str) -> Interval:
+    """Mean of a per-run (already paired) quantity over the seeds of one method, with its interval."""
+    return mean_ci(pr[(pr["env"] == env) & (pr["method"] == method)][metric].tolist())
+
+
+def verdicts(pr: pd.DataFrame, success_bar: float = RELIABLE_SUCCESS) -> list[str]:
+    """Plain statements decided from the per-run table ``pr`` (:func:`per_run`).
+
+    Every comparison is a mean over seeds of a paired-by-seed difference (or of a quantity already
+    paired, such as tokens saved against the PPO run of the same seed) with its 95% percentile
+    bootstrap interval (:mod:`analysis.stats`); a claim is ``yes`` or ``no`` only when the interval
+    excludes the claim's threshold, otherwise ``undecided``."""
     out = []
-    for env in ordered(table["env"], list(sweep.ENVS)):
-        ppo, espo = table_row(table, env, BASELINE), table_row(table, env, "espo")
-        rnd, orc = table_row(table, env, "random"), table_row(table, env, "oracle")
+    for env in ordered(pr["env"], list(sweep.ENVS)):
+        has = set(pr.loc[pr["env"] == env, "method"])
         p = f"[{env}]"
-        if ppo is None or espo is None:
+        ppo_fs = pr[(pr["env"] == env) & (pr["method"] == BASELINE)]["final_success"]
+        if len(ppo_fs):
+            ok = int((ppo_fs >= success_bar).sum())
+            out.append(f"{p} baseline reliability: PPO's final success is >= {success_bar:g} on {ok} of {len(ppo_fs)} "
+                       f"seeds (mean {mean_ci(ppo_fs.tolist()).fmt()})")
+        if not {BASELINE, "espo"} <= has:
             out.append(f"{p} ESPO vs PPO: not evaluated (needs both ppo and espo runs)")
             continue
-        saved, fs_e, fs_p = espo["tokens_saved_pct"], espo["final_success"], ppo["final_success"]
-        no_worse = np.isfinite(fs_e) and np.isfinite(fs_p) and fs_e >= fs_p - margin
-        out.append(f"{p} ESPO saves >{SAVING_CLAIM_PCT:g}% of PPO's rollout tokens at equal steps with final success "
-                   f"no worse than PPO (margin {margin:g}): {yes_no(bool(saved > SAVING_CLAIM_PCT and no_worse), saved, fs_e, fs_p)} "
-                   f"(saved {fmt_ms(espo, 'tokens_saved_pct', pct=True)}; final success ESPO {fmt_ms(espo, 'final_success')} "
-                   f"vs PPO {fmt_ms(ppo, 'final_success')})"
-                   + (f"; caution: PPO's final success is below {WEAK_BASELINE:g}, so 'no worse' says little"
-                      if np.isfinite(fs_p) and fs_p < WEAK_BASELINE else ""))
-        d = fs_e - fs_p
-        se = math.sqrt(sum((r["final_success_std"] if np.isfinite(r["final_success_std"]) else math.nan) ** 2 / r["n"]
-                           for r in (espo, ppo)))
-        sig = f"{yes_no(bool(d > 2 * se))} at 2 standard errors ({2 * se:.3g})" if np.isfinite(se) else "untested (one seed)"
-        out.append(f"{p} ESPO's final success is higher than PPO's: {yes_no(bool(d > 0), d)} "
-                   f"(difference {d:+.3g}; significant: {sig})")
-        if np.isfinite(espo["level"]) and espo["level"] > 0:
-            out.append(f"{p} ESPO needs fewer tokens than PPO to reach success {espo['level']:.3g} "
-                       f"({LEVEL_FRAC:g} x PPO's final): "
-                       + ("no (ESPO never reached it; PPO did) " if espo["reached"] == 0 and ppo["reached"] > 0
-                          else f"{yes_no(bool(espo['saved_at_level_pct'] > 0), espo['saved_at_level_pct'])} ")
-                       + f"(ESPO {fmt_ms(espo, 'tokens_to_level', digits=4)} in {espo['reached']}/{espo['n']} seeds, "
-                       f"PPO {fmt_ms(ppo, 'tokens_to_level', digits=4)} in {ppo['reached']}/{ppo['n']}; "
-                       f"saved {fmt_ms(espo, 'saved_at_level_pct', pct=True)})")
+        saved = _one(pr, env, "tokens_saved_pct", "espo")
+        out.append(f"{p} ESPO saves >{SAVING_CLAIM_PCT:g}% of PPO's rollout tokens at equal steps: "
+                   f"{decide(saved, above=SAVING_CLAIM_PCT)} (saved {saved.fmt(1)} %, n={saved.n})")
+        d = _pair(pr, env, "final_success", BASELINE, "espo")
+        out.append(f"{p} ESPO's final success is higher than PPO's: {decide(d)} (ESPO - PPO {d.fmt()}, n={d.n})")
+        lv = _pair(pr, env, "tokens_to_level", BASELINE, "espo")
+        reached = pr[(pr["env"] == env) & pr["method"].isin([BASELINE, "espo"])].groupby("method")["tokens_to_level"]
+        reached = {m: int(np.isfinite(g).sum()) for m, g in reached}
+        out.append(f"{p} ESPO needs fewer tokens than PPO to reach {LEVEL_FRAC:g} x PPO's final success: "
+                   f"{decide(Interval(-lv.mean, -lv.high, -lv.low, lv.n))} (ESPO - PPO tokens {lv.fmt(0)} over the "
+                   f"{lv.n} seeds where both reached it; reached: ESPO {reached.get('espo', 0)}, PPO {reached.get(BASELINE, 0)})")
+        if "random" in has:
+            d = _pair(pr, env, "final_success", "random", "espo")
+            rate = _pair(pr, env, "stop_rate", "espo", "random")
+            out.append(f"{p} random truncation matched to ESPO's stop rate does worse than ESPO (ESPO - random final "
+                       f"success > 0): {decide(d)} (difference {d.fmt()}, n={d.n}; stop rate random - ESPO {rate.fmt()})")
+            d = _pair(pr, env, "precision", "random", "espo")
+            out.append(f"{p} ESPO's stops are more precise than random's: {decide(d)} (ESPO - random precision {d.fmt()}, n={d.n})")
+            d = _pair(pr, env, "waste_removed_pct", "random", "espo")
+            out.append(f"{p} ESPO removes more of PPO's tokens after the fatal token than random truncation: "
+                       + (f"{decide(d)} (ESPO - random, percentage points {d.fmt(1)}, n={d.n}; removed: ESPO "
+                          f"{_one(pr, env, 'waste_removed_pct', 'espo').fmt(1)} %, random "
+                          f"{_one(pr, env, 'waste_removed_pct', 'random').fmt(1)} %)"
+                          if d.n else "not evaluated (needs per-row logs, rows.jsonl)"))
         else:
-            out.append(f"{p} tokens to reach a success level: not evaluated (PPO's final success is 0)")
-        if rnd is None:
             out.append(f"{p} random truncation: not evaluated (no random runs)")
+        for abl in [a for a in ("regret_only", "value_only") if a in has]:
+            d = _pair(pr, env, "final_success", abl, "espo")
+            out.append(f"{p} ESPO's final success is higher than {abl}'s: {decide(d)} (ESPO - {abl} {d.fmt()}, n={d.n})")
+        if "regret_only" in has:
+            d = _pair(pr, env, "false_stop_rate", "espo", "regret_only")
+            out.append(f"{p} the value gate cuts false stops (regret_only - ESPO false-stop rate > 0): {decide(d)} "
+                       f"(difference {d.fmt()}, n={d.n})")
+        if "oracle" in has:
+            r = _one(pr, env, "saving_vs_oracle", "espo")
+            o = _one(pr, env, "tokens_saved_pct", "oracle")
+            out.append(f"{p} ESPO gets at least half of the oracle's token saving: {decide(r, above=0.5)} "
+                       f"(ratio {r.fmt()}, n={r.n}; oracle saves {o.fmt(1)} %)")
+            d = _pair(pr, env, "final_success", "oracle", "espo")
+            out.append(f"{p} ESPO's final success is higher than the oracle's: {decide(d)} (ESPO - oracle {d.fmt()}, n={d.n})")
         else:
-            worse = np.isfinite(rnd["final_success"]) and rnd["final_success"] < fs_e - margin
-            out.append(f"{p} random truncation matched to ESPO's stop rate does worse than ESPO (by more than {margin:g}): "
-                       f"{yes_no(bool(worse), rnd['final_success'], fs_e)} (final success random {fmt_ms(rnd, 'final_success')} vs ESPO "
-                       f"{fmt_ms(espo, 'final_success')}; stop rate random {fmt_ms(rnd, 'stop_rate')} vs ESPO "
-                       f"{fmt_ms(espo, 'stop_rate')})")
-            out.append(f"{p} ESPO's stops are more precise than random's: "
-                       f"{yes_no(bool(espo['precision'] > rnd['precision']), espo['precision'], rnd['precision'])} (precision ESPO {fmt_ms(espo, 'precision')} "
-                       f"vs random {fmt_ms(rnd, 'precision')})")
-        abl = [a for a in ("regret_only", "value_only") if table_row(table, env, a) is not None]
-        if abl:
-            rows = {a: table_row(table, env, a) for a in abl}
-            ok = all(fs_e >= rows[a]["final_success"] - margin for a in abl)
-            out.append(f"{p} ESPO's final success is no worse than each single-signal ablation's (margin {margin:g}): "
-                       f"{yes_no(bool(ok), fs_e, *[rows[a]['final_success'] for a in abl])} (" + "; ".join(f"{a} {fmt_ms(rows[a], 'final_success')}" for a in abl)
-                       + f"; ESPO {fmt_ms(espo, 'final_success')})")
-            if "regret_only" in rows:
-                ro = rows["regret_only"]
-                out.append(f"{p} the value gate cuts false stops (ESPO's false-stop rate below regret_only's): "
-                           f"{yes_no(bool(espo['false_stop_rate'] < ro['false_stop_rate']), espo['false_stop_rate'], ro['false_stop_rate'])} "
-                           f"(ESPO {fmt_ms(espo, 'false_stop_rate')} vs regret_only {fmt_ms(ro, 'false_stop_rate')})")
-        if not np.isfinite(espo["waste_removed_pct"]):
-            out.append(f"{p} tokens after the fatal token: not evaluated (needs per-row logs, rows.jsonl, of ppo and espo)")
-        else:
-            ref = (f"removed: ESPO {fmt_ms(espo, 'waste_removed_pct', pct=True)}"
-                   + "".join(f", {n} {fmt_ms(r, 'waste_removed_pct', pct=True)}" for n, r in (("random", rnd), ("oracle", orc))
-                             if r is not None)
-                   + f"; PPO spends {fmt_ms(ppo, 'waste_share_pct', pct=True)} of its tokens after the fatal token")
-            if rnd is None:
-                out.append(f"{p} ESPO removes more of PPO's tokens after the fatal token than random truncation: "
-                           f"not evaluated (no random runs; {ref})")
-            else:
-                out.append(f"{p} ESPO removes more of PPO's tokens after the fatal token than random truncation: "
-                           f"{yes_no(bool(espo['waste_removed_pct'] > rnd['waste_removed_pct']), espo['waste_removed_pct'], rnd['waste_removed_pct'])} "
-                           f"({ref})")
-        if orc is None:
             out.append(f"{p} closeness to the oracle: not evaluated (no oracle runs)")
-        else:
-            out.append(f"{p} ESPO gets at least half of the oracle's token saving: "
-                       f"{yes_no(bool(espo['saving_vs_oracle'] >= 0.5), espo['saving_vs_oracle'])} (ratio {fmt_ms(espo, 'saving_vs_oracle')}; oracle saves "
-                       f"{fmt_ms(orc, 'tokens_saved_pct', pct=True)}; precision/recall relative to the oracle "
-                       f"{fmt_ms(espo, 'precision_vs_oracle')} / {fmt_ms(espo, 'recall_vs_oracle')})")
     return out
 
 
@@ -519,12 +541,50 @@ def plot_false_stops(df: pd.DataFrame, rows: pd.DataFrame | None = None) -> Figu
     return fig
 
 
+def stop_position_hist(runs: pd.DataFrame, warmup: int = 0) -> np.ndarray:
+    """Stop positions of ``runs`` (their per-step ``stop/step_hist`` lists) summed over the steps
+    ``>= warmup`` and the runs: counts per response index."""
+    total = np.zeros(0)
+    for _, r in runs.iterrows():
+        h = r.get("stop/step_hist")
+        if r["step"] < warmup or not isinstance(h, (list, tuple, np.ndarray)) or not len(h):
+            continue
+        h = np.asarray(h, dtype=float)
+        if len(h) > len(total):
+            total = np.pad(total, (0, len(h) - len(total)))
+        total[: len(h)] += h
+    return total
+
+
+def plot_stop_positions(df: pd.DataFrame, rows: pd.DataFrame | None = None) -> Figure:
+    """Realised stop positions of matched random truncation against its reference, ESPO (after warm-up,
+    seeds pooled; share of each rule's stops per response index): random matches ESPO's rate and draws
+    positions from ESPO's histogram, so the two should agree where rows live long enough to be cut."""
+    envs, methods, col = _setup(df)
+    fig, axes = _env_axes(envs, 1, (6.5, 3.4))
+    for ax, env in zip(axes[:, 0], envs):
+        for m in [m for m in ("espo", "random") if m in methods]:
+            runs = df[(df["label/env"] == env) & (df["label/method"] == m)]
+            h = stop_position_hist(runs, _warmup(runs) if len(runs) else 0)
+            if h.sum() > 0:
+                ax.step(np.arange(len(h)), h / h.sum(), where="mid", color=col[m],
+                        label=f"{m} ({int(h.sum())} stops)" + (" (reference)" if m == "espo" else ""))
+        ax.set(title=f"{env}: stop positions, random vs its ESPO reference", xlabel="stop position (response index)",
+               ylabel="share of the rule's stops")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 PLOTS = {
     "success_vs_tokens": plot_success_vs_tokens,
     "stop_vs_failure": plot_stop_vs_failure,
     "tokens_saved": plot_tokens_saved,
     "precision_recall": plot_precision_recall,
     "false_stops": plot_false_stops,
+    "stop_positions": plot_stop_positions,
 }
 """Figure name -> plot function ``fn(df, rows=None) -> Figure`` (``run.py`` passes the per-row table
 and saves each as ``<name>.png``)."""

@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from analysis import experiments
-from analysis.experiments import report_tail, study_cli
+from analysis.experiments import report_tail, study_cli, write_scores
 from analysis.experiments.espo_headline import analysis, sweep
 from analysis.plots import build_figures, markdown_table, save_figures, text_table
 from analysis.runs import load_many_rows, load_runs
@@ -25,30 +25,35 @@ from analysis.runs import load_many_rows, load_runs
 STUDY = "espo_headline"
 
 
-def command(out: str, workers: int, quick: bool, fresh: bool) -> str:
+def command(out: str, workers: int, quick: bool, fresh: bool, full: bool = False) -> str:
     """The shell command that regenerates this report."""
     return " ".join(["testbed", "demo", "--out", shlex.quote(str(out)), "--workers", str(workers)]
-                    + (["--quick"] if quick else []) + (["--fresh"] if fresh else []))
+                    + (["--quick"] if quick else []) + (["--full"] if full else []) + (["--fresh"] if fresh else []))
 
 
-def main(out: str = "out/espo_headline", workers: int = 2, quick: bool = False, fresh: bool = False) -> int:
-    """Run (or resume) the sweep into ``out/runs``, print the table, write figures and ``out/report.md``.
+def main(out: str = "out/espo_headline", workers: int = 2, quick: bool = False, fresh: bool = False,
+         full: bool = False) -> int:
+    """Run (or resume) the sweep into ``out/runs``, print the table, write figures, ``out/report.md``
+    and ``out/scores.csv``.
 
     ``quick``: :data:`sweep.QUICK` settings in ``out/quick/`` (so a smoke test never mixes with, or
-    deletes, the full study's runs). ``fresh``: delete the runs folder first. Returns 0.
+    deletes, the full study's runs). ``full``: :data:`sweep.FULL_SEEDS` and the ablations, in
+    ``out/full/``. ``fresh``: delete the runs folder first. Returns 0.
     """
     t0 = time.time()
-    root = Path(out) / "quick" if quick else Path(out)
-    spec = sweep.spec(root / "runs", quick=quick)
+    root = Path(out) / "quick" if quick else Path(out) / "full" if full else Path(out)
+    spec = sweep.spec(root / "runs", quick=quick, full=full)
     runner = importlib.import_module("testbed.sweep")  # the runner, by name: analysis never imports it
     rows = experiments.execute(runner, spec, workers=workers, fresh=fresh)
     run_dirs = [r["run_dir"] for r in rows]
     df = load_runs(run_dirs, axes=sweep.AXES)
     per_row = load_many_rows(run_dirs)  # rows.jsonl of the simulated runs (empty if none has one)
 
-    table = analysis.score(df, per_row)
-    verdicts = analysis.verdicts(table)
-    outcome, detector, waste = (table[[c for c in table.columns if c.removesuffix("_std") in cols]]
+    pr = analysis.per_run(df, per_row)
+    table = analysis.summarize(pr)
+    verdicts = analysis.verdicts(pr)
+    shown = lambda c: c.removesuffix("_lo").removesuffix("_hi") if c.endswith(("_lo", "_hi")) else c  # noqa: E731
+    outcome, detector, waste = (table[[c for c in table.columns if shown(c) in cols]]
                                 for cols in (analysis.OUTCOME_COLUMNS, analysis.DETECTOR_COLUMNS,
                                              analysis.WASTE_COLUMNS))
     print(text_table(outcome), text_table(detector), text_table(waste), "", *verdicts, sep="\n")
@@ -58,10 +63,11 @@ def main(out: str = "out/espo_headline", workers: int = 2, quick: bool = False, 
     figs = save_figures(build_figures(plots, df, errors), root)
     elapsed = time.time() - t0
     report = render_report(root=root, outcome=outcome, detector=detector, waste=waste, verdicts=verdicts,
-                           figs=figs, errors=errors, cmd=command(out, workers, quick, fresh), quick=quick,
+                           figs=figs, errors=errors, cmd=command(out, workers, quick, fresh, full), quick=quick,
                            workers=workers, elapsed=elapsed, df=df, spec=spec, per_row=per_row)
     (root / "report.md").write_text(report)
-    print(f"\nwrote {root / 'report.md'} and {len(figs)} figures ({elapsed:.0f}s)")
+    write_scores(table, root)
+    print(f"\nwrote {root / 'report.md'}, {root / 'scores.csv'} and {len(figs)} figures ({elapsed:.0f}s)")
     return 0
 
 
@@ -80,18 +86,25 @@ def render_report(*, root, outcome, detector, waste, verdicts, figs, errors, cmd
         f"max length {first.get('config/rollout.max_len')}",
         f"- ESPO constants (also used by regret_only and value_only): `{json.dumps(sweep.ESPO_CONSTANTS)}`; "
         f"as resolved in the espo runs' config.yaml: {resolved_stop(df)}",
-        f"- methods: " + "; ".join(f"**{m}** `{json.dumps(v)}`" for m, v in sweep.METHODS.items()),
+        "- methods (overrides of the PPO preset; espo applies every key of `configs/espo.yaml`): "
+        + "; ".join(f"**{m}** `{json.dumps(v)}`" for m, v in spec["axes"]["method"].items()),
         f"- envs: " + "; ".join(f"**{e}** `{v.get('task.env_id', '')}`" for e, v in sweep.ENVS.items()),
         f"- seeds in this report: {seeds}; seeds reserved for tuning the ESPO constants: {sweep.TUNE_SEEDS} "
         f"(tuning grid `{json.dumps(sweep.TUNE_GRID)}`, `sweep.tune_spec`); no tuning seed is reported here",
         f"- runs: `{spec['out_dir']}` (complete runs are reused; runs whose settings changed are re-run)", "",
-        "## Outcome (mean ± std over seeds)", "", markdown_table(outcome), "",
-        "## Detector (mean ± std over seeds)", "", detector_source(df, per_row), "", markdown_table(detector), "",
-        "## Tokens after the fatal token (mean ± std over seeds)", "",
+        "Every cell below is the mean over seeds with its 95% percentile-bootstrap interval over seeds "
+        f"(`analysis.stats`, scipy.stats.bootstrap, resampling seed fixed); `tokens_saved_pct`, "
+        "`success_vs_ppo`, `saved_at_level_pct` and `waste_removed_pct` are paired with the PPO run of the "
+        "same seed. The same numbers, unformatted and with the std, are in `scores.csv`.", "",
+        "## Outcome", "", markdown_table(outcome), "",
+        "## Detector", "", detector_source(df, per_row), "", markdown_table(detector), "",
+        "## Tokens after the fatal token", "",
         "The waste early stopping is meant to remove: tokens a row generated after its planted fatal token "
         "(see Definitions).", "", markdown_table(waste), "",
         "## Verdicts", "",
-        "Computed from the tables above (`analysis.verdicts`).", "",
+        "Computed from the per-run table (`analysis.verdicts`): each comparison is a mean of paired-by-seed "
+        "differences with its 95% percentile-bootstrap interval; a claim is answered yes or no only when the "
+        "interval excludes the claim's threshold, otherwise it is undecided.", "",
         *[f"- {v}" for v in verdicts], "",
     ]
     lines += report_tail(figs, errors, analysis)
@@ -133,7 +146,7 @@ def resolved_stop(df) -> str:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    return study_cli("espo_headline", main, __doc__, argv)
+    return study_cli("espo_headline", main, __doc__, argv, full=True)
 
 
 if __name__ == "__main__":

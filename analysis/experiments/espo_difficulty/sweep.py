@@ -1,0 +1,63 @@
+"""Settings of the ESPO difficulty study (settings only; ``spec`` assembles them).
+
+Around the default planted-failure env, one knob at a time takes values below and above its default
+(bsuite style); every other setting is the headline's (the PPO and ESPO presets, matched random,
+oracle). The env axis names each point ``<knob><value>`` (``crit6``) or ``default``; the default point
+belongs to every knob's curve, so it is run once. Run names: ``<method>-<point>-s<seed>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from analysis.experiments.espo_headline import sweep as headline
+
+BASE_CONFIG = headline.BASE_CONFIG
+METHODS: dict[str, dict] = dict(headline.METHODS)
+"""PPO, ESPO, matched random and the oracle, exactly as in the headline."""
+
+DEFAULTS: dict[str, float] = {"critical": 2, "length": 12, "acceptable": 8}
+"""Each knob's value in the default env (testbed/PlantedFailure-v0: L = 12, critical_frac 0.2 -> 2, 8 of 16)."""
+
+KNOBS: dict[str, dict] = {
+    # critical positions per problem: round(critical_frac * L) with L = 12
+    "critical": {1: {"task.env_kwargs.critical_frac": 1 / 12}, 5: {"task.env_kwargs.critical_frac": 5 / 12}},
+    # target length L (max_len stays 24): fewer or more tokens per answer, critical share fixed
+    "length": {6: {"task.env_kwargs.target_len": 6}, 18: {"task.env_kwargs.target_len": 18}},
+    # acceptable content tokens of 16 at every position: fewer means more errors, recoverable and fatal
+    "acceptable": {4: {"task.env_kwargs.num_acceptable": 4}, 12: {"task.env_kwargs.num_acceptable": 12}},
+}
+"""Knob -> value -> overrides (values other than the default)."""
+
+LABELS = {"critical": "critical positions per problem", "length": "target length L",
+          "acceptable": "acceptable tokens of 16 per position"}
+
+
+def point_name(knob: str, value) -> str:
+    return f"{knob}{value:g}"
+
+
+ENVS: dict[str, dict] = {"default": {}, **{point_name(k, v): ov for k, vals in KNOBS.items() for v, ov in vals.items()}}
+"""Env point -> overrides (the default point once)."""
+
+SEEDS = list(range(5))
+FULL_SEEDS = list(range(10))
+QUICK: dict = {"steps": 12, "seeds": [0], "overrides": {"rollout.batch_size": 32, "algo.minibatch_size": 32}}
+AXES = ("method", "env", "seed")
+
+
+def knob_points(knob: str) -> list[tuple[float, str]]:
+    """``(value, env point)`` along one knob, the default point included, by value."""
+    pts = [(DEFAULTS[knob], "default")] + [(v, point_name(knob, v)) for v in KNOBS[knob]]
+    return sorted(pts)
+
+
+def spec(out_dir: str | Path, quick: bool = False, full: bool = False) -> dict:
+    q = QUICK if quick else {}
+    seeds = q.get("seeds", FULL_SEEDS if full else SEEDS)
+    return {
+        "base": BASE_CONFIG,
+        "out_dir": str(out_dir),
+        "overrides": {"run.steps": q["steps"], **q["overrides"]} if quick else {},
+        "axes": {"method": METHODS, "env": ENVS, "seed": list(seeds)},
+    }
