@@ -1,4 +1,10 @@
-"""Per-step diagnostics of stops and credit assignment against simulated ground truth."""
+"""Per-step diagnostics of stops and credit assignment against ground truth.
+
+Ground truth comes from simulated envs (planted failure points) or from LLM tasks that verify their
+steps (``llm_backend.chain``: the first wrong number of a response). An LLM task may be unable to
+judge a row (``extras['checkable']`` False: no equations, or an error it cannot place); such rows
+are left out, except stopped rows, which are always judged on the prefix they wrote, as on the sim.
+"""
 
 from __future__ import annotations
 
@@ -39,8 +45,8 @@ def detection_metrics(rollout: Rollout) -> dict[str, float]:
     were stopped: rows whose fatal token was their own last token (an early EOS, say) ended at the
     failure and could not have been stopped any earlier, so they are not counted.
     """
-    fin = rollout.finished
-    stopped = (rollout.ending == Ending.EARLY_STOP) & fin
+    stopped = (rollout.ending == Ending.EARLY_STOP) & rollout.finished
+    fin = rollout.finished & (rollout.extras.get("checkable", torch.ones_like(stopped)) | stopped)
     pos = _stop_positions(rollout)
     f = rollout.failure_step
     doomed = fin & (f >= 0) & (f <= pos)
@@ -55,6 +61,28 @@ def detection_metrics(rollout: Rollout) -> dict[str, float]:
         "stop/false_stop_rate": _ratio((stopped & ~doomed).sum(), (fin & ~doomed).sum()),
         "stop/delay": float(delay.mean()) if len(delay) else float("nan"),
         "stats/doomed_rate": _ratio(doomed.sum(), fin.sum()),
+        "stats/judged_rate": _ratio(fin.sum(), rollout.finished.sum()),
+    }
+
+
+def planted_metrics(rollout: Rollout) -> dict[str, float]:
+    """Rows with a planted wrong step (tokens the task forced, ``rollout.sampled`` False): how many
+    finished rows carry one, the share of them stopped, the mean delay from the first forced token to
+    the stop, and the stop rate of the other finished rows for comparison. Empty without planting."""
+    if rollout.sampled is None:
+        return {}
+    fin = rollout.finished
+    forced = ~rollout.sampled & rollout.mask
+    planted = forced.any(-1) & fin
+    stopped = (rollout.ending == Ending.EARLY_STOP) & fin
+    start = rollout.extras.get("start", torch.zeros_like(rollout.ending))
+    at = start + forced.float().argmax(-1)
+    delay = (_stop_positions(rollout) - at)[planted & stopped].float()
+    return {
+        "plant/rows": float(planted.sum()),
+        "plant/stop_rate": _ratio((planted & stopped).sum(), planted.sum()),
+        "plant/delay": float(delay.mean()) if len(delay) else float("nan"),
+        "plant/stop_rate_unplanted": _ratio((~planted & fin & stopped).sum(), (~planted & fin).sum()),
     }
 
 
@@ -75,9 +103,17 @@ def row_records(rollout: Rollout) -> dict[str, list[int]]:
     """Per finished row: response length, ending code, stop flag and planted failure step (for scatter plots)."""
     fin = rollout.finished
     pos = _stop_positions(rollout)
-    return {
+    out = {
         "length": (pos + 1)[fin].tolist(),
         "ending": rollout.ending[fin].tolist(),
         "failure_step": rollout.failure_step[fin].tolist(),
         "success": rollout.success[fin].int().tolist() if rollout.success is not None else [],
     }
+    if "checkable" in rollout.extras:  # LLM tasks: rows the verifier could judge
+        out["checkable"] = rollout.extras["checkable"][fin].int().tolist()
+    if rollout.sampled is not None:  # first forced (planted) token of the row, -1 none
+        forced = ~rollout.sampled & rollout.mask
+        start = rollout.extras.get("start", torch.zeros_like(rollout.ending))
+        at = torch.where(forced.any(-1), start + forced.float().argmax(-1), torch.full_like(start, -1))
+        out["planted_at"] = at[fin].tolist()
+    return out

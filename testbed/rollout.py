@@ -122,6 +122,9 @@ class Rollout:
     """(B,) bool: the task counts the row as solved."""
     doomed: Tensor | None = None
     """(B,) bool: ground truth (simulation): a fatal error had happened by the row's last token."""
+    sampled: Tensor | None = None
+    """(B, T) bool: the token was sampled by the policy; False where a task forced it (a planted wrong
+    step): such tokens are left out of the policy loss and of the stop rule. None: all sampled."""
     extras: dict[str, Tensor] = field(default_factory=dict)
     """Optional per-row or per-token tensors (e.g. ``ref_logprobs``, ``stop_step``)."""
 
@@ -142,8 +145,10 @@ class Rollout:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field whose shape or dtype is wrong."""
         B, T = self.tokens.shape
-        for name in ("logprobs", "regret", "values", "rewards", "mask", "policy_version"):
+        for name in ("logprobs", "regret", "values", "rewards", "mask", "policy_version", "sampled"):
             t = getattr(self, name)
+            if t is None:
+                continue
             if tuple(t.shape) != (B, T):
                 raise ValueError(f"Rollout.{name} has shape {tuple(t.shape)}, expected {(B, T)}")
         for name in ("ending", "bootstrap", "failure_step"):
