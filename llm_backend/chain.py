@@ -500,8 +500,8 @@ class ChainTask(_math_task_base()):
     seeded generator) get a wrong result forced at their ``plant_step``-th equation: once the row has
     written that equation's ``=``, :meth:`forced_tokens` returns the tokens of ``value + d``
     (``d`` in ±1..3, the result kept >= 0) one per decoding step, and the collector writes them in
-    place of the sampled tokens (marked not sampled). The fatal token, the first forced one, is
-    ``planted_at[slot]``.
+    place of the sampled tokens (marked not sampled). The fatal token, the wrong number's first token,
+    is ``planted_at[slot]``.
     """
 
     ground_truth = True
@@ -521,6 +521,7 @@ class ChainTask(_math_task_base()):
         self._failure = np.full(n, -1, dtype=np.int64)
         self._plant = np.zeros(n, dtype=bool)
         self.planted_at = np.full(n, -1, dtype=np.int64)
+        self._planted = np.zeros(n, dtype=bool)  # the row's wrong step is queued or written
         self._queue: list[list[int]] = [[] for _ in range(n)]
 
     def reset(self, slots, *, split: str = "train", group_size: int = 1):
@@ -529,7 +530,7 @@ class ChainTask(_math_task_base()):
         plant = self._plant_rng.random(len(idx)) < self.plant_fraction
         for s, p in zip(idx, plant):
             self._tokens[s], self._queue[s] = [], []
-            self._failure[s], self.planted_at[s] = -1, -1
+            self._failure[s], self.planted_at[s], self._planted[s] = -1, -1, False
             self._plant[s] = bool(p) and split == "train"
         return prompts
 
@@ -541,13 +542,13 @@ class ChainTask(_math_task_base()):
         out = np.full(len(slots), -1, dtype=np.int64)
         for j, s in enumerate(self._check_slots(slots)):
             if self._queue[s]:
-                if self.planted_at[s] < 0:
-                    self.planted_at[s] = len(self._tokens[s])
                 out[j] = self._queue[s].pop(0)
+                if self.planted_at[s] < 0 and any(c.isdigit() for c in self.tokenizer.decode([int(out[j])])):
+                    self.planted_at[s] = len(self._tokens[s])  # the wrong number's first token (not a lone space)
         return out
 
     def _maybe_plant(self, s: int, text: str) -> None:
-        if not self._plant[s] or self.planted_at[s] >= 0 or self._queue[s] or not re.search(r"=\s*$", text):
+        if not self._plant[s] or self._planted[s] or not re.search(r"=\s*$", text):
             return
         eqs = find_equations(text + "0")  # complete the open equation with a dummy result to read its lhs
         if not eqs or eqs[-1].rhs_start < len(text.rstrip()) or len(eqs) < self.plant_step:
@@ -558,6 +559,7 @@ class ChainTask(_math_task_base()):
         d = int(self._plant_rng.choice([-3, -2, -1, 1, 2, 3]))
         wrong = int(value) + d if int(value) + d >= 0 else int(value) - d
         piece = str(wrong) if text[-1].isspace() else f" {wrong}"
+        self._planted[s] = True
         self._queue[s] = list(self.tokenizer(piece, add_special_tokens=False)["input_ids"])
 
     def observe(self, slots, tokens) -> np.ndarray:
