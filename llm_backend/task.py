@@ -273,14 +273,14 @@ class MathTask:
 def make_task(task_cfg, model_cfg, *, num_slots: int, seed: int) -> MathTask:
     """A :class:`MathTask` from ``testbed.config.TaskSection`` and ``ModelSection`` (tokenizer from
     ``model_cfg.path``, cached under ``model_cfg.cache_dir``). ``task.source`` ``chain`` and
-    ``reasoning_gym`` build the tasks of :mod:`llm_backend.chain` and :mod:`llm_backend.reasoning_gym`."""
+    ``reasoning_gym`` build the tasks of :mod:`llm_backend.chain` and :mod:`llm_backend.rg_source`."""
     kind = getattr(task_cfg, "source", "generator")
     if kind == "chain":
         from llm_backend.chain import make_chain_task
 
         return make_chain_task(task_cfg, model_cfg, num_slots=num_slots, seed=seed)
     if kind == "reasoning_gym":
-        from llm_backend.reasoning_gym import make_rg_task
+        from llm_backend.rg_source import make_rg_task
 
         return make_rg_task(task_cfg, model_cfg, num_slots=num_slots, seed=seed)
     if task_cfg.dataset:

@@ -1,4 +1,4 @@
-"""The ``testbed`` console script: run, sweep, eval, plot, demo."""
+"""The ``testbed`` console script: run, sweep, eval, plot, demo, detect."""
 
 from __future__ import annotations
 
@@ -72,6 +72,15 @@ def cmd_demo(args) -> int:
     return load_entry_point(spec)(out=out, workers=args.workers, quick=args.quick, fresh=args.fresh)
 
 
+def cmd_detect(args) -> int:
+    from testbed.detect import detect
+
+    summary = detect(args.data, out=args.out, config=args.config or None, checkpoint=args.checkpoint or None,
+                     limit=args.limit, progress=not args.no_progress)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="testbed", description="ESPO / T-PPO algorithm testbed")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -111,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="fewer seeds and steps (smoke test)")
     d.add_argument("--fresh", action="store_true", help="ignore completed runs in the output folder")
     d.set_defaults(fn=cmd_demo)
+
+    dt = sub.add_parser("detect", help="score a stop rule offline on step-labelled solutions (ProcessBench format)")
+    dt.add_argument("--data", required=True, help="JSON list (or JSON Lines) of {id, problem, steps, label}")
+    dt.add_argument("--checkpoint", default="", help="a finished run's directory (its policy, critic and normaliser)")
+    dt.add_argument("--config", default="", help="YAML config (model, task, stop rule); default: the run's, else the default model with ESPO's settings")
+    dt.add_argument("--limit", type=int, default=None, help="first N items only")
+    dt.add_argument("--out", required=True, help="output folder for items.jsonl and detect.json")
+    dt.add_argument("--no-progress", action="store_true", help="no progress bar")
+    dt.set_defaults(fn=cmd_detect)
     return p
 
 
