@@ -17,6 +17,7 @@ from types import ModuleType
 REGISTRY: dict[str, str] = {
     "espo_headline": "analysis.experiments.espo_headline",
     "tppo_speedup": "analysis.experiments.tppo_speedup",
+    "llm_detection": "analysis.experiments.llm_detection",
 }
 """Study name -> package path. The one list of studies."""
 
