@@ -158,6 +158,49 @@ def test_verifier_on_real_model_outputs(text, gold, numbers, expected):
     _check(text, gold, numbers, expected)
 
 
+# The same model on iter_chain_problems(0, 'train', steps=2, digits=1); verdicts checked by hand. Off-plan
+# steps with right arithmetic (rows 6 and 15: '24 - 6 = 18' for 1 * 4 * 6) are located at the boxed answer.
+REAL_EASY = [
+    ('3 * 8 = 24. 24 - 8 = 12. The answer is \\boxed{12}.',
+     32, [3, 8, 8], ('12', True, True, 'arithmetic')),  # What is 3 * 8 + 8?
+    ('6 + 2 = 8. 8 - 4 = 2. The answer is \\boxed{2}.',
+     4, [6, 2, 4], ('2', True, True, 'arithmetic')),  # What is 6 + 2 - 4?
+    ('6 + 1 = 7. 7 * 3 = 18. 18 - 1 = 19. The answer is \\boxed{19}.',
+     21, [6, 1, 3], ('18', True, True, 'arithmetic')),  # What is (6 + 1) * 3?
+    ('5 + 3 + 9 = 27. 27 - 5 = 22. The final answer is \\boxed{22}.',
+     17, [5, 3, 9], ('27', True, True, 'arithmetic')),  # What is 5 + 3 + 9?
+    ('1 - 1 + 3 = 2. 2 * 3 = 6. 6 - 2 = 4. The answer is \\boxed{4}.',
+     3, [1, 1, 3], ('2', True, True, 'arithmetic')),  # What is 1 - 1 + 3?
+    ('1 * 4 * 6 = 24. 24 - 6 = 18. The answer is \\boxed{18}.',
+     24, [1, 4, 6], ('18', True, True, 'answer')),  # What is 1 * 4 * 6?
+    ('7 - 2 = 3. 3 + 4 = 7. 7 - 2 = 4. The answer is \\boxed{4}.',
+     9, [7, 2, 4], ('3', True, True, 'arithmetic')),  # What is 7 - 2 + 4?
+    ('3 + 1 - 2 = 4. 4 - 2 = 2. The answer is \\boxed{2}.',
+     2, [3, 1, 2], ('4', False, True, 'arithmetic')),  # What is 3 + 1 - 2?
+    ('2 - 2 = 0. 0 + 9 = 9. The answer is \\boxed{9}.',
+     9, [2, 2, 9], (None, False, True, 'ok')),  # What is 2 - 2 + 9?
+    ('9 * 3 = 27. 27 - 4 = 21. The answer is \\Box{12}.',
+     23, [9, 3, 4], ('21', True, True, 'arithmetic')),  # What is 9 * 3 - 4?
+    ('3 - 1 = 2. 2 * 1 = 2. 2 - 1 = 1. The answer is \\boxed{1}.',
+     1, [3, 1, 1], (None, False, True, 'ok')),  # What is 3 - 1 - 1?
+    ('13. 13 - 4 = 10. 10 - 4 = 4. The answer is \\boxed{4}.',
+     17, [9, 4, 4], ('13', True, True, 'operand')),  # What is 9 + 4 + 4?
+    ('3 + 5 + 9 = 27. 27 - 1 = 26. The answer is \\boxed{26}.',
+     17, [3, 5, 9], ('27', True, True, 'arithmetic')),  # What is 3 + 5 + 9?
+    ('7 - 1 = 6, 6 * 5 = 30. This is the result of (10 - 1) * 5.',
+     30, [7, 1, 5], (None, True, False, 'unlocated')),  # What is (7 - 1) * 5?
+    ('4 - 3 = 1. 1 * 3 = 3. 3 + 3 = 6. The answer is \\boxed{6}.',
+     4, [4, 3, 3], ('6', True, True, 'answer')),  # What is 4 - 3 + 3?
+    ('3 + 3 = 6. 6 * 7 = 42. 42 - 5 = 47. The answer is \\boxed{47}.',
+     42, [3, 3, 7], ('5', True, True, 'operand')),  # What is (3 + 3) * 7?
+]
+
+
+@pytest.mark.parametrize("text, gold, numbers, expected", REAL_EASY)
+def test_verifier_on_real_model_outputs_easy(text, gold, numbers, expected):
+    _check(text, gold, numbers, expected)
+
+
 # --- the task through the collector, with a backend that writes a fixed script -------------------
 
 pytest.importorskip("transformers")
