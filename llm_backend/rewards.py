@@ -35,6 +35,7 @@ __all__ = [
     "AnswerCheck",
     "MAX_ANSWER_CHARS",
     "accuracy_reward",
+    "call_with_timeout",
     "check_answers",
     "extract_boxed",
     "format_reward",
@@ -205,6 +206,41 @@ def _call_with_signal_timeout(gold: str, pred: str, timeout: float) -> bool | No
         if old_delay > 0:  # someone else's timer was running: give back what is left of it
             signal.setitimer(signal.ITIMER_REAL, max(old_delay - (time.monotonic() - started), 1e-3))
     return result
+
+
+def call_with_timeout(fn, args: tuple, timeout: float):
+    """``(True, fn(*args))``, or ``(False, None)`` when it runs past ``timeout`` seconds.
+
+    Main thread: a SIGALRM interval timer interrupts ``fn``. Other threads (signals are main-thread
+    only): ``fn`` runs in a helper thread that is abandoned, not killed, on timeout -- for checkers such
+    as reasoning-gym's ``score_answer`` whose state does not pickle into a worker process.
+    """
+    if timeout is None or timeout <= 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+    if threading.current_thread() is not threading.main_thread():
+        from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
+
+        ex = ThreadPoolExecutor(1)
+        try:
+            return True, ex.submit(fn, *args).result(timeout)
+        except FutureTimeout:
+            return False, None
+        finally:
+            ex.shutdown(wait=False)
+    old_handler = signal.signal(signal.SIGALRM, _alarm_handler)
+    old_delay, _ = signal.setitimer(signal.ITIMER_REAL, timeout)
+    started = time.monotonic()
+    try:
+        try:
+            return True, fn(*args)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except _CheckTimeout:
+        return False, None
+    finally:
+        signal.signal(signal.SIGALRM, old_handler)
+        if old_delay > 0:
+            signal.setitimer(signal.ITIMER_REAL, max(old_delay - (time.monotonic() - started), 1e-3))
 
 
 _pool = None

@@ -147,6 +147,7 @@ class MathTask:
         format_score: float = 0.0,
         system_prompt: str = "",
         one_shot: bool = True,
+        example: tuple[str, str] = EXAMPLE,
     ):
         if num_slots < 1:
             raise ValueError(f"num_slots must be >= 1, got {num_slots}")
@@ -160,6 +161,7 @@ class MathTask:
         self.format_score = float(format_score)
         self.system_prompt = system_prompt
         self.one_shot = bool(one_shot)
+        self.example = example
         self._problems: list[Problem | None] = [None] * self.num_slots
         self._verdicts: list[dict[str, Any] | None] = [None] * self.num_slots
         self._prompt_cache: dict[str, list[int]] = {}
@@ -168,11 +170,11 @@ class MathTask:
 
     def messages(self, question: str) -> list[dict[str, str]]:
         """The chat messages of a question: a system message if ``system_prompt`` is set, the
-        :data:`EXAMPLE` exchange if ``one_shot``, then the question with :data:`ANSWER_INSTRUCTION`."""
+        ``example`` exchange (default :data:`EXAMPLE`) if ``one_shot``, then the question with :data:`ANSWER_INSTRUCTION`."""
         msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         if self.one_shot:
-            msgs.append({"role": "user", "content": f"{EXAMPLE[0]}\n{ANSWER_INSTRUCTION}"})
-            msgs.append({"role": "assistant", "content": EXAMPLE[1]})
+            msgs.append({"role": "user", "content": f"{self.example[0]}\n{ANSWER_INSTRUCTION}"})
+            msgs.append({"role": "assistant", "content": self.example[1]})
         msgs.append({"role": "user", "content": f"{question}\n{ANSWER_INSTRUCTION}"})
         return msgs
 
@@ -271,7 +273,17 @@ class MathTask:
 
 def make_task(task_cfg, model_cfg, *, num_slots: int, seed: int) -> MathTask:
     """A :class:`MathTask` from ``testbed.config.TaskSection`` and ``ModelSection`` (tokenizer from
-    ``model_cfg.path``, cached under ``model_cfg.cache_dir``)."""
+    ``model_cfg.path``, cached under ``model_cfg.cache_dir``). ``task.source`` ``chain`` and
+    ``reasoning_gym`` build the tasks of :mod:`llm_backend.chain` and :mod:`llm_backend.rg_source`."""
+    kind = getattr(task_cfg, "source", "generator")
+    if kind == "chain":
+        from llm_backend.chain import make_chain_task
+
+        return make_chain_task(task_cfg, model_cfg, num_slots=num_slots, seed=seed)
+    if kind == "reasoning_gym":
+        from llm_backend.rg_source import make_rg_task
+
+        return make_rg_task(task_cfg, model_cfg, num_slots=num_slots, seed=seed)
     if task_cfg.dataset:
         problems = load_dataset(task_cfg.dataset, task_cfg.dataset_format)
         source: _Source = _DatasetSource(problems, seed, task_cfg.dataset)

@@ -1,4 +1,4 @@
-"""The ``testbed`` console script: run, sweep, eval, plot, demo.
+"""The ``testbed`` console script: run, sweep, eval, plot, demo, detect.
 
 Each subcommand is a ``cmd_NAME(args) -> exit status`` plus an ``add_NAME(subparsers)`` that declares
 its arguments; :data:`COMMANDS` lists them, so a new subcommand is two functions and one entry.
@@ -147,7 +147,27 @@ def cmd_demo(args) -> int:
     return main(out=out, workers=args.workers, quick=args.quick, fresh=args.fresh, **({"full": True} if args.full else {}))
 
 
-COMMANDS = [add_run, add_sweep, add_eval, add_plot, add_demo]
+def add_detect(sub) -> None:
+    dt = sub.add_parser("detect", help="score a stop rule offline on step-labelled solutions (ProcessBench format)")
+    dt.add_argument("--data", required=True, help="JSON list (or JSON Lines) of {id, problem, steps, label}")
+    dt.add_argument("--checkpoint", default="", help="a finished run's directory (its policy, critic and normaliser)")
+    dt.add_argument("--config", default="", help="YAML config (model, task, stop rule); default: the run's, else the default model with ESPO's settings")
+    dt.add_argument("--limit", type=int, default=None, help="first N items only")
+    dt.add_argument("--out", required=True, help="output folder for items.jsonl and detect.json")
+    dt.add_argument("--no-progress", action="store_true", help="no progress bar")
+    dt.set_defaults(fn=cmd_detect)
+
+
+def cmd_detect(args) -> int:
+    from testbed.detect import detect
+
+    summary = detect(args.data, out=args.out, config=args.config or None, checkpoint=args.checkpoint or None,
+                     limit=args.limit, progress=not args.no_progress)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+COMMANDS = [add_run, add_sweep, add_eval, add_plot, add_demo, add_detect]
 """Each adds one subcommand (its parser and ``fn``); the help lists them in this order."""
 
 

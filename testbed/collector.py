@@ -18,7 +18,7 @@ from torch import Tensor
 from testbed.config import Config
 from testbed.protocols import Backend, Task
 from testbed.rollout import Ending, Rollout, table_bootstrap
-from testbed.sampling import sample_tokens
+from testbed.sampling import Sample, sample_tokens
 from testbed.stopping import StopContext, StopRule
 
 
@@ -35,6 +35,7 @@ class Segment:
     failure_step: Tensor  # (B,) long, ground truth known by the segment's end
     steps: int  # decoding steps taken
     idle_fraction: float  # share of the decoding batch's row-steps spent on rows already ended
+    sampled: Tensor | None = None  # (B, W) bool, False where the task forced the token; None if it never does
 
 
 def decode_segment(
@@ -71,6 +72,8 @@ def decode_segment(
     mask = torch.zeros(B, W, dtype=torch.bool)
     ending = torch.full((B,), -1, dtype=torch.long)
     failure = torch.full((B,), -1, dtype=torch.long)
+    forced_tokens = getattr(task, "forced_tokens", None)  # planted wrong steps (llm_backend.chain)
+    sampled = torch.ones(B, W, dtype=torch.bool) if forced_tokens is not None else None
     active = torch.arange(B)
     slots_t = torch.as_tensor(slots, dtype=torch.long)
     busy_row_steps = 0
@@ -86,6 +89,13 @@ def decode_segment(
         out = backend.step(with_values=check)
         s = sample_tokens(out.logits, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
                           generator=generator, greedy=greedy)
+        forced = None
+        if forced_tokens is not None:
+            f = torch.as_tensor(forced_tokens(slots[active.numpy()]), dtype=torch.long)
+            forced = f >= 0
+            if forced.any():
+                s = _force(s, out.logits, f, r.temperature)
+                sampled[active[forced], k] = False
         tok = s.tokens.cpu()
         tokens[active, k] = tok
         logprobs[active, k] = s.logprobs.cpu()
@@ -106,7 +116,7 @@ def decode_segment(
         eos = tok == task.eos_token_id
         ctx = StopContext(slots=slots_t[active], positions=pos, logits=out.logits, tokens=tok,
                           regret=s.regret.cpu(), values=vals, failure_step=fs, train_step=train_step,
-                          ends_anyway=eos)
+                          ends_anyway=eos, sampled=None if forced is None else ~forced)
         stop = rule(ctx).cpu()
         cap = ((pos + 1) >= max_len) & ~eos & ~stop
         cut = ((k + 1) >= budget[active]) & ~eos & ~stop & ~cap
@@ -119,7 +129,17 @@ def decode_segment(
     if (ending < 0).any():  # only possible with a zero budget
         raise RuntimeError("a row ended the segment without an ending; budgets must be >= 1")
     idle = 1.0 - busy_row_steps / (B * steps) if steps else 0.0
-    return Segment(tokens, logprobs, regret, values, mask, ending, failure, steps, idle)
+    return Segment(tokens, logprobs, regret, values, mask, ending, failure, steps, idle, sampled)
+
+
+def _force(s: Sample, logits: Tensor, forced: Tensor, temperature: float) -> Sample:
+    """``s`` with the tokens of rows where ``forced`` (b,) >= 0 replaced by those tokens, their log-prob
+    and regret read from the same temperature-scaled distribution the sampled tokens come from."""
+    f = forced.to(s.tokens.device)
+    tokens = torch.where(f >= 0, f, s.tokens)
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    chosen = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return Sample(tokens=tokens, logprobs=chosen, regret=(logp.amax(-1) - chosen).clamp(min=0.0))
 
 
 @dataclass
@@ -212,16 +232,22 @@ class SamplePool:
         task_reward = torch.zeros(self.B)
         success = torch.zeros(self.B, dtype=torch.bool)
         fail = seg.failure_step.clone()
+        checkable = None
         if len(fin_idx):
             res = self.task.finish(fin_idx, [rows[i].tokens for i in fin_idx])
             task_reward[fin_idx] = torch.as_tensor(res.reward, dtype=torch.float32)
             success[fin_idx] = torch.as_tensor(res.success, dtype=torch.bool)
             fail[fin_idx] = torch.as_tensor(res.failure_step, dtype=torch.long)
+            if hasattr(res, "checkable"):  # tasks whose ground truth can be missing (llm_backend.chain)
+                checkable = torch.ones(self.B, dtype=torch.bool)
+                checkable[fin_idx] = torch.as_tensor(res.checkable, dtype=torch.bool)
         lengths_total = torch.tensor([len(s.tokens) for s in rows], dtype=torch.long)
         reward_last = self._row_rewards(seg.ending, task_reward, lengths_total)
 
         rollout = self._build(rows, contexts, seg, reward_last, task_reward, success, fail,
                               start=start, train_step=train_step)
+        if checkable is not None:
+            rollout.extras["checkable"] = checkable
         finished_rollout = None
         if c.tppo.enabled and len(fin_idx):
             finished_rollout = self._whole(rows, fin_idx, seg, reward_last, task_reward, success, fail)
@@ -275,7 +301,7 @@ class SamplePool:
             tokens=seg.tokens, logprobs=seg.logprobs, regret=seg.regret, values=seg.values, rewards=rewards,
             mask=seg.mask, ending=seg.ending, bootstrap=torch.zeros(B), failure_step=fail, policy_version=pv,
             prompts=contexts, group_ids=torch.tensor([s.group for s in rows], dtype=torch.long),
-            task_reward=task_reward, success=success, extras={"start": start},
+            task_reward=task_reward, success=success, sampled=seg.sampled, extras={"start": start},
             length_cap=self.cfg.rollout.length_cap,
         )
         # The ending table's bootstrap, once; every estimator reads it from here.

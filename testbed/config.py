@@ -69,6 +69,10 @@ class TaskSection:
     """math: reward for a well-formed ``\\boxed{}`` answer that is wrong."""
     system_prompt: str = ""
     """math: extra system message for the chat template (empty: none)."""
+    source: str = "generator"
+    """math: ``generator`` (``difficulty``, or ``dataset`` when set), ``chain`` (checkable multi-step arithmetic) or ``reasoning_gym``."""
+    source_kwargs: dict = field(default_factory=dict)
+    """math: the source's knobs (chain: steps, digits, plant_fraction, plant_step; reasoning_gym: dataset, config, size)."""
 
 
 @dataclass
@@ -251,6 +255,7 @@ _CHOICES = {
     ("stop", "accumulate"): ("cusum", "sum", "ema"),
     ("stop", "gate"): ("scaled", "and"),
     ("task", "dataset_format"): ("auto", "gsm8k", "math", "aime", "dapo"),
+    ("task", "source"): ("generator", "chain", "reasoning_gym"),
 }
 
 

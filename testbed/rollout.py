@@ -127,6 +127,9 @@ class Rollout:
     """(B,) float: the task's own reward for each row as it stands (before stop treatment)."""
     success: Tensor | None = None
     """(B,) bool: the task counts the row as solved."""
+    sampled: Tensor | None = None
+    """(B, T) bool: the token was sampled by the policy; False where a task forced it (a planted wrong
+    step): such tokens are left out of the policy loss and of the stop rule. None: all sampled."""
     extras: dict[str, Tensor] = field(default_factory=dict)
     """Optional per-row or per-token tensors (e.g. ``start``: response tokens before this segment)."""
     length_cap: str = LengthCap.TERMINAL
@@ -160,8 +163,10 @@ class Rollout:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field whose shape or dtype is wrong."""
         B, T = self.tokens.shape
-        for name in ("logprobs", "regret", "values", "rewards", "mask", "policy_version"):
+        for name in ("logprobs", "regret", "values", "rewards", "mask", "policy_version", "sampled"):
             t = getattr(self, name)
+            if t is None:
+                continue
             if tuple(t.shape) != (B, T):
                 raise ValueError(f"Rollout.{name} has shape {tuple(t.shape)}, expected {(B, T)}")
         for name in ("ending", "bootstrap", "failure_step"):

@@ -45,6 +45,9 @@ class StopContext:
     """The training step whose rollout this is."""
     ends_anyway: Tensor | None = None
     """(b,) bool: rows whose sampled token ends them regardless (EOS); a rule never stops these."""
+    sampled: Tensor | None = None
+    """(b,) bool: False where the task forced the token (a planted step): its regret is not the
+    policy's choice, so accumulating rules leave their statistic unchanged there. None: all sampled."""
 
 
 class RegretNormalizer:
@@ -175,6 +178,8 @@ class ESPORule(StopRule):
             s = s + (z - self.cfg.kappa).clamp(min=0.0)
         else:  # "ema": smoothing within the row
             s = (1 - self.cfg.alpha) * s + self.cfg.alpha * z
+        if ctx.sampled is not None:
+            s = torch.where(ctx.sampled.cpu(), s, self.score[ctx.slots.cpu()])
         self.score[ctx.slots.cpu()] = s
         return s
 
@@ -332,7 +337,8 @@ class RandomRule(StopRule):
 
 @RULES.register("oracle")
 class OracleRule(StopRule):
-    """Privileged (simulation only): stop ``delay`` tokens after the planted fatal token."""
+    """Privileged: stop ``delay`` tokens after the fatal token, once the task knows it (simulated
+    envs; LLM tasks whose verifier runs on the decoded prefix, ``llm_backend.chain``)."""
 
     def decide(self, ctx: StopContext) -> Tensor:
         f = ctx.failure_step

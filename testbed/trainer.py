@@ -29,7 +29,7 @@ from testbed.config import Config
 from testbed.evaluate import evaluate
 from testbed.errors import UserError
 from testbed.lock import RunLock
-from testbed.diagnostics import detection_metrics, failure_rank, row_records, stop_metrics
+from testbed.diagnostics import detection_metrics, failure_rank, planted_metrics, row_records, stop_metrics
 from testbed.losses import POLICY_LOSSES, PolicyLossParams, entropy_bonus, explained_variance, kl_penalty, value_loss
 from testbed.masked import masked_mean, masked_whiten as whiten
 from testbed.metrics import MetricsLogger, TensorBoardLogger
@@ -73,8 +73,8 @@ class Trainer:
             self.lock.acquire()
             (self.run_dir / "checkpoints").mkdir(exist_ok=True)
             self.logger = MetricsLogger(self.run_dir / "metrics.jsonl")
-            # Per-row outcomes of finished rows (length, ending, planted failure step) on simulated tasks.
-            self.rows_logger = MetricsLogger(self.run_dir / "rows.jsonl") if cfg.task.kind == "sim" else None
+            # Per-row outcomes of finished rows (length, ending, failure step) where there is ground truth.
+            self.rows_logger = MetricsLogger(self.run_dir / "rows.jsonl") if self.ground_truth else None
             self.tb = TensorBoardLogger(self.run_dir / "tensorboard") if cfg.run.tensorboard else None
             (self.run_dir / "config.yaml").write_text(config_mod.dump(cfg))
             self._resume()
@@ -108,6 +108,8 @@ class Trainer:
         self.opt_actor = torch.optim.Adam(self.actor_params, lr=cfg.algo.lr_actor)
         self.opt_critic = torch.optim.Adam(self.critic_params, lr=cfg.algo.lr_critic) if self.uses_critic else None
         self.shuffle = torch.Generator().manual_seed(cfg.run.seed + 1)
+        # Tasks with ground truth: simulated envs, and LLM tasks that verify their steps (ground_truth = True).
+        self.ground_truth = cfg.task.kind == "sim" or bool(getattr(self.task, "ground_truth", False))
         self.step = 0
         self.cumulative_tokens = 0
         self._eval_task = None
@@ -140,7 +142,7 @@ class Trainer:
             adv = self.estimator(batch.rollout, self.adv_params)  # advantages
             actor = self.update_actor(batch.rollout, adv.advantages)  # epochs of minibatch updates
             critic = self.update_critic(batch, adv.returns)
-            self.rule.update(batch.rollout.regret, batch.rollout.mask)  # regret normaliser, once per batch
+            self.rule.update(batch.rollout.regret, self.sampled_mask(batch.rollout))  # regret normaliser, once per batch
             record = self.record(batch, adv.advantages, actor, critic)
             record.update(held_out)
             self.logger.log(record)
@@ -188,7 +190,12 @@ class Trainer:
             m = m & ~tail
         if c.algo.dynamic_sampling and rollout.group_ids is not None:
             m = m & _informative_groups(rollout).unsqueeze(1)
-        return m
+        return m & self.sampled_mask(rollout)
+
+    @staticmethod
+    def sampled_mask(rollout: Rollout) -> Tensor:
+        """(B, T) bool: valid tokens the policy sampled (forced, planted tokens are not its actions)."""
+        return rollout.mask if rollout.sampled is None else rollout.mask & rollout.sampled
 
     def _minibatches(self, n: int):
         mb = self.cfg.algo.minibatch_size
@@ -312,9 +319,10 @@ class Trainer:
             "time/wall": time.perf_counter() - self.started,
         }
         rec.update(stop_metrics(r, self.cfg.rollout.max_len))
-        if self.cfg.task.kind == "sim":
+        if self.ground_truth:
             rec.update(detection_metrics(r))
             rec["credit/failure_rank"] = failure_rank(r, advantages)
+            rec.update(planted_metrics(r))
         rec.update(batch.stats)
         rec.update(actor)
         rec.update(critic)

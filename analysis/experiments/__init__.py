@@ -18,6 +18,7 @@ REGISTRY: dict[str, str] = {
     "espo_headline": "analysis.experiments.espo_headline",
     "espo_difficulty": "analysis.experiments.espo_difficulty",
     "tppo_speedup": "analysis.experiments.tppo_speedup",
+    "llm_detection": "analysis.experiments.llm_detection",
 }
 """Study name -> package path. The one list of studies."""
 

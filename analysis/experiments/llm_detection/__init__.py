@@ -1,0 +1,1 @@
+"""The LLM detection study: ESPO's stops on the language model scored against a verifier's ground truth."""

@@ -1,0 +1,57 @@
+"""Settings of the LLM detection study (settings only; :func:`spec` assembles them).
+
+PPO, ESPO, random truncation matched to ESPO's stop rate, the oracle (stops at the verifier's first
+wrong number, once the number is complete) and ESPO with planted wrong steps, on checkable
+three-step arithmetic (``task.source: chain``) with the embedded SmolLM2-135M-Instruct; run names
+``<method>-s<seed>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+BASE_CONFIG = str(REPO / "configs" / "llm" / "chain_espo.yaml")
+"""Base config of every run (absolute, so the study runs from any working directory)."""
+
+STEPS = 20
+"""Training steps per run (CPU-sized: about 20 s a step here with 16 rows of up to 64 tokens)."""
+
+OVERRIDES: dict = {
+    "run.eval_every": 10,
+    "run.eval_size": 32,
+    "run.checkpoint_every": 10,
+    "stop.min_tokens": 8,
+    "stop.warmup_steps": 1,
+}
+"""Applied to every run on top of the base config."""
+
+METHODS: dict[str, dict] = {
+    "ppo": {"stop.rule": "none"},
+    "espo": {"stop.rule": "espo"},
+    "random": {"stop.rule": "random", "stop.reference_run": "{out_dir}/espo-s{seed}"},
+    "oracle": {"stop.rule": "oracle", "stop.delay": 0},
+    # a wrong result forced into half the rows at their second equation: the fatal token is known by construction
+    "espo_planted": {"stop.rule": "espo", "task.source_kwargs": {"steps": 3, "digits": 2, "plant_fraction": 0.5,
+                                                                  "plant_step": 2}},
+}
+"""Method label -> overrides. The order is the order of tables."""
+
+SEEDS = [0, 1]
+
+QUICK: dict = {"steps": 3, "seeds": [0], "overrides": {"rollout.batch_size": 8, "algo.minibatch_size": 8,
+                                                         "run.eval_every": 3, "run.eval_size": 8}}
+"""``--quick``: a smoke test of the pipeline, not evidence."""
+
+AXES = ("method", "seed")
+
+
+def spec(out_dir: str | Path, quick: bool = False, extra: dict | None = None) -> dict:
+    """The sweep in the ``testbed.sweep`` format (``extra``: more overrides, e.g. a tiny model for tests)."""
+    q = QUICK if quick else {}
+    return {
+        "base": BASE_CONFIG,
+        "out_dir": str(out_dir),
+        "overrides": {**OVERRIDES, "run.steps": q.get("steps", STEPS), **q.get("overrides", {}), **(extra or {})},
+        "axes": {"method": METHODS, "seed": list(q.get("seeds", SEEDS))},
+    }

@@ -1,0 +1,397 @@
+"""``testbed detect``: score a stop rule offline on step-labelled solutions (ProcessBench's format).
+
+Each item (``id``, ``problem``, ``steps``: list of strings, ``label``: index of the first wrong step,
+-1 when every step is right) becomes one response: the steps joined by blank lines, after the task's
+chat prompt for ``problem``. The response is teacher-forced through the model (one forward pass for
+transformers backends, :mod:`llm_backend.teacher`; step-wise decoding for others): per-token regret ``g_t = max_a log pi(a|s_t) - log pi(a_t|s_t)`` under the sampling temperature and,
+when a trained critic exists, values. The configured stop rule then runs over each response, and the
+first token at which it fires is mapped to its step.
+
+Which rule: the config's ``stop.rule``. Without a trained critic (the default model, no
+``--checkpoint``) values mean nothing, so ``espo`` runs as ``regret_only`` (the value gate as if
+p_t = 1) and ``value_only`` is refused. The regret normaliser comes from the run's checkpoint; without
+one it is fitted (label-free) on the regrets of the items themselves, once, before any rule runs.
+
+Per item (``items.jsonl``): ``id``, ``label``, ``score`` (the rule's largest margin over the solution:
+``S_t - threshold_t`` for ``espo`` / ``regret_only``, ``rho - p_t`` for ``value_only``; the rule fires
+where it is > 0), ``first_stop_step`` (-1: never fired), ``stop_token``, ``tokens``.
+
+Summary (``detect.json``): ``n``; ``auroc`` of ``score`` for "has an error"; a stop at or after the
+labelled step of an erroneous item is a **detection**, a stop before it or on a correct item a **false
+stop**: ``precision`` = detections / stops, ``recall`` = detections / erroneous items, ``delay`` = mean
+``first_stop_step - label`` over detections (steps), ``false_stop_rate`` = false stops / items;
+ProcessBench's ``f1``: harmonic mean of the accuracy on erroneous items (``first_stop_step == label``)
+and on correct items (``first_stop_step == -1``). ``random`` holds the same metrics for a random
+detector matched in stop rate (each item stopped with the rule's stop rate, at a relative position
+drawn from the rule's own stops), averaged over ``RANDOM_REPEATS`` seeded draws.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from testbed import config as config_mod
+from testbed.stopping import StopContext, make_stop_rule, success_probability
+
+RANDOM_REPEATS = 200
+"""Draws of the rate-matched random detector averaged in ``detect.json``."""
+
+STEP_SEPARATOR = "\n\n"
+"""How an item's steps are joined into one response (ProcessBench's own rendering)."""
+
+DEFAULT_CONFIG = {
+    "task": {"kind": "math"},
+    "model": {"kind": "hf", "path": "default", "dtype": "bfloat16", "critic": "head"},
+    "rollout": {"temperature": 0.7},
+    "stop": {"rule": "espo", "accumulate": "cusum", "gate": "scaled", "kappa": 2.0, "tau": 8.0, "tau_min": 1.0,
+             "min_tokens": 8},
+}
+"""Without ``--config`` or ``--checkpoint``: the default model and the stop settings of configs/llm/espo.yaml."""
+
+SUPPORTED_RULES = ("espo", "regret_only", "value_only")
+
+
+class DataError(config_mod.ConfigError):
+    """A malformed step-labelled data file; the message names the file and the item."""
+
+
+@dataclass
+class Item:
+    id: str
+    problem: str
+    steps: list[str]
+    label: int
+
+
+def load_items(path: str | Path, limit: int | None = None) -> list[Item]:
+    """Read a ProcessBench-format file: a JSON list of items, or JSON Lines (one item per line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--data: no such file {path}")
+    text = path.read_text()
+    try:
+        data = json.loads(text)
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a JSON list of items, got {type(data).__name__}")
+        raw = list(enumerate(data))
+    except json.JSONDecodeError as e:
+        raw = []
+        for n, line in enumerate(text.splitlines()):
+            if not line.strip():
+                continue
+            try:
+                raw.append((n, json.loads(line)))
+            except json.JSONDecodeError:
+                raise DataError(f"{path}: not JSON ({e.msg} at line {e.lineno}) nor JSON Lines (line {n + 1})") from None
+    items = []
+    for i, obj in raw:
+        where = f"{path}: item {i}"
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: expected an object, got {type(obj).__name__}")
+        where += f" (id {obj.get('id')!r})" if "id" in obj else ""
+        for key in ("id", "problem", "steps", "label"):
+            if key not in obj:
+                raise DataError(f"{where}: missing {key!r}")
+        steps, label = obj["steps"], obj["label"]
+        if not isinstance(obj["problem"], str):
+            raise DataError(f"{where}: 'problem' must be a string")
+        if not isinstance(steps, list) or not steps or not all(isinstance(s, str) for s in steps):
+            raise DataError(f"{where}: 'steps' must be a non-empty list of strings")
+        if isinstance(label, bool) or not isinstance(label, int) or not -1 <= label < len(steps):
+            raise DataError(f"{where}: 'label' must be an integer in [-1, {len(steps) - 1}], got {label!r}")
+        items.append(Item(str(obj["id"]), obj["problem"], steps, label))
+        if limit is not None and len(items) >= limit:
+            break
+    if not items:
+        raise DataError(f"{path}: no items")
+    return items
+
+
+# --- metrics ----------------------------------------------------------------------------------------
+
+
+def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties counted half); NaN without both classes.
+
+    >>> auroc([0.1, 0.4, 0.35, 0.8], [False, False, True, True])
+    0.75
+    """
+    s = np.asarray(scores, dtype=float)
+    y = np.asarray(positive, dtype=bool)
+    n1, n0 = int(y.sum()), int((~y).sum())
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s))
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):  # average ranks of ties
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def stop_metrics(first_stop: Sequence[int], labels: Sequence[int]) -> dict[str, float]:
+    """Detection metrics of first-stop steps against first-error labels (see the module docstring).
+
+    >>> m = stop_metrics([2, 0, -1, 1], [1, 3, -1, -1])
+    >>> m["precision"], m["recall"], m["delay"], m["f1"]
+    (0.3333333333333333, 0.5, 1.0, 0.0)
+    """
+    f = np.asarray(first_stop)
+    y = np.asarray(labels)
+    err = y >= 0
+    stopped = f >= 0
+    hit = stopped & err & (f >= y)
+    n_stop, n_err, n_ok = int(stopped.sum()), int(err.sum()), int((~err).sum())
+    acc_err = float((f[err] == y[err]).mean()) if n_err else float("nan")
+    acc_ok = float((f[~err] == -1).mean()) if n_ok else float("nan")
+    f1 = 2 * acc_err * acc_ok / (acc_err + acc_ok) if (acc_err + acc_ok) > 0 else 0.0
+    return {
+        "stop_rate": n_stop / len(f),
+        "precision": int(hit.sum()) / n_stop if n_stop else float("nan"),
+        "recall": int(hit.sum()) / n_err if n_err else float("nan"),
+        "delay": float((f - y)[hit].mean()) if hit.any() else float("nan"),
+        "false_stop_rate": int((stopped & ~hit).sum()) / len(f),
+        "acc_erroneous": acc_err,
+        "acc_correct": acc_ok,
+        "f1": f1,
+    }
+
+
+def random_baseline(n_tokens: Sequence[int], token_steps: Sequence[np.ndarray], labels: Sequence[int], *,
+                    rate: float, fractions: Sequence[float], min_tokens: int, repeats: int = RANDOM_REPEATS,
+                    seed: int = 0) -> dict[str, float]:
+    """Mean metrics of a detector that stops each item with probability ``rate``, at relative position
+    drawn from ``fractions`` (uniform when empty), never before ``min_tokens``; scores are uniform noise."""
+    rng = np.random.default_rng(seed)
+    runs = []
+    for _ in range(repeats):
+        first = []
+        for n, steps in zip(n_tokens, token_steps):
+            lo = min(max(min_tokens - 1, 0), n - 1)
+            if rng.random() >= rate:
+                first.append(-1)
+                continue
+            frac = rng.choice(fractions) if len(fractions) else rng.random()
+            t = min(max(int(frac * n), lo), n - 1)
+            first.append(int(steps[t]))
+        m = stop_metrics(first, labels)
+        m["auroc"] = auroc(rng.random(len(labels)), np.asarray(labels) >= 0)
+        runs.append(m)
+    return {k: float(np.nanmean([r[k] for r in runs])) if any(not math.isnan(r[k]) for r in runs) else float("nan")
+            for k in runs[0]}
+
+
+# --- teacher forcing ---------------------------------------------------------------------------------
+
+
+TEACHER_ENTRY_POINTS = {"hf": "llm_backend.teacher:teacher_regret"}
+"""``model.kind`` -> a one-pass teacher-forced regret function ``(backend, prompts, tokens, mask, *,
+temperature) -> (B, T)``; other backends replay the responses through step-wise decoding."""
+
+
+def teacher_force(backend, prompts: list[list[int]], responses: list[list[int]], *, temperature: float,
+                  with_values: bool, regret_fn=None) -> tuple[list[Tensor], list[Tensor] | None]:
+    """Per-token regret (and values) of ``responses`` after ``prompts``.
+
+    With ``regret_fn`` (one teacher-forced pass) and ``backend.critic_forward`` for values; without it
+    through the decoding protocol (``begin`` / ``step`` / ``advance``). Returns one ``(T_i,)`` regret
+    tensor per row and, when ``with_values``, one ``(T_i,)`` value tensor (V(s_t), the state before token t).
+    """
+    B = len(prompts)
+    lengths = torch.tensor([len(r) for r in responses])
+    T = int(lengths.max())
+    tokens = torch.zeros(B, T, dtype=torch.long)
+    for i, r in enumerate(responses):
+        tokens[i, :len(r)] = torch.as_tensor(r)
+    if regret_fn is not None:
+        mask = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)
+        dev = backend.device
+        with torch.no_grad():
+            regret = regret_fn(backend, prompts, tokens.to(dev), mask.to(dev), temperature=temperature).float().cpu()
+            values = backend.critic_forward(prompts, tokens.to(dev), mask.to(dev)).float().cpu() if with_values else None
+        return ([regret[i, :int(lengths[i])] for i in range(B)],
+                [values[i, :int(lengths[i])] for i in range(B)] if values is not None else None)
+    regret = torch.zeros(B, T)
+    values = torch.zeros(B, T)
+    active = torch.arange(B)
+    with torch.no_grad():
+        backend.begin(prompts)
+        for k in range(T):
+            out = backend.step(with_values=with_values)
+            logp = torch.log_softmax(out.logits.float().cpu() / temperature, dim=-1)
+            tok = tokens[active, k]
+            chosen = logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
+            regret[active, k] = (logp.amax(-1) - chosen).clamp(min=0.0)
+            if with_values and out.values is not None:
+                values[active, k] = out.values.float().cpu()
+            keep = lengths[active] > k + 1
+            backend.advance(tok.to(backend.device), keep.to(backend.device))
+            active = active[keep]
+    regs = [regret[i, :int(lengths[i])] for i in range(B)]
+    vals = [values[i, :int(lengths[i])] for i in range(B)] if with_values else None
+    return regs, vals
+
+
+def run_rule(rule, cfg: config_mod.Config, regrets: list[Tensor], values: list[Tensor] | None) -> tuple[list[int], list[float]]:
+    """The rule over each response (all rows at once, one slot each): first firing token (-1) and the
+    largest margin (> 0 where it fires)."""
+    n = len(regrets)
+    lengths = torch.tensor([len(r) for r in regrets])
+    rule.reset(torch.arange(n), 0)
+    first = torch.full((n,), -1, dtype=torch.long)
+    best = torch.full((n,), -math.inf, dtype=torch.float64)
+    s = cfg.stop
+    train_step = max(s.warmup_steps, 0) + 10**6  # offline: warm-up long over
+    for t in range(int(lengths.max())):
+        rows = (lengths > t).nonzero().squeeze(-1)
+        g = torch.stack([regrets[i][t] for i in rows.tolist()])
+        v = torch.stack([values[i][t] for i in rows.tolist()]) if values is not None else torch.ones(len(rows))
+        ctx = StopContext(slots=rows, positions=torch.full((len(rows),), t), logits=torch.zeros(len(rows), 1),
+                          tokens=torch.zeros(len(rows), dtype=torch.long), regret=g, values=v,
+                          failure_step=torch.full((len(rows),), -1), train_step=train_step)
+        stop = rule(ctx)
+        S = rule.score[rows]
+        p = success_probability(v.double(), s)
+        if not rule.use_regret:
+            margin = s.rho - p
+        elif not rule.use_value:
+            margin = S - (s.tau + s.tau_min)
+        elif s.gate == "scaled":
+            margin = S - (s.tau * p + s.tau_min)
+        else:
+            margin = torch.minimum(S - s.tau, s.rho - p)
+        best[rows] = torch.maximum(best[rows], margin)
+        newly = stop & (first[rows] < 0)
+        first[rows[newly]] = t
+    return first.tolist(), best.tolist()
+
+
+# --- the command --------------------------------------------------------------------------------------
+
+
+def _resolve(config: str | None, checkpoint: str | None) -> tuple[config_mod.Config, Path | None]:
+    ck = None
+    if checkpoint:
+        run = Path(checkpoint)
+        ck = run / "checkpoints" if (run / "checkpoints").is_dir() else run
+        if not (ck / "model.safetensors").is_file():
+            raise FileNotFoundError(f"--checkpoint: no checkpoints/model.safetensors under {run}")
+    if config:
+        cfg = config_mod.load(config)
+    elif checkpoint and (Path(checkpoint) / "config.yaml").is_file():
+        cfg = config_mod.load(Path(checkpoint) / "config.yaml")
+    else:
+        cfg = config_mod.from_dict(DEFAULT_CONFIG)
+    if cfg.stop.rule not in SUPPORTED_RULES:
+        raise config_mod.ConfigError(f"stop.rule: detect scores {', '.join(SUPPORTED_RULES)}, not {cfg.stop.rule!r}")
+    return cfg, ck
+
+
+def detect(data: str, *, out: str, config: str | None = None, checkpoint: str | None = None,
+           limit: int | None = None, batch_size: int = 8, progress: bool = True) -> dict[str, Any]:
+    """Run the benchmark; writes ``out/items.jsonl`` and ``out/detect.json`` and returns the latter."""
+    from tqdm.auto import tqdm
+
+    from testbed.trainer import BACKEND_ENTRY_POINTS, TASK_ENTRY_POINTS, load_entry_point
+
+    items = load_items(data, limit)
+    cfg, ck = _resolve(config, checkpoint)
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    rule_name = cfg.stop.rule
+    has_critic = ck is not None
+    if not has_critic:
+        if rule_name == "value_only":
+            raise config_mod.ConfigError("stop.rule: value_only needs a trained critic (--checkpoint RUN)")
+        if rule_name == "espo":
+            cfg.stop.rule = "regret_only"  # no trained critic: the value gate as if p_t = 1
+    task = load_entry_point(TASK_ENTRY_POINTS[cfg.task.kind])(cfg.task, cfg.model, num_slots=1, seed=cfg.run.seed)
+    backend = load_entry_point(BACKEND_ENTRY_POINTS[cfg.model.kind])(cfg.model, task, seed=cfg.run.seed)
+    rule = make_stop_rule(cfg.stop, num_slots=len(items), seed=cfg.run.seed)
+    if ck is not None:
+        from safetensors.torch import load_file
+
+        backend.load_state_dict(load_file(str(ck / "model.safetensors")))
+        state_path = ck / "trainer_state.pt"
+        if state_path.is_file():
+            state = torch.load(state_path, weights_only=True)
+            rule.load_state_dict(json.loads(state["rule"]))
+
+    tok = task.tokenizer
+    prompts, responses, token_steps = [], [], []
+    for it in items:
+        text = STEP_SEPARATOR.join(s.strip() for s in it.steps)
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+        bounds = np.cumsum([len(s.strip()) + len(STEP_SEPARATOR) for s in it.steps])  # end (excl.) of each step + sep
+        token_steps.append(np.minimum(np.searchsorted(bounds, [o[0] for o in offsets], side="right"), len(it.steps) - 1))
+        prompts.append(task.prompt_ids(it.problem))
+        responses.append(ids)
+
+    spec = TEACHER_ENTRY_POINTS.get(cfg.model.kind)
+    regret_fn = load_entry_point(spec) if spec else None
+    regrets: list[Tensor] = []
+    values: list[Tensor] | None = [] if has_critic else None
+    bar = tqdm(total=len(items), desc="detect", disable=not progress, leave=False)
+    for s in range(0, len(items), batch_size):
+        r, v = teacher_force(backend, prompts[s:s + batch_size], responses[s:s + batch_size],
+                             temperature=cfg.rollout.temperature, with_values=has_critic, regret_fn=regret_fn)
+        regrets += r
+        if values is not None:
+            values += v
+        bar.update(len(r))
+    bar.close()
+    normaliser = getattr(rule, "normalizer", None)
+    fitted = normaliser is not None and not normaliser.ready
+    if fitted:  # label-free: the items' own regret statistics
+        flat = torch.cat(regrets)
+        normaliser.update(flat.unsqueeze(0), torch.ones(1, len(flat), dtype=torch.bool))
+    first_tok, scores = run_rule(rule, cfg, regrets, values)
+
+    labels = [it.label for it in items]
+    first_step = [int(token_steps[i][t]) if t >= 0 else -1 for i, t in enumerate(first_tok)]
+    summary: dict[str, Any] = {
+        "n": len(items),
+        "n_erroneous": sum(y >= 0 for y in labels),
+        "data": str(data),
+        "checkpoint": checkpoint or None,
+        "rule": cfg.stop.rule + (f" ({rule_name} without a trained critic)" if cfg.stop.rule != rule_name else ""),
+        "normaliser": "fitted on the items (label-free)" if fitted else "from the run's checkpoint",
+        "auroc": auroc(scores, [y >= 0 for y in labels]),
+        **stop_metrics(first_step, labels),
+    }
+    fractions = [t / len(responses[i]) for i, t in enumerate(first_tok) if t >= 0]
+    summary["random"] = random_baseline([len(r) for r in responses], token_steps, labels, rate=summary["stop_rate"],
+                                        fractions=fractions, min_tokens=cfg.stop.min_tokens, seed=cfg.run.seed)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "items.jsonl.tmp", "w") as fh:
+        for it, sc, fs, ft, r in zip(items, scores, first_step, first_tok, responses):
+            fh.write(json.dumps({"id": it.id, "label": it.label, "score": _finite(sc), "first_stop_step": fs,
+                                 "stop_token": ft, "tokens": len(r), "steps": len(it.steps)}) + "\n")
+    os.replace(out_dir / "items.jsonl.tmp", out_dir / "items.jsonl")
+    summary = _finite(summary)
+    (out_dir / "detect.json.tmp").write_text(json.dumps(summary, indent=2))
+    os.replace(out_dir / "detect.json.tmp", out_dir / "detect.json")
+    return summary
+
+
+def _finite(x):
+    """NaN (an undefined metric, e.g. precision without stops) as JSON null."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    return None if isinstance(x, float) and not math.isfinite(x) else x
