@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from testbed.registry import Registry
-from testbed.rollout import LengthCap, Rollout, last_valid_value, treatment
+from testbed.rollout import Ending, LengthCap, Rollout, last_valid_value, treatment
 
 # ---------------------------------------------------------------------------------------------
 # Pure functions (contract)
@@ -208,19 +208,25 @@ def row_bootstrap(rollout: Rollout, length_cap: str = LengthCap.TERMINAL) -> Ten
     says. Rows whose treatment bootstraps from the last value (WINDOW_CUT; LENGTH_CAP when
     ``bootstrap``): V(s_l), the value of the row's own last valid state (EGAE's V(s_{l+1}) := V(s_l)).
     Any other row (LENGTH_CAP when ``masked``, which no loss sees): ``rollout.bootstrap``.
+    WINDOW_CUT rows of a rollout with ``extras["next_value"]`` (B,) use it instead: V(s_{l+1}).
     """
     tr = treatment(rollout.ending, length_cap)
     values = rollout.values
     b = torch.where(tr.bootstrap_from_last_value, last_valid_value(values, rollout.mask), rollout.bootstrap.to(values.dtype))
+    nxt = rollout.extras.get("next_value")
+    if nxt is not None:  # T-PPO tppo.bootstrap=next: the collector measured V(s_{l+1}) of window-cut rows
+        b = torch.where(rollout.ending == Ending.WINDOW_CUT, nxt.to(values.dtype), b)
     return torch.where(tr.terminal, torch.zeros_like(b), b)
 
 
 def actor_lambda(rollout: Rollout, params: AdvantageParams) -> float | Tensor:
     """lambda_actor: the float, or with ``lam_adaptive_alpha > 0`` a ``(B,)`` tensor
-    ``clamp(1 - 1/(alpha * length), 0, 1)`` (longer rows look further ahead)."""
+    ``clamp(1 - 1/(alpha * length), 0, 1)`` (longer rows look further ahead). ``length`` is the row's
+    whole response so far: a T-PPO window's tokens plus those carried from earlier windows
+    (``extras["start"]``), so a window does not pass for a short row."""
     if params.lam_adaptive_alpha <= 0:
         return params.lam_actor
-    length = rollout.lengths.to(rollout.values.dtype)
+    length = (rollout.lengths + rollout.extras.get("start", 0)).to(rollout.values.dtype)
     # length 0 gives 1 - inf = -inf, clamped to 0: harmless, the row has no tokens
     return (1.0 - 1.0 / (params.lam_adaptive_alpha * length)).clamp(0.0, 1.0)
 
@@ -249,6 +255,8 @@ def egae_estimator(rollout: Rollout, params: AdvantageParams) -> Advantages:
     bootstraps from its last value (WINDOW_CUT, and LENGTH_CAP under ``bootstrap``); every other
     row bootstraps with 0. Decoupled lambdas as in ``gae``. It equals ``gae`` except that it never
     reads ``rollout.bootstrap`` (which ``gae`` uses only for rows no loss sees)."""
+    if "next_value" in rollout.extras:  # tppo.bootstrap=next: cut rows bootstrap with V(s_{l+1}), see row_bootstrap
+        return gae_estimator(rollout, params)
     unfinished = treatment(rollout.ending, params.length_cap).bootstrap_from_last_value
     r, v, m = rollout.rewards, rollout.values, rollout.mask
     adv, _ = egae(r, v, m, ~unfinished, gamma=params.gamma, lam=actor_lambda(rollout, params))

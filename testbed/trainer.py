@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from testbed import config as config_mod
-from testbed.advantages import ESTIMATORS, AdvantageParams, loss_mask, mc_returns
+from testbed.advantages import ESTIMATORS, AdvantageParams, loss_mask, mc_returns, row_bootstrap
 from testbed.collector import SamplePool, StepBatch
 from testbed.config import Config
 from testbed.diagnostics import detection_metrics, failure_rank, row_records, stop_metrics
@@ -89,6 +89,8 @@ class Trainer:
         self.loss_params = PolicyLossParams.from_config(cfg.algo)
         self.actor_params = list(self.backend.policy_parameters())
         self.critic_params = list(self.backend.critic_parameters())
+        if cfg.model.critic_init:
+            self.init_critic_from(cfg.model.critic_init)
         self.opt_actor = torch.optim.Adam(self.actor_params, lr=cfg.algo.lr_actor)
         self.opt_critic = torch.optim.Adam(self.critic_params, lr=cfg.algo.lr_critic)
         self.shuffle = torch.Generator().manual_seed(cfg.run.seed + 1)
@@ -98,6 +100,7 @@ class Trainer:
         self.step = 0
         self.cumulative_tokens = 0
         self._eval_task = None
+        self._valued: tuple[StepBatch, float] | None = None  # (batch, seconds) of the last finished_rows pass
         self.started = time.perf_counter()
         (self.run_dir / "config.yaml").write_text(config_mod.dump(cfg))
         self._resume()
@@ -112,7 +115,7 @@ class Trainer:
             held_out = self.maybe_evaluate()
             batch = self.pool.collect(self.backend, self.step)  # collect
             adv = self.estimator(batch.rollout, self.adv_params)  # advantages
-            actor = self.update_actor(batch.rollout, adv.advantages)  # epochs of minibatch updates
+            actor = self.update_policy(batch, adv.advantages)  # epochs of minibatch updates
             critic = self.update_critic(batch, adv.returns)
             self.rule.update(batch.rollout.regret, batch.rollout.mask)  # regret normaliser, once per batch
             record = self.record(batch, adv.advantages, actor, critic)
@@ -172,6 +175,73 @@ class Trainer:
             for i in range(0, n, mb):
                 yield perm[i : i + mb]
 
+    def update_policy(self, batch: StepBatch, advantages: Tensor) -> dict[str, float]:
+        """This step's actor update: none during ``algo.critic_warmup_steps``; otherwise, by ``tppo.credit``,
+        the window's tokens (``advantages``, (B, W)), the rows that finished (deferred), or both."""
+        c = self.cfg
+        if self.step < c.algo.critic_warmup_steps:
+            return {"loss/policy": float("nan"), "time/actor": 0.0, "tokens/actor": 0, "actor/frozen": 1.0}
+        credit = c.tppo.credit if c.tppo.enabled else "window"
+        out: dict[str, float] = {"actor/frozen": 0.0}
+        if credit != "deferred":
+            out.update(self.update_actor(batch.rollout, advantages))
+        if credit != "window":
+            d = self.update_deferred(batch)
+            if credit == "deferred":
+                out.update(d)
+            else:  # both: the finishing update's metrics under deferred/, its time and tokens added
+                out.update({k if k.startswith("deferred/") else "deferred/" + k.replace("/", "_"): v for k, v in d.items()})
+                out["time/actor"] += d["time/actor"]
+                out["tokens/actor"] += d["tokens/actor"]
+        return out
+
+    def update_deferred(self, batch: StepBatch) -> dict[str, float]:
+        """T-PPO deferred credit: the rows that finished this step, trained once on all their tokens
+        against the log-probs they were sampled with. A token sampled k steps ago is off-policy by k
+        updates; the ratio is clipped as usual and the staleness logged (``deferred/age_*``, steps)."""
+        r = self.finished_rows(batch)
+        if r is None:
+            return {"loss/policy": float("nan"), "time/actor": 0.0, "tokens/actor": 0, "deferred/rows": 0}
+        adv = self.estimator(r, self.adv_params)  # whole rows: terminal, or bootstrapped per length_cap
+        out = self.update_actor(r, adv.advantages)
+        age = (self.step - r.policy_version)[r.mask].float()
+        out.update({"deferred/rows": r.batch_size, "deferred/age_mean": float(age.mean()),
+                    "deferred/age_max": float(age.max())})
+        return out
+
+    def finished_rows(self, batch: StepBatch) -> Rollout | None:
+        """T-PPO: the rows that finished this step, whole, with ``values`` (n, L) from the current critic.
+        Computed once per batch (deferred credit and the critic share it)."""
+        r = batch.finished
+        if r is None or (self._valued is not None and self._valued[0] is batch):
+            return r
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            dev = self.backend.device
+            r.values = self.backend.critic_forward(r.prompts, r.tokens.to(dev), r.mask.to(dev)).float().cpu()
+        self._valued = (batch, time.perf_counter() - t0)
+        return r
+
+    def init_critic_from(self, run: str) -> None:
+        """``model.critic_init``: copy the critic's parameters from a finished run's checkpoint."""
+        from safetensors.torch import load_file
+
+        ck = Path(run) / "checkpoints" / "model.safetensors"
+        if not Path(run).is_dir():
+            raise config_mod.ConfigError(f"model.critic_init: no run directory {run!r}")
+        if not ck.is_file():
+            raise config_mod.ConfigError(f"model.critic_init: run {run!r} has no checkpoint ({ck} is missing)")
+        state = load_file(str(ck))
+        ptrs = {p.data_ptr() for p in self.critic_params}
+        own = {k: v for k, v in self.backend.state_dict().items() if v.data_ptr() in ptrs}
+        bad = [k for k, v in own.items() if k not in state or state[k].shape != v.shape]
+        if bad or not own:
+            raise config_mod.ConfigError(f"model.critic_init: the checkpoint of {run!r} does not fit this critic "
+                                         f"(missing or differently shaped: {', '.join(bad[:5]) or 'no critic tensors'})")
+        with torch.no_grad():
+            for k, v in own.items():
+                v.copy_(state[k].to(v.dtype))
+
     def update_actor(self, rollout: Rollout, advantages: Tensor) -> dict[str, float]:
         c, a = self.cfg, self.cfg.algo
         t0 = time.perf_counter()
@@ -205,35 +275,39 @@ class Trainer:
             means.add({"loss/policy": loss.detach(), "actor/grad_norm": gn, **{f"actor/{k}": v for k, v in met.items()}})
         out = means.result() or {"loss/policy": float("nan")}
         out["time/actor"] = time.perf_counter() - t0
+        out["tokens/actor"] = int(mask.sum())  # per epoch: the cost model's training tokens
         return out
 
     def critic_data(self, batch: StepBatch, returns: Tensor) -> tuple[Rollout, Tensor, Tensor] | None:
         """(rows, returns, old values) for the value loss.
 
         PPO: this step's rows with the estimator's returns. T-PPO: the rows that finished this step,
-        whole responses, Monte-Carlo returns, and old values recomputed with the current critic.
+        whole responses, Monte-Carlo returns, and old values recomputed with the current critic. A row
+        that hit max_len under ``rollout.length_cap=bootstrap`` bootstraps with that critic's V(s_l),
+        as the actor's advantages do (:func:`testbed.advantages.row_bootstrap`).
         """
         if not self.cfg.tppo.enabled:
             r = batch.rollout
             return r, returns, r.values
-        r = batch.finished
+        r = self.finished_rows(batch)
         if r is None:
             return None
-        ret = mc_returns(r.rewards, r.mask, gamma=self.cfg.algo.gamma)
-        with torch.no_grad():
-            dev = self.backend.device
-            old = self.backend.critic_forward(r.prompts, r.tokens.to(dev), r.mask.to(dev)).float().cpu()
-        return r, ret, old
+        boot = row_bootstrap(r, self.cfg.rollout.length_cap)
+        ret = mc_returns(r.rewards, r.mask, gamma=self.cfg.algo.gamma, bootstrap=boot)
+        return r, ret, r.values
 
     def update_critic(self, batch: StepBatch, returns: Tensor) -> dict[str, float]:
         a = self.cfg.algo
-        t0 = time.perf_counter()
+        # the finished rows' values may have been computed already for deferred credit: count them here
+        earlier = self._valued[1] if self._valued is not None and self._valued[0] is batch else 0.0
+        t0 = time.perf_counter() - earlier
         data = self.critic_data(batch, returns)
         out: dict[str, float] = {"loss/value": float("nan"), "critic/explained_variance": float("nan")}
         if data is not None:
             rows, ret, old = data
             mask = loss_mask(rows, self.cfg.rollout.length_cap)
             out["critic/explained_variance"] = float(explained_variance(old, ret, mask))
+            out["tokens/critic"] = int(mask.sum())  # per epoch: the cost model's training tokens
             dev = self.backend.device
             means = _Means()
             for idx in self._minibatches(rows.batch_size):
