@@ -180,7 +180,8 @@ class Trainer:
         the window's tokens (``advantages``, (B, W)), the rows that finished (deferred), or both."""
         c = self.cfg
         if self.step < c.algo.critic_warmup_steps:
-            return {"loss/policy": float("nan"), "time/actor": 0.0, "tokens/actor": 0, "actor/frozen": 1.0}
+            return {"loss/policy": float("nan"), "time/actor": 0.0, "tokens/actor": 0, "tokens/actor_forward": 0,
+                    "actor/frozen": 1.0}
         credit = c.tppo.credit if c.tppo.enabled else "window"
         out: dict[str, float] = {"actor/frozen": 0.0}
         if credit != "deferred":
@@ -191,8 +192,8 @@ class Trainer:
                 out.update(d)
             else:  # both: the finishing update's metrics under deferred/, its time and tokens added
                 out.update({k if k.startswith("deferred/") else "deferred/" + k.replace("/", "_"): v for k, v in d.items()})
-                out["time/actor"] += d["time/actor"]
-                out["tokens/actor"] += d["tokens/actor"]
+                for k in ("time/actor", "tokens/actor", "tokens/actor_forward"):
+                    out[k] += d[k]
         return out
 
     def update_deferred(self, batch: StepBatch) -> dict[str, float]:
@@ -201,7 +202,8 @@ class Trainer:
         updates; the ratio is clipped as usual and the staleness logged (``deferred/age_*``, steps)."""
         r = self.finished_rows(batch)
         if r is None:
-            return {"loss/policy": float("nan"), "time/actor": 0.0, "tokens/actor": 0, "deferred/rows": 0}
+            return {"loss/policy": float("nan"), "time/actor": 0.0, "tokens/actor": 0, "tokens/actor_forward": 0,
+                    "deferred/rows": 0}
         adv = self.estimator(r, self.adv_params)  # whole rows: terminal, or bootstrapped per length_cap
         out = self.update_actor(r, adv.advantages)
         age = (self.step - r.policy_version)[r.mask].float()
@@ -275,7 +277,11 @@ class Trainer:
             means.add({"loss/policy": loss.detach(), "actor/grad_norm": gn, **{f"actor/{k}": v for k, v in met.items()}})
         out = means.result() or {"loss/policy": float("nan")}
         out["time/actor"] = time.perf_counter() - t0
-        out["tokens/actor"] = int(mask.sum())  # per epoch: the cost model's training tokens
+        # Per epoch, for the cost model: tokens in the loss, and response positions forwarded (a T-PPO
+        # window is teacher-forced after the row's carried tokens, which the forward re-encodes).
+        out["tokens/actor"] = int(mask.sum())
+        trained = mask.any(-1)
+        out["tokens/actor_forward"] = int((rollout.lengths + rollout.extras.get("start", 0))[trained].sum())
         return out
 
     def critic_data(self, batch: StepBatch, returns: Tensor) -> tuple[Rollout, Tensor, Tensor] | None:
