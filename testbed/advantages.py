@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from testbed.registry import Registry
-from testbed.rollout import Rollout, last_valid_value
+from testbed.rollout import Ending, Rollout, last_valid_value
 
 # ---------------------------------------------------------------------------------------------
 # Pure functions (contract)
@@ -208,10 +208,12 @@ def loss_mask(rollout: Rollout, length_cap: str | None = None) -> Tensor:
 
 def actor_lambda(rollout: Rollout, params: AdvantageParams) -> float | Tensor:
     """lambda_actor: the float, or with ``lam_adaptive_alpha > 0`` a ``(B,)`` tensor
-    ``clamp(1 - 1/(alpha * length), 0, 1)`` (longer rows look further ahead)."""
+    ``clamp(1 - 1/(alpha * length), 0, 1)`` (longer rows look further ahead). ``length`` is the row's
+    whole response so far: a T-PPO window's tokens plus those carried from earlier windows
+    (``extras["start"]``), so a window does not pass for a short row."""
     if params.lam_adaptive_alpha <= 0:
         return params.lam_actor
-    length = rollout.lengths.to(rollout.values.dtype)
+    length = (rollout.lengths + rollout.extras.get("start", 0)).to(rollout.values.dtype)
     # length 0 gives 1 - inf = -inf, clamped to 0: harmless, the row has no tokens
     return (1.0 - 1.0 / (params.lam_adaptive_alpha * length)).clamp(0.0, 1.0)
 
@@ -240,7 +242,10 @@ def egae_estimator(rollout: Rollout, params: AdvantageParams) -> Advantages:
     bootstraps from its last value (WINDOW_CUT, and LENGTH_CAP under ``bootstrap``); every other
     row bootstraps with 0. Decoupled lambdas as in ``gae``. It is eq. 6 itself, so it does not read
     ``rollout.bootstrap``; on a rollout from the collector (whose bootstrap is the same V(s_l)) it
-    equals ``gae``."""
+    equals ``gae``. Under ``tppo.bootstrap=next`` (``extras["next_value"]``) cut rows bootstrap with
+    the measured V(s_{l+1}) the collector wrote into ``rollout.bootstrap``: that is ``gae``."""
+    if "next_value" in rollout.extras:
+        return gae_estimator(rollout, params)
     unfinished = rollout.treatment.bootstrap_from_last_value
     r, v, m = rollout.rewards, rollout.values, rollout.mask
     adv, _ = egae(r, v, m, ~unfinished, gamma=params.gamma, lam=actor_lambda(rollout, params))

@@ -36,6 +36,8 @@ class Segment:
     steps: int  # decoding steps taken
     idle_fraction: float  # share of the decoding batch's row-steps spent on rows already ended
     sampled: Tensor | None = None  # (B, W) bool, False where the task forced the token; None if it never does
+    next_values: Tensor | None = None  # (B,) V(s_{l+1}) of WINDOW_CUT rows (NaN elsewhere), if asked
+    value_steps: int = 0  # extra decoding steps taken only for next_values
 
 
 def decode_segment(
@@ -53,6 +55,7 @@ def decode_segment(
     generator: torch.Generator | None,
     greedy: bool = False,
     with_values: bool = True,
+    next_value: bool = False,
 ) -> Segment:
     """Decode up to ``budget[i]`` tokens for each row ``i``, whose response already has ``start[i]`` tokens.
 
@@ -60,6 +63,9 @@ def decode_segment(
     or when its budget runs out first (WINDOW_CUT). Ended rows leave the backend's batch at once.
     ``with_values=False`` (nothing uses values: GRPO without a value-gated stop rule) never asks the
     critic: the segment's values are 0.
+    With ``next_value``, rows cut by the budget stay one more step, for the critic's V(s_{l+1}) of
+    the state after their last token (``Segment.next_values``); that needs every cut row to be cut at
+    the segment's last step (the pool's equal budgets guarantee it).
     """
     B = len(contexts)
     W = int(budget.max()) if B else 0
@@ -74,6 +80,8 @@ def decode_segment(
     failure = torch.full((B,), -1, dtype=torch.long)
     forced_tokens = getattr(task, "forced_tokens", None)  # planted wrong steps (llm_backend.chain)
     sampled = torch.ones(B, W, dtype=torch.bool) if forced_tokens is not None else None
+    next_values = torch.full((B,), float("nan")) if next_value else None
+    value_steps = 0
     active = torch.arange(B)
     slots_t = torch.as_tensor(slots, dtype=torch.long)
     busy_row_steps = 0
@@ -124,12 +132,21 @@ def decode_segment(
         code = torch.full_like(pos, -1)
         code[eos], code[stop], code[cap], code[cut] = Ending.EOS, Ending.EARLY_STOP, Ending.LENGTH_CAP, Ending.WINDOW_CUT
         ending[active[ended]] = code[ended]
-        backend.advance(s.tokens, keep=(~ended).to(s.tokens.device))
+        if next_values is not None and cut.any():
+            if (~ended).any():
+                raise RuntimeError("tppo.bootstrap=next: rows were cut while others decode on; cut rows must share the last step")
+            # One more step for the cut rows only: the critic's value of the state after the last token.
+            backend.advance(s.tokens, keep=cut.to(s.tokens.device))
+            next_values[active[cut]] = backend.step(with_values=True).values.float().cpu()
+            value_steps += 1
+            backend.advance(s.tokens[cut], keep=torch.zeros(int(cut.sum()), dtype=torch.bool, device=s.tokens.device))
+        else:
+            backend.advance(s.tokens, keep=(~ended).to(s.tokens.device))
         active = active[~ended]
     if (ending < 0).any():  # only possible with a zero budget
         raise RuntimeError("a row ended the segment without an ending; budgets must be >= 1")
     idle = 1.0 - busy_row_steps / (B * steps) if steps else 0.0
-    return Segment(tokens, logprobs, regret, values, mask, ending, failure, steps, idle, sampled)
+    return Segment(tokens, logprobs, regret, values, mask, ending, failure, steps, idle, sampled, next_values, value_steps)
 
 
 def _force(s: Sample, logits: Tensor, forced: Tensor, temperature: float) -> Sample:
@@ -150,6 +167,7 @@ class _Slot:
     group: int
     tokens: list[int] = field(default_factory=list)
     versions: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)  # sampling log-probs, for T-PPO's deferred credit
     born_step: int = 0
 
 
@@ -209,7 +227,8 @@ class SamplePool:
         contexts = [s.prompt + s.tokens for s in rows]
         seg = decode_segment(backend, self.task, self.rule, slots=slots, contexts=contexts, start=start,
                              budget=budget, max_len=c.rollout.max_len, cfg=c, train_step=train_step,
-                             generator=self.generator, greedy=greedy, with_values=self.with_values)
+                             generator=self.generator, greedy=greedy, with_values=self.with_values,
+                             next_value=c.tppo.enabled and c.tppo.bootstrap == "next")
         # Values the critic never computed (rows that ended between two checks when
         # stop_check_every > 1): one teacher-forced pass over those rows only fills them.
         missing = (torch.isnan(seg.values) & seg.mask).any(-1).nonzero().squeeze(-1)
@@ -228,6 +247,7 @@ class SamplePool:
             n = int(seg.mask[i].sum())
             rows[i].tokens.extend(seg.tokens[i, :n].tolist())
             rows[i].versions.extend([train_step] * n)
+            rows[i].logprobs.extend(seg.logprobs[i, :n].tolist())
         # The task judges finished rows on their whole response.
         task_reward = torch.zeros(self.B)
         success = torch.zeros(self.B, dtype=torch.bool)
@@ -265,6 +285,7 @@ class SamplePool:
             "pool/stale_token_frac": int(start.sum()) / max(int(lengths_total.sum()), 1),
             "gen/idle_fraction": seg.idle_fraction,
             "gen/decode_steps": seg.steps,
+            "gen/value_steps": seg.value_steps,
         }
         for i in fin_idx:
             self.slots[i] = None  # refilled at the next step
@@ -301,19 +322,26 @@ class SamplePool:
             tokens=seg.tokens, logprobs=seg.logprobs, regret=seg.regret, values=seg.values, rewards=rewards,
             mask=seg.mask, ending=seg.ending, bootstrap=torch.zeros(B), failure_step=fail, policy_version=pv,
             prompts=contexts, group_ids=torch.tensor([s.group for s in rows], dtype=torch.long),
-            task_reward=task_reward, success=success, sampled=seg.sampled, extras={"start": start},
+            task_reward=task_reward, success=success, sampled=seg.sampled,
+            extras={"start": start} if seg.next_values is None else {"start": start, "next_value": seg.next_values},
             length_cap=self.cfg.rollout.length_cap,
         )
-        # The ending table's bootstrap, once; every estimator reads it from here.
+        # The ending table's bootstrap, once; every estimator reads it from here. Under
+        # tppo.bootstrap=next a window-cut row bootstraps with the measured V(s_{l+1}) instead of V(s_l).
         roll.bootstrap = table_bootstrap(roll.treatment, seg.values, seg.mask)
+        if seg.next_values is not None:
+            cut = seg.ending == Ending.WINDOW_CUT
+            roll.bootstrap = torch.where(cut, seg.next_values, roll.bootstrap)
         roll.validate()
         return roll
 
     def _whole(self, rows, fin_idx, seg, reward_last, task_reward, success, fail) -> Rollout:
-        """Finished rows as whole responses from their prompts (values to be recomputed by the trainer)."""
+        """Finished rows as whole responses from their prompts, with their sampling log-probs and versions
+        (values to be recomputed by the trainer)."""
         n = len(fin_idx)
         L = max(len(rows[i].tokens) for i in fin_idx)
         tokens = torch.zeros(n, L, dtype=torch.long)
+        logprobs = torch.zeros(n, L)
         mask = torch.zeros(n, L, dtype=torch.bool)
         rewards = torch.zeros(n, L)
         pv = torch.zeros(n, L, dtype=torch.long)
@@ -322,12 +350,13 @@ class SamplePool:
             tokens[j, : len(t)] = torch.as_tensor(t)
             mask[j, : len(t)] = True
             pv[j, : len(t)] = torch.as_tensor(rows[i].versions)
+            logprobs[j, : len(t)] = torch.as_tensor(rows[i].logprobs)
             if t:
                 rewards[j, len(t) - 1] = reward_last[i]
         zeros = torch.zeros(n, L)
         idx = torch.as_tensor(fin_idx)
         return Rollout(
-            tokens=tokens, logprobs=zeros.clone(), regret=zeros.clone(), values=zeros.clone(), rewards=rewards,
+            tokens=tokens, logprobs=logprobs, regret=zeros.clone(), values=zeros.clone(), rewards=rewards,
             mask=mask, ending=seg.ending[idx], bootstrap=torch.zeros(n), failure_step=fail[idx],
             policy_version=pv, prompts=[rows[i].prompt for i in fin_idx],
             task_reward=task_reward[idx], success=success[idx], length_cap=self.cfg.rollout.length_cap,

@@ -101,6 +101,8 @@ class ModelSection:
     """Keep a frozen reference policy (needed when ``algo.kl_coef > 0``)."""
     gradient_checkpointing: bool = False
     """hf: trade compute for memory in training forwards."""
+    critic_init: str = ""
+    """Run directory of a finished run whose checkpoint initialises the critic (empty: the usual init)."""
 
 
 @dataclass
@@ -173,6 +175,8 @@ class AlgoSection:
     """DAPO: soft overlong penalty starts this many tokens before max_len (0: off)."""
     overlong_penalty: float = 1.0
     """DAPO: penalty at max_len, ramping linearly over the buffer."""
+    critic_warmup_steps: int = 0
+    """Train only the critic (actor frozen) for the first N training steps (verl's critic_warmup)."""
 
 
 @dataclass
@@ -223,6 +227,10 @@ class TPPOSection:
     """Tokens generated per row per training step."""
     ignore_last_k: int = 0
     """Drop the last k tokens of unfinished rows from the policy loss (0 drops none)."""
+    bootstrap: str = "self"
+    """Value after a window-cut row: ``self`` V(s_l) (EGAE) or ``next`` V(s_{l+1}) (one more critic step)."""
+    credit: str = "window"
+    """Policy updates: ``window`` (this window's tokens), ``deferred`` (whole rows once they finish), ``both``."""
 
 
 @dataclass
@@ -256,6 +264,8 @@ _CHOICES = {
     ("stop", "gate"): ("scaled", "and"),
     ("task", "dataset_format"): ("auto", "gsm8k", "math", "aime", "dapo"),
     ("task", "source"): ("generator", "chain", "reasoning_gym"),
+    ("tppo", "bootstrap"): ("self", "next"),
+    ("tppo", "credit"): ("window", "deferred", "both"),
 }
 
 
@@ -492,8 +502,16 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"stop.r_success: {s.r_success} must exceed stop.r_fail {s.r_fail}")
     if s.rule == "random" and not s.reference_run:
         raise ConfigError("stop.reference_run: the random rule needs a reference ESPO run directory")
-    if t.enabled and t.ignore_last_k > t.window:
-        raise ConfigError(f"tppo.ignore_last_k: {t.ignore_last_k} exceeds tppo.window {t.window}")
+    if t.enabled and t.window < 1:
+        raise ConfigError("tppo.window: must be >= 1")
+    if t.ignore_last_k < 0 or (t.enabled and t.ignore_last_k > t.window):
+        raise ConfigError("tppo.ignore_last_k: must be in [0, window]")
+    if a.critic_warmup_steps < 0:
+        raise ConfigError("algo.critic_warmup_steps: must be >= 0")
+    if cfg.model.stop_check_every < 1:
+        raise ConfigError("model.stop_check_every: must be >= 1")
+    if cfg.run.steps < 0:
+        raise ConfigError("run.steps: must be >= 0")
 
 
 def dump(cfg: Config) -> str:

@@ -33,7 +33,7 @@ from testbed.diagnostics import detection_metrics, failure_rank, planted_metrics
 from testbed.losses import POLICY_LOSSES, PolicyLossParams, entropy_bonus, explained_variance, kl_penalty, value_loss
 from testbed.masked import masked_mean, masked_whiten as whiten
 from testbed.metrics import MetricsLogger, TensorBoardLogger
-from testbed.rollout import Ending, Rollout
+from testbed.rollout import Ending, Rollout, table_bootstrap
 from testbed.stopping import make_stop_rule
 
 def seed_everything(seed: int) -> None:
@@ -105,6 +105,8 @@ class Trainer:
         self.loss_params = PolicyLossParams.from_config(cfg.algo)
         self.actor_params = list(self.backend.policy_parameters())
         self.critic_params = list(self.backend.critic_parameters()) if self.uses_critic else []
+        if cfg.model.critic_init:
+            self.init_critic_from(cfg.model.critic_init)
         self.opt_actor = torch.optim.Adam(self.actor_params, lr=cfg.algo.lr_actor)
         self.opt_critic = torch.optim.Adam(self.critic_params, lr=cfg.algo.lr_critic) if self.uses_critic else None
         self.shuffle = torch.Generator().manual_seed(cfg.run.seed + 1)
@@ -113,6 +115,7 @@ class Trainer:
         self.step = 0
         self.cumulative_tokens = 0
         self._eval_task = None
+        self._valued: tuple[StepBatch, float] | None = None  # (batch, seconds) of the last finished_rows pass
         self.started = time.perf_counter()
 
     def close(self) -> None:
@@ -140,7 +143,7 @@ class Trainer:
             held_out = self.maybe_evaluate()
             batch = self.pool.collect(self.backend, self.step)  # collect
             adv = self.estimator(batch.rollout, self.adv_params)  # advantages
-            actor = self.update_actor(batch.rollout, adv.advantages)  # epochs of minibatch updates
+            actor = self.update_policy(batch, adv.advantages)  # epochs of minibatch updates
             critic = self.update_critic(batch, adv.returns)
             self.rule.update(batch.rollout.regret, self.sampled_mask(batch.rollout))  # regret normaliser, once per batch
             record = self.record(batch, adv.advantages, actor, critic)
@@ -204,6 +207,75 @@ class Trainer:
             for i in range(0, n, mb):
                 yield perm[i : i + mb]
 
+    def update_policy(self, batch: StepBatch, advantages: Tensor) -> dict[str, float]:
+        """This step's actor update: none during ``algo.critic_warmup_steps``; otherwise, by ``tppo.credit``,
+        the window's tokens (``advantages``, (B, W)), the rows that finished (deferred), or both."""
+        c = self.cfg
+        if self.step < c.algo.critic_warmup_steps:
+            return {"loss/policy": float("nan"), "time/actor": 0.0, "tokens/actor": 0, "tokens/actor_forward": 0,
+                    "actor/frozen": 1.0}
+        credit = c.tppo.credit if c.tppo.enabled else "window"
+        out: dict[str, float] = {"actor/frozen": 0.0}
+        if credit != "deferred":
+            out.update(self.update_actor(batch.rollout, advantages))
+        if credit != "window":
+            d = self.update_deferred(batch)
+            if credit == "deferred":
+                out.update(d)
+            else:  # both: the finishing update's metrics under deferred/, its time and tokens added
+                out.update({k if k.startswith("deferred/") else "deferred/" + k.replace("/", "_"): v for k, v in d.items()})
+                for k in ("time/actor", "tokens/actor", "tokens/actor_forward"):
+                    out[k] += d[k]
+        return out
+
+    def update_deferred(self, batch: StepBatch) -> dict[str, float]:
+        """T-PPO deferred credit: the rows that finished this step, trained once on all their tokens
+        against the log-probs they were sampled with. A token sampled k steps ago is off-policy by k
+        updates; the ratio is clipped as usual and the staleness logged (``deferred/age_*``, steps)."""
+        r = self.finished_rows(batch)
+        if r is None:
+            return {"loss/policy": float("nan"), "time/actor": 0.0, "tokens/actor": 0, "tokens/actor_forward": 0,
+                    "deferred/rows": 0}
+        adv = self.estimator(r, self.adv_params)  # whole rows: terminal, or bootstrapped per length_cap
+        out = self.update_actor(r, adv.advantages)
+        age = (self.step - r.policy_version)[r.mask].float()
+        out.update({"deferred/rows": r.batch_size, "deferred/age_mean": float(age.mean()),
+                    "deferred/age_max": float(age.max())})
+        return out
+
+    def finished_rows(self, batch: StepBatch) -> Rollout | None:
+        """T-PPO: the rows that finished this step, whole, with ``values`` (n, L) from the current critic.
+        Computed once per batch (deferred credit and the critic share it)."""
+        r = batch.finished
+        if r is None or (self._valued is not None and self._valued[0] is batch):
+            return r
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            dev = self.backend.device
+            r.values = self.backend.critic_forward(r.prompts, r.tokens.to(dev), r.mask.to(dev)).float().cpu()
+        self._valued = (batch, time.perf_counter() - t0)
+        return r
+
+    def init_critic_from(self, run: str) -> None:
+        """``model.critic_init``: copy the critic's parameters from a finished run's checkpoint."""
+        from safetensors.torch import load_file
+
+        ck = Path(run) / "checkpoints" / "model.safetensors"
+        if not Path(run).is_dir():
+            raise config_mod.ConfigError(f"model.critic_init: no run directory {run!r}")
+        if not ck.is_file():
+            raise config_mod.ConfigError(f"model.critic_init: run {run!r} has no checkpoint ({ck} is missing)")
+        state = load_file(str(ck))
+        ptrs = {p.data_ptr() for p in self.critic_params}
+        own = {k: v for k, v in self.backend.state_dict().items() if v.data_ptr() in ptrs}
+        bad = [k for k, v in own.items() if k not in state or state[k].shape != v.shape]
+        if bad or not own:
+            raise config_mod.ConfigError(f"model.critic_init: the checkpoint of {run!r} does not fit this critic "
+                                         f"(missing or differently shaped: {', '.join(bad[:5]) or 'no critic tensors'})")
+        with torch.no_grad():
+            for k, v in own.items():
+                v.copy_(state[k].to(v.dtype))
+
     def update_actor(self, rollout: Rollout, advantages: Tensor) -> dict[str, float]:
         c, a = self.cfg, self.cfg.algo
         t0 = time.perf_counter()
@@ -236,6 +308,11 @@ class Trainer:
             means.add({"loss/policy": loss.detach(), "actor/grad_norm": gn, **{f"actor/{k}": v for k, v in met.items()}})
         out = means.result() or {"loss/policy": float("nan")}
         out["time/actor"] = time.perf_counter() - t0
+        # Per epoch, for the cost model: tokens in the loss, and response positions forwarded (a T-PPO
+        # window is teacher-forced after the row's carried tokens, which the forward re-encodes).
+        out["tokens/actor"] = int(mask.sum())
+        trained = mask.any(-1)
+        out["tokens/actor_forward"] = int((rollout.lengths + rollout.extras.get("start", 0))[trained].sum())
         return out
 
     @torch.no_grad()
@@ -256,23 +333,25 @@ class Trainer:
         """(rows, returns, old values) for the value loss.
 
         PPO: this step's rows with the estimator's returns. T-PPO: the rows that finished this step,
-        whole responses, Monte-Carlo returns, and old values recomputed with the current critic.
+        whole responses, Monte-Carlo returns, and old values recomputed with the current critic. A row
+        that hit max_len under ``rollout.length_cap=bootstrap`` bootstraps with that critic's V(s_l),
+        as the actor's advantages do (the ending table's :func:`testbed.rollout.table_bootstrap`).
         """
         if not self.cfg.tppo.enabled:
             r = batch.rollout
             return r, returns, r.values
-        r = batch.finished
+        r = self.finished_rows(batch)
         if r is None:
             return None
-        ret = mc_returns(r.rewards, r.mask, gamma=self.cfg.algo.gamma)
-        with torch.no_grad():
-            dev = self.backend.device
-            old = self.backend.critic_forward(r.prompts, r.tokens.to(dev), r.mask.to(dev)).float().cpu()
-        return r, ret, old
+        boot = table_bootstrap(r.treatment, r.values, r.mask)
+        ret = mc_returns(r.rewards, r.mask, gamma=self.cfg.algo.gamma, bootstrap=boot)
+        return r, ret, r.values
 
     def update_critic(self, batch: StepBatch, returns: Tensor) -> dict[str, float]:
         a = self.cfg.algo
-        t0 = time.perf_counter()
+        # the finished rows' values may have been computed already for deferred credit: count them here
+        earlier = self._valued[1] if self._valued is not None and self._valued[0] is batch else 0.0
+        t0 = time.perf_counter() - earlier
         out: dict[str, float] = {"loss/value": float("nan"), "critic/explained_variance": float("nan")}
         if not self.uses_critic:
             return {**out, "time/critic": 0.0}
@@ -281,6 +360,7 @@ class Trainer:
             rows, ret, old = data
             mask = loss_mask(rows, self.cfg.rollout.length_cap)
             out["critic/explained_variance"] = float(explained_variance(old, ret, mask))
+            out["tokens/critic"] = int(mask.sum())  # per epoch: the cost model's training tokens
             dev = self.backend.device
             means = _Means()
             for idx in self._minibatches(rows.batch_size):

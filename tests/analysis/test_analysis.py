@@ -541,30 +541,7 @@ def test_markdown_table_merges_mean_and_std(study):
     assert md.splitlines()[0].startswith("| group |") and "final_success_std" not in md
 
 
-# --- T-PPO speed-up score ---------------------------------------------------------------------------
-def test_speedup_score_and_verdict(tmp_path):
-    root = tmp_path / "runs"
-    make_run(root, "ppo-longtail-s0", tokens=100, success=step_success(10), step_time=2.0)
-    make_run(root, "tppo-longtail-s0", tokens=50, success=step_success(10), step_time=0.5,
-             extra=lambda k: {"gen/idle_fraction": 0.1})
-    t = speedup.score(load_runs(root, axes=("method", "env", "seed")))
-    tp = row(t, "tppo", "longtail")
-    np.testing.assert_allclose(tp["compute_to_level"], 0.5 * 11)
-    np.testing.assert_allclose(tp["speedup_compute"], 4.0)
-    np.testing.assert_allclose(tp["speedup_wall"], 4.0)
-    np.testing.assert_allclose(tp["tokens_saved_at_level_pct"], 50.0)
-    np.testing.assert_allclose(tp["gen_s"], 0.5 * STEPS)
-    v = speedup.verdicts(t)
-    assert any("claimed 2.5x: yes" in x for x in v)
-    assert any("fewer decoding slots idle than PPO: yes" in x for x in v)
-    # slower T-PPO: the verdict flips
-    root2 = tmp_path / "runs2"
-    make_run(root2, "ppo-longtail-s0", tokens=100, success=step_success(10), step_time=1.0)
-    make_run(root2, "tppo-longtail-s0", tokens=50, success=step_success(10), step_time=0.8)
-    v = speedup.verdicts(speedup.score(load_runs(root2, axes=("method", "env", "seed"))))
-    assert any("claimed 2.5x: no" in x for x in v)
-
-
+# --- T-PPO speed-up (scores, intervals and cost model: tests/analysis/test_tppo_speedup.py) ------------
 def test_speedup_plots_return_figures(tmp_path):
     root = tmp_path / "runs"
     for m in ("ppo", "tppo"):

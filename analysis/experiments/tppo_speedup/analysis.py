@@ -1,27 +1,44 @@
-"""Scores, verdicts and figures of the T-PPO speed-up study, from the long run table only.
+"""Scores, verdicts, the cost model and figures of the T-PPO speed-up study, from the run table only.
 
 ``df`` is :func:`analysis.runs.load_runs` of the study's run directories (labels ``label/method``,
-``label/env``, ``label/seed``). Definitions (per run, then mean ± std over seeds, one row per env and method):
+``label/env``, ``label/seed``). Definitions (per run; tables give mean ± std over seeds, one row per
+env and method; comparisons with PPO are paired by seed, with 95% percentile-bootstrap intervals from
+:mod:`analysis.stats`):
 
 - ``final_success``: mean ``success/rate`` (over rows that finished that step) over the last 10% of steps.
 - ``level``: the success level every method must reach: ``LEVEL_FRAC`` (0.5) times PPO's mean final
   success in that env, or the ``level`` given to :func:`score`.
-- ``compute_to_level``, ``wall_to_level``, ``tokens_to_level``: cumulative compute time
-  (``time/gen + time/actor + time/critic``), ``time/wall`` and ``tokens/cumulative`` at the first step
-  whose trailing moving average of ``success/rate`` (window: 10% of the run) is ``>= level``; NaN if
-  never (``reached`` counts the seeds that did).
-- ``speedup_compute`` and ``speedup_wall``: PPO's time to the level divided by the method's, paired
-  by seed (> 1: faster than PPO). ``tokens_saved_at_level_pct``: ``100 * (1 - tokens / PPO's tokens)`` to
-  the level, paired by seed.
-- ``compute_s``, ``wall_s``: whole-run totals; ``gen_s``, ``actor_s``, ``critic_s``: the time breakdown
-  (sums over steps). ``idle_fraction``: mean ``gen/idle_fraction`` (decoding slots left idle while the
-  longest rows finish). ``age_mean`` and ``stale_token_frac``: T-PPO pool statistics (means over steps).
-- ``final_length``: mean response length of finished rows over the last 10% of steps.
+- ``X_to_level``: the cumulative quantity X at the first step whose trailing moving average of
+  ``success/rate`` (window: 10% of the run) is ``>= level``; NaN if never (``reached`` counts the seeds
+  that did). X is ``tokens`` (generated), ``compute`` (measured ``time/gen + time/actor + time/critic``),
+  ``wall`` (measured ``time/wall``), ``decode_steps`` and ``gpu`` (projected, below).
+- ``speedup_X``: PPO's X to the level divided by the method's, per seed (> 1: faster than PPO); the
+  table shows its mean and the verdicts its interval. ``d_final_success``: the method's final success
+  minus PPO's, per seed.
+- ``final_length``: mean response length of finished rows over the last 10% of steps;
+  ``finished_per_step``: mean ``pool/finished`` (rows that end per step, of the batch).
+
+Cost model. Per training step k, from counts that do not depend on the machine's load:
+``S_k`` decoding steps (``gen/decode_steps + gen/value_steps``), ``R_k`` row-steps (``tokens/generated``:
+one per decoded token) and ``N_k`` training token-passes ``epochs * (tokens/actor_forward + tokens/critic) / 2``
+(+ ``tokens/critic / 6`` for T-PPO's forward that re-values finished rows), in units of one token
+through the actor and the critic, forward and backward. Unit costs come from ``bench/tppo_cost.py``
+(run alone): ``t(1)`` and ``t(32)``, a decoding step at batch 1 and 32, give ``t(B) = a + b*B``;
+``c`` is the measured training cost per token-pass.
+
+- ``cpu_model_s`` = sum of ``a*S + b*R + c*N``: this machine's costs (a check against ``compute_s``).
+- ``gpu_s`` = sum of ``a*S + 3b*N``: the GPU regime, where a decoding step is memory-bound and costs
+  ``a`` whatever the batch size, and training is compute-bound, proportional to tokens, each
+  token-pass costing three row-forwards (forward + backward) at the per-row cost ``b``.
+- ``speedup_rho<r>``: the speed-up at a stated ratio ``r`` = (cost of a decoding step) / (cost of a
+  token-pass), i.e. time ``r*S + N``: ``r`` large is a regime where decoding dominates.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,25 +46,31 @@ from matplotlib.figure import Figure
 
 from analysis.experiments import table_row
 from analysis.experiments.tppo_speedup import sweep
-from analysis.plots import colors_for, fmt_ms, line_band, ordered, yes_no
+from analysis.plots import colors_for, line_band, ordered
 from analysis.runs import final_mean, first_reach, mean_std, run_mean
+from analysis.stats import mean_ci, paired_diff_ci
 
 LEVEL_FRAC = 0.5
 """The success level is this fraction of PPO's final success (unless ``score(df, level=...)``)."""
-NO_WORSE_MARGIN = 0.02
-"""Final success within this absolute margin counts as "no worse"."""
-CLAIMED_SPEEDUP = 2.5
-"""The paper's claim: up to this speed-up over PPO."""
+GOAL_SPEEDUP = 1.5
+"""The study's goal: PPO's level in this many times less wall-clock (measured or projected)."""
+RHOS = (1.0, 10.0, 100.0, 1000.0)
+"""Stated decode-step / training-token cost ratios of the sensitivity table."""
 
 BASELINE = "ppo"
-METRICS = ["final_success", "level", "compute_to_level", "wall_to_level", "tokens_to_level", "speedup_compute",
-           "speedup_wall", "tokens_saved_at_level_pct", "tokens", "compute_s", "wall_s", "gen_s", "actor_s",
-           "critic_s", "idle_fraction", "age_mean", "stale_token_frac", "final_length"]
-SPEED_COLUMNS = ["env", "method", "n", "reached", "final_success", "level", "compute_to_level", "wall_to_level",
-                 "tokens_to_level", "speedup_compute", "speedup_wall", "tokens_saved_at_level_pct"]
-COST_COLUMNS = ["env", "method", "tokens", "compute_s", "wall_s", "gen_s", "actor_s", "critic_s", "idle_fraction",
-                "age_mean", "stale_token_frac", "final_length"]
 LABELS = ("label/method", "label/env", "label/seed")
+TO_LEVEL = {"tokens": "tokens/cumulative", "compute": "time/compute_cumulative", "wall": "time/wall",
+            "decode_steps": "cost/decode_steps", "gpu": "cost/gpu", **{f"rho{r:g}": f"cost/rho{r:g}" for r in RHOS}}
+"""X -> the cumulative column whose value at the first step at the level is ``X_to_level``."""
+METRICS = ["final_success", "d_final_success", "level", *[f"{x}_to_level" for x in TO_LEVEL],
+           *[f"speedup_{x}" for x in TO_LEVEL], "tokens", "compute_s", "wall_s", "gen_s", "actor_s", "critic_s",
+           "cpu_model_s", "gpu_s", "decode_steps", "train_passes", "idle_fraction", "age_mean", "stale_token_frac",
+           "final_length", "finished_per_step"]
+SPEED_COLUMNS = ["env", "method", "n", "reached", "final_success", "level", "tokens_to_level", "compute_to_level",
+                 "wall_to_level", "gpu_to_level", "speedup_compute", "speedup_wall", "speedup_gpu"]
+COST_COLUMNS = ["env", "method", "tokens", "decode_steps", "train_passes", "compute_s", "cpu_model_s", "gpu_s",
+                "gen_s", "actor_s", "critic_s", "idle_fraction", "final_length", "finished_per_step", "age_mean"]
+RHO_COLUMNS = ["env", "method", *[f"speedup_rho{r:g}" for r in RHOS]]
 
 
 def _check(df: pd.DataFrame) -> None:
@@ -56,26 +79,65 @@ def _check(df: pd.DataFrame) -> None:
         raise ValueError(f"the run table lacks {missing}: load it with load_runs(..., axes={sweep.AXES})")
 
 
-def _sum(r: pd.DataFrame, key: str) -> float:
-    return float(r[key].fillna(0.0).sum()) if key in r else math.nan
+def load_calibration(path: str | Path = sweep.CALIBRATION) -> dict | None:
+    """The unit costs written by ``bench/tppo_cost.py`` (None if the file is missing)."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    cal = json.loads(p.read_text())
+    missing = [k for k in ("a_s", "b_s", "train_token_s", "decode_step_b1_s", "decode_step_b32_s") if k not in cal]
+    if missing:
+        raise ValueError(f"{p}: calibration lacks {missing}; rerun bench/tppo_cost.py")
+    return cal
 
 
-def per_run(df: pd.DataFrame, level: float | None = None) -> pd.DataFrame:
+def _col(r: pd.DataFrame, key: str) -> np.ndarray:
+    return r[key].fillna(0.0).to_numpy(dtype=float) if key in r else np.zeros(len(r))
+
+
+def with_costs(run: pd.DataFrame, cal: dict | None) -> pd.DataFrame:
+    """One run's steps with the cost model's cumulative columns (``cost/...``, see the module doc)."""
+    r = run.sort_values("step").copy()
+    S = _col(r, "gen/decode_steps") + _col(r, "gen/value_steps")
+    R = _col(r, "tokens/generated")
+    epochs = float(r["config/algo.epochs"].iloc[0]) if "config/algo.epochs" in r else 1.0
+    tppo = bool(r["config/tppo.enabled"].iloc[0]) if "config/tppo.enabled" in r else False
+    crit = _col(r, "tokens/critic")
+    N = epochs * (_col(r, "tokens/actor_forward") + crit) / 2 + (crit / 6 if tppo else 0.0)
+    r["cost/decode_steps"], r["cost/row_steps"], r["cost/train_passes"] = S.cumsum(), R.cumsum(), N.cumsum()
+    for rho in RHOS:
+        r[f"cost/rho{rho:g}"] = (rho * S + N).cumsum()
+    nan = np.full(len(r), math.nan)
+    if cal is None:
+        r["cost/cpu"], r["cost/gpu"] = nan, nan
+    else:
+        a, b, c = cal["a_s"], cal["b_s"], cal["train_token_s"]
+        r["cost/cpu"] = (a * S + b * R + c * N).cumsum()
+        r["cost/gpu"] = (a * S + 3 * b * N).cumsum()
+    return r
+
+
+def per_run(df: pd.DataFrame, level: float | None = None, cal: dict | None = None) -> pd.DataFrame:
     """One row per run with every per-run quantity of the module docstring."""
     _check(df)
-    runs = {k: r.sort_values("step") for k, r in df.groupby(list(LABELS), sort=False)}
+    runs = {k: with_costs(r, cal) for k, r in df.groupby(list(LABELS), sort=False)}
     rows = []
     for (method, env, seed), r in runs.items():
+        last = r.iloc[-1]
         rows.append({
             "env": env, "method": method, "seed": seed, "run": r["run"].iloc[0],
             "final_success": final_mean(r, "success/rate"),
-            "tokens": float(r["tokens/cumulative"].iloc[-1]),
-            "compute_s": _sum(r, "time/compute"),
-            "wall_s": float(r["time/wall"].iloc[-1]) if "time/wall" in r else math.nan,
-            "gen_s": _sum(r, "time/gen"), "actor_s": _sum(r, "time/actor"), "critic_s": _sum(r, "time/critic"),
+            "tokens": float(last["tokens/cumulative"]),
+            "compute_s": float(r["time/compute"].fillna(0.0).sum()) if "time/compute" in r else math.nan,
+            "wall_s": float(last["time/wall"]) if "time/wall" in r else math.nan,
+            "gen_s": float(_col(r, "time/gen").sum()), "actor_s": float(_col(r, "time/actor").sum()),
+            "critic_s": float(_col(r, "time/critic").sum()),
+            "cpu_model_s": float(last["cost/cpu"]), "gpu_s": float(last["cost/gpu"]),
+            "decode_steps": float(last["cost/decode_steps"]), "train_passes": float(last["cost/train_passes"]),
             "idle_fraction": run_mean(r, "gen/idle_fraction"),
             "age_mean": run_mean(r, "pool/age_mean"), "stale_token_frac": run_mean(r, "pool/stale_token_frac"),
             "final_length": final_mean(r, "length/mean") if "length/mean" in r else math.nan,
+            "finished_per_step": run_mean(r, "pool/finished"),
         })
     out = pd.DataFrame(rows)
     if level is None:
@@ -84,78 +146,97 @@ def per_run(df: pd.DataFrame, level: float | None = None) -> pd.DataFrame:
     else:
         lv = {e: float(level) for e in out["env"]}
     out["level"] = [lv.get(e, math.nan) for e in out["env"]]
-    for col, x in (("compute_to_level", "time/compute_cumulative"), ("wall_to_level", "time/wall"),
-                   ("tokens_to_level", "tokens/cumulative")):
-        out[col] = [first_reach(runs[(m, e, s)], v, x=x) if np.isfinite(v) and x in runs[(m, e, s)] else math.nan
-                    for m, e, s, v in zip(out["method"], out["env"], out["seed"], out["level"])]
+    for x, col in TO_LEVEL.items():
+        out[f"{x}_to_level"] = [first_reach(runs[(m, e, s)], v, x=col) if np.isfinite(v) and col in runs[(m, e, s)] else math.nan
+                                for m, e, s, v in zip(out["method"], out["env"], out["seed"], out["level"])]
     ref = out[out["method"] == BASELINE].set_index(["env", "seed"])
-    for col, src, fn in (("speedup_compute", "compute_to_level", lambda p, m: p / m),
-                         ("speedup_wall", "wall_to_level", lambda p, m: p / m),
-                         ("tokens_saved_at_level_pct", "tokens_to_level", lambda p, m: 100.0 * (1.0 - m / p))):
-        vals = []
+    for x in TO_LEVEL:
+        src, vals = f"{x}_to_level", []
         for e, s, v in zip(out["env"], out["seed"], out[src]):
             p = ref[src].get((e, s), math.nan) if len(ref) else math.nan
-            vals.append(fn(p, v) if np.isfinite(p) and np.isfinite(v) and p > 0 and v > 0 else math.nan)
-        out[col] = vals
+            vals.append(p / v if np.isfinite(p) and np.isfinite(v) and p > 0 and v > 0 else math.nan)
+        out[f"speedup_{x}"] = vals
+    out["d_final_success"] = [f - ref["final_success"].get((e, s), math.nan) if len(ref) else math.nan
+                              for e, s, f in zip(out["env"], out["seed"], out["final_success"])]
     return out
 
 
-def score(df: pd.DataFrame, level: float | None = None) -> pd.DataFrame:
+def score(df: pd.DataFrame, level: float | None = None, cal: dict | None = None) -> pd.DataFrame:
     """One row per (env, method): mean and ``<metric>_std`` over seeds of :data:`METRICS`, ``n`` and ``reached``."""
-    pr = per_run(df, level)
+    pr = per_run(df, level, cal)
     rows = []
     for env in ordered(pr["env"], list(sweep.ENVS)):
         for method in ordered(pr["method"], list(sweep.METHODS)):
             g = pr[(pr["env"] == env) & (pr["method"] == method)]
             if not len(g):
                 continue
-            row = {"env": env, "method": method, "n": len(g), "reached": int(np.isfinite(g["compute_to_level"]).sum())}
+            row = {"env": env, "method": method, "n": len(g), "reached": int(np.isfinite(g["tokens_to_level"]).sum())}
             for k in METRICS:
                 row[k], row[f"{k}_std"], _ = mean_std(g[k])
             rows.append(row)
     return pd.DataFrame(rows)
 
 
-def verdicts(table: pd.DataFrame, margin: float = NO_WORSE_MARGIN) -> list[str]:
-    """Plain statements checked against ``table`` (from :func:`score`), each with its numbers."""
+def intervals(pr: pd.DataFrame) -> pd.DataFrame:
+    """Paired-by-seed comparisons with PPO, one row per (env, method): the difference in final success,
+    and the speed-up to the level in tokens, measured compute and wall-clock, and projected GPU time
+    (intervals over the seeds where both reached the level; ``n`` says how many)."""
+    rows = []
+    for env in ordered(pr["env"], list(sweep.ENVS)):
+        base = pr[(pr["env"] == env) & (pr["method"] == BASELINE)].set_index("seed")
+        for method in ordered(pr["method"], list(sweep.METHODS)):
+            if method == BASELINE:
+                continue
+            g = pr[(pr["env"] == env) & (pr["method"] == method)].set_index("seed")
+            seeds = sorted(set(g.index) & set(base.index))
+            if not seeds:
+                continue
+            row = {"env": env, "method": method,
+                   "d_final_success": paired_diff_ci(base.loc[seeds, "final_success"].tolist(),
+                                                     g.loc[seeds, "final_success"].tolist())}
+            for x in ("tokens", "compute", "wall", "gpu"):
+                row[f"speedup_{x}"] = mean_ci(g.loc[seeds, f"speedup_{x}"].tolist())
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def interval_table(iv: pd.DataFrame) -> pd.DataFrame:
+    """:func:`intervals` as text cells (``mean [low, high] (n seeds)``)."""
+    out = iv[["env", "method"]].copy()
+    for c in iv.columns[2:]:
+        out[c] = [f"{i.fmt()} ({i.n})" for i in iv[c]]
+    return out
+
+
+def verdicts(table: pd.DataFrame, iv: pd.DataFrame) -> list[str]:
+    """Plain statements checked against ``table`` (:func:`score`) and ``iv`` (:func:`intervals`)."""
     out = []
     for env in ordered(table["env"], list(sweep.ENVS)):
-        ppo, tppo, te = (table_row(table, env, m) for m in (BASELINE, "tppo", "tppo_espo"))
+        ppo = table_row(table, env, BASELINE)
         p = f"[{env}]"
-        if ppo is None or tppo is None:
-            out.append(f"{p} T-PPO vs PPO: not evaluated (needs both ppo and tppo runs)")
+        if ppo is None:
+            out.append(f"{p} no PPO runs: nothing to compare with")
             continue
-        lv = ppo["level"]
-        lvt = f"success {lv:.3g}" if np.isfinite(lv) else "the success level (undefined: PPO's final success is 0)"
-        for row, name in ((tppo, "T-PPO"), (te, "T-PPO + ESPO")):
-            if row is None:
-                continue
-            sp = row["speedup_compute"]
-            ans = ("no (it never reached the level; PPO did)" if row["reached"] == 0 and ppo["reached"] > 0
-                   else yes_no(bool(sp > 1), sp))
-            out.append(f"{p} {name} reaches {lvt} in less compute time than PPO: {ans} "
-                       f"(speed-up {fmt_ms(row, 'speedup_compute')} in compute, {fmt_ms(row, 'speedup_wall')} in "
-                       f"wall-clock; reached in {row['reached']}/{row['n']} seeds, PPO {ppo['reached']}/{ppo['n']})")
-        sp = tppo["speedup_compute"]
-        ans = ("no (T-PPO never reached the level)" if tppo["reached"] == 0 and ppo["reached"] > 0
-               else yes_no(bool(sp >= CLAIMED_SPEEDUP), sp))
-        out.append(f"{p} T-PPO's speed-up reaches the claimed {CLAIMED_SPEEDUP:g}x: "
-                   f"{ans} (compute {fmt_ms(tppo, 'speedup_compute')})")
-        fs_t, fs_p = tppo["final_success"], ppo["final_success"]
-        out.append(f"{p} T-PPO's final success is no worse than PPO's (margin {margin:g}, each at the end of its own run): "
-                   f"{yes_no(bool(fs_t >= fs_p - margin), fs_t, fs_p)} (T-PPO {fmt_ms(tppo, 'final_success')} vs "
-                   f"PPO {fmt_ms(ppo, 'final_success')})")
-        out.append(f"{p} T-PPO leaves fewer decoding slots idle than PPO: "
-                   f"{yes_no(bool(tppo['idle_fraction'] < ppo['idle_fraction']), tppo['idle_fraction'], ppo['idle_fraction'])} "
-                   f"(idle fraction T-PPO {fmt_ms(tppo, 'idle_fraction')} vs PPO {fmt_ms(ppo, 'idle_fraction')})")
-        if te is not None:
-            a, b = te["compute_to_level"], tppo["compute_to_level"]
-            ans = ("no (T-PPO + ESPO never reached the level; T-PPO did)" if te["reached"] == 0 and tppo["reached"] > 0
-                   else "yes (T-PPO never reached the level; T-PPO + ESPO did)" if tppo["reached"] == 0 and te["reached"] > 0
-                   else yes_no(bool(a < b), a, b))
-            out.append(f"{p} adding ESPO's stop rule makes T-PPO reach the level sooner (compute): "
-                       f"{ans} (T-PPO + ESPO {fmt_ms(te, 'compute_to_level')} s vs T-PPO "
-                       f"{fmt_ms(tppo, 'compute_to_level')} s)")
+        out.append(f"{p} PPO: final success {ppo['final_success']:.3g}; level {ppo['level']:.3g} reached in "
+                   f"{ppo['reached']}/{ppo['n']} seeds")
+        winners = []
+        for _, r in iv[iv["env"] == env].iterrows():
+            row = table_row(table, env, r["method"])
+            ds = r["d_final_success"]
+            parts = [f"final success minus PPO's {ds.fmt()} ({'significant' if ds.significant else 'not significant'})",
+                     f"reached the level in {row['reached']}/{row['n']} seeds"]
+            for x, name in (("compute", "measured compute"), ("wall", "measured wall-clock"), ("gpu", "projected GPU time")):
+                s = r[f"speedup_{x}"]
+                if s.n:
+                    faster = s.n >= 2 and s.low > 1
+                    parts.append(f"speed-up in {name} {s.fmt(2)} over {s.n} seeds"
+                                 + (" (faster than PPO: interval above 1)" if faster else ""))
+                    if s.mean >= GOAL_SPEEDUP and faster and row["reached"] == row["n"]:
+                        winners.append(f"{r['method']} ({name} {s.mean:.2f}x)")
+            out.append(f"{p} {r['method']}: " + "; ".join(parts))
+        out.append(f"{p} a variant reaches PPO's level in every seed with >= {GOAL_SPEEDUP:g}x less time "
+                   f"(mean speed-up >= {GOAL_SPEEDUP:g}, interval above 1): "
+                   + ("yes: " + ", ".join(winners) if winners else "no"))
     return out
 
 
@@ -165,6 +246,12 @@ def _setup(df: pd.DataFrame):
     envs = ordered(df["label/env"].unique(), list(sweep.ENVS))
     methods = ordered(df["label/method"].unique(), list(sweep.METHODS))
     return envs, methods, colors_for(list(sweep.METHODS) + [m for m in methods if m not in sweep.METHODS])
+
+
+def costed(df: pd.DataFrame, cal: dict | None = None) -> pd.DataFrame:
+    """``df`` with the cost model's cumulative columns on every run (for plotting)."""
+    _check(df)
+    return pd.concat([with_costs(r, cal) for _, r in df.groupby(list(LABELS), sort=False)], ignore_index=True)
 
 
 def _panels(df: pd.DataFrame, panels, title: str) -> Figure:
@@ -186,21 +273,20 @@ def _panels(df: pd.DataFrame, panels, title: str) -> Figure:
 
 
 def plot_success_vs_time(df: pd.DataFrame) -> Figure:
-    """Success rate against compute time (gen + actor + critic), wall-clock and generated tokens."""
-    return _panels(df, [("time/compute_cumulative", "success/rate", "compute time (s)", "success rate"),
-                        ("time/wall", "success/rate", "wall-clock (s)", "success rate"),
-                        ("tokens/cumulative", "success/rate", "cumulative generated tokens", "success rate")],
-                   "Success vs time and tokens")
+    """Success rate against generated tokens, measured compute time and the cost model's decoding steps."""
+    return _panels(costed(df), [("tokens/cumulative", "success/rate", "cumulative generated tokens", "success rate"),
+                                ("time/compute_cumulative", "success/rate", "compute time (s, measured)", "success rate"),
+                                ("cost/decode_steps", "success/rate", "cumulative decoding steps", "success rate")],
+                   "Success vs tokens, time and decoding steps")
 
 
 def plot_time_breakdown(df: pd.DataFrame) -> Figure:
-    """Where the time goes: total generation, actor and critic seconds per method (mean over seeds),
-    and the share of decoding slots left idle."""
+    """Where the time goes: measured generation, actor and critic seconds per method (mean over seeds)."""
     import matplotlib.pyplot as plt
 
     envs, methods, col = _setup(df)
     table = score(df)
-    fig, axes = plt.subplots(len(envs), 2, figsize=(11, 3.8 * len(envs)), squeeze=False)
+    fig, axes = plt.subplots(len(envs), 2, figsize=(12, 3.8 * len(envs)), squeeze=False)
     parts = [("gen_s", "generation"), ("actor_s", "actor update"), ("critic_s", "critic update")]
     shades = ["#4c72b0", "#dd8452", "#55a868"]
     for (ax, ax_i), env in zip(axes, envs):
@@ -211,24 +297,26 @@ def plot_time_breakdown(df: pd.DataFrame) -> Figure:
             v = np.nan_to_num(np.array([t.loc[m, k] for m in ms], dtype=float))
             ax.bar(ms, v, bottom=bottom, color=c, label=name)
             bottom += v
-        ax.set(title=f"{env}: time breakdown (whole run)", ylabel="seconds")
+        ax.set(title=f"{env}: measured time (whole run)", ylabel="seconds")
+        ax.tick_params(axis="x", labelrotation=30, labelsize=7)
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
         v = np.array([t.loc[m, "idle_fraction"] for m in ms], dtype=float)
         e = np.nan_to_num(np.array([t.loc[m, "idle_fraction_std"] for m in ms], dtype=float))
         ax_i.bar(ms, np.nan_to_num(v), yerr=e, capsize=3, color=[col[m] for m in ms])
         ax_i.set(title=f"{env}: idle decoding slots", ylabel="gen/idle_fraction", ylim=(0, 1))
+        ax_i.tick_params(axis="x", labelrotation=30, labelsize=7)
         ax_i.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
 
 
 def plot_length_dynamics(df: pd.DataFrame) -> Figure:
-    """Response-length dynamics: mean length of finished rows, tokens generated per step, and the
-    age (steps) of carried T-PPO rows."""
+    """Response-length dynamics: mean length of finished rows, rows finishing per step, and tokens
+    generated per step."""
     return _panels(df, [("step", "length/mean", "training step", "mean length (finished rows)"),
-                        ("step", "tokens/generated", "training step", "tokens generated per step"),
-                        ("step", "pool/age_mean", "training step", "mean age of pool rows (steps)")],
+                        ("step", "pool/finished", "training step", "rows finished per step"),
+                        ("step", "tokens/generated", "training step", "tokens generated per step")],
                    "Response length")
 
 

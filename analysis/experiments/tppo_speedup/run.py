@@ -1,7 +1,10 @@
-"""Run the T-PPO speed-up study end to end: sweep, table, verdicts, figures, ``report.md``.
+"""Run the T-PPO speed-up study end to end: sweep, tables, intervals, cost model, figures,
+``report.md`` and ``scores.csv``.
 
 ``python -m analysis.experiments.tppo_speedup.run [--out DIR] [--workers N] [--quick] [--fresh]``.
 The runner is reached through the string ``"testbed.sweep"`` at call time, as in the headline study.
+The cost model's unit costs are read from ``sweep.CALIBRATION`` (written by ``bench/tppo_cost.py``,
+which must run alone); rerunning the study after a new calibration reuses the finished runs.
 """
 
 from __future__ import annotations
@@ -27,21 +30,48 @@ def command(out: str, workers: int, quick: bool, fresh: bool) -> str:
                      "--workers", str(workers)] + (["--quick"] if quick else []) + (["--fresh"] if fresh else []))
 
 
+def _cols(table, names):
+    return table[[c for c in table.columns if c.removesuffix("_std") in names]]
+
+
+def _calibration_lines(cal: dict | None) -> list[str]:
+    if cal is None:
+        return [f"No calibration file ({sweep.CALIBRATION.name}): projected times are undefined. Run "
+                "`PYTHONPATH=. python bench/tppo_cost.py` alone, then this study again.", ""]
+    a, b, c = cal["a_s"], cal["b_s"], cal["train_token_s"]
+    return [
+        f"Unit costs from `{sweep.CALIBRATION.relative_to(sweep.REPO)}` (`bench/tppo_cost.py`, model {cal.get('model')}, "
+        f"{cal.get('threads')} thread(s), 1-minute load average {cal.get('load_avg_1min', float('nan')):.1f} on "
+        f"{cal.get('cpus')} CPUs when measured):", "",
+        f"- decoding step at batch 1: t(1) = {cal['decode_step_b1_s'] * 1e6:.1f} µs; at batch 32: "
+        f"t(32) = {cal['decode_step_b32_s'] * 1e6:.1f} µs (ratio {cal['decode_step_b32_s'] / cal['decode_step_b1_s']:.2f})",
+        f"- so a = {a * 1e6:.1f} µs per decoding step and b = {b * 1e6:.2f} µs per row in it (t(B) = a + b·B)",
+        f"- measured training cost c = {c * 1e6:.1f} µs per token-pass (actor and critic, forward, backward, Adam)",
+        f"- GPU regime: a decoding step costs a = {a * 1e6:.1f} µs at any batch size; a token-pass costs "
+        f"3b = {3 * b * 1e6:.2f} µs; their ratio a/(3b) = {a / (3 * b):.0f}. On this machine the measured "
+        f"ratio a/c is {a / c:.2f}: training, not decoding, dominates here.", ""]
+
+
 def main(out: str = "out/tppo_speedup", workers: int = 2, quick: bool = False, fresh: bool = False) -> int:
     """Run (or resume) the sweep into ``out/runs`` (``out/quick/runs`` with ``quick``), print the
-    table, write figures and ``report.md``. ``fresh`` deletes the runs folder first. Returns 0."""
+    tables, write figures, ``report.md`` and ``scores.csv``. ``fresh`` deletes the runs folder first. Returns 0."""
     t0 = time.time()
     root = Path(out) / "quick" if quick else Path(out)
     spec = sweep.spec(root / "runs", quick=quick)
     runner = importlib.import_module("testbed.sweep")  # the runner, by name: analysis never imports it
     rows = experiments.execute(runner, spec, workers=workers, fresh=fresh)
     df = load_runs([r["run_dir"] for r in rows], axes=sweep.AXES)
+    cal = analysis.load_calibration()
 
-    table = analysis.score(df)
-    verdicts = analysis.verdicts(table)
-    speed = table[[c for c in table.columns if c.removesuffix("_std") in analysis.SPEED_COLUMNS]]
-    cost = table[[c for c in table.columns if c.removesuffix("_std") in analysis.COST_COLUMNS]]
-    print(text_table(speed), text_table(cost), "", *verdicts, sep="\n")
+    pr = analysis.per_run(df, cal=cal)
+    table = analysis.score(df, cal=cal)
+    iv = analysis.intervals(pr)
+    verdicts = analysis.verdicts(table, iv)
+    speed, cost, rho = (_cols(table, c) for c in (analysis.SPEED_COLUMNS, analysis.COST_COLUMNS, analysis.RHO_COLUMNS))
+    ivt = analysis.interval_table(iv)
+    print(text_table(speed), text_table(cost), text_table(ivt), "", *verdicts, sep="\n")
+    root.mkdir(parents=True, exist_ok=True)
+    pr.to_csv(root / "runs.csv", index=False)  # one row per run; scores.csv has one per env x method
 
     errors: list[str] = []
     figs = save_figures(build_figures(analysis.PLOTS, df, errors), root)
@@ -52,25 +82,33 @@ def main(out: str = "out/tppo_speedup", workers: int = 2, quick: bool = False, f
         f"Generated {datetime.now().isoformat(timespec='seconds')} in {elapsed:.0f} s with {workers} workers. "
         "Regenerate with:", "", "```", command(out, workers, quick, fresh), "```", "",
         "## Settings", "",
-        f"- base config: `{Path(sweep.BASE_CONFIG).relative_to(sweep.REPO)}`; every run: `{json.dumps(spec['overrides'])}`",
+        f"- base config: `{Path(sweep.BASE_CONFIG).relative_to(sweep.REPO)}` with the `algo`/`model` sections of "
+        f"`{sweep.PPO_PRESET.relative_to(sweep.REPO)}`; every run: `{json.dumps(spec['overrides'])}`",
         "- steps per method (a T-PPO step generates at most one window per row): "
         + ", ".join(f"{m} {int(g['step'].max()) + 1}" for m, g in df.groupby("label/method", sort=False))
         + f"; {first.get('config/rollout.batch_size')} rows per step, max length {first.get('config/rollout.max_len')}",
         "- methods: " + "; ".join(f"**{m}** `{json.dumps(v)}`" for m, v in sweep.METHODS.items()),
         "- envs: " + "; ".join(f"**{e}** `{v.get('task.env_id', '')}`" for e, v in sweep.ENVS.items()),
         f"- seeds: {sorted(df['label/seed'].unique().tolist())}",
-        f"- runs: `{spec['out_dir']}`",
-        f"- timings: {workers} runs in parallel, one torch thread each, on a shared machine; compare "
-        "methods by compute time (gen + actor + critic), which excludes waiting but not contention.", "",
+        f"- runs: `{spec['out_dir']}`; per-method table: `scores.csv`; per-run numbers: `runs.csv`",
+        f"- timings: {workers} runs in parallel, one torch thread each, on a shared machine: measured times "
+        "include contention with other processes; the cost model uses counts only.", "",
         "## Speed (mean ± std over seeds)", "", markdown_table(speed), "",
-        "## Cost breakdown (mean ± std over seeds)", "", markdown_table(cost), "",
+        "## Paired with PPO by seed (mean [95% interval] (seeds))", "",
+        "Final-success difference over all seeds; speed-ups over the seeds where both reached the level.", "",
+        markdown_table(ivt), "",
+        "## Cost model", "", *_calibration_lines(cal),
+        "### Cost breakdown (mean ± std over seeds)", "", markdown_table(cost), "",
+        "### Speed-up to the level at a stated decode-step / token-pass cost ratio", "",
+        "Time `rho * decoding steps + token-passes` (rho large: decoding dominates).", "",
+        markdown_table(rho), "",
         "## Verdicts", "", "Computed from the tables above (`analysis.verdicts`).", "",
         *[f"- {v}" for v in verdicts], "",
     ]
     lines += report_tail(figs, errors, analysis)
     (root / "report.md").write_text("\n".join(lines))
     experiments.write_scores(table, root)  # scores.csv beside report.md (every study writes one)
-    print(f"\nwrote {root / 'report.md'} and {len(figs)} figures ({elapsed:.0f}s)")
+    print(f"\nwrote {root / 'report.md'}, {root / 'scores.csv'} and {len(figs)} figures ({elapsed:.0f}s)")
     return 0
 
 
