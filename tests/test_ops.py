@@ -242,3 +242,23 @@ def test_tensorboard_events_hold_the_metrics_scalars(tmp_path):
     # off by default: no event files
     Trainer(C.from_dict({}, [f"run.out_dir={tmp_path}", "run.name=q", "run.steps=1", *TINY])).train()
     assert not (tmp_path / "q" / "tensorboard").exists()
+
+
+# --- one place builds task and backend -------------------------------------------------------------
+
+
+def test_build_is_a_leaf_and_the_only_place_that_maps_kinds_to_factories():
+    import ast
+
+    def imports(path):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                yield from (a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                yield node.module
+
+    assert set(imports(ROOT / "testbed" / "build.py")) <= {"__future__", "importlib", "typing", "testbed.errors"}
+    assert "testbed.trainer" not in set(imports(ROOT / "testbed" / "evaluate.py"))  # no trainer <-> evaluate cycle
+    copies = [str(p.relative_to(ROOT)) for d in ("testbed", "tests", "bench", "analysis") for p in (ROOT / d).rglob("*.py")
+              if p.name not in ("build.py", "test_ops.py") and "ENTRY_POINTS[" in p.read_text()]
+    assert not copies, copies
