@@ -76,8 +76,8 @@ class Trainer:
             # Per-row outcomes of finished rows (length, ending, planted failure step) on simulated tasks.
             self.rows_logger = MetricsLogger(self.run_dir / "rows.jsonl") if cfg.task.kind == "sim" else None
             self.tb = TensorBoardLogger(self.run_dir / "tensorboard") if cfg.run.tensorboard else None
-            (self.run_dir / "config.yaml").write_text(config_mod.dump(cfg))
             self._resume()
+            (self.run_dir / "config.yaml").write_text(config_mod.dump(cfg))  # after a resume that fits
         except BaseException:
             self.lock.release()
             raise
@@ -364,7 +364,13 @@ class Trainer:
             return
         from safetensors.torch import load_file
 
-        self.backend.load_state_dict(load_file(str(ck / "model.safetensors")))
+        try:
+            self.backend.load_state_dict(load_file(str(ck / "model.safetensors")))
+        except (KeyError, RuntimeError) as e:  # the directory holds a run of another model
+            lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+            first = lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__
+            raise UserError(f"{ck}: the checkpoint does not fit this config's model (resuming needs the same "
+                            f"model settings; use another run.name for a new run): {first}") from None
         state = torch.load(ck / "trainer_state.pt", weights_only=True)
         self.step = int(state["step"])
         self.cumulative_tokens = int(state["cumulative_tokens"])

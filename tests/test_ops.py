@@ -262,3 +262,14 @@ def test_build_is_a_leaf_and_the_only_place_that_maps_kinds_to_factories():
     copies = [str(p.relative_to(ROOT)) for d in ("testbed", "tests", "bench", "analysis") for p in (ROOT / d).rglob("*.py")
               if p.name not in ("build.py", "test_ops.py") and "ENTRY_POINTS[" in p.read_text()]
     assert not copies, copies
+
+
+def test_resuming_with_another_model_is_a_user_error_that_keeps_the_run(tmp_path, capsys):
+    args = ["run", str(ROOT / "configs/ppo.yaml"), f"run.out_dir={tmp_path}", "run.name=r", "run.steps=1", *TINY]
+    assert cli.main(args) == 0
+    capsys.readouterr()
+    before = _snapshot(tmp_path / "r")
+    assert cli.main([*args, "run.steps=2", "model.hidden_size=16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "checkpoint does not fit this config's model" in err and "\n" not in err
+    assert _snapshot(tmp_path / "r") == before  # config.yaml, metrics and checkpoint untouched
