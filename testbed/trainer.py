@@ -69,7 +69,10 @@ class Trainer:
             self.lock.acquire()
         try:
             self._build(cfg)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:  # a run.out_dir the user cannot write to
+                raise UserError(f"run.out_dir: cannot create {self.run_dir}: {e.strerror or e}") from None
             self.lock.acquire()
             (self.run_dir / "checkpoints").mkdir(exist_ok=True)
             self.logger = MetricsLogger(self.run_dir / "metrics.jsonl")
