@@ -120,14 +120,15 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
-        from tqdm.auto import tqdm
-
+        """Train to ``run.steps`` and write the summary; the run directory is released however it ends."""
         try:
-            return self._train(tqdm)
+            return self._loop()
         finally:
             self.close()
 
-    def _train(self, tqdm) -> dict[str, Any]:
+    def _loop(self) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
         c = self.cfg
         if not self.lock.held:
             raise RuntimeError(f"{self.run_dir}: this trainer was closed; build a new one to resume")
