@@ -470,6 +470,9 @@ def validate(cfg: Config) -> None:
                 _check_range(key, value, bounds)
             elif isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{key}: must be finite, got {value!r}")
+    for key in ("name", "out_dir"):
+        if not getattr(cfg.run, key).strip():
+            raise ConfigError(f"run.{key}: must not be empty")
     r, a, s, t = cfg.rollout, cfg.algo, cfg.stop, cfg.tppo
     if r.batch_size % r.group_size:
         raise ConfigError(f"rollout.group_size: must divide rollout.batch_size ({r.group_size} does not divide {r.batch_size})")

@@ -76,10 +76,10 @@ def test_cli_user_error_is_one_line_exit_2_and_creates_no_run_dir(tmp_path, conf
     ("task.env_kwargs.bogus=1", "task.env_kwargs: testbed/PlantedFailure-v0:"),
     ("stop.rule=random stop.reference_run={ref}", "stop.reference_run: no metrics.jsonl in"),
 ])
-def test_user_errors_in_process(tmp_path, capsys, override, fragment):
+def test_user_errors_in_process(tmp_path, capsys, monkeypatch, override, fragment):
     argv = ["run", "configs/ppo.yaml", f"run.out_dir={tmp_path / 'runs'}", *TINY,
             *override.format(ref=tmp_path / "nowhere").split()]
-    os.chdir(ROOT)
+    monkeypatch.chdir(ROOT)
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("error: ") and fragment in err, err
@@ -273,3 +273,20 @@ def test_resuming_with_another_model_is_a_user_error_that_keeps_the_run(tmp_path
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "checkpoint does not fit this config's model" in err and "\n" not in err
     assert _snapshot(tmp_path / "r") == before  # config.yaml, metrics and checkpoint untouched
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["eval", "configs/ppo.yaml", "--n", "2", "--checkpoint", "{tmp}/nowhere"], "--checkpoint: no checkpoint at"),
+    (["eval", "configs/ppo.yaml", "--n", "2", "--k", "2", "--greedy"], "--greedy: samples one response"),
+    (["sweep", "{tmp}/missing.yaml"], "missing.yaml: no such sweep file"),
+    (["sweep", "{tmp}/bad.yaml"], "bad.yaml: invalid YAML"),
+    (["run", "configs/nope.yaml"], "configs/nope.yaml: no such config file"),
+    (["run", "configs/ppo.yaml", "run.name="], "run.name: must not be empty"),
+    (["demo", "--study", "nope"], "--study:"),
+])
+def test_other_commands_user_errors(tmp_path, capsys, monkeypatch, argv, fragment):
+    (tmp_path / "bad.yaml").write_text("axes: [unclosed\n")
+    monkeypatch.chdir(ROOT)
+    assert cli.main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: ") and fragment in err, err
