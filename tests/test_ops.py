@@ -199,8 +199,13 @@ def test_sweep_skips_a_locked_run_and_what_depends_on_it(tmp_path):
 
 def test_sweep_on_local_ray_with_two_cpus(tmp_path):
     pytest.importorskip("ray")
+    import ray
+
     spec = sweep_spec(tmp_path / "sw")
-    rows = {r["name"]: r for r in run_sweep(spec, workers=2, executor="ray", progress=False)}
+    cpus = []  # the local Ray's size, seen while it runs: workers x cpus_per_run = 2
+    rows = {r["name"]: r for r in run_sweep(spec, workers=2, executor="ray", progress=False,
+                                             on_done=lambda r, s: cpus.append(ray.cluster_resources().get("CPU")))}
+    assert cpus == [2.0] * 4
     assert {k: r["status"] for k, r in rows.items()} == dict.fromkeys(
         ["espo-s0", "espo-s1", "random-s0", "random-s1"], "ran")
     assert all(r["complete"] and r["steps"] == 2 for r in rows.values())
@@ -210,8 +215,6 @@ def test_sweep_on_local_ray_with_two_cpus(tmp_path):
         assert started.stat().st_mtime >= ref.stat().st_mtime
     again = run_sweep(spec, workers=2, executor="ray", progress=False)
     assert {r["status"] for r in again} == {"complete"}
-    import ray
-
     assert not ray.is_initialized()  # the local Ray started for the sweep was shut down
 
 
@@ -280,12 +283,14 @@ def test_resuming_with_another_model_is_a_user_error_that_keeps_the_run(tmp_path
     (["eval", "configs/ppo.yaml", "--n", "2", "--k", "2", "--greedy"], "--greedy: samples one response"),
     (["sweep", "{tmp}/missing.yaml"], "missing.yaml: no such sweep file"),
     (["sweep", "{tmp}/bad.yaml"], "bad.yaml: invalid YAML"),
+    (["sweep", "{tmp}/cpus.yaml"], "cpus.yaml: cpus_per_run must be a number > 0, got 0"),
     (["run", "configs/nope.yaml"], "configs/nope.yaml: no such config file"),
     (["run", "configs/ppo.yaml", "run.name="], "run.name: must not be empty"),
     (["demo", "--study", "nope"], "--study:"),
 ])
 def test_other_commands_user_errors(tmp_path, capsys, monkeypatch, argv, fragment):
     (tmp_path / "bad.yaml").write_text("axes: [unclosed\n")
+    (tmp_path / "cpus.yaml").write_text("cpus_per_run: 0\naxes: {seed: [0]}\n")
     monkeypatch.chdir(ROOT)
     assert cli.main([a.format(tmp=tmp_path) for a in argv]) == 2
     err = capsys.readouterr().err.strip()
