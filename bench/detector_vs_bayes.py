@@ -4,7 +4,7 @@ What it measures
     How good ESPO's early-stop decisions are *as a failure detector*, next to what an ideal detector
     does with the same number of stops. It trains a toy GRU policy and critic with ESPO on
     ``testbed/PlantedFailureTiny-v0`` for ``--steps`` steps, freezes them and samples ``--rows`` rows
-    from the frozen policy. Rows are never ended early here: for each row it records the first
+    from the frozen policy with the collector's own decoding loop. Rows are never ended early here: for each row it records the first
     response index at which each stop rule (ESPO, and its ``regret_only`` and ``value_only``
     ablations; the trained regret normaliser, fresh per-row CUSUM state, past warm-up, the critic's
     V(s_t) for the value gate) *would* have fired, counting only firings the collector would execute
@@ -97,7 +97,9 @@ import envs  # noqa: E402,F401  (registers the gymnasium ids)
 from envs.planted_failure import EOS_ID  # noqa: E402
 from envs.solver import PrefixValues, bayes_optimal_stop, solve, success_curves  # noqa: E402
 from testbed import config as config_mod  # noqa: E402
-from testbed.sampling import sample_tokens  # noqa: E402
+from testbed.collector import decode_segment  # noqa: E402
+from testbed.config import StopSection  # noqa: E402
+from testbed.rollout import Ending  # noqa: E402
 from testbed.sim_task import SimTask  # noqa: E402
 from testbed.stopping import StopContext, StopRule, make_stop_rule, success_probability  # noqa: E402
 from testbed.trainer import Trainer  # noqa: E402
@@ -184,50 +186,47 @@ class Rows:
     fires: dict[str, np.ndarray] = field(default_factory=dict)  # rule -> (R,) first firing index, -1 never
 
 
+class FirstFires(StopRule):
+    """A stop rule for the collector's decode loop that never stops a row: it asks each of ``rules``
+    and records the first response index at which each fired. The collector's ``StopContext`` marks
+    EOS tokens as ``ends_anyway``, so a recorded firing is one the collector would have executed."""
+
+    def __init__(self, rules: dict[str, StopRule], num_slots: int):
+        super().__init__(StopSection(), num_slots=num_slots)
+        self.rules = rules
+        self.first = {name: torch.full((num_slots,), -1, dtype=torch.long) for name in rules}
+
+    def reset(self, slots: torch.Tensor, train_step: int) -> None:
+        for rule in self.rules.values():
+            rule.reset(slots, train_step)
+
+    def __call__(self, ctx: StopContext) -> torch.Tensor:
+        for name, rule in self.rules.items():
+            fire = rule(ctx).cpu() & (self.first[name][ctx.slots] < 0)
+            self.first[name][ctx.slots[fire]] = ctx.positions[fire]
+        return torch.zeros_like(ctx.tokens, dtype=torch.bool)
+
+
 @torch.no_grad()
 def sample_rows(backend, cfg, rules: dict[str, StopRule], n_rows: int, seed: int, train_step: int) -> Rows:
-    """Decode ``n_rows`` rows to EOS or max_len; every rule sees every step but ends no row.
-
-    A firing counts as a stop only where the collector would execute it: not on an EOS token (the
-    row ends there anyway). The rules get the same ``StopContext`` the collector builds.
-    """
+    """Decode ``n_rows`` rows to EOS or max_len with the collector's own loop
+    (:func:`testbed.collector.decode_segment`); every rule sees every step but ends no row."""
     task = SimTask(cfg.task.env_id, n_rows, seed=seed, env_kwargs=cfg.task.env_kwargs)
     slots = np.arange(n_rows)
     prompts = task.reset(slots)
     problems = task.env.problem.copy()
-    for rule in rules.values():
-        rule.reset(torch.as_tensor(slots), train_step)
-    T, r = cfg.rollout.max_len, cfg.rollout
-    gen = torch.Generator().manual_seed(seed)
-    tokens = torch.zeros(n_rows, T, dtype=torch.long)
-    values = torch.full((n_rows, T), float("nan"))
-    lengths = torch.zeros(n_rows, dtype=torch.long)
-    fires = {name: torch.full((n_rows,), -1, dtype=torch.long) for name in rules}
-    backend.begin(prompts)
-    active = torch.arange(n_rows)
-    for k in range(T):
-        if len(active) == 0:
-            break
-        out = backend.step(with_values=True)
-        s = sample_tokens(out.logits, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, generator=gen)
-        tok = s.tokens
-        tokens[active, k] = tok
-        values[active, k] = out.values.float()
-        lengths[active] = k + 1
-        fs = torch.as_tensor(task.observe(active.numpy(), tok.numpy()), dtype=torch.long)
-        ctx = StopContext(slots=active, positions=torch.full_like(active, k), logits=out.logits, tokens=tok,
-                          regret=s.regret, values=out.values, failure_step=fs, train_step=train_step)
-        eos = tok == EOS_ID
-        for name, rule in rules.items():
-            fire = rule(ctx).cpu() & ~eos & (fires[name][active] < 0)
-            fires[name][active[fire]] = k
-        ended = eos | (k + 1 >= T)
-        backend.advance(tok, keep=~ended)
-        active = active[~ended]
+    recorder = FirstFires(rules, n_rows)
+    recorder.reset(torch.as_tensor(slots), train_step)
+    T = cfg.rollout.max_len
+    seg = decode_segment(backend, task, recorder, slots=slots, contexts=prompts,
+                         start=torch.zeros(n_rows, dtype=torch.long), budget=torch.full((n_rows,), T), max_len=T,
+                         cfg=cfg, train_step=train_step, generator=torch.Generator().manual_seed(seed))
+    if (seg.ending == Ending.WINDOW_CUT).any() or (seg.ending == Ending.EARLY_STOP).any():
+        raise RuntimeError("every row must end at EOS or max_len here")
     res = task.finish(slots, [[]] * n_rows)
-    return Rows(tokens=tokens.numpy(), lengths=lengths.numpy(), problems=problems, success=res.success.astype(bool),
-                failure_step=res.failure_step.astype(np.int64), values=values.numpy(),
-                fires={k: v.numpy() for k, v in fires.items()})
+    return Rows(tokens=seg.tokens.numpy(), lengths=seg.mask.sum(-1).numpy(), problems=problems,
+                success=res.success.astype(bool), failure_step=res.failure_step.astype(np.int64),
+                values=seg.values.numpy(), fires={k: v.numpy() for k, v in recorder.first.items()})
 
 
 # --- 4. scoring -----------------------------------------------------------------------------------

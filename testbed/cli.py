@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, whatever the message
         return 2
 
 

@@ -258,8 +258,6 @@ _CHOICES = {
     ("model", "dtype"): ("float32", "bfloat16"),
     ("model", "critic"): ("separate", "head"),
     ("rollout", "length_cap"): ("terminal", "bootstrap", "masked"),
-    ("algo", "agg"): ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean"),
-    ("algo", "kl_type"): ("k1", "k3"),
     ("stop", "accumulate"): ("cusum", "sum", "ema"),
     ("stop", "gate"): ("scaled", "and"),
     ("task", "dataset_format"): ("auto", "gsm8k", "math", "aime", "dapo"),
@@ -401,10 +399,12 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Confi
 def _registries() -> dict[tuple[str, str], list[str]]:
     """Registry-backed fields -> their valid names (imported here: the registries import this module)."""
     from testbed.advantages import ESTIMATORS
-    from testbed.losses import POLICY_LOSSES
+    from testbed.losses import KL_ESTIMATORS, POLICY_LOSSES
+    from testbed.masked import AGG_MODES
     from testbed.stopping import RULES
 
     return {("algo", "estimator"): ESTIMATORS.names(), ("algo", "policy_loss"): POLICY_LOSSES.names(),
+            ("algo", "kl_type"): KL_ESTIMATORS.names(), ("algo", "agg"): list(AGG_MODES),
             ("stop", "rule"): RULES.names()}
 
 
@@ -489,6 +489,9 @@ def validate(cfg: Config) -> None:
                 _check_range(key, value, bounds)
             elif isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{key}: must be finite, got {value!r}")
+    for key in ("name", "out_dir"):
+        if not getattr(cfg.run, key).strip():
+            raise ConfigError(f"run.{key}: must not be empty")
     r, a, s, t = cfg.rollout, cfg.algo, cfg.stop, cfg.tppo
     if r.batch_size % r.group_size:
         raise ConfigError(f"rollout.group_size: must divide rollout.batch_size ({r.group_size} does not divide {r.batch_size})")

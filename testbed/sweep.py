@@ -227,7 +227,10 @@ class _Ray:
             # Workers import the testbed as this process does (an uninstalled checkout: via PYTHONPATH).
             path = [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
             kw["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in path if p)}}
-            ray.init(**kw)
+            try:
+                ray.init(**kw)
+            except ConnectionError as e:  # a wrong --address / RAY_ADDRESS is the user's to fix
+                raise config_mod.ConfigError(f"--address {self.address}: {e}") from None
             self.started = True
         self.task = ray.remote(num_cpus=self.cpus_per_run, max_retries=0)(_run_one)
 

@@ -69,15 +69,18 @@ class Trainer:
             self.lock.acquire()
         try:
             self._build(cfg)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:  # a run.out_dir the user cannot write to
+                raise UserError(f"run.out_dir: cannot create {self.run_dir}: {e.strerror or e}") from None
             self.lock.acquire()
             (self.run_dir / "checkpoints").mkdir(exist_ok=True)
             self.logger = MetricsLogger(self.run_dir / "metrics.jsonl")
             # Per-row outcomes of finished rows (length, ending, failure step) where there is ground truth.
             self.rows_logger = MetricsLogger(self.run_dir / "rows.jsonl") if self.ground_truth else None
             self.tb = TensorBoardLogger(self.run_dir / "tensorboard") if cfg.run.tensorboard else None
-            (self.run_dir / "config.yaml").write_text(config_mod.dump(cfg))
             self._resume()
+            (self.run_dir / "config.yaml").write_text(config_mod.dump(cfg))  # after a resume that fits
         except BaseException:
             self.lock.release()
             raise
@@ -127,14 +130,15 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
-        from tqdm.auto import tqdm
-
+        """Train to ``run.steps`` and write the summary; the run directory is released however it ends."""
         try:
-            return self._train(tqdm)
+            return self._loop()
         finally:
             self.close()
 
-    def _train(self, tqdm) -> dict[str, Any]:
+    def _loop(self) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
         c = self.cfg
         if not self.lock.held:
             raise RuntimeError(f"{self.run_dir}: this trainer was closed; build a new one to resume")
@@ -472,7 +476,13 @@ class Trainer:
             return
         from safetensors.torch import load_file
 
-        self.backend.load_state_dict(load_file(str(ck / "model.safetensors")))
+        try:
+            self.backend.load_state_dict(load_file(str(ck / "model.safetensors")))
+        except (KeyError, RuntimeError) as e:  # the directory holds a run of another model
+            lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+            first = lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__
+            raise UserError(f"{ck}: the checkpoint does not fit this config's model (resuming needs the same "
+                            f"model settings; use another run.name for a new run): {first}") from None
         state = torch.load(ck / "trainer_state.pt", weights_only=True)
         self.step = int(state["step"])
         self.cumulative_tokens = int(state["cumulative_tokens"])

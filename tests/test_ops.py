@@ -76,10 +76,10 @@ def test_cli_user_error_is_one_line_exit_2_and_creates_no_run_dir(tmp_path, conf
     ("task.env_kwargs.bogus=1", "task.env_kwargs: testbed/PlantedFailure-v0:"),
     ("stop.rule=random stop.reference_run={ref}", "stop.reference_run: no metrics.jsonl in"),
 ])
-def test_user_errors_in_process(tmp_path, capsys, override, fragment):
+def test_user_errors_in_process(tmp_path, capsys, monkeypatch, override, fragment):
     argv = ["run", "configs/ppo.yaml", f"run.out_dir={tmp_path / 'runs'}", *TINY,
             *override.format(ref=tmp_path / "nowhere").split()]
-    os.chdir(ROOT)
+    monkeypatch.chdir(ROOT)
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("error: ") and fragment in err, err
@@ -199,8 +199,13 @@ def test_sweep_skips_a_locked_run_and_what_depends_on_it(tmp_path):
 
 def test_sweep_on_local_ray_with_two_cpus(tmp_path):
     pytest.importorskip("ray")
+    import ray
+
     spec = sweep_spec(tmp_path / "sw")
-    rows = {r["name"]: r for r in run_sweep(spec, workers=2, executor="ray", progress=False)}
+    cpus = []  # the local Ray's size, seen while it runs: workers x cpus_per_run = 2
+    rows = {r["name"]: r for r in run_sweep(spec, workers=2, executor="ray", progress=False,
+                                             on_done=lambda r, s: cpus.append(ray.cluster_resources().get("CPU")))}
+    assert cpus == [2.0] * 4
     assert {k: r["status"] for k, r in rows.items()} == dict.fromkeys(
         ["espo-s0", "espo-s1", "random-s0", "random-s1"], "ran")
     assert all(r["complete"] and r["steps"] == 2 for r in rows.values())
@@ -210,8 +215,6 @@ def test_sweep_on_local_ray_with_two_cpus(tmp_path):
         assert started.stat().st_mtime >= ref.stat().st_mtime
     again = run_sweep(spec, workers=2, executor="ray", progress=False)
     assert {r["status"] for r in again} == {"complete"}
-    import ray
-
     assert not ray.is_initialized()  # the local Ray started for the sweep was shut down
 
 
@@ -242,3 +245,53 @@ def test_tensorboard_events_hold_the_metrics_scalars(tmp_path):
     # off by default: no event files
     Trainer(C.from_dict({}, [f"run.out_dir={tmp_path}", "run.name=q", "run.steps=1", *TINY])).train()
     assert not (tmp_path / "q" / "tensorboard").exists()
+
+
+# --- one place builds task and backend -------------------------------------------------------------
+
+
+def test_build_is_a_leaf_and_the_only_place_that_maps_kinds_to_factories():
+    import ast
+
+    def imports(path):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                yield from (a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                yield node.module
+
+    assert set(imports(ROOT / "testbed" / "build.py")) <= {"__future__", "importlib", "typing", "testbed.errors"}
+    assert "testbed.trainer" not in set(imports(ROOT / "testbed" / "evaluate.py"))  # no trainer <-> evaluate cycle
+    copies = [str(p.relative_to(ROOT)) for d in ("testbed", "tests", "bench", "analysis") for p in (ROOT / d).rglob("*.py")
+              if p.name not in ("build.py", "test_ops.py") and "ENTRY_POINTS[" in p.read_text()]
+    assert not copies, copies
+
+
+def test_resuming_with_another_model_is_a_user_error_that_keeps_the_run(tmp_path, capsys):
+    args = ["run", str(ROOT / "configs/ppo.yaml"), f"run.out_dir={tmp_path}", "run.name=r", "run.steps=1", *TINY]
+    assert cli.main(args) == 0
+    capsys.readouterr()
+    before = _snapshot(tmp_path / "r")
+    assert cli.main([*args, "run.steps=2", "model.hidden_size=16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "checkpoint does not fit this config's model" in err and "\n" not in err
+    assert _snapshot(tmp_path / "r") == before  # config.yaml, metrics and checkpoint untouched
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["eval", "configs/ppo.yaml", "--n", "2", "--checkpoint", "{tmp}/nowhere"], "--checkpoint: no checkpoint at"),
+    (["eval", "configs/ppo.yaml", "--n", "2", "--k", "2", "--greedy"], "--greedy: samples one response"),
+    (["sweep", "{tmp}/missing.yaml"], "missing.yaml: no such sweep file"),
+    (["sweep", "{tmp}/bad.yaml"], "bad.yaml: invalid YAML"),
+    (["sweep", "{tmp}/cpus.yaml"], "cpus.yaml: cpus_per_run must be a number > 0, got 0"),
+    (["run", "configs/nope.yaml"], "configs/nope.yaml: no such config file"),
+    (["run", "configs/ppo.yaml", "run.name="], "run.name: must not be empty"),
+    (["demo", "--study", "nope"], "--study:"),
+])
+def test_other_commands_user_errors(tmp_path, capsys, monkeypatch, argv, fragment):
+    (tmp_path / "bad.yaml").write_text("axes: [unclosed\n")
+    (tmp_path / "cpus.yaml").write_text("cpus_per_run: 0\naxes: {seed: [0]}\n")
+    monkeypatch.chdir(ROOT)
+    assert cli.main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: ") and fragment in err, err
