@@ -9,7 +9,7 @@ import torch
 
 from testbed import config as C
 from testbed.advantages import ESTIMATORS, AdvantageParams, actor_lambda
-from testbed.rollout import Ending, Rollout
+from testbed.rollout import Ending, Rollout, table_bootstrap
 from testbed.trainer import Trainer
 from tests import oracles
 
@@ -36,10 +36,15 @@ def one_row(values, rewards, ending, next_value=None, start=0):
     ex = {"start": torch.tensor([start])}
     if next_value is not None:
         ex["next_value"] = torch.tensor([next_value])
-    return Rollout(tokens=torch.ones(1, T, dtype=torch.long), logprobs=torch.zeros(1, T), regret=torch.zeros(1, T),
-                   values=torch.tensor([values]), rewards=torch.tensor([rewards]), mask=torch.ones(1, T, dtype=torch.bool),
-                   ending=torch.tensor([int(ending)]), bootstrap=torch.zeros(1), failure_step=torch.tensor([-1]),
-                   policy_version=torch.zeros(1, T, dtype=torch.long), extras=ex)
+    r = Rollout(tokens=torch.ones(1, T, dtype=torch.long), logprobs=torch.zeros(1, T), regret=torch.zeros(1, T),
+                values=torch.tensor([values]), rewards=torch.tensor([rewards]), mask=torch.ones(1, T, dtype=torch.bool),
+                ending=torch.tensor([int(ending)]), bootstrap=torch.zeros(1), failure_step=torch.tensor([-1]),
+                policy_version=torch.zeros(1, T, dtype=torch.long), extras=ex)
+    # as the collector writes it: the ending table's bootstrap, V(s_{l+1}) for a cut row under `next`
+    r.bootstrap = table_bootstrap(r.treatment, r.values, r.mask)
+    if next_value is not None and int(ending) == Ending.WINDOW_CUT:
+        r.bootstrap = torch.tensor([float(next_value)])
+    return r
 
 
 # --- review fixes -------------------------------------------------------------------------------
@@ -114,6 +119,9 @@ def test_next_value_is_the_critic_value_after_the_window(tmp_path):
         nxt = r.extras["next_value"]
         cut = r.ending == Ending.WINDOW_CUT
         assert torch.isnan(nxt[~cut]).all() and not torch.isnan(nxt[cut]).any()
+        # the collector writes it into the ending table's bootstrap, which every estimator reads
+        torch.testing.assert_close(r.bootstrap[cut], nxt[cut])
+        assert (r.bootstrap[r.treatment.terminal] == 0).all()
         assert b.stats["gen/value_steps"] == int(cut.any())
         for i in cut.nonzero().squeeze(-1).tolist():
             n = int(r.lengths[i])
@@ -195,7 +203,12 @@ def test_both_credit_adds_the_finishing_update(tmp_path):
     kinds = []
     orig = t.update_actor
     t.update_actor = lambda r, a: kinds.append(r) or orig(r, a)
-    batch = t.pool.collect(t.backend, 0)
+    for step in range(8):  # 3-token windows: the first rows finish within a few steps
+        batch = t.pool.collect(t.backend, step)
+        if batch.finished is not None:
+            break
+    assert batch.finished is not None, "no row finished in 8 windows"
+    kinds.clear()
     rec = t.update_policy(batch, t.estimator(batch.rollout, t.adv_params).advantages)
     assert kinds[0] is batch.rollout and kinds[1] is batch.finished
     assert rec["tokens/actor"] == int(batch.rollout.mask.sum()) + int(batch.finished.mask.sum())
