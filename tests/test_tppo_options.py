@@ -272,3 +272,20 @@ def test_new_options_are_validated():
         C.from_dict({}, ["tppo.bootstrap=far"])
     with pytest.raises(C.ConfigError, match="algo.critic_warmup_steps"):
         C.from_dict({}, ["algo.critic_warmup_steps=-1"])
+
+
+def test_cost_bench_writes_its_calibration(tmp_path):
+    """bench/tppo_cost.py: the unit costs the study's cost model reads (values are timings: only sanity-checked)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "tppo_cost.py"
+    spec = importlib.util.spec_from_file_location("tppo_cost", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "cal.json"
+    assert mod.main(["--steps", "4", "--repeats", "1", "--out", str(out)]) == 0
+    cal = json.loads(out.read_text())
+    assert cal["decode_step_b1_s"] > 0 and cal["decode_step_b32_s"] > 0 and cal["train_token_s"] > 0
+    assert cal["a_s"] + cal["b_s"] == pytest.approx(cal["decode_step_b1_s"])

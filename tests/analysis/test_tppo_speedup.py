@@ -94,3 +94,17 @@ def test_sweep_reads_the_ppo_preset(tmp_path):
     spec = sweep.spec(tmp_path / "runs")
     assert spec["overrides"]["algo.lr_actor"] == sweep.ppo_settings()["algo.lr_actor"]
     assert set(spec["axes"]["method"]) == set(sweep.METHODS) and len(spec["axes"]["seed"]) >= 5
+
+
+def test_attribution_pairs_by_seed(tmp_path):
+    root = tmp_path / "runs"
+    for s in (0, 1):
+        make_run(root, f"ppo_nocritic-longtail-s{s}", tokens=100, success=step_success(10), extra=counts(8, 100, 100))
+        make_run(root, f"tppo_nocritic-longtail-s{s}", tokens=50, success=step_success(5 + 5 * s), extra=counts(2, 50, 30))
+        make_run(root, f"ppo-longtail-s{s}", tokens=100, success=step_success(10), extra=counts(8, 100, 100))
+    at = speedup.attribution(speedup.per_run(load_runs(root, axes=AXES), cal=CAL))
+    r = at[at["method"] == "tppo_nocritic"].iloc[0]
+    # decoding steps to the level: PPO 8 * 11; T-PPO 2 * 6 (seed 0) and 2 * 11 (seed 1): ratios 88/12, 4
+    assert r["ratio_decode_steps"].mean == pytest.approx((88 / 12 + 4.0) / 2)
+    assert r["ratio_decode_steps"].n == 2
+    assert at[at["method"] == "ppo_nocritic"].iloc[0]["ratio_tokens"].mean == pytest.approx(1.0)

@@ -48,7 +48,7 @@ from analysis.experiments import table_row
 from analysis.experiments.tppo_speedup import sweep
 from analysis.plots import colors_for, line_band, ordered
 from analysis.runs import final_mean, first_reach, mean_std, run_mean
-from analysis.stats import mean_ci, paired_diff_ci
+from analysis.stats import Interval, mean_ci, paired_diff_ci
 
 LEVEL_FRAC = 0.5
 """The success level is this fraction of PPO's final success (unless ``score(df, level=...)``)."""
@@ -200,11 +200,37 @@ def intervals(pr: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+ATTRIBUTION = [("tppo_nocritic", "ppo_nocritic", "the window (T-PPO vs PPO, both with the critic frozen at 0)"),
+               ("ppo_nocritic", "ppo", "the frozen critic (PPO without vs with a trained critic)")]
+"""(method, reference, what the pair isolates): where a speed-up over PPO comes from."""
+
+
+def attribution(pr: pd.DataFrame) -> pd.DataFrame:
+    """Per pair of :data:`ATTRIBUTION` (and env): the reference's X to the level over the method's,
+    paired by seed (> 1: the method is faster), for tokens, decoding steps, the GPU projection and
+    measured compute; intervals over the seeds where both reached the level."""
+    rows = []
+    for env in ordered(pr["env"], list(sweep.ENVS)):
+        e = pr[pr["env"] == env]
+        for method, ref, what in ATTRIBUTION:
+            a, b = e[e["method"] == method].set_index("seed"), e[e["method"] == ref].set_index("seed")
+            seeds = sorted(set(a.index) & set(b.index))
+            if not seeds:
+                continue
+            row = {"env": env, "method": method, "reference": ref, "isolates": what}
+            for x in ("tokens", "decode_steps", "gpu", "compute"):
+                ratios = [b.loc[s, f"{x}_to_level"] / a.loc[s, f"{x}_to_level"] for s in seeds]
+                row[f"ratio_{x}"] = mean_ci([r for r in ratios if np.isfinite(r)])
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def interval_table(iv: pd.DataFrame) -> pd.DataFrame:
     """:func:`intervals` as text cells (``mean [low, high] (n seeds)``)."""
-    out = iv[["env", "method"]].copy()
-    for c in iv.columns[2:]:
-        out[c] = [f"{i.fmt()} ({i.n})" for i in iv[c]]
+    out = iv[[c for c in iv.columns if not isinstance(iv[c].iloc[0], Interval)]].copy()
+    for c in iv.columns:
+        if isinstance(iv[c].iloc[0], Interval):
+            out[c] = [f"{i.fmt()} ({i.n})" for i in iv[c]]
     return out
 
 

@@ -97,6 +97,8 @@ def main(out: str = "out/tppo_speedup", workers: int = 2, quick: bool = False, f
         "## Paired with PPO by seed (mean [95% interval] (seeds))", "",
         "Final-success difference over all seeds; speed-ups over the seeds where both reached the level.", "",
         markdown_table(ivt), "",
+        "## Where the speed-up comes from (paired by seed: reference's X to the level / method's)", "",
+        markdown_table(analysis.interval_table(analysis.attribution(pr))) if len(analysis.attribution(pr)) else "(pairs not run)", "",
         "## Cost model", "", *_calibration_lines(cal),
         "### Cost breakdown (mean ± std over seeds)", "", markdown_table(cost), "",
         "### Speed-up to the level at a stated decode-step / token-pass cost ratio", "",
