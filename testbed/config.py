@@ -166,7 +166,7 @@ class AlgoSection:
     lr_actor: float = 3e-3
     """Policy learning rate."""
     lr_critic: float = 3e-3
-    """Critic learning rate."""
+    """Critic learning rate (0 freezes the critic at its initialisation)."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm."""
     dynamic_sampling: bool = False
@@ -441,7 +441,7 @@ _RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
     ("algo", "epochs"): (0, _INF, True, False),
     ("algo", "minibatch_size"): (1, _INF, True, False),
     ("algo", "lr_actor"): (0, _INF, False, False),
-    ("algo", "lr_critic"): (0, _INF, False, False),
+    ("algo", "lr_critic"): (0, _INF, True, False),  # 0 freezes the critic (a T-PPO study control)
     ("algo", "max_grad_norm"): (0, _INF, False, False),
     ("algo", "overlong_buffer"): (0, _INF, True, False),
     ("algo", "overlong_penalty"): (0, _INF, True, False),

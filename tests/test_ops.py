@@ -60,7 +60,7 @@ def test_cli_user_error_is_one_line_exit_2_and_creates_no_run_dir(tmp_path, conf
     ("algo.policy_loss=ppoo", "algo.policy_loss: unknown 'ppoo'; valid:"),
     ("task.kind=mth", "task.kind: 'mth' is not one of sim, math"),
     ("model.kind=gpt", "model.kind: 'gpt' is not one of toy, hf"),
-    ("algo.lr_critic=0", "algo.lr_critic: 0.0 is out of range (0, inf)"),
+    ("algo.lr_critic=-1e-3", "algo.lr_critic: -0.001 is out of range [0, inf)"),
     ("algo.lr_actor=.inf", "algo.lr_actor: inf is out of range (0, inf)"),
     ("algo.clip_low=-0.1", "algo.clip_low: -0.1 is out of range [0, 1)"),
     ("rollout.top_p=1.5", "rollout.top_p: 1.5 is out of range (0, 1]"),
