@@ -27,12 +27,12 @@ import numpy as np
 import torch
 
 from testbed import config as config_mod
-from testbed.trainer import BACKEND_ENTRY_POINTS, TASK_ENTRY_POINTS, load_entry_point
+from testbed.build import build_backend, build_task
 
 
 def _build(cfg, batch: int):
-    task = load_entry_point(TASK_ENTRY_POINTS[cfg.task.kind])(cfg.task, cfg.model, num_slots=batch, seed=0)
-    backend = load_entry_point(BACKEND_ENTRY_POINTS[cfg.model.kind])(cfg.model, task, seed=0)
+    task = build_task(cfg, num_slots=batch, seed=0)
+    backend = build_backend(cfg, task, seed=0)
     prompts = task.reset(np.arange(batch), split="train", group_size=1)
     return task, backend, [list(p) for p in prompts]
 
