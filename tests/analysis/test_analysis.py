@@ -722,3 +722,10 @@ def test_difficulty_score_reading_and_figures(tmp_path, monkeypatch):
         assert isinstance(fig, Figure) and fn.__doc__
         plt.close(fig)
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_demo_full_is_refused_by_a_study_without_one(capsys):
+    from testbed import cli
+
+    assert cli.main(["demo", "--study", "tppo_speedup", "--full", "--out", "/nonexistent/x"]) == 2
+    assert "--full: study tppo_speedup has no full version" in capsys.readouterr().err
