@@ -673,7 +673,10 @@ def test_difficulty_sweep_varies_one_knob_at_a_time(tmp_path):
     from analysis.experiments.espo_difficulty import sweep as diff_sweep
 
     runner = importlib.import_module("testbed.sweep")
-    _, specs = runner.expand(diff_sweep.spec(tmp_path / "runs"))
+    _, default_specs = runner.expand(diff_sweep.spec(tmp_path / "runs"))
+    assert {s.labels["env"] for s in default_specs} == {"default", "critical5", "length18", "acceptable4"}
+    assert {s.config["run"]["seed"] for s in default_specs} == set(range(5))
+    _, specs = runner.expand(diff_sweep.spec(tmp_path / "runs", full=True))
     by = {s.name: s.config for s in specs}
     assert len(diff_sweep.KNOBS) >= 3 and len(diff_sweep.SEEDS) >= 5
     assert set(diff_sweep.METHODS) >= {"ppo", "espo", "oracle", "random"}
