@@ -650,7 +650,10 @@ def test_difficulty_sweep_varies_one_knob_at_a_time(tmp_path):
     from analysis.experiments.espo_difficulty import sweep as diff_sweep
 
     runner = importlib.import_module("testbed.sweep")
-    _, specs = runner.expand(diff_sweep.spec(tmp_path / "runs"))
+    _, default_specs = runner.expand(diff_sweep.spec(tmp_path / "runs"))
+    assert {s.labels["env"] for s in default_specs} == {"default", "critical5", "length18", "acceptable4"}
+    assert {s.config["run"]["seed"] for s in default_specs} == set(range(5))
+    _, specs = runner.expand(diff_sweep.spec(tmp_path / "runs", full=True))
     by = {s.name: s.config for s in specs}
     assert len(diff_sweep.KNOBS) >= 3 and len(diff_sweep.SEEDS) >= 5
     assert set(diff_sweep.METHODS) >= {"ppo", "espo", "oracle", "random"}
@@ -699,3 +702,10 @@ def test_difficulty_score_reading_and_figures(tmp_path, monkeypatch):
         assert isinstance(fig, Figure) and fn.__doc__
         plt.close(fig)
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_demo_full_is_refused_by_a_study_without_one(capsys):
+    from testbed import cli
+
+    assert cli.main(["demo", "--study", "tppo_speedup", "--full", "--out", "/nonexistent/x"]) == 2
+    assert "--full: study tppo_speedup has no full version" in capsys.readouterr().err
