@@ -91,6 +91,9 @@ class ModelSection:
     """Keep a frozen reference policy (needed when ``algo.kl_coef > 0``)."""
     gradient_checkpointing: bool = False
     """hf: trade compute for memory in training forwards."""
+    shared_prefix: bool = True
+    """hf: compute the rows' common prompt prefix (system message, one-shot example; a GRPO group's
+    whole prompt) once in decoding and training; false: plain full-sequence forwards."""
 
 
 @dataclass
