@@ -61,7 +61,7 @@ from torch.utils.checkpoint import checkpoint
 from testbed.protocols import StepOutput
 
 from .critic import ValueHead, ValueModel, disable_dropout, trunk_forward
-from .models import load_causal_lm, torch_dtype
+from .models import load_causal_lm, quiet_progress, torch_dtype
 
 CRITIC_LAYOUTS = ("separate", "head")
 
@@ -799,7 +799,8 @@ class HFBackend:
 
     def save_pretrained(self, directory: str, tokenizer: Any = None) -> None:
         """The policy as a transformers checkpoint (plus ``tokenizer`` if given)."""
-        self.policy.save_pretrained(directory)
+        with quiet_progress():
+            self.policy.save_pretrained(directory)
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)
 
