@@ -129,6 +129,13 @@ def plot_eval_vs_tokens(df: pd.DataFrame, by: str = GROUP, order: Sequence | Non
                    title="Held-out accuracy vs rollout tokens")
 
 
+def plot_eval_vs_time(df: pd.DataFrame, by: str = GROUP, order: Sequence | None = None) -> Figure:
+    """Held-out greedy pass@1 against the run's wall-clock at that step (``time/wall``, evaluations included)."""
+    has = df[df["eval/pass@1"].notna()] if "eval/pass@1" in df else df.iloc[0:0]
+    return _curves(has if len(has) else df, [("time/wall", "eval/pass@1", "wall-clock (s)", "held-out pass@1 (greedy)")],
+                   by=by, order=order, title="Held-out accuracy vs wall-clock")
+
+
 # --- tables ---------------------------------------------------------------------------------------
 def summary_table(df: pd.DataFrame, by: str = GROUP, order: Sequence | None = None) -> pd.DataFrame:
     """Per group: runs, steps, and mean/std over runs of final success (last 10% of steps), final
@@ -251,6 +258,7 @@ GENERIC_PLOTS: dict[str, Callable[[pd.DataFrame], Figure]] = {
     "stop_rate": plot_stop_rate,
     "length": plot_length,
     "eval_vs_tokens": plot_eval_vs_tokens,
+    "eval_vs_time": plot_eval_vs_time,
 }
 
 

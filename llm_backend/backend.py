@@ -61,7 +61,7 @@ from torch.utils.checkpoint import checkpoint
 from testbed.protocols import StepOutput
 
 from .critic import ValueHead, ValueModel, disable_dropout, trunk_forward
-from .models import load_causal_lm, torch_dtype
+from .models import load_causal_lm, quiet_progress, torch_dtype
 
 CRITIC_LAYOUTS = ("separate", "head")
 
@@ -121,6 +121,12 @@ def _cache_expand(cache: Any, n: int) -> None:
         if layer.is_initialized and layer.keys is not None and layer.keys.numel():
             layer.keys = layer.keys.expand(n, -1, -1, -1)
             layer.values = layer.values.expand(n, -1, -1, -1)
+
+
+def _used_columns(mask: Tensor) -> int:
+    """Columns up to the last one any row uses (right padding beyond it is never computed)."""
+    used = mask.any(0).nonzero()
+    return int(used[-1]) + 1 if used.numel() else 0
 
 
 # ---------------------------------------------------------------------------------- shared prefix
@@ -712,10 +718,12 @@ class HFBackend:
     def _response_logprobs(
         self, model: nn.Module, prompts, tokens: Tensor, mask: Tensor, temperature: float
     ) -> tuple[Tensor, Tensor]:
-        states = self.response_states(model.base_model, prompts, tokens, mask)
-        tokens, mask = self._response_inputs(tokens, mask, states.shape[0])
-        lp, ent = self._logprob_entropy(states[mask], tokens[mask], temperature, model.get_output_embeddings())
+        tokens, mask = self._response_inputs(tokens, mask, len(prompts))
         zeros = torch.zeros(tokens.shape, dtype=torch.float32, device=self.device)
+        n = _used_columns(mask)  # a minibatch's rows may all be shorter than the batch's longest
+        states = self.response_states(model.base_model, prompts, tokens[:, :n], mask[:, :n])
+        m = mask[:, :n]
+        lp, ent = self._logprob_entropy(states[m], tokens[:, :n][m], temperature, model.get_output_embeddings())
         return zeros.masked_scatter(mask, lp), zeros.masked_scatter(mask, ent)
 
     def policy_forward(
@@ -739,8 +747,10 @@ class HFBackend:
         (the last prompt token for t = 0). Differentiable w.r.t. the critic; masked positions hold 0."""
         if self.critic_impl is None:
             raise RuntimeError("critic_forward on a backend without a critic (drop_critic() was called)")
-        values = self.critic_impl.forward(self, prompts, tokens, mask)
-        mask = mask.to(self.device).bool()
+        tokens, mask = self._response_inputs(tokens, mask, len(prompts))
+        n = _used_columns(mask)
+        values = torch.zeros(mask.shape, dtype=torch.float32, device=self.device)
+        values[:, :n] = self.critic_impl.forward(self, prompts, tokens[:, :n], mask[:, :n])
         return torch.where(mask, values, torch.zeros_like(values))
 
     # ------------------------------------------------------------------ checkpoints
@@ -789,7 +799,8 @@ class HFBackend:
 
     def save_pretrained(self, directory: str, tokenizer: Any = None) -> None:
         """The policy as a transformers checkpoint (plus ``tokenizer`` if given)."""
-        self.policy.save_pretrained(directory)
+        with quiet_progress():
+            self.policy.save_pretrained(directory)
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)
 
@@ -806,7 +817,7 @@ def make_backend(model_cfg: Any, task: Any, *, seed: int) -> HFBackend:
         stop_check_every=int(model_cfg.stop_check_every),
         gradient_checkpointing=bool(model_cfg.gradient_checkpointing),
         seed=seed,
-        shared_prefix=bool(getattr(model_cfg, "shared_prefix", True)),
+        shared_prefix=bool(model_cfg.shared_prefix),
     )
     if int(task.vocab_size) > backend.vocab_size:
         raise ValueError(f"task vocabulary ({task.vocab_size}) exceeds the model's ({backend.vocab_size})")

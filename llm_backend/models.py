@@ -27,8 +27,9 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -221,6 +222,21 @@ def build_tiny(vocab_size: int = TINY_VOCAB, seed: int = 0, **overrides: Any) ->
     return model.eval()
 
 
+@contextmanager
+def quiet_progress() -> Iterator[None]:
+    """transformers' per-file progress bars ("Loading weights", "Writing model shards") off for the
+    block: a run prints its own progress, and a first run should print nothing it does not need."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def load_causal_lm(model_cfg: Any, *, vocab_size: int | None = None, seed: int = 0) -> torch.nn.Module:
     """The policy model named by ``model_cfg`` (a :class:`testbed.config.ModelSection`), on its device
     and dtype, in eval mode. ``path == "tiny"`` builds the random test model with ``vocab_size``
@@ -232,5 +248,8 @@ def load_causal_lm(model_cfg: Any, *, vocab_size: int | None = None, seed: int =
         model = build_tiny(vocab_size or TINY_VOCAB, seed)
     else:
         ckpt = resolve_model(model_cfg.path, model_cfg.cache_dir or None)
-        model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
+        # straight into the run's dtype: no transient fp32 copy (about 0.5 GB for SmolLM2-135M in bf16);
+        # the weights are rounded exactly as by ``.to(dtype)`` after an fp32 load
+        with quiet_progress():
+            model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype)
     return model.to(device=torch.device(model_cfg.device), dtype=dtype).eval()

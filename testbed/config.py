@@ -103,6 +103,9 @@ class ModelSection:
     """hf: trade compute for memory in training forwards."""
     critic_init: str = ""
     """Run directory of a finished run whose checkpoint initialises the critic (empty: the usual init)."""
+    shared_prefix: bool = True
+    """hf: compute the rows' common prompt prefix (system message, one-shot example; a GRPO group's
+    whole prompt) once in decoding and training; false: plain full-sequence forwards."""
 
 
 @dataclass

@@ -110,3 +110,27 @@ def test_tiny_run_emits_no_warning(tmp_path):
     finally:
         hf_logger.removeHandler(handler)
     assert [r.getMessage() for r in records if r.levelno >= logging.WARNING] == []
+
+
+def test_step_output_carries_chunk_values_for_both_backends():
+    """The chunked critic values travel in ``StepOutput.chunk_values``: the toy GRU returns its one
+    value per request, the transformers backend every state since the previous request."""
+    import torch
+
+    from llm_backend.backend import HFBackend
+    from llm_backend.models import build_tiny
+    from testbed.toy import ToyBackend
+
+    toy = ToyBackend(vocab_size=11, eos_token_id=0)
+    toy.begin([[1, 2], [3]])
+    out = toy.step(with_values=True)
+    assert out.chunk_values.shape == (2, 1) and torch.equal(out.chunk_values[:, 0], out.values)
+    assert toy.step(with_values=False).chunk_values is None
+
+    be = HFBackend(build_tiny(64), eos_token_id=2, critic="separate")
+    be.begin([[5, 6, 7], [8, 9]])
+    for t in range(3):
+        out = be.step(with_values=t == 2)
+        assert (out.chunk_values is None) == (t != 2)
+        be.advance(out.logits.argmax(-1), torch.ones(2, dtype=torch.bool))
+    assert out.chunk_values.shape == (2, 3) and torch.equal(out.chunk_values[:, -1], out.values)
