@@ -4,6 +4,7 @@ task's token-level failure step, planted wrong steps through the collector, the 
 from __future__ import annotations
 
 import doctest
+import json
 import random
 
 import numpy as np
@@ -331,3 +332,46 @@ def test_espo_statistic_ignores_forced_tokens():
                       sampled=torch.tensor([True, False]))
     rule(ctx)
     assert rule.score[0] > 0 and rule.score[1] == 0
+
+
+def test_policy_mask_and_normaliser_leave_out_forced_tokens():
+    from types import SimpleNamespace
+
+    from testbed.rollout import Rollout
+    from testbed.trainer import Trainer
+
+    B, T = 2, 5
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    sampled = torch.ones(B, T, dtype=torch.bool)
+    sampled[1, 2:4] = False
+    z = torch.zeros(B, T)
+    r = Rollout(tokens=torch.zeros(B, T, dtype=torch.long), logprobs=z, regret=z, values=z, rewards=z, mask=mask,
+                ending=torch.zeros(B, dtype=torch.long), bootstrap=torch.zeros(B), failure_step=torch.full((B,), -1),
+                policy_version=torch.zeros(B, T, dtype=torch.long), sampled=sampled)
+    r.validate()
+    fake = SimpleNamespace(cfg=C.from_dict({}), sampled_mask=Trainer.sampled_mask)
+    m = Trainer.policy_mask(fake, r)
+    assert m.tolist() == (mask & sampled).tolist()
+    assert Trainer.sampled_mask(r).sum() == mask.sum() - 2
+    assert r.select(torch.tensor([1])).sampled.tolist() == [sampled[1].tolist()]
+
+
+def test_trainer_logs_ground_truth_metrics_and_rows_on_the_chain_task(tmp_path):
+    from pathlib import Path
+
+    from testbed.metrics import read_metrics
+    from testbed.trainer import Trainer
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = C.load(root / "configs" / "llm" / "chain_espo.yaml",
+                 [f"run.out_dir={tmp_path}", "run.steps=2", "model.path=tiny", "model.dtype=float32",
+                  "rollout.batch_size=4", "rollout.max_len=12", "algo.minibatch_size=4", "run.progress=false",
+                  "run.threads=1", "run.eval_every=0", "task.source_kwargs.plant_fraction=1.0"])
+    Trainer(cfg).train()
+    run = tmp_path / cfg.run.name
+    recs = read_metrics(run / "metrics.jsonl")
+    for key in ("stop/precision", "stop/recall", "stop/delay", "stop/false_stop_rate", "credit/failure_rank",
+                "stats/judged_rate", "plant/rows"):
+        assert key in recs[0], key
+    rows = [json.loads(x) for x in (run / "rows.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and len(rows[0]["checkable"]) == 4 and len(rows[0]["planted_at"]) == 4

@@ -15,9 +15,9 @@ from datetime import datetime
 from pathlib import Path
 
 from analysis import experiments
-from analysis.experiments import study_cli
+from analysis.experiments import report_tail, study_cli
 from analysis.experiments.llm_detection import analysis, sweep
-from analysis.plots import markdown_table, text_table
+from analysis.plots import build_figures, markdown_table, save_figures, text_table
 from analysis.runs import load_runs
 
 STUDY = "llm_detection"
@@ -55,8 +55,10 @@ def main(out: str = "out/llm_detection", workers: int = 2, quick: bool = False, 
     rows = experiments.execute(runner, spec, workers=workers, fresh=fresh)
     df = load_runs([r["run_dir"] for r in rows], axes=sweep.AXES)
     table = analysis.score(df)
-    lines = analysis.comparisons(df)
+    lines = analysis.verdicts(table) + analysis.comparisons(df)
     root.mkdir(parents=True, exist_ok=True)
+    errors: list[str] = []
+    figs = save_figures(build_figures(analysis.PLOTS, df, errors), root)
     table.to_csv(root / "scores.csv", index=False)
     main_t, plant_t = _with_ci(table, SHOWN), _with_ci(table[table["method"] == "espo_planted"], PLANT)
     print(text_table(main_t), "", *lines, sep="\n")
@@ -75,8 +77,8 @@ def main(out: str = "out/llm_detection", workers: int = 2, quick: bool = False, 
         "## Detector metrics against the verifier, tokens, held-out accuracy", "",
         "Mean [95% interval over seeds].", "", markdown_table(main_t), "",
         "## Planted wrong steps (ESPO)", "", markdown_table(plant_t) if len(plant_t) else "(no planted run)", "",
-        "## Paired comparisons", "", *(lines or ["(none)"]), "",
-        "## Definitions", "", (analysis.__doc__ or "").split("\n\n", 1)[-1].strip(), "",
+        "## Verdicts and paired comparisons", "", *(lines or ["(none)"]), "",
+        *report_tail(figs, errors, analysis),
     ]
     (root / "report.md").write_text("\n".join(report))
     print(f"\nwrote {root / 'report.md'} and {root / 'scores.csv'} ({elapsed:.0f}s)")
