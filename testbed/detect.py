@@ -306,7 +306,7 @@ def detect(data: str, *, out: str, config: str | None = None, checkpoint: str | 
     """Run the benchmark; writes ``out/items.jsonl`` and ``out/detect.json`` and returns the latter."""
     from tqdm.auto import tqdm
 
-    from testbed.trainer import BACKEND_ENTRY_POINTS, TASK_ENTRY_POINTS, load_entry_point
+    from testbed.build import build_backend, build_task, load_entry_point
 
     items = load_items(data, limit)
     cfg, ck = _resolve(config, checkpoint)
@@ -319,8 +319,8 @@ def detect(data: str, *, out: str, config: str | None = None, checkpoint: str | 
             raise config_mod.ConfigError("stop.rule: value_only needs a trained critic (--checkpoint RUN)")
         if rule_name == "espo":
             cfg.stop.rule = "regret_only"  # no trained critic: the value gate as if p_t = 1
-    task = load_entry_point(TASK_ENTRY_POINTS[cfg.task.kind])(cfg.task, cfg.model, num_slots=1, seed=cfg.run.seed)
-    backend = load_entry_point(BACKEND_ENTRY_POINTS[cfg.model.kind])(cfg.model, task, seed=cfg.run.seed)
+    task = build_task(cfg, num_slots=1)
+    backend = build_backend(cfg, task)
     rule = make_stop_rule(cfg.stop, num_slots=len(items), seed=cfg.run.seed)
     if ck is not None:
         from safetensors.torch import load_file

@@ -129,11 +129,10 @@ def test_detect_end_to_end_tiny(tmp_path, tiny_config):
 
 def test_one_pass_regret_equals_stepwise_decoding(tiny_config):
     from testbed import config as C
-    from testbed.trainer import BACKEND_ENTRY_POINTS, TASK_ENTRY_POINTS, load_entry_point
+    from testbed.build import build, load_entry_point
 
     cfg = C.load(tiny_config)
-    task = load_entry_point(TASK_ENTRY_POINTS["math"])(cfg.task, cfg.model, num_slots=1, seed=0)
-    backend = load_entry_point(BACKEND_ENTRY_POINTS["hf"])(cfg.model, task, seed=0)
+    task, backend = build(cfg, num_slots=1)
     prompts = [task.prompt_ids("What is 2 + 3?"), task.prompt_ids("What is 12 * 7?")]
     responses = [task.tokenizer("2 + 3 = 5.")["input_ids"], task.tokenizer("12 * 7 = 84. The answer is 84.")["input_ids"]]
     step_r, step_v = D.teacher_force(backend, prompts, responses, temperature=0.7, with_values=True)

@@ -263,7 +263,8 @@ def test_build_is_a_leaf_and_the_only_place_that_maps_kinds_to_factories():
     assert set(imports(ROOT / "testbed" / "build.py")) <= {"__future__", "importlib", "typing", "testbed.errors"}
     assert "testbed.trainer" not in set(imports(ROOT / "testbed" / "evaluate.py"))  # no trainer <-> evaluate cycle
     copies = [str(p.relative_to(ROOT)) for d in ("testbed", "tests", "bench", "analysis") for p in (ROOT / d).rglob("*.py")
-              if p.name not in ("build.py", "test_ops.py") and "ENTRY_POINTS[" in p.read_text()]
+              if p.name not in ("build.py", "test_ops.py")
+              and any(t in p.read_text() for t in ("TASK_ENTRY_POINTS[", "BACKEND_ENTRY_POINTS["))]
     assert not copies, copies
 
 
