@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from llm_backend.problems import SPLITS, Problem
+from llm_backend.problems import Problem
 from llm_backend.rewards import call_with_timeout, extract_boxed
 from llm_backend.task import MathTask
 from testbed.protocols import TaskResult
