@@ -45,6 +45,7 @@ import numpy as np
 
 from llm_backend.problems import SPLITS, Problem, problem_id, split_of
 from llm_backend.rewards import extract_boxed, parse_plain_integer
+from llm_backend.task import EVAL_SEED, MathTask
 from testbed.protocols import TaskResult
 
 __all__ = [
@@ -396,7 +397,7 @@ def verify_chain(text: str, gold: int | str, numbers: Sequence[int], *, prefix: 
         known.add(e.rhs)
         known.update(e.rhs_values)
     if prefix:
-        return ChainCheck(failure, False, bool(eqs) and True, len(eqs), reason if eqs else "no_equations")
+        return ChainCheck(failure, False, bool(eqs), len(eqs), reason if eqs else "no_equations")
     boxed = extract_boxed(text)
     value = None if boxed is None else parse_plain_integer(boxed)
     doomed = value is None or value != int(gold)
@@ -457,8 +458,6 @@ class _ChainSource:
     """Train: the run's seed; test: the fixed :data:`llm_backend.task.EVAL_SEED` order."""
 
     def __init__(self, seed: int, knobs: dict):
-        from llm_backend.task import EVAL_SEED
-
         self.knobs = knobs
         self.seeds = {"train": seed, "test": EVAL_SEED}
         self._streams: dict[str, Iterator[Problem]] = {}
@@ -483,13 +482,7 @@ class _ChainSource:
             self.draw("train")
 
 
-def _math_task_base():
-    from llm_backend.task import MathTask
-
-    return MathTask
-
-
-class ChainTask(_math_task_base()):
+class ChainTask(MathTask):
     """:class:`llm_backend.task.MathTask` on chain problems, with ground truth from :func:`verify_chain`.
 
     ``observe`` runs the verifier on each row's decoded prefix, so the failure step is known during

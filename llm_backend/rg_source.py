@@ -20,8 +20,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from llm_backend.problems import SPLITS, Problem
+from llm_backend.problems import Problem
 from llm_backend.rewards import call_with_timeout, extract_boxed
+from llm_backend.task import MathTask
 from testbed.protocols import TaskResult
 
 RG_KNOBS = {"dataset": "", "config": {}, "test_size": 200, "chunk": 1000}
@@ -110,13 +111,7 @@ class RGSource:
         return float(value) if ok and value is not None else 0.0
 
 
-def _math_task_base():
-    from llm_backend.task import MathTask
-
-    return MathTask
-
-
-class RGTask(_math_task_base()):
+class RGTask(MathTask):
     """:class:`llm_backend.task.MathTask` over reasoning-gym items, scored by ``score_answer``."""
 
     def finish(self, slots, responses) -> TaskResult:
