@@ -3,6 +3,7 @@ tiny-model run emits no warning (neither ``warnings`` nor transformers' logger).
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -46,7 +47,7 @@ def test_grpo_runs_and_trains_no_critic(tmp_path, critic):
     tr.train()
     assert asked and not any(asked)  # decoding never asked for values
     assert calls.get("critic_forward", 0) == 0  # no critic forward, no critic update
-    rec = [r for r in map(__import__("json").loads, (tmp_path / cfg.run.name / "metrics.jsonl").read_text().splitlines())]
+    rec = [json.loads(x) for x in (tmp_path / cfg.run.name / "metrics.jsonl").read_text().splitlines()]
     assert all(r["time/critic"] == 0.0 for r in rec)
     # resuming works without critic optimiser state
     resumed = Trainer(C.load(ROOT / "configs" / "llm" / "grpo.yaml",
