@@ -48,7 +48,9 @@ def mean_ci(values: Sequence[float], *, confidence: float = CONFIDENCE, resample
 
     With fewer than two values, or when every value is equal, the interval collapses to the mean
     (there is no spread to resample)."""
-    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    # Sorted: the mean does not depend on the order, so neither may its interval (runs are read in
+    # directory order, which differs between machines; the resampling seed alone does not fix that).
+    x = np.sort(np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float))
     if x.size == 0:
         return Interval(float("nan"), float("nan"), float("nan"), 0)
     m = float(x.mean())
@@ -84,6 +86,8 @@ def band(curves: np.ndarray, *, lo: float | None = None, hi: float | None = None
         raise ValueError(f"curves must be (seeds, points), got shape {curves.shape}")
     if curves.shape[0] >= 2 and np.isfinite(curves).all():
         from scipy.stats import bootstrap
+
+        curves = curves[np.lexsort(curves.T[::-1])]  # whole curves in a fixed order, as in mean_ci
 
         mean = curves.mean(axis=0)
         flat = np.all(curves == curves[:1], axis=0)

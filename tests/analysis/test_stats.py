@@ -90,3 +90,13 @@ def test_paired_by_seed_aligns_seeds_and_filters():
     })
     iv = paired_by_seed(pr, "x", "ppo", "espo", where={"env": "e"})
     assert iv.n == 2 and iv.mean == pytest.approx(0.2) and iv.low == pytest.approx(0.2)
+
+
+def test_intervals_do_not_depend_on_the_order_of_the_runs():
+    """Runs are read in directory order, which differs between machines: same values, same interval."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=10)
+    assert mean_ci(x) == mean_ci(x[::-1]) == mean_ci(rng.permutation(x))
+    curves = rng.normal(size=(6, 4))
+    for a, b in zip(band(curves), band(curves[::-1])):
+        np.testing.assert_array_equal(a, b)
