@@ -45,7 +45,7 @@ import numpy as np
 
 from llm_backend.problems import SPLITS, Problem, problem_id, split_of
 from llm_backend.rewards import extract_boxed, parse_plain_integer
-from llm_backend.task import EVAL_SEED, MathTask
+from llm_backend.task import MathTask, _StreamSource
 from testbed.protocols import TaskResult
 
 __all__ = [
@@ -454,32 +454,12 @@ CHAIN_KNOBS = {"steps": 3, "digits": 2, "mul_max": 9, "ops": OPS, "plant_fractio
 """``task.source_kwargs`` of the chain task and their defaults."""
 
 
-class _ChainSource:
+class _ChainSource(_StreamSource):
     """Train: the run's seed; test: the fixed :data:`llm_backend.task.EVAL_SEED` order."""
 
     def __init__(self, seed: int, knobs: dict):
         self.knobs = knobs
-        self.seeds = {"train": seed, "test": EVAL_SEED}
-        self._streams: dict[str, Iterator[Problem]] = {}
-        self._drawn = {s: 0 for s in SPLITS}
-
-    def draw(self, split: str) -> Problem:
-        if split not in self._streams:
-            self._streams[split] = iter_chain_problems(self.seeds[split], split, **self.knobs)
-        self._drawn[split] += 1
-        return next(self._streams[split])
-
-    def rewind(self, split: str) -> None:
-        self._streams.pop(split, None)
-        self._drawn[split] = 0
-
-    def state(self) -> dict:
-        return {"train_drawn": self._drawn["train"]}
-
-    def set_state(self, state: dict) -> None:
-        self.rewind("train")
-        for _ in range(int(state["train_drawn"])):
-            self.draw("train")
+        super().__init__(seed, lambda s, split: iter_chain_problems(s, split, **knobs))
 
 
 class ChainTask(MathTask):

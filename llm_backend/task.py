@@ -15,7 +15,7 @@ that does not depend on the run's seed (every run evaluates on the same problems
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -60,18 +60,19 @@ class _Source:
         raise NotImplementedError
 
 
-class _GeneratorSource(_Source):
-    def __init__(self, difficulty: str, seed: int):
-        if difficulty not in DIFFICULTIES:
-            raise ConfigError(f"task.difficulty: unknown {difficulty!r}; valid: {', '.join(DIFFICULTIES)}")
-        self.difficulty = difficulty
+class _StreamSource(_Source):
+    """Problems from a seeded generator ``stream(seed, split)``: train on the run's seed, test on the
+    fixed :data:`EVAL_SEED`; its position is the number of train draws."""
+
+    def __init__(self, seed: int, stream: Callable[[int, str], Iterator[Problem]]):
+        self.stream = stream
         self.seeds = {"train": seed, "test": EVAL_SEED}
         self._streams: dict[str, Iterator[Problem]] = {}
         self._drawn = {s: 0 for s in SPLITS}
 
     def draw(self, split: str) -> Problem:
         if split not in self._streams:
-            self._streams[split] = iter_problems(self.difficulty, self.seeds[split], split)
+            self._streams[split] = self.stream(self.seeds[split], split)
         self._drawn[split] += 1
         return next(self._streams[split])
 
@@ -87,6 +88,14 @@ class _GeneratorSource(_Source):
         self.rewind("train")
         for _ in range(int(state["train_drawn"])):
             self.draw("train")
+
+
+class _GeneratorSource(_StreamSource):
+    def __init__(self, difficulty: str, seed: int):
+        if difficulty not in DIFFICULTIES:
+            raise ConfigError(f"task.difficulty: unknown {difficulty!r}; valid: {', '.join(DIFFICULTIES)}")
+        self.difficulty = difficulty
+        super().__init__(seed, lambda s, split: iter_problems(difficulty, s, split))
 
 
 class _DatasetSource(_Source):
