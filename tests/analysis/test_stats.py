@@ -100,3 +100,17 @@ def test_intervals_do_not_depend_on_the_order_of_the_runs():
     curves = rng.normal(size=(6, 4))
     for a, b in zip(band(curves), band(curves[::-1])):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_field_added_since_a_run_does_not_make_it_stale():
+    """A finished run's config.yaml predates a new field: at its default the run is not stale (re-running
+    would delete finished runs); at another value it is."""
+    from analysis.experiments import config_diff
+    from testbed import config as C
+
+    wanted = C.from_dict({}).to_dict()
+    found = {sec: dict(v) for sec, v in wanted.items()}
+    del found["model"]["shared_prefix"]
+    assert config_diff(wanted, found) == []
+    wanted["model"]["shared_prefix"] = not wanted["model"]["shared_prefix"]
+    assert config_diff(wanted, found) == [f"model.shared_prefix: None -> {wanted['model']['shared_prefix']!r}"]
