@@ -61,17 +61,10 @@ def config_diff(wanted: dict, found: dict) -> list[str]:
         for k in sorted(set(w) | set(f)):
             if (sec, k) in IGNORED_CONFIG_KEYS or w.get(k) == f.get(k):
                 continue
-            if k not in f and w.get(k) == _default(sec, k):
-                continue  # a field added since the run, wanted at its default: the run did just that
+            if k not in f:
+                continue  # a field added since the run was made: it ran with the code's behaviour then
             diffs.append(f"{sec}.{k}: {f.get(k)!r} -> {w.get(k)!r}")
     return diffs
-
-
-def _default(section: str, key: str):
-    """The default value of config field ``section.key`` (``testbed.config`` is torch-free)."""
-    from testbed import config as config_mod
-
-    return (config_mod.from_dict({}).to_dict().get(section) or {}).get(key, object())
 
 
 def stale_runs(run_specs) -> dict[str, str]:
