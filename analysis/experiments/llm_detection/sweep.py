@@ -2,7 +2,7 @@
 
 PPO, ESPO, random truncation matched to ESPO's stop rate, the oracle (stops at the verifier's first
 wrong number, once the number is complete) and ESPO with planted wrong steps, on checkable
-three-step arithmetic (``task.source: chain``) with the embedded SmolLM2-135M-Instruct; run names
+two-step arithmetic (``task.source: chain``) with the embedded SmolLM2-135M-Instruct; run names
 ``<method>-s<seed>``.
 """
 
@@ -14,12 +14,12 @@ REPO = Path(__file__).resolve().parents[3]
 BASE_CONFIG = str(REPO / "configs" / "llm" / "chain_espo.yaml")
 """Base config of every run (absolute, so the study runs from any working directory)."""
 
-STEPS = 20
-"""Training steps per run (CPU-sized: about 20 s a step here with 16 rows of up to 64 tokens)."""
+STEPS = 40
+"""Training steps per run, as the base preset (about 10 s a step alone on 2 cores with 16 rows of up to 64 tokens)."""
 
 OVERRIDES: dict = {
     "run.eval_every": 10,
-    "run.eval_size": 32,
+    "run.eval_size": 128,
     "run.checkpoint_every": 10,
     "stop.min_tokens": 8,
     "stop.warmup_steps": 1,
@@ -31,9 +31,10 @@ METHODS: dict[str, dict] = {
     "espo": {"stop.rule": "espo"},
     "random": {"stop.rule": "random", "stop.reference_run": "{out_dir}/espo-s{seed}"},
     "oracle": {"stop.rule": "oracle", "stop.delay": 0},
-    # a wrong result forced into half the rows at their second equation: the fatal token is known by construction
-    "espo_planted": {"stop.rule": "espo", "task.source_kwargs": {"steps": 3, "digits": 2, "plant_fraction": 0.5,
-                                                                  "plant_step": 2}},
+    # a wrong result forced into half the rows at their second equation (after stop.min_tokens): the fatal
+    # token is known by construction
+    "espo_planted": {"stop.rule": "espo", "task.source_kwargs.plant_fraction": 0.5,
+                     "task.source_kwargs.plant_step": 2},
 }
 """Method label -> overrides. The order is the order of tables."""
 
