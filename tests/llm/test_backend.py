@@ -17,6 +17,7 @@ from llm_backend.backend import HFBackend, make_backend
 from llm_backend.models import build_tiny, resolve_model
 from testbed.config import ModelSection
 from testbed.protocols import Backend
+from tests.llm.decoding import greedy_decode
 
 pytest.importorskip("transformers")
 
@@ -33,29 +34,7 @@ def _backend(critic="separate", *, seed=0, dtype=torch.float32, device="cpu", **
 
 
 def _greedy(be: HFBackend, prompts, n, *, with_values=False, drop_at=None):
-    """Greedy (EOS suppressed) decoding; returns tokens (B, n), per-step logits/values (B, n, ...) with NaN
-    for rows already dropped; ``drop_at = {step: rows}`` drops rows (original indices) after that step."""
-    B = len(prompts)
-    tokens = torch.zeros(B, n, dtype=torch.long)
-    logits = torch.full((B, n, be.vocab_size), float("nan"))
-    values = torch.full((B, n), float("nan"))
-    mask = torch.zeros(B, n, dtype=torch.bool)
-    active = torch.arange(B)
-    be.begin(prompts)
-    for t in range(n):
-        out = be.step(with_values=with_values)
-        lg = out.logits.clone()
-        lg[:, EOS] = -float("inf")
-        tok = lg.argmax(-1)
-        tokens[active, t], logits[active, t], mask[active, t] = tok.cpu(), out.logits.cpu(), True
-        if with_values:
-            values[active, t] = out.values.cpu()
-        keep = torch.ones(len(active), dtype=torch.bool)
-        if drop_at and t in drop_at:
-            keep = ~torch.isin(active, torch.tensor(drop_at[t]))
-        be.advance(tok, keep)
-        active = active[keep]
-    return tokens, logits, values, mask
+    return greedy_decode(be, prompts, n, eos=EOS, values_every=int(with_values), drop_at=drop_at)
 
 
 def _left_padded(prompts):

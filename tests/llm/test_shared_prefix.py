@@ -19,6 +19,7 @@ from torch.testing import assert_close
 from llm_backend.backend import HFBackend, make_backend, plan_prefix
 from llm_backend.models import build_tiny
 from testbed.config import ModelSection
+from tests.llm.decoding import greedy_decode
 
 pytest.importorskip("transformers")
 
@@ -47,31 +48,7 @@ def _backend(critic="separate", *, shared=True, seed=0, **kw) -> HFBackend:
 
 
 def _greedy(be: HFBackend, prompts, n, *, every=1, drop_at=None):
-    """Greedy decoding (EOS suppressed); values requested every ``every`` steps and gathered from
-    ``chunk_values``. Returns tokens, logits (B, n, V), values (B, n) (NaN: never valued), mask."""
-    B = len(prompts)
-    tokens = torch.zeros(B, n, dtype=torch.long)
-    logits = torch.full((B, n, be.vocab_size), float("nan"))
-    values = torch.full((B, n), float("nan"))
-    mask = torch.zeros(B, n, dtype=torch.bool)
-    active = torch.arange(B)
-    be.begin(prompts)
-    for t in range(n):
-        check = t % every == every - 1 or t == n - 1
-        out = be.step(with_values=check)
-        if check:
-            k = out.chunk_values.shape[1]
-            values[active.unsqueeze(1), torch.arange(t - k + 1, t + 1)] = out.chunk_values
-        lg = out.logits.clone()
-        lg[:, EOS] = -float("inf")
-        tok = lg.argmax(-1)
-        tokens[active, t], logits[active, t], mask[active, t] = tok, out.logits, True
-        keep = torch.ones(len(active), dtype=torch.bool)
-        if drop_at and t in drop_at:
-            keep = ~torch.isin(active, torch.tensor(drop_at[t]))
-        be.advance(tok, keep)
-        active = active[keep]
-    return tokens, logits, values, mask
+    return greedy_decode(be, prompts, n, eos=EOS, values_every=every, drop_at=drop_at)
 
 
 def test_plan_prefix_finds_prefix_and_distinct_remainders():
