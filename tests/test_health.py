@@ -20,25 +20,15 @@ from testbed.rollout import Ending, last_valid_value
 from testbed.stopping import make_stop_rule
 from testbed.toy import ToyBackend
 from testbed.trainer import Trainer
+from tests.toyruns import small, stable
 
 ROOT = Path(__file__).resolve().parents[1]
-VOLATILE = ("time/", "pool/age")
+
 # Rewards from the first step on: the overlong ramp puts a length-dependent negative reward on every
 # finished row, ESPO stops (from step 1) cost stop_penalty. Without them a random toy policy on this
 # env never earns a reward, every advantage and value target is 0, and no weight ever moves.
 SIGNAL = ["stop.rule=espo", "stop.warmup_steps=1", "stop.stop_penalty=0.5", "algo.overlong_buffer=8",
           "algo.overlong_penalty=1.0"]
-
-
-def small(out, *extra, name="r"):
-    return C.from_dict({}, [
-        f"run.out_dir={out}", f"run.name={name}", "run.steps=4", "run.progress=false", "run.checkpoint_every=2",
-        "rollout.batch_size=16", "rollout.max_len=16", "algo.minibatch_size=8",
-        "task.env_kwargs={max_len: 16, target_len: 8}", *extra])
-
-
-def stable(recs):
-    return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in recs]
 
 
 def weights(t: Trainer) -> dict[str, torch.Tensor]:

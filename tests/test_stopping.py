@@ -198,32 +198,14 @@ def test_random_rule_reads_reference_run(tmp_path):
         make_stop_rule(StopSection(rule="random"), num_slots=2)
 
 
-def test_random_rule_calibrates_for_rows_that_end_first():
-    """Rows that end before their drawn stop position are not stopped; marking compensates."""
-    sched = StopSchedule(rates=[0.3], histograms=[[0, 0, 0, 0, 1, 1]])  # positions 4 or 5
-    rule = RandomRule(StopSection(rule="random", warmup_steps=0, min_tokens=1), num_slots=2000, seed=3, schedule=sched)
-    rates = []
-    for step in range(6):
-        rule.reset(torch.arange(2000), train_step=step)
-        alive = torch.ones(2000, dtype=torch.bool)
-        stopped = torch.zeros(2000, dtype=torch.bool)
-        for pos in range(6):
-            if pos == 4:  # half of all rows end on their own (EOS) at position 4, before any stop at 5
-                alive[:1000] = False
-            idx = alive.nonzero().squeeze(-1)
-            s = rule(ctx([0.0] * len(idx), None, slots=idx, positions=torch.full((len(idx),), pos), step=step))
-            stopped[idx[s]] = True
-            alive[idx[s]] = False
-        rates.append(stopped.float().mean().item())
-    assert rates[0] < 0.27  # uncalibrated: 0.3 * (1 - 0.5 * 0.5) = 0.225
-    assert abs(rates[-1] - 0.3) < 0.03
-
-
-def _calibration_run(hit_window: int, steps: int = 30, change: int = 10) -> list[float]:
+def _calibration_run(hit_window: int | None = None, steps: int = 30, change: int = 10) -> list[float]:
     """Realised stop rate per step when, up to step ``change``, half the rows end at EOS at position
-    4 (before a stop at 5 can fire) and afterwards none do (the policy's lengths changed)."""
+    4 (before a stop at 5 can fire) and afterwards none do (the policy's lengths changed).
+    ``hit_window`` None: the default window."""
     sched = StopSchedule(rates=[0.3], histograms=[[0, 0, 0, 0, 1, 1]])  # positions 4 or 5
-    cfg = StopSection(rule="random", warmup_steps=0, min_tokens=1, hit_window=hit_window)
+    cfg = StopSection(rule="random", warmup_steps=0, min_tokens=1)
+    if hit_window is not None:
+        cfg.hit_window = hit_window
     rule = RandomRule(cfg, num_slots=2000, seed=3, schedule=sched)
     rates = []
     for step in range(steps):
@@ -239,6 +221,13 @@ def _calibration_run(hit_window: int, steps: int = 30, change: int = 10) -> list
             alive[idx[s]] = False
         rates.append(stopped.float().mean().item())
     return rates
+
+
+def test_random_rule_calibrates_for_rows_that_end_first():
+    """Rows that end before their drawn stop position are not stopped; marking compensates."""
+    rates = _calibration_run(steps=6, change=6)
+    assert rates[0] < 0.27  # uncalibrated: 0.3 * (1 - 0.5 * 0.5) = 0.225
+    assert abs(rates[-1] - 0.3) < 0.03
 
 
 def test_random_rule_calibration_follows_a_length_change():

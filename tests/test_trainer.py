@@ -8,19 +8,7 @@ import pytest
 from testbed import config as C
 from testbed.metrics import REQUIRED_KEYS, SIM_KEYS, read_metrics
 from testbed.trainer import Trainer
-
-VOLATILE = ("time/", "pool/age")  # wall-clock keys differ between runs
-
-
-def small(tmp_path, *extra, name="r"):
-    return C.from_dict({}, [
-        f"run.out_dir={tmp_path}", f"run.name={name}", "run.steps=4", "run.progress=false", "run.checkpoint_every=2",
-        "rollout.batch_size=16", "rollout.max_len=16", "algo.minibatch_size=8",
-        "task.env_kwargs={max_len: 16, target_len: 8}", *extra])
-
-
-def stable(recs):
-    return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in recs]
+from tests.toyruns import small, stable
 
 
 def test_run_writes_everything_design_lists(tmp_path):
