@@ -384,15 +384,20 @@ def from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ())
     return cfg
 
 
-def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML config file (errors name the file) and apply overrides."""
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """A YAML file's content ({} when empty); a missing file or invalid YAML is a ConfigError naming it."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
+        raise ConfigError(f"{path}: no such {what}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from None
+
+
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config file (errors name the file) and apply overrides."""
+    data = read_yaml(path)
     try:
         return from_dict(data, overrides)
     except ConfigError as e:

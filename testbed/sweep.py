@@ -72,12 +72,7 @@ def _override_text(key: str, value: Any) -> str:
 def load_sweep(path: str | Path) -> tuple[dict, list[RunSpec]]:
     """Expand a sweep file into run specs (validated configs; errors name the file and run)."""
     path = Path(path)
-    if not path.is_file():
-        raise config_mod.ConfigError(f"{path}: no such sweep file")
-    try:
-        spec = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise config_mod.ConfigError(f"{path}: invalid YAML: {e}") from None
+    spec = config_mod.read_yaml(path, "sweep file")
     if not isinstance(spec, dict):
         raise config_mod.ConfigError(f"{path}: a sweep file is a mapping (base, out_dir, overrides, axes)")
     return expand(spec, base_dir=path.parent, source=str(path))
@@ -92,10 +87,7 @@ def expand(spec: dict, *, base_dir: Path = Path("."), source: str = "sweep") -> 
         base_path = base_dir / base  # an absolute base stays as it is
         if not base_path.is_file():
             raise config_mod.ConfigError(f"{source}: base config {base_path} does not exist")
-        try:
-            base = yaml.safe_load(base_path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise config_mod.ConfigError(f"{base_path}: invalid YAML: {e}") from None
+        base = config_mod.read_yaml(base_path)
     out_dir = str(spec.get("out_dir", "runs/sweep"))
     cpus = spec.get("cpus_per_run", 1)
     if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or not cpus > 0:
