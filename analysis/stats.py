@@ -3,7 +3,8 @@
 A study's verdict compares two methods that ran on the same seeds, so the unit of resampling is the
 seed: the statistic is the mean of the per-seed differences ``b - a``, resampled with
 ``scipy.stats.bootstrap`` (percentile method, a fixed resampling seed so a report is reproducible).
-A difference is called significant only when its interval excludes 0.
+A difference is called significant only when its interval excludes 0 and rests on at least
+:data:`MIN_SEEDS` seeds.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ CONFIDENCE = 0.95
 RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 """The resampling seed: fixed, so the same runs give the same interval."""
+MIN_SEEDS = 5
+"""Fewer seeds than this decide nothing: a percentile bootstrap of 2-4 values covers poorly (with two
+seeds the interval is just the span of the two)."""
 
 
 @dataclass(frozen=True)
@@ -30,8 +34,14 @@ class Interval:
 
     @property
     def significant(self) -> bool:
-        """The interval excludes 0 (both ends strictly on one side)."""
-        return bool(self.n >= 2 and (self.low > 0 or self.high < 0))
+        """The interval excludes 0 (both ends strictly on one side) over at least :data:`MIN_SEEDS` seeds."""
+        return bool(self.n >= MIN_SEEDS and (self.low > 0 or self.high < 0))
+
+    def verdict(self) -> str:
+        """``significant``, ``not significant`` or, below :data:`MIN_SEEDS` seeds, ``undecided``."""
+        if self.n < MIN_SEEDS:
+            return f"undecided ({self.n} seed{'s' * (self.n != 1)}; a decision needs {MIN_SEEDS})"
+        return "significant (the interval excludes 0)" if self.significant else "not significant"
 
     def fmt(self, digits: int = 3) -> str:
         """``+0.120 [+0.050, +0.190]`` (``n/a`` when there is nothing to estimate)."""

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from analysis.stats import Interval, band, mean_ci, paired_diff_ci
+from analysis.stats import MIN_SEEDS, Interval, band, mean_ci, paired_diff_ci
 
 
 def _exact_bootstrap_quantiles(x, qs):
@@ -28,13 +28,20 @@ def test_percentile_interval_matches_the_enumerated_bootstrap(x):
 
 
 def test_paired_difference_is_per_seed():
-    a = [0.1, 0.5, 0.9, 0.3]
-    b = [0.2, 0.6, 1.0, 0.4]  # b beats a by exactly 0.1 on every seed, though the seeds spread widely
+    a = [0.1, 0.5, 0.9, 0.3, 0.7]
+    b = [0.2, 0.6, 1.0, 0.4, 0.8]  # b beats a by exactly 0.1 on every seed, though the seeds spread widely
     iv = paired_diff_ci(a, b)
     assert iv.mean == pytest.approx(0.1) and iv.low == pytest.approx(0.1) and iv.high == pytest.approx(0.1)
-    assert iv.significant
-    noisy = paired_diff_ci([0.0, 1.0, 0.0, 1.0], [1.0, 0.0, 1.0, 0.0])
-    assert not noisy.significant and noisy.low < 0 < noisy.high
+    assert iv.significant and iv.verdict().startswith("significant")
+    noisy = paired_diff_ci([0.0, 1.0, 0.0, 1.0, 0.0], [1.0, 0.0, 1.0, 0.0, 1.0])
+    assert not noisy.significant and noisy.low < 0 < noisy.high and noisy.verdict() == "not significant"
+
+
+def test_fewer_than_min_seeds_decide_nothing():
+    """Four seeds that agree exclude 0 from the bootstrap interval, yet decide nothing."""
+    iv = paired_diff_ci(a=[0.1, 0.5, 0.9, 0.3], b=[0.2, 0.6, 1.0, 0.4])
+    assert iv.low > 0 and iv.n == MIN_SEEDS - 1
+    assert not iv.significant and iv.verdict() == f"undecided (4 seeds; a decision needs {MIN_SEEDS})"
 
 
 def test_fixed_resampling_seed_and_nan_pairs():

@@ -26,8 +26,8 @@ def counts(decode_steps, actor_fwd, critic):
                       "tokens/critic": critic, "pool/finished": 4}
 
 
-def two_seed_study(root, tppo_time):
-    for s in (0, 1):
+def study(root, tppo_time, seeds=5):
+    for s in range(seeds):
         make_run(root, f"ppo-longtail-s{s}", tokens=100, success=step_success(10), step_time=2.0, extra=counts(8, 100, 100))
         make_run(root, f"tppo-longtail-s{s}", tokens=50, success=step_success(10), step_time=tppo_time,
                  extra=counts(2, 50, 30))
@@ -35,7 +35,7 @@ def two_seed_study(root, tppo_time):
 
 
 def test_score_intervals_and_verdict(tmp_path):
-    df = two_seed_study(tmp_path / "fast", 0.5)
+    df = study(tmp_path / "fast", 0.5)
     pr = speedup.per_run(df, cal=CAL)
     t = speedup.score(df, cal=CAL)
     tp = row(t, "tppo", "longtail")
@@ -47,24 +47,28 @@ def test_score_intervals_and_verdict(tmp_path):
     np.testing.assert_allclose(tp["speedup_decode_steps"], 4.0)
     iv = speedup.intervals(pr)
     r = iv[iv["method"] == "tppo"].iloc[0]
-    assert r["speedup_compute"].n == 2 and r["speedup_compute"].low == pytest.approx(4.0)
+    assert r["speedup_compute"].n == 5 and r["speedup_compute"].low == pytest.approx(4.0)
     assert r["d_final_success"].mean == pytest.approx(0.0)
     v = speedup.verdicts(t, iv)
     assert v[-1].endswith("yes: tppo (measured compute 4.00x), tppo (measured wall-clock 4.00x), tppo (projected GPU time 2.59x)")
     # measured 2.0 / 1.8 = 1.11x: faster, but short of the goal; the projection (counts only) is unchanged
-    slow = two_seed_study(tmp_path / "slow", 1.8)
+    slow = study(tmp_path / "slow", 1.8)
     v2 = speedup.verdicts(speedup.score(slow, cal=CAL), speedup.intervals(speedup.per_run(slow, cal=CAL)))
-    assert "speed-up in measured compute +1.11 [+1.11, +1.11] over 2 seeds (faster" in " ".join(v2)
+    assert "speed-up in measured compute +1.11 [+1.11, +1.11] over 5 seeds (faster" in " ".join(v2)
     assert v2[-1].endswith(": yes: tppo (projected GPU time 2.59x)")
     v3 = speedup.verdicts(speedup.score(slow, cal=None), speedup.intervals(speedup.per_run(slow, cal=None)))
     assert v3[-1].endswith(": no")
+    # two seeds that agree decide nothing: no method is called faster
+    few = study(tmp_path / "few", 0.5, seeds=2)
+    v4 = speedup.verdicts(speedup.score(few, cal=CAL), speedup.intervals(speedup.per_run(few, cal=CAL)))
+    assert v4[-1].endswith(": no") and "(faster" not in " ".join(v4)
 
 
 def test_cost_model_by_hand(tmp_path):
     """Per step: S = 2 decoding steps, R = 50 row-steps, N = epochs(1) * (50 + 30) / 2 = 40 token-passes
     (no re-valuing term: the run's config is not T-PPO). CPU: a*S + b*R + c*N = 4 + 25 + 10 = 39 s;
     GPU: a*S + 3b*N = 4 + 60 = 64 s; rho = 10: 10*S + N = 60."""
-    df = two_seed_study(tmp_path, 0.5)
+    df = study(tmp_path, 0.5)
     run = df[df["run"] == "tppo-longtail-s0"]
     c = speedup.with_costs(run, CAL)
     k = np.arange(1, STEPS + 1)

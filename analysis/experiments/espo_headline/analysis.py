@@ -61,15 +61,13 @@ from matplotlib.figure import Figure
 from analysis.experiments.espo_headline import sweep
 from analysis.plots import colors_for, line_band, ordered
 from analysis.runs import final_mean, first_reach, mean_std, run_mean, value_at_step
-from analysis.stats import Interval, mean_ci, paired_by_seed
+from analysis.stats import MIN_SEEDS, Interval, mean_ci, paired_by_seed
 from testbed.metrics import detector_metrics
 
 LEVEL_FRAC = 0.5
 """The success level of "tokens to reach a level" is this fraction of PPO's final success."""
 SAVING_CLAIM_PCT = 20.0
 """The paper's claim: more than this percentage of rollout tokens saved."""
-MIN_SEEDS = 5
-"""Fewer paired seeds than this leave a claim undecided: a percentile bootstrap of 2-4 values covers poorly."""
 RELIABLE_SUCCESS = 0.5
 """The baseline counts as having learned on a seed when its final success reaches this."""
 

@@ -136,12 +136,8 @@ def comparisons(df: pd.DataFrame) -> list[str]:
         if not seeds:
             return
         ci = paired_diff_ci([ra[s] for s in seeds], [rb[s] for s in seeds])
-        # one seed has no interval (mean_ci collapses it onto the mean): never call that significant
-        sig = ci.n >= 2 and np.isfinite(ci.low) and (ci.low > 0 or ci.high < 0)
-        verdict = ("no interval from one seed" if ci.n < 2 else
-                   "significant (the interval excludes 0)" if sig else "not significant")
         lines.append(f"- {what}: {b} - {a} = {ci.mean:+.3f} [{ci.low:+.3f}, {ci.high:+.3f}] over {ci.n} seed(s): "
-                     + verdict)
+                     + ci.verdict())
 
     paired("random", "espo", "precision", "ESPO's stop precision against the verifier vs matched random")
     paired("random", "espo", "recall", "recall, ESPO vs matched random")

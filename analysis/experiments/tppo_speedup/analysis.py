@@ -48,7 +48,7 @@ from analysis.experiments import table_row
 from analysis.experiments.tppo_speedup import sweep
 from analysis.plots import colors_for, line_band, ordered
 from analysis.runs import final_mean, first_reach, mean_std, run_mean
-from analysis.stats import Interval, mean_ci, paired_diff_ci
+from analysis.stats import MIN_SEEDS, Interval, mean_ci, paired_diff_ci
 
 LEVEL_FRAC = 0.5
 """The success level is this fraction of PPO's final success (unless ``score(df, level=...)``)."""
@@ -249,12 +249,12 @@ def verdicts(table: pd.DataFrame, iv: pd.DataFrame) -> list[str]:
         for _, r in iv[iv["env"] == env].iterrows():
             row = table_row(table, env, r["method"])
             ds = r["d_final_success"]
-            parts = [f"final success minus PPO's {ds.fmt()} ({'significant' if ds.significant else 'not significant'})",
+            parts = [f"final success minus PPO's {ds.fmt()} ({ds.verdict()})",
                      f"reached the level in {row['reached']}/{row['n']} seeds"]
             for x, name in (("compute", "measured compute"), ("wall", "measured wall-clock"), ("gpu", "projected GPU time")):
                 s = r[f"speedup_{x}"]
                 if s.n:
-                    faster = s.n >= 2 and s.low > 1
+                    faster = s.n >= MIN_SEEDS and s.low > 1
                     parts.append(f"speed-up in {name} {s.fmt(2)} over {s.n} seeds"
                                  + (" (faster than PPO: interval above 1)" if faster else ""))
                     if s.mean >= GOAL_SPEEDUP and faster and row["reached"] == row["n"]:
