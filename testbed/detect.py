@@ -16,7 +16,8 @@ Per item (``items.jsonl``): ``id``, ``label``, ``score`` (the rule's largest mar
 ``S_t - threshold_t`` for ``espo`` / ``regret_only``, ``rho - p_t`` for ``value_only``; the rule fires
 where it is > 0), ``first_stop_step`` (-1: never fired), ``stop_token``, ``tokens``.
 
-Summary (``detect.json``): ``n``; ``auroc`` of ``score`` for "has an error"; a stop at or after the
+Summary (``detect.json``): ``n``; ``auroc`` of ``score`` for "has an error" and ``auroc_ci``, its 95%
+percentile-bootstrap interval over items (:data:`AUROC_RESAMPLES` draws); a stop at or after the
 labelled step of an erroneous item is a **detection**, a stop before it or on a correct item a **false
 stop**: ``precision`` = detections / stops, ``recall`` = detections / erroneous items, ``delay`` = mean
 ``first_stop_step - label`` over detections (steps), ``false_stop_rate`` = false stops / items;
@@ -141,6 +142,24 @@ def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float:
         ranks[order[i:j + 1]] = (i + j) / 2 + 1
         i = j + 1
     return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+AUROC_RESAMPLES = 2000
+
+
+def auroc_interval(scores: Sequence[float], positive: Sequence[bool], *, confidence: float = 0.95,
+                   resamples: int = AUROC_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval of :func:`auroc` over items (score and label resampled together;
+    draws holding one class only are skipped); NaNs without both classes. Fixed seed: reproducible."""
+    s = np.asarray(scores, dtype=float)
+    y = np.asarray(positive, dtype=bool)
+    if y.all() or not y.any():
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    draws = [auroc(s[i], y[i]) for i in rng.integers(0, len(s), size=(resamples, len(s)))]
+    draws = np.asarray([d for d in draws if d == d])
+    tail = 100 * (1 - confidence) / 2
+    return float(np.percentile(draws, tail)), float(np.percentile(draws, 100 - tail))
 
 
 def stop_metrics(first_stop: Sequence[int], labels: Sequence[int]) -> dict[str, float]:
@@ -372,6 +391,7 @@ def detect(data: str, *, out: str, config: str | None = None, checkpoint: str | 
         "rule": cfg.stop.rule + (f" ({rule_name} without a trained critic)" if cfg.stop.rule != rule_name else ""),
         "normaliser": "fitted on the items (label-free)" if fitted else "from the run's checkpoint",
         "auroc": auroc(scores, [y >= 0 for y in labels]),
+        "auroc_ci": list(auroc_interval(scores, [y >= 0 for y in labels], seed=cfg.run.seed)),
         **stop_metrics(first_step, labels),
     }
     fractions = [t / len(responses[i]) for i, t in enumerate(first_tok) if t >= 0]

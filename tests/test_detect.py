@@ -89,6 +89,17 @@ def test_metrics_by_hand():
     assert abs(r["stop_rate"] - 0.25) < 0.03 and abs(r["auroc"] - 0.5) < 0.05
 
 
+def test_auroc_interval():
+    rng = np.random.default_rng(1)
+    y = rng.random(300) < 0.5
+    s = rng.normal(size=300) + 0.8 * y  # separable by 0.8 sd: AUROC about 0.71
+    lo, hi = D.auroc_interval(s, y)
+    assert lo < D.auroc(s, y) < hi and 0.5 < lo and hi < 0.85 and hi - lo < 0.2
+    assert (lo, hi) == D.auroc_interval(s, y)  # fixed resampling seed
+    assert D.auroc_interval([1, 2, 3, 4], [0, 0, 1, 1], resamples=200) == (1.0, 1.0)  # every draw separates
+    assert all(x != x for x in D.auroc_interval([1, 2], [1, 1]))
+
+
 # --- end to end on the tiny random model ------------------------------------------------------------
 
 TINY_CONFIG = """

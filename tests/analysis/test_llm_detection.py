@@ -10,6 +10,7 @@ pytest.importorskip("transformers")
 
 from analysis import experiments  # noqa: E402
 from analysis.experiments.llm_detection import analysis, run, sweep  # noqa: E402
+from analysis.stats import MIN_SEEDS  # noqa: E402
 
 TINY = {"model.path": "tiny", "model.dtype": "float32", "rollout.max_len": 24, "run.threads": 1,
         "run.progress": False, "run.steps": 2, "run.eval_every": 2, "run.eval_size": 4,
@@ -36,6 +37,13 @@ def test_study_runs_on_a_tiny_setting(tmp_path):
     assert float(by["espo"]["stop_rate"]) > 0 and float(by["espo"]["tokens_saved_pct"]) > 0
     # one seed decides nothing, so no comparison may be called significant
     assert "significant (the interval" not in report and "undecided (1 seed; a decision needs 5)" in report
+    assert "not a confidence statement" in report
+
+
+def test_full_adds_seeds_to_the_same_runs():
+    base, full = sweep.spec("R"), sweep.spec("R", full=True)
+    assert base["out_dir"] == full["out_dir"] and set(base["axes"]["seed"]) < set(full["axes"]["seed"])
+    assert len(full["axes"]["seed"]) >= MIN_SEEDS
 
 
 def test_pooled_detector_by_hand():

@@ -19,6 +19,7 @@ from analysis.experiments import report_tail, study_cli
 from analysis.experiments.llm_detection import analysis, sweep
 from analysis.plots import build_figures, markdown_table, save_figures, text_table
 from analysis.runs import load_runs
+from analysis.stats import MIN_SEEDS
 
 STUDY = "llm_detection"
 
@@ -28,9 +29,9 @@ SHOWN = [("method", None), ("n", None), ("heldout", 3), ("tokens", 0), ("tokens_
 PLANT = [("method", None), ("plant_stop_rate", 3), ("plant_delay", 1), ("stop_rate_unplanted", 3)]
 
 
-def command(out: str, workers: int, quick: bool, fresh: bool) -> str:
+def command(out: str, workers: int, quick: bool, fresh: bool, full: bool = False) -> str:
     return " ".join(["testbed", "demo", "--study", STUDY, "--out", shlex.quote(str(out)), "--workers", str(workers)]
-                    + (["--quick"] if quick else []) + (["--fresh"] if fresh else []))
+                    + (["--quick"] if quick else []) + (["--full"] if full else []) + (["--fresh"] if fresh else []))
 
 
 def _with_ci(table, cols):
@@ -44,13 +45,14 @@ def _with_ci(table, cols):
 
 
 def main(out: str = "out/llm_detection", workers: int = 2, quick: bool = False, fresh: bool = False,
-         extra: dict | None = None) -> int:
+         extra: dict | None = None, full: bool = False) -> int:
     """Run (or resume) the sweep into ``out/runs``; write ``out/scores.csv`` and ``out/report.md``.
 
-    ``quick``: :data:`sweep.QUICK` in ``out/quick/``. ``extra``: overrides for every run (tests use a tiny model)."""
+    ``quick``: :data:`sweep.QUICK` in ``out/quick/``. ``full``: :data:`sweep.FULL_SEEDS` in the same
+    ``out/runs`` (finished seeds are reused). ``extra``: overrides for every run (tests use a tiny model)."""
     t0 = time.time()
     root = Path(out) / "quick" if quick else Path(out)
-    spec = sweep.spec(root / "runs", quick=quick, extra=extra)
+    spec = sweep.spec(root / "runs", quick=quick, extra=extra, full=full)
     runner = importlib.import_module("testbed.sweep")
     rows = experiments.execute(runner, spec, workers=workers, fresh=fresh)
     df = load_runs([r["run_dir"] for r in rows], axes=sweep.AXES)
@@ -63,11 +65,12 @@ def main(out: str = "out/llm_detection", workers: int = 2, quick: bool = False, 
     main_t, plant_t = _with_ci(table, SHOWN), _with_ci(table[table["method"] == "espo_planted"], PLANT)
     print(text_table(main_t), "", *lines, sep="\n")
     first = df.iloc[0]
+    n_seeds = int(df["label/seed"].nunique())
     elapsed = time.time() - t0
     report = [
         f"# LLM detection study{' (QUICK smoke test: not evidence)' if quick else ''}", "",
         f"Generated {datetime.now().isoformat(timespec='seconds')} in {elapsed:.0f} s with {workers} workers. "
-        "Regenerate with:", "", "```", command(out, workers, quick, fresh), "```", "",
+        "Regenerate with:", "", "```", command(out, workers, quick, fresh, full), "```", "",
         "## Settings", "",
         f"- base config `{Path(sweep.BASE_CONFIG).relative_to(sweep.REPO)}`, every run `{json.dumps(spec['overrides'])}`",
         f"- task: `{first.get('config/task.source')}` {first.get('config/task.source_kwargs')}; model "
@@ -75,7 +78,10 @@ def main(out: str = "out/llm_detection", workers: int = 2, quick: bool = False, 
         f"rows, max length {first.get('config/rollout.max_len')}; seeds {sorted(df['label/seed'].unique().tolist())}",
         f"- methods: {', '.join(sweep.METHODS)}", "",
         "## Detector metrics against the verifier, tokens, held-out accuracy", "",
-        "Mean [95% interval over seeds].", "", markdown_table(main_t), "",
+        "Mean [95% interval over seeds]."
+        + (f" With {n_seeds} seeds (fewer than {MIN_SEEDS}) an interval is about the span of the seeds' values, "
+           "not a confidence statement; `--full` runs 5." if n_seeds < MIN_SEEDS else ""),
+        "", markdown_table(main_t), "",
         "## Planted wrong steps (ESPO)", "", markdown_table(plant_t) if len(plant_t) else "(no planted run)", "",
         "## Verdicts and paired comparisons", "", *(lines or ["(none)"]), "",
         *report_tail(figs, errors, analysis),
@@ -86,4 +92,4 @@ def main(out: str = "out/llm_detection", workers: int = 2, quick: bool = False, 
 
 
 if __name__ == "__main__":
-    sys.exit(study_cli(STUDY, main, __doc__))
+    sys.exit(study_cli(STUDY, main, __doc__, full=True))

@@ -39,6 +39,8 @@ METHODS: dict[str, dict] = {
 """Method label -> overrides. The order is the order of tables."""
 
 SEEDS = [0, 1]
+FULL_SEEDS = [0, 1, 2, 3, 4]
+"""``--full``: enough seeds for a decision (``analysis.stats.MIN_SEEDS``); the runs of :data:`SEEDS` are reused."""
 
 QUICK: dict = {"steps": 3, "seeds": [0], "overrides": {"rollout.batch_size": 8, "algo.minibatch_size": 8,
                                                          "run.eval_every": 3, "run.eval_size": 8}}
@@ -47,9 +49,9 @@ QUICK: dict = {"steps": 3, "seeds": [0], "overrides": {"rollout.batch_size": 8, 
 AXES = ("method", "seed")
 
 
-def spec(out_dir: str | Path, quick: bool = False, extra: dict | None = None) -> dict:
+def spec(out_dir: str | Path, quick: bool = False, extra: dict | None = None, full: bool = False) -> dict:
     """The sweep in the ``testbed.sweep`` format (``extra``: more overrides, e.g. a tiny model for tests)."""
-    q = QUICK if quick else {}
+    q = QUICK if quick else {"seeds": FULL_SEEDS} if full else {}
     return {
         "base": BASE_CONFIG,
         "out_dir": str(out_dir),
