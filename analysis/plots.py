@@ -87,7 +87,8 @@ def _curves(df: pd.DataFrame, panels: Sequence[tuple[str, str, str, str]], *, by
         ax.grid(alpha=0.3)
         if y not in df:
             ax.text(0.5, 0.5, f"{y} not logged", ha="center", va="center", transform=ax.transAxes)
-    axes[0][0].legend(fontsize=8)
+    if axes[0][0].get_legend_handles_labels()[0]:  # nothing drawn (the metric not logged): no legend
+        axes[0][0].legend(fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
