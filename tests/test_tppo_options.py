@@ -9,6 +9,7 @@ import torch
 
 from testbed import config as C
 from testbed.advantages import ESTIMATORS, AdvantageParams, actor_lambda
+from testbed.metrics import read_metrics
 from testbed.rollout import Ending, Rollout, table_bootstrap
 from testbed.trainer import Trainer
 from tests import oracles
@@ -240,6 +241,27 @@ def test_critic_warmup_freezes_the_actor(tmp_path):
     t2 = Trainer(cfg_for(tmp_path, "tppo.window=4", "algo.critic_warmup_steps=2", "run.steps=3"))  # resumes
     t2.train()
     assert any(not torch.equal(v, actor0[k]) for k, v in t2.backend.policy.state_dict().items())
+
+
+@pytest.mark.parametrize("tppo", ["true", "false"])
+def test_a_frozen_critic_costs_no_update(tmp_path, tppo):
+    """lr_critic = 0: the critic keeps its weights and the update runs no critic forward or Adam step,
+    while the actor still learns from the frozen critic's values."""
+    extra = ["tppo.window=4", f"tppo.enabled={tppo}", "algo.lr_critic=0"] + ([] if tppo == "true" else ["algo.estimator=gae"])
+    t = Trainer(cfg_for(tmp_path, *extra))
+    informative_critic(t.backend)
+    actor0 = {k: v.clone() for k, v in t.backend.policy.state_dict().items()}
+    critic0 = {k: v.clone() for k, v in t.backend.critic.state_dict().items()}
+    calls = []
+    forward = t.backend.critic_forward
+    t.backend.critic_forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    t.train()
+    for k, v in t.backend.critic.state_dict().items():
+        assert torch.equal(v, critic0[k]), k
+    assert any(not torch.equal(v, actor0[k]) for k, v in t.backend.policy.state_dict().items())
+    assert not calls and not t.opt_critic.state_dict()["state"]  # no forward, no Adam step
+    recs = read_metrics(tmp_path / "r" / "metrics.jsonl")
+    assert all(r["critic/frozen"] == 1.0 and "tokens/critic" not in r for r in recs)
 
 
 def test_critic_init_from_a_finished_run(tmp_path):
