@@ -359,7 +359,12 @@ class Trainer:
         out: dict[str, float] = {"loss/value": float("nan"), "critic/explained_variance": float("nan")}
         if not self.uses_critic:
             return {**out, "time/critic": 0.0}
-        if a.lr_critic == 0:  # frozen (the T-PPO study's control): Adam at lr 0 would not move it, so skip the cost
+        if a.lr_critic == 0:
+            # frozen (the T-PPO study's control): Adam at lr 0 would not move it, so skip forward, backward and
+            # step; draw the minibatch permutations all the same, so the run equals one that runs the update
+            rows = batch.finished if self.cfg.tppo.enabled else batch.rollout
+            for _ in self._minibatches(rows.batch_size if rows is not None else 0):
+                pass
             return {**out, "critic/frozen": 1.0, "time/critic": time.perf_counter() - t0}
         data = self.critic_data(batch, returns)
         if data is not None:

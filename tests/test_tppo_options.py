@@ -262,6 +262,14 @@ def test_a_frozen_critic_costs_no_update(tmp_path, tppo):
     assert not calls and not t.opt_critic.state_dict()["state"]  # no forward, no Adam step
     recs = read_metrics(tmp_path / "r" / "metrics.jsonl")
     assert all(r["critic/frozen"] == 1.0 and "tokens/critic" not in r for r in recs)
+    # the same run through the whole critic update at lr 0 (what lr_critic=0 did before): the same actor
+    full = Trainer(cfg_for(tmp_path, *[x for x in extra if "lr_critic" not in x], "algo.lr_critic=1e-3", name="full"))
+    informative_critic(full.backend)
+    for g in full.opt_critic.param_groups:
+        g["lr"] = 0.0
+    full.train()
+    for k, v in full.backend.policy.state_dict().items():
+        assert torch.equal(v, t.backend.policy.state_dict()[k]), k
 
 
 def test_critic_init_from_a_finished_run(tmp_path):
