@@ -382,6 +382,7 @@ def detect(data: str, *, out: str, config: str | None = None, checkpoint: str | 
     first_tok, scores = run_rule(rule, cfg, regrets, values)
 
     labels = [it.label for it in items]
+    erroneous = [y >= 0 for y in labels]
     first_step = [int(token_steps[i][t]) if t >= 0 else -1 for i, t in enumerate(first_tok)]
     summary: dict[str, Any] = {
         "n": len(items),
@@ -390,8 +391,8 @@ def detect(data: str, *, out: str, config: str | None = None, checkpoint: str | 
         "checkpoint": checkpoint or None,
         "rule": cfg.stop.rule + (f" ({rule_name} without a trained critic)" if cfg.stop.rule != rule_name else ""),
         "normaliser": "fitted on the items (label-free)" if fitted else "from the run's checkpoint",
-        "auroc": auroc(scores, [y >= 0 for y in labels]),
-        "auroc_ci": list(auroc_interval(scores, [y >= 0 for y in labels], seed=cfg.run.seed)),
+        "auroc": auroc(scores, erroneous),
+        "auroc_ci": list(auroc_interval(scores, erroneous, seed=cfg.run.seed)),
         **stop_metrics(first_step, labels),
     }
     fractions = [t / len(responses[i]) for i, t in enumerate(first_tok) if t >= 0]
