@@ -248,8 +248,9 @@ class Trainer:
         return out
 
     def finished_rows(self, batch: StepBatch) -> Rollout | None:
-        """T-PPO: the rows that finished this step, whole, with ``values`` (n, L) from the current critic.
-        Computed once per batch (deferred credit and the critic share it)."""
+        """T-PPO: the rows that finished this step, whole, with ``values`` (n, L) from the current critic and
+        the ending table's ``bootstrap`` from them. Computed once per batch (deferred credit and the critic
+        share it)."""
         r = batch.finished
         if r is None or (self._valued is not None and self._valued[0] is batch):
             return r
@@ -257,6 +258,7 @@ class Trainer:
         with torch.no_grad():
             dev = self.backend.device
             r.values = self.backend.critic_forward(r.prompts, r.tokens.to(dev), r.mask.to(dev)).float().cpu()
+        r.bootstrap = table_bootstrap(r.treatment, r.values, r.mask)  # the ending table's, as the collector's rows
         self._valued = (batch, time.perf_counter() - t0)
         return r
 
@@ -347,8 +349,7 @@ class Trainer:
         r = self.finished_rows(batch)
         if r is None:
             return None
-        boot = table_bootstrap(r.treatment, r.values, r.mask)
-        ret = mc_returns(r.rewards, r.mask, gamma=self.cfg.algo.gamma, bootstrap=boot)
+        ret = mc_returns(r.rewards, r.mask, gamma=self.cfg.algo.gamma, bootstrap=r.bootstrap)
         return r, ret, r.values
 
     def update_critic(self, batch: StepBatch, returns: Tensor) -> dict[str, float]:

@@ -61,7 +61,8 @@ def test_length_adaptive_lambda_uses_total_length():
 @pytest.mark.parametrize("length_cap", ["bootstrap", "terminal"])
 def test_mc_critic_follows_length_cap_treatment(tmp_path, length_cap):
     """Rows that hit max_len: under ``bootstrap`` the MC target is reward + V(s_l) of the current
-    critic (like the actor's advantages); under ``terminal`` it is the reward alone."""
+    critic (like the actor's advantages, whose deferred credit reads the rows' ``bootstrap``); under
+    ``terminal`` it is the reward alone."""
     t = Trainer(cfg_for(tmp_path, "tppo.window=4", "rollout.max_len=6", f"rollout.length_cap={length_cap}",
                         "task.env_kwargs={max_len: 6, length_dist: fixed, target_len: 5}"))
     informative_critic(t.backend)
@@ -80,6 +81,8 @@ def test_mc_critic_follows_length_cap_treatment(tmp_path, length_cap):
             capped += cap
             boot = float(v[i, n - 1]) if cap and length_cap == "bootstrap" else 0.0
             torch.testing.assert_close(ret[i, :n], torch.full((n,), reward + boot))
+            # the rows carry it too: deferred credit's estimator reads Rollout.bootstrap
+            assert float(rows.bootstrap[i]) == pytest.approx(boot, abs=1e-6)
     assert capped > 0
 
 
