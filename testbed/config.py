@@ -436,6 +436,7 @@ _RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
     ("rollout", "temperature"): (0, _INF, False, False),
     ("rollout", "top_p"): (0, 1, False, True),
     ("rollout", "top_k"): (0, _INF, True, False),
+    ("algo", "critic_warmup_steps"): (0, _INF, True, False),
     ("algo", "gamma"): (0, 1, True, True),
     ("algo", "lam_actor"): (0, 1, True, True),
     ("algo", "lam_critic"): (0, 1, True, True),
@@ -513,16 +514,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"stop.r_success: {s.r_success} must exceed stop.r_fail {s.r_fail}")
     if s.rule == "random" and not s.reference_run:
         raise ConfigError("stop.reference_run: the random rule needs a reference ESPO run directory")
-    if t.enabled and t.window < 1:
-        raise ConfigError("tppo.window: must be >= 1")
-    if t.ignore_last_k < 0 or (t.enabled and t.ignore_last_k > t.window):
+    if t.enabled and t.ignore_last_k > t.window:  # the ranges table has already checked both are >= 0 / >= 1
         raise ConfigError("tppo.ignore_last_k: must be in [0, window]")
-    if a.critic_warmup_steps < 0:
-        raise ConfigError("algo.critic_warmup_steps: must be >= 0")
-    if cfg.model.stop_check_every < 1:
-        raise ConfigError("model.stop_check_every: must be >= 1")
-    if cfg.run.steps < 0:
-        raise ConfigError("run.steps: must be >= 0")
 
 
 def dump(cfg: Config) -> str:
