@@ -161,9 +161,11 @@ def per_run(df: pd.DataFrame, level: float | None = None, cal: dict | None = Non
     return out
 
 
-def score(df: pd.DataFrame, level: float | None = None, cal: dict | None = None) -> pd.DataFrame:
-    """One row per (env, method): mean and ``<metric>_std`` over seeds of :data:`METRICS`, ``n`` and ``reached``."""
-    pr = per_run(df, level, cal)
+def score(df: pd.DataFrame, level: float | None = None, cal: dict | None = None, *,
+          pr: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per (env, method): mean and ``<metric>_std`` over seeds of :data:`METRICS`, ``n`` and ``reached``
+    (``pr``: :func:`per_run`'s table of ``df``, when the caller has it already)."""
+    pr = per_run(df, level, cal) if pr is None else pr
     rows = []
     for env in ordered(pr["env"], list(sweep.ENVS)):
         for method in ordered(pr["method"], list(sweep.METHODS)):

@@ -64,7 +64,8 @@ def main(out: str = "out/tppo_speedup", workers: int = 2, quick: bool = False, f
     cal = analysis.load_calibration()
 
     pr = analysis.per_run(df, cal=cal)
-    table = analysis.score(df, cal=cal)
+    table = analysis.score(df, cal=cal, pr=pr)
+    attr = analysis.attribution(pr)
     iv = analysis.intervals(pr)
     verdicts = analysis.verdicts(table, iv)
     speed, cost, rho = (_cols(table, c) for c in (analysis.SPEED_COLUMNS, analysis.COST_COLUMNS, analysis.RHO_COLUMNS))
@@ -98,7 +99,7 @@ def main(out: str = "out/tppo_speedup", workers: int = 2, quick: bool = False, f
         "Final-success difference over all seeds; speed-ups over the seeds where both reached the level.", "",
         markdown_table(ivt), "",
         "## Where the speed-up comes from (paired by seed: reference's X to the level / method's)", "",
-        markdown_table(analysis.interval_table(analysis.attribution(pr))) if len(analysis.attribution(pr)) else "(pairs not run)", "",
+        markdown_table(analysis.interval_table(attr)) if len(attr) else "(pairs not run)", "",
         "## Cost model", "", *_calibration_lines(cal),
         "### Cost breakdown (mean ± std over seeds)", "", markdown_table(cost), "",
         "### Speed-up to the level at a stated decode-step / token-pass cost ratio", "",
