@@ -192,16 +192,34 @@ class StopSection:
     """Extra penalty for being stopped."""
     ema_beta: float = 0.9
     """EMA factor of the regret normaliser across training batches."""
+    norm_var: str = "moment"
+    """Normaliser variance: ``moment`` (EMA of batch E[g^2], minus mu^2) or ``batch`` (EMA of batch variances, the paper's)."""
+    z_delta: float = 0.0
+    """z = (g - mu) / (sqrt(var + z_delta) + 1e-6): the paper's variance floor delta."""
+    z_clip: float = math.inf
+    """Clip z to [-z_clip, z_clip] (.inf: no clip; the paper clips)."""
     accumulate: str = "cusum"
-    """``cusum``, ``sum`` (of positive parts) or ``ema`` (within the row)."""
+    """``cusum``, ``sum`` (of positive parts), ``ema`` (S = (1-alpha) S + alpha z) or ``smooth`` (the paper's S = alpha_s S + (1-alpha_s) z)."""
     kappa: float = 0.5
     """CUSUM drift subtracted per token."""
     alpha: float = 0.2
     """``ema`` accumulation smoothing."""
+    alpha_s: float = 0.9
+    """``smooth`` accumulation: weight of the previous statistic (the paper's orientation)."""
     gate: str = "scaled"
-    """Value gate: ``scaled`` (S > tau * p + tau_min) or ``and`` (S > tau and p < rho)."""
+    """Value gate: ``scaled`` (S > tau * p + tau_min), ``and`` (S > tau and p < rho) or ``max`` (S > tau * max(V, value_floor), the paper's)."""
     tau: float = 8.0
-    """Threshold scale on the accumulated regret."""
+    """Threshold scale on the accumulated regret (the paper's beta); the controller's start when ``target_rate`` > 0."""
+    value_floor: float = 0.2
+    """``max`` gate: epsilon in tau * max(V, epsilon)."""
+    target_rate: float = 0.0
+    """Termination-rate controller: tau <- clip(tau + rate_eta * (stop rate - target_rate), tau_low, tau_high) after each batch the rule could stop in (0: off)."""
+    rate_eta: float = 0.1
+    """Controller step size (the paper's eta)."""
+    tau_low: float = 0.0
+    """Controller's lower bound on tau."""
+    tau_high: float = 100.0
+    """Controller's upper bound on tau."""
     tau_min: float = 1.0
     """Threshold floor (scaled gate)."""
     rho: float = 0.3
@@ -213,7 +231,17 @@ class StopSection:
     min_tokens: int = 2
     """Never stop before this many response tokens."""
     warmup_steps: int = 2
-    """Never stop during the first N training steps."""
+    """``warmup=steps``: never stop during the first N training steps."""
+    warmup: str = "steps"
+    """``steps`` (``warmup_steps``) or ``critic_loss`` (the paper's: off until the critic's loss settles)."""
+    warmup_loss_below: float = 0.5
+    """critic_loss warm-up: on after ``warmup_patience`` consecutive steps with the critic's loss below this..."""
+    warmup_loss_change: float = 0.1
+    """...or with its step-to-step change below this."""
+    warmup_patience: int = 3
+    """critic_loss warm-up: consecutive steps either criterion must hold."""
+    warmup_cap: float = 0.1
+    """critic_loss warm-up: forced on at this fraction of ``run.steps``."""
     reference_run: str = ""
     """random: run directory of the ESPO run whose stop rate and stop-step histogram to match."""
     hit_window: int = 10
@@ -261,8 +289,10 @@ _CHOICES = {
     ("model", "dtype"): ("float32", "bfloat16"),
     ("model", "critic"): ("separate", "head"),
     ("rollout", "length_cap"): ("terminal", "bootstrap", "masked"),
-    ("stop", "accumulate"): ("cusum", "sum", "ema"),
-    ("stop", "gate"): ("scaled", "and"),
+    ("stop", "accumulate"): ("cusum", "sum", "ema", "smooth"),
+    ("stop", "gate"): ("scaled", "and", "max"),
+    ("stop", "norm_var"): ("moment", "batch"),
+    ("stop", "warmup"): ("steps", "critic_loss"),
     ("task", "dataset_format"): ("auto", "gsm8k", "math", "aime", "dapo"),
     ("task", "source"): ("generator", "chain", "reasoning_gym"),
     ("tppo", "bootstrap"): ("self", "next"),
@@ -461,6 +491,18 @@ _RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
     ("stop", "rho"): (0, 1, True, True),
     ("stop", "min_tokens"): (0, _INF, True, False),
     ("stop", "warmup_steps"): (0, _INF, True, False),
+    ("stop", "z_delta"): (0, _INF, True, False),
+    ("stop", "z_clip"): (0, _INF, False, True),  # inf: no clip
+    ("stop", "alpha_s"): (0, 1, True, False),
+    ("stop", "value_floor"): (-_INF, _INF, False, False),
+    ("stop", "target_rate"): (0, 1, True, False),
+    ("stop", "rate_eta"): (0, _INF, True, False),
+    ("stop", "tau_low"): (0, _INF, True, False),
+    ("stop", "tau_high"): (0, _INF, False, True),
+    ("stop", "warmup_loss_below"): (0, _INF, True, True),
+    ("stop", "warmup_loss_change"): (0, _INF, True, True),
+    ("stop", "warmup_patience"): (1, _INF, True, False),
+    ("stop", "warmup_cap"): (0, 1, True, True),
     ("stop", "delay"): (0, _INF, True, False),
     ("tppo", "window"): (1, _INF, True, False),
     ("tppo", "ignore_last_k"): (0, _INF, True, False),
@@ -512,6 +554,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"algo.overlong_buffer: {a.overlong_buffer} exceeds rollout.max_len {r.max_len}")
     if s.r_success <= s.r_fail:
         raise ConfigError(f"stop.r_success: {s.r_success} must exceed stop.r_fail {s.r_fail}")
+    if s.tau_low > s.tau_high:
+        raise ConfigError(f"stop.tau_low: {s.tau_low} exceeds stop.tau_high {s.tau_high}")
     if s.rule == "random" and not s.reference_run:
         raise ConfigError("stop.reference_run: the random rule needs a reference ESPO run directory")
     if t.enabled and t.ignore_last_k > t.window:  # the ranges table has already checked both are >= 0 / >= 1

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from testbed import config as config_mod
-from testbed.stopping import StopContext, make_stop_rule, success_probability
+from testbed.stopping import StopContext, make_stop_rule
 
 RANDOM_REPEATS = 200
 """Draws of the rate-matched random detector averaged in ``detect.json``."""
@@ -271,10 +271,10 @@ def run_rule(rule, cfg: config_mod.Config, regrets: list[Tensor], values: list[T
     n = len(regrets)
     lengths = torch.tensor([len(r) for r in regrets])
     rule.reset(torch.arange(n), 0)
+    rule.warmup.force_on()  # offline: warm-up long over
     first = torch.full((n,), -1, dtype=torch.long)
     best = torch.full((n,), -math.inf, dtype=torch.float64)
-    s = cfg.stop
-    train_step = max(s.warmup_steps, 0) + 10**6  # offline: warm-up long over
+    train_step = max(cfg.stop.warmup_steps, 0) + 10**6  # offline: warm-up long over
     for t in range(int(lengths.max())):
         rows = (lengths > t).nonzero().squeeze(-1)
         g = torch.stack([regrets[i][t] for i in rows.tolist()])
@@ -283,16 +283,7 @@ def run_rule(rule, cfg: config_mod.Config, regrets: list[Tensor], values: list[T
                           tokens=torch.zeros(len(rows), dtype=torch.long), regret=g, values=v,
                           failure_step=torch.full((len(rows),), -1), train_step=train_step)
         stop = rule(ctx)
-        S = rule.score[rows]
-        p = success_probability(v.double(), s)
-        if not rule.use_regret:
-            margin = s.rho - p
-        elif not rule.use_value:
-            margin = S - (s.tau + s.tau_min)
-        elif s.gate == "scaled":
-            margin = S - (s.tau * p + s.tau_min)
-        else:
-            margin = torch.minimum(S - s.tau, s.rho - p)
+        margin = rule.last_margin  # the rule's own decision (stopping.espo_margin), not a copy of it
         best[rows] = torch.maximum(best[rows], margin)
         newly = stop & (first[rows] < 0)
         first[rows[newly]] = t

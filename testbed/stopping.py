@@ -4,8 +4,8 @@ A rule sees only the active rows of the decoding batch (:class:`StopContext`), k
 state indexed by *slot* (the row's place in the batch, stable across T-PPO windows), and returns a
 ``(b,)`` bool of rows to stop; the sampled token is kept as the stopped row's last token.
 
-Every rule is built the same way, ``RULES.get(name)(cfg, num_slots=..., seed=...)``, so the trainer
-never branches on a rule's name.
+Every rule is built the same way, ``RULES.get(name)(cfg, num_slots=..., seed=..., total_steps=...)``, so
+the trainer never branches on a rule's name.
 """
 
 from __future__ import annotations
@@ -53,20 +53,27 @@ class StopContext:
 class RegretNormalizer:
     """Exponential moving mean and variance of regret over earlier training batches.
 
-    Keeps EMAs of the batch means of g and of g², and uses ``var = E[g²] - mu²``: a drift of the mean
-    between batches then widens the variance, as it should for a z-score applied to the next batch
-    (an EMA of within-batch variances would ignore it). ``update`` is called once per training batch,
-    after its rollout; between updates the statistics are frozen, so a decision never depends on
-    tokens of its own batch.
+    Two variance modes (``stop.norm_var``):
+
+    - ``moment`` (default): EMAs of the batch means of g and of g², ``var = E[g²] - mu²``; a drift of the
+      mean between batches widens the variance, as it should for a z-score applied to the next batch.
+    - ``batch`` (the paper's): an EMA of the batch variances Var(g_B) beside the EMA of batch means;
+      a drift of the mean between batches does not widen it.
+
+    ``update`` is called once per training batch, after its rollout; between updates the statistics are
+    frozen, so a decision never depends on tokens of its own batch. The first update sets the
+    statistics to that batch's.
     """
 
-    def __init__(self, beta: float = 0.9):
+    def __init__(self, beta: float = 0.9, var_mode: str = "moment", delta: float = 0.0, clip: float = math.inf):
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"ema_beta must be in [0, 1), got {beta}")
-        self.beta = beta
+        if var_mode not in ("moment", "batch"):
+            raise ValueError(f"norm_var must be 'moment' or 'batch', got {var_mode!r}")
+        self.beta, self.var_mode, self.delta, self.clip = beta, var_mode, delta, clip
         self.mean: float | None = None
-        self.sq: float | None = None
-        """EMA of the batch means of g²."""
+        self.second: float | None = None
+        """``moment``: EMA of the batch means of g²; ``batch``: EMA of the batch variances."""
 
     @property
     def ready(self) -> bool:
@@ -74,32 +81,95 @@ class RegretNormalizer:
 
     @property
     def var(self) -> float | None:
-        """``E[g²] - mu²`` (clamped at 0 against rounding)."""
-        return None if self.mean is None else max(0.0, self.sq - self.mean ** 2)
+        if self.mean is None:
+            return None
+        if self.var_mode == "batch":
+            return self.second
+        return max(0.0, self.second - self.mean ** 2)  # clamped at 0 against rounding
 
     def update(self, regret: Tensor, mask: Tensor) -> None:
         """Fold one batch's valid regrets (``(B, T)`` with bool ``mask``) into the statistics."""
         g = regret[mask].double()
         if g.numel() == 0:
             return
-        m, m2 = g.mean().item(), (g * g).mean().item()
+        m = g.mean().item()
+        # the batch's population variance (every valid token of the batch is the population)
+        m2 = (g * g).mean().item() if self.var_mode == "moment" else ((g - m) ** 2).mean().item()
         if self.mean is None:
-            self.mean, self.sq = m, m2
+            self.mean, self.second = m, m2
         else:
             b = self.beta
             self.mean = b * self.mean + (1 - b) * m
-            self.sq = b * self.sq + (1 - b) * m2
+            self.second = b * self.second + (1 - b) * m2
 
     def normalize(self, regret: Tensor) -> Tensor:
+        """``clip((g - mu) / (sqrt(var + delta) + 1e-6), -clip, clip)``; the 1e-6 guards a zero variance."""
         if self.mean is None:
             raise RuntimeError("RegretNormalizer has no statistics yet; call update() first")
-        return (regret - self.mean) / (math.sqrt(self.var) + 1e-6)
+        z = (regret - self.mean) / (math.sqrt(self.var + self.delta) + 1e-6)
+        return z.clamp(-self.clip, self.clip) if math.isfinite(self.clip) else z
 
     def state_dict(self) -> dict:
-        return {"beta": self.beta, "mean": self.mean, "sq": self.sq}
+        return {"beta": self.beta, "mean": self.mean, "sq": self.second, "var_mode": self.var_mode}
 
     def load_state_dict(self, state: dict) -> None:
-        self.beta, self.mean, self.sq = state["beta"], state["mean"], state["sq"]
+        self.beta, self.mean, self.second = state["beta"], state["mean"], state["sq"]
+        self.var_mode = state.get("var_mode", "moment")
+
+
+class Warmup:
+    """When a rule may start stopping (``stop.warmup``).
+
+    - ``steps``: from training step ``warmup_steps`` on.
+    - ``critic_loss`` (the paper's): from the step after the critic's loss has been below
+      ``warmup_loss_below``, or has changed by less than ``warmup_loss_change`` from the step before, on
+      ``warmup_patience`` consecutive steps (each criterion counted on its own); in any case from step
+      ``ceil(warmup_cap * total_steps)`` on. The trainer hands each step's critic loss to
+      :meth:`observe`; a NaN loss (no critic update) resets both counts.
+    """
+
+    def __init__(self, cfg: StopSection, total_steps: int = 0):
+        self.cfg = cfg
+        self.cap = math.ceil(cfg.warmup_cap * total_steps) if total_steps > 0 else None
+        self.on_at: int | None = None
+        """First training step the critic-loss criterion allows (None: not yet)."""
+        self.below = 0
+        self.flat = 0
+        self.last: float | None = None
+
+    def over(self, train_step: int) -> bool:
+        c = self.cfg
+        if c.warmup == "steps":
+            return train_step >= c.warmup_steps
+        if self.on_at is not None and train_step >= self.on_at:
+            return True
+        return self.cap is not None and train_step >= self.cap
+
+    def observe(self, train_step: int, critic_loss: float | None) -> None:
+        """Step ``train_step``'s critic loss (after its update)."""
+        c = self.cfg
+        if c.warmup != "critic_loss" or self.on_at is not None:
+            return
+        if critic_loss is None or not math.isfinite(critic_loss):
+            self.below = self.flat = 0
+            self.last = None
+            return
+        self.below = self.below + 1 if critic_loss < c.warmup_loss_below else 0
+        flat = self.last is not None and abs(critic_loss - self.last) < c.warmup_loss_change
+        self.flat = self.flat + 1 if flat else 0
+        self.last = critic_loss
+        if max(self.below, self.flat) >= c.warmup_patience:
+            self.on_at = train_step + 1
+
+    def force_on(self) -> None:
+        """Offline scoring (``testbed detect``): the warm-up is long over."""
+        self.on_at = 0
+
+    def state_dict(self) -> dict:
+        return {"on_at": self.on_at, "below": self.below, "flat": self.flat, "last": self.last}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.on_at, self.below, self.flat, self.last = state["on_at"], state["below"], state["flat"], state["last"]
 
 
 class StopRule:
@@ -108,19 +178,23 @@ class StopRule:
     uses_values = False
     """Whether :meth:`decide` reads ``ctx.values`` (if no rule or estimator does, no critic runs)."""
 
-    def __init__(self, cfg: StopSection, *, num_slots: int, seed: int = 0):
+    def __init__(self, cfg: StopSection, *, num_slots: int, seed: int = 0, total_steps: int = 0):
         self.cfg = cfg
         self.num_slots = num_slots
-        self.seed = seed
+        self.warmup = Warmup(cfg, total_steps)
 
     def reset(self, slots: Tensor, train_step: int) -> None:
         """New rows were placed in ``slots``: forget their per-row state."""
 
+    def active(self, train_step: int) -> bool:
+        """Whether the rule may stop rows of training step ``train_step`` at all."""
+        return self.warmup.over(train_step)
+
     def __call__(self, ctx: StopContext) -> Tensor:
         stop = self.decide(ctx)
-        # Never stop before min_tokens response tokens, nor during warm-up steps.
+        # Never stop before min_tokens response tokens, nor during warm-up.
         allowed = (ctx.positions + 1) >= self.cfg.min_tokens
-        if ctx.train_step < self.cfg.warmup_steps:
+        if not self.active(ctx.train_step):
             allowed = torch.zeros_like(allowed)
         if ctx.ends_anyway is not None:
             allowed = allowed & ~ctx.ends_anyway.to(allowed.device)
@@ -129,14 +203,23 @@ class StopRule:
     def decide(self, ctx: StopContext) -> Tensor:
         return torch.zeros_like(ctx.tokens, dtype=torch.bool)
 
-    def update(self, regret: Tensor, mask: Tensor) -> None:
-        """Called once per training batch after its rollout (``(B, T)`` regret and mask)."""
+    def update(self, regret: Tensor, mask: Tensor, *, train_step: int | None = None, stop_rate: float | None = None,
+               critic_loss: float | None = None) -> None:
+        """Called once per training batch after its rollout and updates: ``(B, T)`` regret and mask, and,
+        from the trainer, the batch's training step, realised stop rate and critic loss."""
+        if train_step is not None:
+            self.warmup.observe(train_step, critic_loss)
+
+    def metrics(self, train_step: int) -> dict[str, float]:
+        """The rule's state as used for training step ``train_step`` (logged every step)."""
+        return {"stop/active": float(self.active(train_step))}
 
     def state_dict(self) -> dict:
-        return {}
+        return {"warmup": self.warmup.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        if "warmup" in state:
+            self.warmup.load_state_dict(state["warmup"])
 
 
 RULES: Registry[type[StopRule]] = Registry("stop rule")
@@ -151,21 +234,54 @@ def success_probability(values: Tensor, cfg: StopSection) -> Tensor:
     return ((values - cfg.r_fail) / span).clamp(0.0, 1.0)
 
 
+def espo_margin(score: Tensor | None, values: Tensor, cfg: StopSection, tau: float, *, use_regret: bool = True,
+                use_value: bool = True) -> Tensor:
+    """ESPO's decision as a margin: a row stops where the margin is > 0. The one definition, used by the
+    online rule and by offline scoring (``testbed detect``).
+
+    ``score`` (b,) is the accumulated statistic S (None for ``value_only``), ``values`` (b,) the critic's
+    V(s_t), ``tau`` the threshold scale in force (the controller moves it). Gates: ``scaled``
+    ``S - (tau p + tau_min)``, ``and`` ``min(S - tau, rho - p)``, ``max`` ``S - tau max(V, value_floor)``;
+    ablations: ``regret_only`` ``S - (tau + tau_min)`` (or ``S - tau max(1, ...)`` = ``S - tau`` under
+    ``max``: the gate as if the row were sure to succeed), ``value_only`` ``rho - p``.
+    """
+    c = cfg
+    p = success_probability(values, c)
+    if not use_regret:
+        return c.rho - p
+    if not use_value:
+        return score - (tau if c.gate == "max" else tau + c.tau_min)
+    if c.gate == "scaled":
+        return score - (tau * p + c.tau_min)
+    if c.gate == "and":
+        return torch.minimum(score - tau, c.rho - p)
+    return score - tau * values.clamp(min=c.value_floor)  # "max"
+
+
 @RULES.register("espo")
 class ESPORule(StopRule):
-    """ESPO: accumulated normalised regret against a value-gated threshold (DESIGN.md, steps 1-5)."""
+    """ESPO: accumulated normalised regret against a value-gated threshold (DESIGN.md, steps 1-5), with
+    the paper's options (z clip, batch-variance normaliser, smoothed statistic, ``max`` gate,
+    termination-rate controller, critic-loss warm-up; ``configs/espo_paper.yaml``)."""
 
     use_regret = True
     use_value = True
     uses_values = True  # every variant decides only at steps that carry values (the ablations too)
 
-    def __init__(self, cfg: StopSection, *, num_slots: int, seed: int = 0):
-        super().__init__(cfg, num_slots=num_slots, seed=seed)
-        self.normalizer = RegretNormalizer(cfg.ema_beta)
+    def __init__(self, cfg: StopSection, *, num_slots: int, seed: int = 0, total_steps: int = 0):
+        super().__init__(cfg, num_slots=num_slots, seed=seed, total_steps=total_steps)
+        self.normalizer = RegretNormalizer(cfg.ema_beta, cfg.norm_var, cfg.z_delta, cfg.z_clip)
         self.score = torch.zeros(num_slots, dtype=torch.float64)
+        self.tau = float(cfg.tau)
+        """Threshold scale in force: ``stop.tau``, then wherever the controller moved it."""
+        self.last_margin: Tensor | None = None
+        """(b,) margins of the last :meth:`decide` call (-inf where nothing could stop)."""
 
     def reset(self, slots: Tensor, train_step: int) -> None:
         self.score[slots] = 0.0
+
+    def active(self, train_step: int) -> bool:
+        return self.normalizer.ready and super().active(train_step)  # no statistics, no stops
 
     def accumulate(self, ctx: StopContext) -> Tensor:
         """Advance S for the active rows and return it (b,)."""
@@ -176,8 +292,10 @@ class ESPORule(StopRule):
             s = (s + z - self.cfg.kappa).clamp(min=0.0)
         elif kind == "sum":
             s = s + (z - self.cfg.kappa).clamp(min=0.0)
-        else:  # "ema": smoothing within the row
+        elif kind == "ema":  # smoothing within the row, weight alpha on the new token
             s = (1 - self.cfg.alpha) * s + self.cfg.alpha * z
+        else:  # "smooth", the paper's: weight alpha_s on the previous statistic
+            s = self.cfg.alpha_s * s + (1 - self.cfg.alpha_s) * z
         if ctx.sampled is not None:
             s = torch.where(ctx.sampled.cpu(), s, self.score[ctx.slots.cpu()])
         self.score[ctx.slots.cpu()] = s
@@ -185,31 +303,36 @@ class ESPORule(StopRule):
 
     def decide(self, ctx: StopContext) -> Tensor:
         no = torch.zeros_like(ctx.tokens, dtype=torch.bool)
+        self.last_margin = torch.full(no.shape, -math.inf, dtype=torch.float64)
         if not self.normalizer.ready:
             return no  # no statistics before the first update: nothing stops
         s = self.accumulate(ctx) if self.use_regret else None
         if ctx.values is None:
             return no  # the critic skipped this step; regret still accumulated above
-        p = success_probability(ctx.values.double().cpu(), self.cfg)
-        c = self.cfg
-        if not self.use_value:
-            stop = s > c.tau + c.tau_min  # value gate removed: threshold as if p_t = 1
-        elif not self.use_regret:
-            stop = p < c.rho
-        elif c.gate == "scaled":
-            stop = s > c.tau * p + c.tau_min
-        else:  # "and"
-            stop = (s > c.tau) & (p < c.rho)
-        return stop.to(ctx.tokens.device)
+        self.last_margin = espo_margin(s, ctx.values.double().cpu(), self.cfg, self.tau,
+                                       use_regret=self.use_regret, use_value=self.use_value)
+        return (self.last_margin > 0).to(ctx.tokens.device)
 
-    def update(self, regret: Tensor, mask: Tensor) -> None:
+    def update(self, regret: Tensor, mask: Tensor, *, train_step: int | None = None, stop_rate: float | None = None,
+               critic_loss: float | None = None) -> None:
+        c = self.cfg
+        # The controller reacts only to batches the rule could stop in (warm-up batches stop nothing).
+        if c.target_rate > 0 and train_step is not None and stop_rate is not None and math.isfinite(stop_rate) \
+                and self.active(train_step):
+            self.tau = min(c.tau_high, max(c.tau_low, self.tau + c.rate_eta * (stop_rate - c.target_rate)))
+        super().update(regret, mask, train_step=train_step, stop_rate=stop_rate, critic_loss=critic_loss)
         self.normalizer.update(regret.detach().cpu(), mask.cpu())
 
+    def metrics(self, train_step: int) -> dict[str, float]:
+        return {**super().metrics(train_step), "stop/tau": self.tau}
+
     def state_dict(self) -> dict:
-        return {"normalizer": self.normalizer.state_dict()}
+        return {**super().state_dict(), "normalizer": self.normalizer.state_dict(), "tau": self.tau}
 
     def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
         self.normalizer.load_state_dict(state["normalizer"])
+        self.tau = float(state.get("tau", self.cfg.tau))
 
 
 @RULES.register("regret_only")
@@ -277,8 +400,9 @@ class RandomRule(StopRule):
     MIN_MARKED = 20
     """Marked rows the window needs before its hit rate is trusted (1 is used until then)."""
 
-    def __init__(self, cfg: StopSection, *, num_slots: int, seed: int = 0, schedule: StopSchedule | None = None):
-        super().__init__(cfg, num_slots=num_slots, seed=seed)
+    def __init__(self, cfg: StopSection, *, num_slots: int, seed: int = 0, total_steps: int = 0,
+                 schedule: StopSchedule | None = None):
+        super().__init__(cfg, num_slots=num_slots, seed=seed, total_steps=total_steps)
         if cfg.hit_window < 1:
             raise ValueError(f"stop.hit_window: must be >= 1 training step, got {cfg.hit_window}")
         if schedule is None:
@@ -328,9 +452,11 @@ class RandomRule(StopRule):
         return stop
 
     def state_dict(self) -> dict:
-        return {"rng": self.rng.bit_generator.state, "counts": {str(k): list(v) for k, v in self.counts.items()}}
+        return {**super().state_dict(), "rng": self.rng.bit_generator.state,
+                "counts": {str(k): list(v) for k, v in self.counts.items()}}
 
     def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
         self.rng.bit_generator.state = state["rng"]
         self.counts = {int(k): list(v) for k, v in state["counts"].items()}
 
@@ -345,5 +471,6 @@ class OracleRule(StopRule):
         return (f >= 0) & (ctx.positions >= f + self.cfg.delay)
 
 
-def make_stop_rule(cfg: StopSection, *, num_slots: int, seed: int = 0) -> StopRule:
-    return RULES.get(cfg.rule)(cfg, num_slots=num_slots, seed=seed)
+def make_stop_rule(cfg: StopSection, *, num_slots: int, seed: int = 0, total_steps: int = 0) -> StopRule:
+    """The rule ``cfg.rule``; ``total_steps`` (the run's ``run.steps``) sets the critic-loss warm-up's cap."""
+    return RULES.get(cfg.rule)(cfg, num_slots=num_slots, seed=seed, total_steps=total_steps)

@@ -1,7 +1,7 @@
 """The training loop, top to bottom like the paper's pseudocode.
 
-    collect -> advantages -> epochs of minibatch updates (actor, critic) -> update the regret
-    normaliser -> log -> checkpoint
+    collect -> advantages -> epochs of minibatch updates (actor, critic) -> log -> update the stop
+    rule (regret normaliser, threshold controller, warm-up) -> checkpoint
 
 Task and backend are reached through string entry points (``task.kind``, ``model.kind``), so this
 module never imports ``envs`` or ``llm_backend``.
@@ -93,7 +93,7 @@ class Trainer:
         B = cfg.rollout.batch_size
         self.task, self.backend = build(cfg, num_slots=B)
         try:
-            self.rule = make_stop_rule(cfg.stop, num_slots=B, seed=cfg.run.seed)
+            self.rule = make_stop_rule(cfg.stop, num_slots=B, seed=cfg.run.seed, total_steps=cfg.run.steps)
         except (OSError, ValueError) as e:  # the random rule's stop.reference_run is missing or unreadable
             raise UserError(str(e)) from e
         self.estimator = ESTIMATORS.get(cfg.algo.estimator)
@@ -149,8 +149,11 @@ class Trainer:
             adv = self.estimator(batch.rollout, self.adv_params)  # advantages
             actor = self.update_policy(batch, adv.advantages)  # epochs of minibatch updates
             critic = self.update_critic(batch, adv.returns)
-            self.rule.update(batch.rollout.regret, self.sampled_mask(batch.rollout))  # regret normaliser, once per batch
             record = self.record(batch, adv.advantages, actor, critic)
+            record.update(self.rule.metrics(self.step))  # the threshold and warm-up this batch ran with
+            # once per batch: the regret normaliser, the threshold controller, the critic-loss warm-up
+            self.rule.update(batch.rollout.regret, self.sampled_mask(batch.rollout), train_step=self.step,
+                             stop_rate=record["stop/rate"], critic_loss=critic.get("loss/value"))
             record.update(held_out)
             self.logger.log(record)
             if self.tb is not None:
