@@ -41,6 +41,9 @@ class RunSection:
     """Evaluate on the held-out split every N steps (0: never; LLM tasks)."""
     eval_size: int = 64
     """Held-out problems per evaluation."""
+    final_eval_rows: int = 0
+    """After training, sample this many whole responses to fresh prompts with no stop rule and write
+    ``final_eval_nostop.json`` (success of the final policy, measured the same way for every method; 0: off)."""
     checkpoint_every: int = 10
     """Write a checkpoint every N steps (and at the end)."""
     progress: bool = True
@@ -456,6 +459,7 @@ _RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
     ("run", "eval_every"): (0, _INF, True, False),
     ("run", "eval_size"): (1, _INF, True, False),
     ("run", "checkpoint_every"): (1, _INF, True, False),
+    ("run", "final_eval_rows"): (0, _INF, True, False),
     ("task", "reward_timeout"): (0, _INF, False, False),
     ("model", "hidden_size"): (1, _INF, True, False),
     ("model", "embed_size"): (1, _INF, True, False),

@@ -169,7 +169,30 @@ class Trainer:
         final = self.maybe_evaluate(final=True)
         if final:
             (self.run_dir / "final_eval.json").write_text(json.dumps(final, indent=2))
+        nostop = self.evaluate_without_stopping()
+        if nostop:
+            tmp = self.run_dir / "final_eval_nostop.json.tmp"
+            tmp.write_text(json.dumps(nostop, indent=2))
+            os.replace(tmp, self.run_dir / "final_eval_nostop.json")
         return self.write_summary()
+
+    def evaluate_without_stopping(self) -> dict[str, Any]:
+        """``run.final_eval_rows`` whole responses of the final policy to fresh prompts, sampled at the
+        rollout temperature with no stop rule: the success every method is compared on (training
+        success counts a stopped row as failed, and T-PPO's finished rows favour short problems)."""
+        c = self.cfg
+        n = c.run.final_eval_rows
+        path = self.run_dir / "final_eval_nostop.json"
+        if not n:
+            return {}
+        if path.is_file():  # a finished run re-entered: the evaluation is already there
+            return json.loads(path.read_text())
+        slots = min(n, 256)
+        task = build_task(c, num_slots=slots, seed=c.run.seed + 20_000)
+        res = evaluate(self.backend, task, c, n=n, greedy=False, batch_size=slots, seed=c.run.seed + 20_000,
+                       progress=False)
+        return {"rows": n, "success": res["avg@1"], "length_mean": res.get("length/mean"),
+                "reward_mean": res["reward/mean"], "step": self.step}
 
     def maybe_evaluate(self, final: bool = False) -> dict[str, Any]:
         """Held-out evaluation every ``run.eval_every`` steps (and after the last), greedy, no stopping."""
@@ -442,6 +465,7 @@ class Trainer:
             "final/success_rate": avg("success/rate"),
             "final/reward_mean": avg("reward/mean"),
             "final/stop_rate": avg("stop/rate"),
+            "final/entropy": avg("actor/entropy"),
             "time/total": sum((x.get("time/gen") or 0) + (x.get("time/actor") or 0) + (x.get("time/critic") or 0) for x in recs),
         }
         tmp = self.run_dir / "summary.json.tmp"
