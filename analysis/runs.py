@@ -122,8 +122,15 @@ def load_run(run_dir: str | Path, *, require_summary: bool = True) -> dict[str, 
             raise RunDirError(f"{sum_path}: not valid JSON ({e})") from None
         if not isinstance(summary, dict):
             raise RunDirError(f"{sum_path}: expected a JSON object")
+    nostop: dict[str, Any] = {}
+    ns_path = d / "final_eval_nostop.json"  # the final policy without stopping (run.final_eval_rows)
+    if ns_path.is_file():
+        try:
+            nostop = json.loads(ns_path.read_text())
+        except json.JSONDecodeError as e:
+            raise RunDirError(f"{ns_path}: not valid JSON ({e})") from None
     name = str(config["run"].get("name") or d.name)
-    return {"name": name, "dir": d, "config": config, "metrics": metrics, "summary": summary}
+    return {"name": name, "dir": d, "config": config, "metrics": metrics, "summary": summary, "nostop": nostop}
 
 
 # --- per-row outcomes (rows.jsonl) ------------------------------------------------------------------
@@ -306,7 +313,8 @@ def load_runs(paths: str | Path | Iterable[str | Path], *, axes: Sequence[str] |
             labels = name_labels(name, axes)
         m = r["metrics"].copy()
         const = {"run": name, "run_dir": str(d), "group": _group_name(name), **labels,
-                 **_flat_config(r["config"]), "complete": bool(r["summary"].get("complete", False))}
+                 **_flat_config(r["config"]), "complete": bool(r["summary"].get("complete", False)),
+                 **{f"nostop/{k}": v for k, v in r["nostop"].items() if isinstance(v, (int, float))}}
         const_df = pd.DataFrame({k: [v] * len(m) for k, v in const.items()}, index=m.index)
         frames.append(pd.concat([const_df, m], axis=1))
     df = pd.concat(frames, ignore_index=True, sort=False)

@@ -19,6 +19,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[3]
 PPO_CONFIG = REPO / "configs" / "ppo.yaml"
 ESPO_CONFIG = REPO / "configs" / "espo.yaml"
+ESPO_PAPER_CONFIG = REPO / "configs" / "espo_paper.yaml"
 BASE_CONFIG = str(PPO_CONFIG)
 """Base config of every run (absolute, so the study runs from any working directory)."""
 
@@ -31,6 +32,10 @@ def _flat(path: Path) -> dict:
 
 ESPO_PRESET: dict = {k: v for k, v in _flat(ESPO_CONFIG).items() if not k.startswith("run.")}
 """Every key of configs/espo.yaml but the run section: applied over the PPO preset, it gives ESPO."""
+ESPO_PAPER_PRESET: dict = {k: v for k, v in _flat(ESPO_PAPER_CONFIG).items() if not k.startswith("run.")}
+"""Every key of configs/espo_paper.yaml but the run section: the paper's ESPO over the PPO preset."""
+PAPER_STOP_REWARD: dict = {k: v for k, v in ESPO_PAPER_PRESET.items() if k in ("stop.failure_reward", "stop.stop_penalty")}
+"""The paper preset's stop reward: its matched random runs get the same (same schedule, same penalty)."""
 ESPO_CONSTANTS: dict = {k: v for k, v in ESPO_PRESET.items()
                         if k in ("stop.accumulate", "stop.gate", "stop.kappa", "stop.tau", "stop.tau_min", "stop.ema_beta")}
 """ESPO's detector constants, read from configs/espo.yaml (tuned on TUNE_SEEDS). The regret_only and
@@ -47,6 +52,9 @@ METHODS: dict[str, dict] = {
     "espo": dict(ESPO_PRESET),
     # stops each row with ESPO's stop rate at step k, at a position drawn from ESPO's stop histogram
     "random": {"stop.rule": "random", "stop.reference_run": "{out_dir}/espo-{env}-s{seed}"},
+    "espo_paper": dict(ESPO_PAPER_PRESET),
+    "random_paper": {"stop.rule": "random", "stop.reference_run": "{out_dir}/espo_paper-{env}-s{seed}",
+                     **PAPER_STOP_REWARD},
     "oracle": {"stop.rule": "oracle", "stop.delay": 0},
 }
 """Method label -> overrides of the PPO preset. The order is the order of tables and legends."""
@@ -61,6 +69,8 @@ ENVS: dict[str, dict] = {
     "default": {},  # the presets' env, testbed/PlantedFailure-v0
     "trap": {"task.env_id": "testbed/PlantedFailureTrap-v0"},
 }
+DEMO_ENVS = ["default"]
+"""Envs of ``make demo`` (six methods x 10 seeds fit its 10 minutes on 2 cores); ``--full`` runs all of :data:`ENVS`."""
 
 REPORT_SEEDS = list(range(10))
 FULL_SEEDS = list(range(30))
@@ -86,7 +96,8 @@ def spec(out_dir: str | Path, quick: bool = False, full: bool = False) -> dict:
         "base": BASE_CONFIG,
         "out_dir": str(out_dir),
         "overrides": overrides,
-        "axes": {"method": {**METHODS, **(ABLATIONS if full else {})}, "env": ENVS, "seed": list(seeds)},
+        "axes": {"method": {**METHODS, **(ABLATIONS if full else {})},
+                 "env": ENVS if full else {e: ENVS[e] for e in DEMO_ENVS}, "seed": list(seeds)},
     }
 
 
