@@ -233,7 +233,7 @@ def decide_family(claims: list[Claim], alpha: float = ALPHA) -> list[Claim]:
         if iv.n == 0 or not np.isfinite(iv.mean):
             c.word = "undetermined (missing numbers)"
         elif iv.n < MIN_SEEDS:
-            c.word = f"undecided ({iv.n} seeds; a decision needs {MIN_SEEDS})"
+            c.word = f"undecided ({iv.n} seed{'s' * (iv.n != 1)}; a decision needs {MIN_SEEDS})"
         elif not iv.decidable:
             c.word = "undetermined (no test)"
         elif c.p_holm < alpha:

@@ -229,6 +229,8 @@ class SamplePool:
                              budget=budget, max_len=c.rollout.max_len, cfg=c, train_step=train_step,
                              generator=self.generator, greedy=greedy, with_values=self.with_values,
                              next_value=c.tppo.enabled and c.tppo.bootstrap == "next")
+        # the critic's per-token passes while rows were generated: what a value gate costs beside its tokens
+        critic_decode = int((~torch.isnan(seg.values) & seg.mask).sum()) if self.with_values else 0
         # Values the critic never computed (rows that ended between two checks when
         # stop_check_every > 1): one teacher-forced pass over those rows only fills them.
         missing = (torch.isnan(seg.values) & seg.mask).any(-1).nonzero().squeeze(-1)
@@ -286,6 +288,8 @@ class SamplePool:
             "gen/idle_fraction": seg.idle_fraction,
             "gen/decode_steps": seg.steps,
             "gen/value_steps": seg.value_steps,
+            "tokens/critic_decode": critic_decode + (0 if seg.next_values is None
+                                                     else int((~torch.isnan(seg.next_values)).sum())),
         }
         for i in fin_idx:
             self.slots[i] = None  # refilled at the next step

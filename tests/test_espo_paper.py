@@ -195,3 +195,21 @@ def test_trainer_hands_the_critic_loss_to_the_rule_and_logs_the_controller(tmp_p
     assert [r["stop/tau"] for r in again] == [r["stop/tau"] for r in recs]
     assert [r["stop/rate"] for r in again] == [r["stop/rate"] for r in recs]
     assert any(r["stop/active"] for r in recs) and len({r["stop/tau"] for r in recs}) > 1  # not vacuous
+
+
+def test_critic_passes_in_decoding_are_counted(tmp_path):
+    """``tokens/critic_decode``: one critic evaluation per generated token when values are checked every
+    token; with ``model.stop_check_every = 3`` only the checked positions (the rest are filled after
+    decoding and not counted); none when nothing uses values (GRPO without a value gate)."""
+    from testbed.metrics import read_metrics
+    from testbed.trainer import Trainer
+    from toyruns import small
+
+    Trainer(small(tmp_path, "stop.rule=espo", "run.steps=2", name="every")).train()
+    for r in read_metrics(tmp_path / "every" / "metrics.jsonl"):
+        assert r["tokens/critic_decode"] == r["tokens/generated"] > 0
+    Trainer(small(tmp_path, "stop.rule=espo", "model.stop_check_every=3", "run.steps=2", name="third")).train()
+    for r in read_metrics(tmp_path / "third" / "metrics.jsonl"):
+        assert 0 < r["tokens/critic_decode"] < r["tokens/generated"]
+    Trainer(small(tmp_path, "algo.estimator=grpo", "run.steps=2", name="grpo")).train()
+    assert all(r["tokens/critic_decode"] == 0 for r in read_metrics(tmp_path / "grpo" / "metrics.jsonl"))

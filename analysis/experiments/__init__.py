@@ -19,6 +19,7 @@ REGISTRY: dict[str, str] = {
     "espo_difficulty": "analysis.experiments.espo_difficulty",
     "tppo_speedup": "analysis.experiments.tppo_speedup",
     "llm_detection": "analysis.experiments.llm_detection",
+    "espo_mechanism": "analysis.experiments.espo_mechanism",
 }
 """Study name -> package path. The one list of studies."""
 

@@ -36,7 +36,8 @@ def test_study_runs_on_a_tiny_setting(tmp_path):
     # a negative threshold stops every row after the first update: ESPO saves tokens
     assert float(by["espo"]["stop_rate"]) > 0 and float(by["espo"]["tokens_saved_pct"]) > 0
     # one seed decides nothing, so no comparison may be called significant
-    assert "significant (the interval" not in report and "undecided (1 seed; a decision needs 5)" in report
+    assert ": yes (" not in report and ": no (" not in report
+    assert f"undecided (1 seed; a decision needs {MIN_SEEDS})" in report
     assert "not a confidence statement" in report
 
 

@@ -5,14 +5,17 @@
 headline's (:func:`analysis.experiments.espo_headline.analysis.per_run`). Per (knob, value, method):
 
 - ``tokens_saved_pct``: rollout tokens saved against the PPO run of the same point and seed (%),
-  mean over seeds with its 95% percentile-bootstrap interval (``_lo``, ``_hi``).
+  mean over seeds with its 95% Student-t interval (``_lo``, ``_hi``) and its exact sign-flip p-value
+  against the claim's 20% (``_p``).
 - ``success_vs_ppo``: final success minus that of the PPO run of the same point and seed, paired by
   seed, with its interval.
 - ``final_success``, ``precision``, ``recall``, ``false_stop_rate``, ``waste_removed_pct``: as in the
   headline, with intervals.
 - ``espo_minus_random``: ESPO's final success minus matched random's, paired by seed (ESPO rows only).
 
-A statement is decided (``yes``/``no``) only when the interval excludes its threshold.
+The three claims of every env point (saves >20%, success above PPO's, better than matched random)
+form one family over the whole report (the default point counted once), Holm-corrected; a claim is
+decided (``yes``/``no``) only when its Holm p-value is below 0.05 over at least 8 seeds.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from matplotlib.figure import Figure
 from analysis.experiments.espo_difficulty import sweep
 from analysis.experiments.espo_headline import analysis as headline
 from analysis.plots import colors_for
-from analysis.stats import mean_ci, paired_by_seed
+from analysis.stats import Claim, Interval, decide_family, family_note, mean_ci, paired_by_seed
 
 METRICS = ["final_success", "success_vs_ppo", "tokens_saved_pct", "precision", "recall", "false_stop_rate",
            "waste_removed_pct"]
@@ -48,43 +51,53 @@ def score(pr: pd.DataFrame) -> pd.DataFrame:
                     continue
                 row = {"knob": knob, "value": value, "env": env, "method": method, "n": len(g)}
                 for k in METRICS:
-                    iv = mean_ci(g[k].tolist())
-                    row[k], row[f"{k}_lo"], row[f"{k}_hi"] = iv.mean, iv.low, iv.high
+                    iv = mean_ci(g[k].tolist(), null=NULLS.get(k, 0.0))
+                    row[k], row[f"{k}_lo"], row[f"{k}_hi"], row[f"{k}_p"] = iv.mean, iv.low, iv.high, iv.p
                 iv = (paired_by_seed(pr, "final_success", "random", "espo", where={"env": env})
                       if method == "espo" else None)
-                row["espo_minus_random"], row["espo_minus_random_lo"], row["espo_minus_random_hi"] = (
-                    (iv.mean, iv.low, iv.high) if iv is not None else (np.nan, np.nan, np.nan))
+                row["espo_minus_random"], row["espo_minus_random_lo"], row["espo_minus_random_hi"], \
+                    row["espo_minus_random_p"] = ((iv.mean, iv.low, iv.high, iv.p) if iv is not None
+                                                  else (np.nan, np.nan, np.nan, np.nan))
+                row["n_random"] = iv.n if iv is not None else 0
                 out.append(row)
     return pd.DataFrame(out)
 
 
-def _iv(row, key):
-    from analysis.stats import Interval
+NULLS = {"tokens_saved_pct": headline.SAVING_CLAIM_PCT}
+"""Thresholds the score table's p-values test against (0 for the rest)."""
 
-    return Interval(row[key], row[f"{key}_lo"], row[f"{key}_hi"], int(row["n"]))
+
+def _iv(row, key, n_key="n"):
+    p = row.get(f"{key}_p", np.nan)
+    return Interval(row[key], row[f"{key}_lo"], row[f"{key}_hi"], int(row[n_key]),
+                    float(p) if p is not None else np.nan, NULLS.get(key, 0.0))
 
 
 def verdicts(table: pd.DataFrame) -> list[str]:
-    """Per knob and value: where ESPO's three claims hold, fail or stay undecided (from the intervals)."""
+    """Per knob and value: where ESPO's three claims hold, fail or stay undecided. The claims of every
+    env point are one family (the default point, shared by every knob, counted once); the family note last."""
+    by_env: dict[str, list[Claim]] = {}
+    for env in dict.fromkeys(env for knob in sweep.KNOBS for _, env in sweep.knob_points(knob)):
+        e = table[(table["env"] == env) & (table["method"] == "espo")]
+        if not len(e):
+            continue
+        e = e.iloc[0]
+        n_rnd = "n_random" if "n_random" in e else "n"
+        saved, succ, rnd = _iv(e, "tokens_saved_pct"), _iv(e, "success_vs_ppo"), _iv(e, "espo_minus_random", n_rnd)
+        o = table[(table["env"] == env) & (table["method"] == "oracle")]
+        orc = f"; oracle saves {_iv(o.iloc[0], 'tokens_saved_pct').fmt(1)} %" if len(o) else ""
+        by_env[env] = [Claim(f"saves >{headline.SAVING_CLAIM_PCT:g}% tokens", saved, f"{saved.fmt(1)} %{orc}"),
+                       Claim("success above PPO's", succ, succ.fmt()),
+                       Claim("better than matched random", rnd, rnd.fmt())]
+    family = [c for cs in by_env.values() for c in cs]
+    decide_family(family)
     out = []
     for knob in sweep.KNOBS:
-        t = table[table["knob"] == knob]
         for value, env in sweep.knob_points(knob):
-            e = t[(t["env"] == env) & (t["method"] == "espo")]
-            if not len(e):
-                continue
-            e = e.iloc[0]
-            saved = _iv(e, "tokens_saved_pct")
-            succ = _iv(e, "success_vs_ppo")
-            rnd = _iv(e, "espo_minus_random")
-            o = t[(t["env"] == env) & (t["method"] == "oracle")]
-            orc = f"; oracle saves {_iv(o.iloc[0], 'tokens_saved_pct').fmt(1)} %" if len(o) else ""
-            out.append(
-                f"[{sweep.LABELS[knob]} = {value:g}{' (default)' if env == 'default' else ''}] "
-                f"saves >{headline.SAVING_CLAIM_PCT:g}% tokens: {headline.decide(saved, above=headline.SAVING_CLAIM_PCT)} "
-                f"({saved.fmt(1)} %{orc}); success above PPO's: {headline.decide(succ)} ({succ.fmt()}); "
-                f"better than matched random: {headline.decide(rnd)} ({rnd.fmt()}); n={saved.n}")
-    return out
+            if env in by_env:
+                out.append(f"[{sweep.LABELS[knob]} = {value:g}{' (default)' if env == 'default' else ''}] "
+                           + "; ".join(c.line() for c in by_env[env]) + f"; n={by_env[env][0].iv.n}")
+    return out + ([family_note(family)] if family else [])
 
 
 def plot_knob(table: pd.DataFrame, knob: str) -> Figure:
@@ -113,7 +126,7 @@ def plot_knob(table: pd.DataFrame, knob: str) -> Figure:
         ax.set(title=title, xlabel=sweep.LABELS[knob] + " (dotted: default)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"ESPO difficulty sweep: {sweep.LABELS[knob]} (mean, 95% bootstrap interval over seeds)", fontsize=10)
+    fig.suptitle(f"ESPO difficulty sweep: {sweep.LABELS[knob]} (mean, 95% t-interval over seeds)", fontsize=10)
     fig.tight_layout()
     return fig
 

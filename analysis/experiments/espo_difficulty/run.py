@@ -54,11 +54,12 @@ def main(out: str = "out/espo_difficulty", workers: int = 2, quick: bool = False
         *[f"  - {sweep.LABELS[k]}: default {sweep.DEFAULTS[k]:g}; "
           + "; ".join(f"{v:g} `{json.dumps(ov)}`" for v, ov in vals.items()) for k, vals in sweep.KNOBS.items()],
         f"- methods: {', '.join(sweep.METHODS)}; seeds {sorted(df['label/seed'].unique().tolist())}", "",
-        "## Scores (mean [95% bootstrap interval] over seeds; differences paired by seed)", "",
+        "## Scores (mean [95% Student-t interval] over seeds; differences paired by seed)", "",
         markdown_table(shown), "",
         "## Reading", "",
-        "Each line is decided from the intervals above: yes/no only when the 95% interval excludes the "
-        "claim's threshold.", "",
+        "Each claim is tested with an exact paired sign-flip test against its threshold; the claims of all "
+        "env points are one family, Holm-corrected: yes/no only when the Holm p-value is below 0.05 over "
+        "at least 8 seeds, otherwise undecided.", "",
         *[f"- {x}" for x in lines_read], "",
     ]
     lines += report_tail(figs, errors, analysis)

@@ -32,7 +32,7 @@ KNOBS: dict[str, dict] = {
 HARDER: dict[str, list] = {"critical": [5], "length": [18], "acceptable": [4]}
 """The values the default study runs: the harder side of each knob (more fatal positions, longer answers,
 more errors), where early stopping has the most to save. ``--full`` runs every value of :data:`KNOBS`
-(both sides) on :data:`FULL_SEEDS`; the default study's size is what two cores finish in about 20 minutes."""
+(both sides) on :data:`FULL_SEEDS`. The default study has 8 seeds, the fewest that decide (``analysis.stats.MIN_SEEDS``)."""
 
 LABELS = {"critical": "critical positions per problem", "length": "target length L",
           "acceptable": "acceptable tokens of 16 per position"}
@@ -51,7 +51,7 @@ def envs(full: bool = False) -> dict[str, dict]:
 ENVS: dict[str, dict] = envs(full=True)
 """Every env point the study knows (the default study runs :func:`envs` ``(False)``)."""
 
-SEEDS = list(range(5))
+SEEDS = list(range(8))
 FULL_SEEDS = list(range(10))
 QUICK: dict = {"steps": 12, "seeds": [0], "overrides": {"rollout.batch_size": 32, "algo.minibatch_size": 32}}
 AXES = ("method", "env", "seed")

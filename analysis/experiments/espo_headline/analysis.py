@@ -4,12 +4,16 @@
 ``label/method``, ``label/env``, ``label/seed``; ``rows`` (optional everywhere) is
 :func:`analysis.runs.load_many_rows` of the same directories: one row per finished row, from the runs'
 ``rows.jsonl`` (simulated runs only). Definitions (each per run, then the mean over seeds with its
-95% percentile-bootstrap interval over seeds, ``analysis.stats``; quantities defined against the PPO
+95% Student-t interval over seeds, ``analysis.stats``; quantities defined against the PPO
 run of the same env and seed are paired by seed):
 
 - ``final_success``: mean ``success/rate`` over the last 10% of training steps. ``reliable``: seeds
   whose ``final_success`` is at least ``RELIABLE_SUCCESS`` (0.5).
 - ``success_vs_ppo``: ``final_success`` minus that of the PPO run of the same env and seed.
+- ``nostop_success``: success of the final policy on ``run.final_eval_rows`` fresh prompts, whole
+  responses sampled without any stop rule (``final_eval_nostop.json``): the policy, not the metric.
+  ``nostop_vs_ppo``: minus PPO's, paired by seed. ``final_entropy``: mean ``actor/entropy`` over the
+  last 10% of steps.
 - ``tokens``: ``tokens/cumulative`` at the run's last step (rollout tokens generated in training).
 - ``tokens_saved_pct``: ``100 * (1 - tokens_method / tokens_ppo)`` at the same training step (the
   last step both runs logged), paired with the PPO run of the same env and seed.
@@ -17,7 +21,12 @@ run of the same env and seed are paired by seed):
   there. ``tokens_to_level``: ``tokens/cumulative`` at the first step whose trailing moving average of
   ``success/rate`` (window: 10% of the run's steps) is at least ``level``; NaN if never (``reached``
   counts the seeds that did). ``saved_at_level_pct``: ``100 * (1 - tokens_to_level / PPO's)``, paired
-  by seed, where both reached it: tokens saved at equal success.
+  by seed, where both reached it: tokens saved at equal success. ``level90``, ``tokens_to_level90``,
+  ``reached90``, ``saved_at_level90_pct``: the same at ``LEVEL90_FRAC`` (0.9) of PPO's final success.
+- ``critic_decode_tokens``: tokens at which the critic was evaluated while rows were generated
+  (``tokens/critic_decode`` summed over steps): the per-token critic passes a value gate needs. In
+  this testbed PPO's GAE values come from the same passes, so PPO pays them too; an implementation
+  that computes PPO's values in one pass after decoding would not.
 - ``stop_rate``: mean ``stop/rate`` over all steps. ``failure_rank``: mean ``credit/failure_rank``
   over all steps.
 - A finished row is *doomed* when its planted fatal token is among its tokens
@@ -61,11 +70,13 @@ from matplotlib.figure import Figure
 from analysis.experiments.espo_headline import sweep
 from analysis.plots import colors_for, line_band, ordered
 from analysis.runs import final_mean, first_reach, mean_std, run_mean, value_at_step
-from analysis.stats import MIN_SEEDS, Interval, mean_ci, paired_by_seed
+from analysis.stats import Claim, Interval, decide_family, family_note, mean_ci, paired_by_seed
 from testbed.metrics import detector_metrics
 
 LEVEL_FRAC = 0.5
 """The success level of "tokens to reach a level" is this fraction of PPO's final success."""
+LEVEL90_FRAC = 0.9
+"""The second, demanding level: near PPO's final success."""
 SAVING_CLAIM_PCT = 20.0
 """The paper's claim: more than this percentage of rollout tokens saved."""
 RELIABLE_SUCCESS = 0.5
@@ -73,12 +84,16 @@ RELIABLE_SUCCESS = 0.5
 
 BASELINE = "ppo"
 STOPPING = [m for m in sweep.METHODS if m != BASELINE]
-METRICS = ["final_success", "success_vs_ppo", "tokens", "tokens_saved_pct", "level", "tokens_to_level", "saved_at_level_pct",
+METRICS = ["final_success", "success_vs_ppo", "nostop_success", "nostop_vs_ppo", "final_entropy", "tokens",
+           "tokens_saved_pct", "level", "tokens_to_level", "saved_at_level_pct",
+           "level90", "tokens_to_level90", "saved_at_level90_pct", "critic_decode_tokens",
            "stop_rate", "precision", "recall", "false_stop_rate", "delay", "failure_rank",
            "saving_vs_oracle", "precision_vs_oracle", "recall_vs_oracle",
            "waste_tokens", "waste_share_pct", "waste_removed_pct"]
-OUTCOME_COLUMNS = ["env", "method", "n", "reliable", "final_success", "success_vs_ppo", "tokens", "tokens_saved_pct", "level",
-                   "tokens_to_level", "reached", "saved_at_level_pct"]
+OUTCOME_COLUMNS = ["env", "method", "n", "reliable", "final_success", "success_vs_ppo", "nostop_success", "nostop_vs_ppo",
+                   "final_entropy", "tokens", "tokens_saved_pct", "level", "tokens_to_level", "reached",
+                   "saved_at_level_pct", "tokens_to_level90", "reached90", "saved_at_level90_pct",
+                   "critic_decode_tokens"]
 DETECTOR_COLUMNS = ["env", "method", "detector_from", "stop_rate", "precision", "recall", "false_stop_rate",
                     "delay", "failure_rank", "saving_vs_oracle", "precision_vs_oracle", "recall_vs_oracle"]
 WASTE_COLUMNS = ["env", "method", "waste_tokens", "waste_share_pct", "waste_removed_pct"]
@@ -124,6 +139,11 @@ def _warmup(r: pd.DataFrame) -> int:
     return 0
 
 
+def _first(r: pd.DataFrame, key: str) -> float:
+    """A per-run constant column (NaN when the run lacks it)."""
+    return float(r[key].iloc[0]) if key in r and pd.notna(r[key].iloc[0]) else math.nan
+
+
 def _rows_by_run(rows: pd.DataFrame | None) -> dict[str, pd.DataFrame]:
     if rows is None or not len(rows):
         return {}
@@ -147,7 +167,11 @@ def per_run(df: pd.DataFrame, rows: pd.DataFrame | None = None) -> pd.DataFrame:
         rec = {
             "env": env, "method": method, "seed": seed, "run": name, "steps": int(r["step"].max()),
             "final_success": final_mean(r, "success/rate"),
+            "nostop_success": _first(r, "nostop/success"),
+            "final_entropy": final_mean(r, "actor/entropy") if "actor/entropy" in r else math.nan,
             "tokens": float(r["tokens/cumulative"].iloc[-1]),
+            "critic_decode_tokens": (float(r["tokens/critic_decode"].sum()) if "tokens/critic_decode" in r
+                                     and r["tokens/critic_decode"].notna().any() else math.nan),
             "stop_rate": run_mean(r, "stop/rate"),
             "failure_rank": run_mean(r, "credit/failure_rank"),
         }
@@ -167,27 +191,31 @@ def per_run(df: pd.DataFrame, rows: pd.DataFrame | None = None) -> pd.DataFrame:
         out_rows.append(rec)
     out = pd.DataFrame(out_rows)
     # success level per env, from PPO's final success
-    levels = {e: LEVEL_FRAC * mean_std(g["final_success"])[0] for e, g in out[out["method"] == BASELINE].groupby("env")}
-    levels = {e: lv if lv > 0 else math.nan for e, lv in levels.items()}  # no level when PPO never succeeds
-    out["level"] = [levels.get(e, math.nan) for e in out["env"]]
-    out["tokens_to_level"] = [
-        first_reach(runs[(m, e, s)], lv) if np.isfinite(lv) and lv > 0 else math.nan
-        for m, e, s, lv in zip(out["method"], out["env"], out["seed"], out["level"])
-    ]
+    ppo_final = {e: mean_std(g["final_success"])[0] for e, g in out[out["method"] == BASELINE].groupby("env")}
+    for suffix, frac in (("", LEVEL_FRAC), ("90", LEVEL90_FRAC)):
+        levels = {e: frac * f if f > 0 else math.nan for e, f in ppo_final.items()}  # none when PPO never succeeds
+        out[f"level{suffix}"] = [levels.get(e, math.nan) for e in out["env"]]
+        out[f"tokens_to_level{suffix}"] = [
+            first_reach(runs[(m, e, s)], lv) if np.isfinite(lv) and lv > 0 else math.nan
+            for m, e, s, lv in zip(out["method"], out["env"], out["seed"], out[f"level{suffix}"])
+        ]
     # paired comparisons: the PPO run (and the oracle run) of the same env and seed
-    saved, saved_lv, waste_rm, vs_or, p_or, r_or, dsucc = [], [], [], [], [], [], []
+    saved, saved_lv, saved_lv90, waste_rm, vs_or, p_or, r_or, dsucc, dnostop = ([] for _ in range(9))
     for row in out.itertuples():
         ppo = runs.get((BASELINE, row.env, row.seed))
         ref = out[(out["method"] == BASELINE) & (out["env"] == row.env) & (out["seed"] == row.seed)]
         dsucc.append(row.final_success - float(ref["final_success"].iloc[0]) if len(ref) else math.nan)
+        dnostop.append(row.nostop_success - float(ref["nostop_success"].iloc[0]) if len(ref) else math.nan)
         if ppo is not None:
             step = min(row.steps, int(ppo["step"].max()))
             saved.append(_pct_saved(value_at_step(runs[(row.method, row.env, row.seed)], "tokens/cumulative", step),
                                     value_at_step(ppo, "tokens/cumulative", step)))
             saved_lv.append(_pct_saved(row.tokens_to_level, float(ref["tokens_to_level"].iloc[0])))
+            saved_lv90.append(_pct_saved(row.tokens_to_level90, float(ref["tokens_to_level90"].iloc[0])))
         else:
             saved.append(math.nan)
             saved_lv.append(math.nan)
+            saved_lv90.append(math.nan)
         wm, wp = waste.get((row.method, row.env, row.seed)), waste.get((BASELINE, row.env, row.seed))
         if wm is not None and wp is not None and len(wm) and len(wp):
             lo, hi = max(wm.index.min(), wp.index.min()), min(wm.index.max(), wp.index.max())
@@ -197,7 +225,9 @@ def per_run(df: pd.DataFrame, rows: pd.DataFrame | None = None) -> pd.DataFrame:
             waste_rm.append(math.nan)
     out["tokens_saved_pct"] = saved
     out["success_vs_ppo"] = dsucc
+    out["nostop_vs_ppo"] = dnostop
     out["saved_at_level_pct"] = saved_lv
+    out["saved_at_level90_pct"] = saved_lv90
     out["waste_removed_pct"] = waste_rm
     for row in out.itertuples():
         o = out[(out["method"] == "oracle") & (out["env"] == row.env) & (out["seed"] == row.seed)]
@@ -219,7 +249,7 @@ def score(df: pd.DataFrame, rows: pd.DataFrame | None = None) -> pd.DataFrame:
 
 def summarize(pr: pd.DataFrame) -> pd.DataFrame:
     """One row per (env, method) of the per-run table: for every metric in :data:`METRICS` the mean over
-    seeds, its 95% percentile-bootstrap interval (``<metric>_lo``, ``<metric>_hi``; paired by seed
+    seeds, its 95% Student-t interval (``<metric>_lo``, ``<metric>_hi``; paired by seed
     where the metric is a difference from the PPO run of the same seed) and the std (``<metric>_std``);
     ``n`` seeds, ``reliable`` (seeds with final success >= :data:`RELIABLE_SUCCESS`), ``reached`` (seeds
     that reached ``level``) and ``detector_from`` (``rows``, ``metrics``, or both joined by ``+``)."""
@@ -232,6 +262,7 @@ def summarize(pr: pd.DataFrame) -> pd.DataFrame:
             if not len(g):
                 continue
             row = {"env": env, "method": method, "n": len(g), "reached": int(np.isfinite(g["tokens_to_level"]).sum()),
+                   "reached90": int(np.isfinite(g["tokens_to_level90"]).sum()),
                    "reliable": int((g["final_success"] >= RELIABLE_SUCCESS).sum()),
                    "detector_from": "+".join(sorted(g["detector_from"].unique()))}
             for k in METRICS:
@@ -243,92 +274,118 @@ def summarize(pr: pd.DataFrame) -> pd.DataFrame:
 
 
 # --- verdicts ---------------------------------------------------------------------------------------
-def decide(iv: Interval, *, above: float = 0.0) -> str:
-    """The word for a claim "the quantity exceeds ``above``" from its 95% interval: ``yes`` when the
-    interval lies above it, ``no`` when below, ``undecided`` when it straddles it (or one seed only)."""
-    if iv.n == 0 or not np.isfinite(iv.mean):
-        return "undetermined (missing numbers)"
-    if iv.n < MIN_SEEDS or not (np.isfinite(iv.low) and np.isfinite(iv.high)):
-        return f"undecided ({iv.n} seeds; a decision needs {MIN_SEEDS})"
-    if iv.low > above:
-        return "yes"
-    if iv.high < above:
-        return "no"
-    return f"undecided (the 95% interval contains {above:g})"
+ESPOS = {"espo": "random", "espo_paper": "random_paper"}
+"""Each ESPO variant -> its matched random truncation (same stop schedule, same stop reward)."""
+NAMES = {"espo": "ESPO", "espo_paper": "ESPO (paper)"}
 
 
 def _pair(pr: pd.DataFrame, env: str, metric: str, a: str, b: str) -> Interval:
-    """Paired-by-seed mean of ``b - a`` on ``metric`` in ``env``, with its 95% percentile-bootstrap interval."""
+    """Paired-by-seed mean of ``b - a`` on ``metric`` in ``env``: t-interval and sign-flip p-value."""
     return paired_by_seed(pr, metric, a, b, where={"env": env})
 
 
-def _one(pr: pd.DataFrame, env: str, metric: str, method: str) -> Interval:
-    """Mean of a per-run (already paired) quantity over the seeds of one method, with its interval."""
-    return mean_ci(pr[(pr["env"] == env) & (pr["method"] == method)][metric].tolist())
+def _one(pr: pd.DataFrame, env: str, metric: str, method: str, null: float = 0.0) -> Interval:
+    """Mean of a per-run (already paired) quantity over the seeds of one method, tested against ``null``."""
+    return mean_ci(pr[(pr["env"] == env) & (pr["method"] == method)][metric].tolist(), null=null)
 
 
-def verdicts(pr: pd.DataFrame, success_bar: float = RELIABLE_SUCCESS) -> list[str]:
-    """Plain statements decided from the per-run table ``pr`` (:func:`per_run`).
+def _espo_claims(pr: pd.DataFrame, env: str, espo: str, has: set) -> list:
+    """The claims about one ESPO variant in one env (strings: lines that are not claims)."""
+    p, n = f"[{env}]", NAMES.get(espo, espo)
+    tag = {"env": env, "method": espo}
+    saved = _one(pr, env, "tokens_saved_pct", espo, null=SAVING_CLAIM_PCT)
+    out = [Claim(f"{p} {n} saves >{SAVING_CLAIM_PCT:g}% of PPO's rollout tokens at equal steps", saved,
+                 f"saved {saved.fmt(1)} %, n={saved.n}", tags=tag)]
+    d = _pair(pr, env, "final_success", BASELINE, espo)
+    out.append(Claim(f"{p} {n}'s final success is higher than PPO's", d, f"{n} - PPO {d.fmt()}, n={d.n}", tags=tag))
+    d = _pair(pr, env, "nostop_success", BASELINE, espo)
+    if d.n:
+        out.append(Claim(f"{p} {n}'s final policy, run without stopping, succeeds more often than PPO's", d,
+                         f"{n} - PPO no-stop success {d.fmt()}, n={d.n}", tags=tag))
+    for suffix, frac in (("", LEVEL_FRAC), ("90", LEVEL90_FRAC)):
+        lv = _pair(pr, env, f"tokens_to_level{suffix}", espo, BASELINE)  # PPO - ESPO: > 0 is fewer tokens
+        g = pr[(pr["env"] == env) & pr["method"].isin([BASELINE, espo])].groupby("method")[f"tokens_to_level{suffix}"]
+        reached = {m: int(np.isfinite(x).sum()) for m, x in g}
+        out.append(Claim(f"{p} {n} needs fewer tokens than PPO to reach {frac:g} x PPO's final success", lv,
+                         f"PPO - {n} tokens {lv.fmt(0)} over the {lv.n} seeds where both reached it; reached: "
+                         f"{n} {reached.get(espo, 0)}, PPO {reached.get(BASELINE, 0)}", tags=tag))
+    rnd = ESPOS[espo]
+    if rnd in has:
+        d = _pair(pr, env, "final_success", rnd, espo)
+        rate = _pair(pr, env, "stop_rate", espo, rnd)
+        out.append(Claim(f"{p} random truncation matched to {n}'s stop rate does worse than {n} ({n} - {rnd} final "
+                         "success > 0)", d, f"difference {d.fmt()}, n={d.n}; stop rate {rnd} - {n} {rate.fmt()}",
+                         tags=tag))
+        d = _pair(pr, env, "nostop_success", rnd, espo)
+        if d.n:
+            out.append(Claim(f"{p} {n}'s final policy, run without stopping, beats {rnd}'s", d,
+                             f"{n} - {rnd} no-stop success {d.fmt()}, n={d.n}", tags=tag))
+        d = _pair(pr, env, "precision", rnd, espo)
+        out.append(Claim(f"{p} {n}'s stops are more precise than {rnd}'s", d,
+                         f"{n} - {rnd} precision {d.fmt()}, n={d.n}", tags=tag))
+        d = _pair(pr, env, "waste_removed_pct", rnd, espo)
+        if d.n:
+            out.append(Claim(f"{p} {n} removes more of PPO's tokens after the fatal token than {rnd}", d,
+                             f"{n} - {rnd}, percentage points {d.fmt(1)}, n={d.n}; removed: {n} "
+                             f"{_one(pr, env, 'waste_removed_pct', espo).fmt(1)} %, {rnd} "
+                             f"{_one(pr, env, 'waste_removed_pct', rnd).fmt(1)} %", tags=tag))
+        else:
+            out.append(f"{p} {n} vs {rnd} on tokens after the fatal token: not evaluated (needs per-row logs, "
+                       "rows.jsonl)")
+    else:
+        out.append(f"{p} random truncation matched to {n}: not evaluated (no {rnd} runs)")
+    if espo == "espo":
+        for abl in [a for a in ("regret_only", "value_only") if a in has]:
+            d = _pair(pr, env, "final_success", abl, espo)
+            out.append(Claim(f"{p} ESPO's final success is higher than {abl}'s", d, f"ESPO - {abl} {d.fmt()}, n={d.n}",
+                             tags=tag))
+        if "regret_only" in has:
+            d = _pair(pr, env, "false_stop_rate", espo, "regret_only")
+            out.append(Claim(f"{p} the value gate cuts false stops (regret_only - ESPO false-stop rate > 0)", d,
+                             f"difference {d.fmt()}, n={d.n}", tags=tag))
+    if "oracle" in has:
+        r = _one(pr, env, "saving_vs_oracle", espo, null=0.5)
+        o = _one(pr, env, "tokens_saved_pct", "oracle")
+        out.append(Claim(f"{p} {n} gets at least half of the oracle's token saving", r,
+                         f"ratio {r.fmt()}, n={r.n}; oracle saves {o.fmt(1)} %", tags=tag))
+        d = _pair(pr, env, "final_success", "oracle", espo)
+        out.append(Claim(f"{p} {n}'s final success is higher than the oracle's", d, f"{n} - oracle {d.fmt()}, n={d.n}",
+                         tags=tag))
+    else:
+        out.append(f"{p} closeness to the oracle: not evaluated (no oracle runs)")
+    return out
 
-    Every comparison is a mean over seeds of a paired-by-seed difference (or of a quantity already
-    paired, such as tokens saved against the PPO run of the same seed) with its 95% percentile
-    bootstrap interval (:mod:`analysis.stats`); a claim is ``yes`` or ``no`` only when the interval
-    excludes the claim's threshold, otherwise ``undecided``."""
-    out = []
+
+def claims(pr: pd.DataFrame, success_bar: float = RELIABLE_SUCCESS) -> list:
+    """The report's items, in order: strings (context lines, not tested) and :class:`Claim` s, decided
+    together as one family (:func:`analysis.stats.decide_family`)."""
+    items: list = []
     for env in ordered(pr["env"], list(sweep.ENVS)):
         has = set(pr.loc[pr["env"] == env, "method"])
-        p = f"[{env}]"
         ppo_fs = pr[(pr["env"] == env) & (pr["method"] == BASELINE)]["final_success"]
         if len(ppo_fs):
             ok = int((ppo_fs >= success_bar).sum())
-            out.append(f"{p} baseline reliability: PPO's final success is >= {success_bar:g} on {ok} of {len(ppo_fs)} "
-                       f"seeds (mean {mean_ci(ppo_fs.tolist()).fmt()})")
-        if not {BASELINE, "espo"} <= has:
-            out.append(f"{p} ESPO vs PPO: not evaluated (needs both ppo and espo runs)")
+            items.append(f"[{env}] baseline reliability: PPO's final success is >= {success_bar:g} on {ok} of "
+                         f"{len(ppo_fs)} seeds (mean {mean_ci(ppo_fs.tolist()).fmt()})")
+        variants = [e for e in ESPOS if e in has]
+        if BASELINE not in has or not variants:
+            items.append(f"[{env}] ESPO vs PPO: not evaluated (needs ppo and an ESPO variant's runs)")
             continue
-        saved = _one(pr, env, "tokens_saved_pct", "espo")
-        out.append(f"{p} ESPO saves >{SAVING_CLAIM_PCT:g}% of PPO's rollout tokens at equal steps: "
-                   f"{decide(saved, above=SAVING_CLAIM_PCT)} (saved {saved.fmt(1)} %, n={saved.n})")
-        d = _pair(pr, env, "final_success", BASELINE, "espo")
-        out.append(f"{p} ESPO's final success is higher than PPO's: {decide(d)} (ESPO - PPO {d.fmt()}, n={d.n})")
-        lv = _pair(pr, env, "tokens_to_level", BASELINE, "espo")
-        reached = pr[(pr["env"] == env) & pr["method"].isin([BASELINE, "espo"])].groupby("method")["tokens_to_level"]
-        reached = {m: int(np.isfinite(g).sum()) for m, g in reached}
-        out.append(f"{p} ESPO needs fewer tokens than PPO to reach {LEVEL_FRAC:g} x PPO's final success: "
-                   f"{decide(Interval(-lv.mean, -lv.high, -lv.low, lv.n))} (ESPO - PPO tokens {lv.fmt(0)} over the "
-                   f"{lv.n} seeds where both reached it; reached: ESPO {reached.get('espo', 0)}, PPO {reached.get(BASELINE, 0)})")
-        if "random" in has:
-            d = _pair(pr, env, "final_success", "random", "espo")
-            rate = _pair(pr, env, "stop_rate", "espo", "random")
-            out.append(f"{p} random truncation matched to ESPO's stop rate does worse than ESPO (ESPO - random final "
-                       f"success > 0): {decide(d)} (difference {d.fmt()}, n={d.n}; stop rate random - ESPO {rate.fmt()})")
-            d = _pair(pr, env, "precision", "random", "espo")
-            out.append(f"{p} ESPO's stops are more precise than random's: {decide(d)} (ESPO - random precision {d.fmt()}, n={d.n})")
-            d = _pair(pr, env, "waste_removed_pct", "random", "espo")
-            out.append(f"{p} ESPO removes more of PPO's tokens after the fatal token than random truncation: "
-                       + (f"{decide(d)} (ESPO - random, percentage points {d.fmt(1)}, n={d.n}; removed: ESPO "
-                          f"{_one(pr, env, 'waste_removed_pct', 'espo').fmt(1)} %, random "
-                          f"{_one(pr, env, 'waste_removed_pct', 'random').fmt(1)} %)"
-                          if d.n else "not evaluated (needs per-row logs, rows.jsonl)"))
-        else:
-            out.append(f"{p} random truncation: not evaluated (no random runs)")
-        for abl in [a for a in ("regret_only", "value_only") if a in has]:
-            d = _pair(pr, env, "final_success", abl, "espo")
-            out.append(f"{p} ESPO's final success is higher than {abl}'s: {decide(d)} (ESPO - {abl} {d.fmt()}, n={d.n})")
-        if "regret_only" in has:
-            d = _pair(pr, env, "false_stop_rate", "espo", "regret_only")
-            out.append(f"{p} the value gate cuts false stops (regret_only - ESPO false-stop rate > 0): {decide(d)} "
-                       f"(difference {d.fmt()}, n={d.n})")
-        if "oracle" in has:
-            r = _one(pr, env, "saving_vs_oracle", "espo")
-            o = _one(pr, env, "tokens_saved_pct", "oracle")
-            out.append(f"{p} ESPO gets at least half of the oracle's token saving: {decide(r, above=0.5)} "
-                       f"(ratio {r.fmt()}, n={r.n}; oracle saves {o.fmt(1)} %)")
-            d = _pair(pr, env, "final_success", "oracle", "espo")
-            out.append(f"{p} ESPO's final success is higher than the oracle's: {decide(d)} (ESPO - oracle {d.fmt()}, n={d.n})")
-        else:
-            out.append(f"{p} closeness to the oracle: not evaluated (no oracle runs)")
-    return out
+        for espo in variants:
+            items += _espo_claims(pr, env, espo, has)
+    decide_family([c for c in items if isinstance(c, Claim)])
+    return items
+
+
+def verdicts(pr: pd.DataFrame, success_bar: float = RELIABLE_SUCCESS) -> list[str]:
+    """Plain statements decided from the per-run table ``pr`` (:func:`per_run`), the family's note last.
+
+    Every claim is a mean over seeds of a paired-by-seed difference (or of a quantity already paired,
+    such as tokens saved against the PPO run of the same seed) with its Student-t interval and exact
+    sign-flip p-value; the report's claims are one family, Holm-corrected (:mod:`analysis.stats`)."""
+    items = claims(pr, success_bar)
+    cs = [c for c in items if isinstance(c, Claim)]
+    return [c.line() if isinstance(c, Claim) else c for c in items] + ([family_note(cs)] if cs else [])
 
 
 # --- figures ----------------------------------------------------------------------------------------

@@ -92,19 +92,22 @@ def render_report(*, root, outcome, detector, waste, verdicts, figs, errors, cmd
         f"- seeds in this report: {seeds}; seeds reserved for tuning the ESPO constants: {sweep.TUNE_SEEDS} "
         f"(tuning grid `{json.dumps(sweep.TUNE_GRID)}`, `sweep.tune_spec`); no tuning seed is reported here",
         f"- runs: `{spec['out_dir']}` (complete runs are reused; runs whose settings changed are re-run)", "",
-        "Every cell below is the mean over seeds with its 95% percentile-bootstrap interval over seeds "
-        f"(`analysis.stats`, scipy.stats.bootstrap, resampling seed fixed); `tokens_saved_pct`, "
-        "`success_vs_ppo`, `saved_at_level_pct` and `waste_removed_pct` are paired with the PPO run of the "
-        "same seed. The same numbers, unformatted and with the std, are in `scores.csv`.", "",
+        "Every cell below is the mean over seeds with its 95% Student-t interval over seeds "
+        "(`analysis.stats`); `tokens_saved_pct`, `success_vs_ppo`, `nostop_vs_ppo`, `saved_at_level_pct`, "
+        "`saved_at_level90_pct` and `waste_removed_pct` are paired with the PPO run of the same seed. "
+        "`nostop_success` is the final policy on fresh prompts with no stop rule (`run.final_eval_rows` rows). "
+        "The same numbers, unformatted and with the std, are in `scores.csv`.", "",
         "## Outcome", "", markdown_table(outcome), "",
         "## Detector", "", detector_source(df, per_row), "", markdown_table(detector), "",
         "## Tokens after the fatal token", "",
         "The waste early stopping is meant to remove: tokens a row generated after its planted fatal token "
         "(see Definitions).", "", markdown_table(waste), "",
         "## Verdicts", "",
-        "Computed from the per-run table (`analysis.verdicts`): each comparison is a mean of paired-by-seed "
-        "differences with its 95% percentile-bootstrap interval; a claim is answered yes or no only when the "
-        "interval excludes the claim's threshold, otherwise it is undecided.", "",
+        "Computed from the per-run table (`analysis.verdicts`): each claim is a mean of paired-by-seed "
+        "differences (or of a quantity already paired with PPO's run of the same seed) with its 95% "
+        "Student-t interval and an exact paired sign-flip test against the claim's threshold. Every claim "
+        "below with a Holm p-value is one family: a claim is answered yes or no only when its Holm-adjusted "
+        "p-value is below 0.05 over at least 8 seeds, otherwise it is undecided.", "",
         *[f"- {v}" for v in verdicts], "",
     ]
     lines += report_tail(figs, errors, analysis)

@@ -53,8 +53,10 @@ METHODS: dict[str, dict] = {
     # stops each row with ESPO's stop rate at step k, at a position drawn from ESPO's stop histogram
     "random": {"stop.rule": "random", "stop.reference_run": "{out_dir}/espo-{env}-s{seed}"},
     "espo_paper": dict(ESPO_PAPER_PRESET),
+    # the paper's warm-up ends when the critic's loss settles, not at a step: the reference's schedule
+    # (rate 0 until its warm-up ends) carries it, so this rule's own warm-up is off
     "random_paper": {"stop.rule": "random", "stop.reference_run": "{out_dir}/espo_paper-{env}-s{seed}",
-                     **PAPER_STOP_REWARD},
+                     "stop.warmup": "steps", "stop.warmup_steps": 0, **PAPER_STOP_REWARD},
     "oracle": {"stop.rule": "oracle", "stop.delay": 0},
 }
 """Method label -> overrides of the PPO preset. The order is the order of tables and legends."""

@@ -18,7 +18,8 @@ on the prefix it cut). Over the judged rows of all training steps, pooled per ru
 - ``plant_stop_rate`` / ``plant_delay``: the share of rows with a planted wrong step that were stopped,
   and the mean tokens from the planted number to the stop (``plant/*``), next to ``stop_rate_unplanted``.
 
-Columns ``*_lo`` / ``*_hi`` are 95% percentile-bootstrap intervals over seeds (``analysis.stats``).
+Columns ``*_lo`` / ``*_hi`` are 95% Student-t intervals over seeds (``analysis.stats``). The paired
+comparisons are one family: exact sign-flip tests, Holm-corrected, decided over at least 8 seeds.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from matplotlib.figure import Figure
 
 from analysis.experiments.llm_detection import sweep
 from analysis.runs import run_mean
-from analysis.stats import mean_ci, paired_diff_ci
+from analysis.stats import Claim, decide_family, family_note, mean_ci, paired_diff_ci
 
 EARLY_STOP = 3
 BASELINE = "ppo"
@@ -125,9 +126,9 @@ def score(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def comparisons(df: pd.DataFrame) -> list[str]:
-    """Paired-by-seed differences that the study's claims rest on, with intervals and a verdict."""
+    """The paired-by-seed claims the study rests on (one family, Holm-corrected), the family note last."""
     runs = per_run(df)
-    lines = []
+    claims: list[Claim] = []
 
     def paired(a: str, b: str, key: str, what: str) -> None:
         ra = runs[runs["method"] == a].set_index("seed")[key]
@@ -136,15 +137,15 @@ def comparisons(df: pd.DataFrame) -> list[str]:
         if not seeds:
             return
         ci = paired_diff_ci([ra[s] for s in seeds], [rb[s] for s in seeds])
-        lines.append(f"- {what}: {b} - {a} = {ci.mean:+.3f} [{ci.low:+.3f}, {ci.high:+.3f}] over {ci.n} seed(s): "
-                     + ci.verdict())
+        claims.append(Claim(what, ci, f"{b} - {a} = {ci.fmt()} over {ci.n} seed(s)"))
 
-    paired("random", "espo", "precision", "ESPO's stop precision against the verifier vs matched random")
-    paired("random", "espo", "recall", "recall, ESPO vs matched random")
-    paired("ppo", "espo", "heldout", "held-out pass@1, ESPO vs PPO")
-    paired("ppo", "random", "heldout", "held-out pass@1, random vs PPO")
-    paired("ppo", "oracle", "heldout", "held-out pass@1, oracle vs PPO")
-    return lines
+    paired("random", "espo", "precision", "ESPO's stops are more precise against the verifier than matched random's")
+    paired("random", "espo", "recall", "ESPO's recall is higher than matched random's")
+    paired("ppo", "espo", "heldout", "ESPO's held-out pass@1 is higher than PPO's")
+    paired("ppo", "random", "heldout", "matched random's held-out pass@1 is higher than PPO's")
+    paired("ppo", "oracle", "heldout", "the oracle's held-out pass@1 is higher than PPO's")
+    decide_family(claims)
+    return [f"- {c.line()}" for c in claims] + ([f"- {family_note(claims)}"] if claims else [])
 
 
 def verdicts(table: pd.DataFrame) -> list[str]:

@@ -80,7 +80,7 @@ def main(out: str = "out/llm_detection", workers: int = 2, quick: bool = False, 
         "## Detector metrics against the verifier, tokens, held-out accuracy", "",
         "Mean [95% interval over seeds]."
         + (f" With {n_seeds} seeds (fewer than {MIN_SEEDS}) an interval is about the span of the seeds' values, "
-           "not a confidence statement; `--full` runs 5." if n_seeds < MIN_SEEDS else ""),
+           "not a confidence statement; `--full` runs 8." if n_seeds < MIN_SEEDS else ""),
         "", markdown_table(main_t), "",
         "## Planted wrong steps (ESPO)", "", markdown_table(plant_t) if len(plant_t) else "(no planted run)", "",
         "## Verdicts and paired comparisons", "", *(lines or ["(none)"]), "",

@@ -39,7 +39,7 @@ METHODS: dict[str, dict] = {
 """Method label -> overrides. The order is the order of tables."""
 
 SEEDS = [0, 1]
-FULL_SEEDS = [0, 1, 2, 3, 4]
+FULL_SEEDS = list(range(8))
 """``--full``: enough seeds for a decision (``analysis.stats.MIN_SEEDS``); the runs of :data:`SEEDS` are reused."""
 
 QUICK: dict = {"steps": 3, "seeds": [0], "overrides": {"rollout.batch_size": 8, "algo.minibatch_size": 8,

@@ -2,7 +2,8 @@
 
 ``df`` is :func:`analysis.runs.load_runs` of the study's run directories (labels ``label/method``,
 ``label/env``, ``label/seed``). Definitions (per run; tables give mean ± std over seeds, one row per
-env and method; comparisons with PPO are paired by seed, with 95% percentile-bootstrap intervals from
+env and method; comparisons with PPO are paired by seed: differences with Student-t intervals, speed-up
+ratios as geometric means with t-intervals on their logs, each with an exact sign-flip test, from
 :mod:`analysis.stats`):
 
 - ``final_success``: mean ``success/rate`` (over rows that finished that step) over the last 10% of steps.
@@ -13,7 +14,7 @@ env and method; comparisons with PPO are paired by seed, with 95% percentile-boo
   that did). X is ``tokens`` (generated), ``compute`` (measured ``time/gen + time/actor + time/critic``),
   ``wall`` (measured ``time/wall``), ``decode_steps`` and ``gpu`` (projected, below).
 - ``speedup_X``: PPO's X to the level divided by the method's, per seed (> 1: faster than PPO); the
-  table shows its mean and the verdicts its interval. ``d_final_success``: the method's final success
+  table shows its arithmetic mean, the paired table and the verdicts its geometric mean and interval. ``d_final_success``: the method's final success
   minus PPO's, per seed.
 - ``final_length``: mean response length of finished rows over the last 10% of steps;
   ``finished_per_step``: mean ``pool/finished`` (rows that end per step, of the batch).
@@ -48,7 +49,7 @@ from analysis.experiments import table_row
 from analysis.experiments.tppo_speedup import sweep
 from analysis.plots import colors_for, line_band, ordered
 from analysis.runs import final_mean, first_reach, mean_std, run_mean
-from analysis.stats import MIN_SEEDS, Interval, mean_ci, paired_diff_ci
+from analysis.stats import Claim, Interval, decide_family, family_note, mean_ci, paired_diff_ci, ratio_ci
 
 LEVEL_FRAC = 0.5
 """The success level is this fraction of PPO's final success (unless ``score(df, level=...)``)."""
@@ -182,7 +183,8 @@ def score(df: pd.DataFrame, level: float | None = None, cal: dict | None = None,
 def intervals(pr: pd.DataFrame) -> pd.DataFrame:
     """Paired-by-seed comparisons with PPO, one row per (env, method): the difference in final success,
     and the speed-up to the level in tokens, measured compute and wall-clock, and projected GPU time
-    (intervals over the seeds where both reached the level; ``n`` says how many)."""
+    (geometric means over the seeds where both reached the level; ``n`` says how many). ``goal_<x>``:
+    the same speed-ups tested against :data:`GOAL_SPEEDUP` (the verdicts' claims; not shown in tables)."""
     rows = []
     for env in ordered(pr["env"], list(sweep.ENVS)):
         base = pr[(pr["env"] == env) & (pr["method"] == BASELINE)].set_index("seed")
@@ -197,7 +199,10 @@ def intervals(pr: pd.DataFrame) -> pd.DataFrame:
                    "d_final_success": paired_diff_ci(base.loc[seeds, "final_success"].tolist(),
                                                      g.loc[seeds, "final_success"].tolist())}
             for x in ("tokens", "compute", "wall", "gpu"):
-                row[f"speedup_{x}"] = mean_ci(g.loc[seeds, f"speedup_{x}"].tolist())
+                ratios = g.loc[seeds, f"speedup_{x}"].tolist()
+                row[f"speedup_{x}"] = ratio_ci(ratios)
+                if x != "tokens":
+                    row[f"goal_{x}"] = ratio_ci(ratios, null=GOAL_SPEEDUP)
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -222,50 +227,66 @@ def attribution(pr: pd.DataFrame) -> pd.DataFrame:
             row = {"env": env, "method": method, "reference": ref, "isolates": what}
             for x in ("tokens", "decode_steps", "gpu", "compute"):
                 ratios = [b.loc[s, f"{x}_to_level"] / a.loc[s, f"{x}_to_level"] for s in seeds]
-                row[f"ratio_{x}"] = mean_ci([r for r in ratios if np.isfinite(r)])
+                row[f"ratio_{x}"] = ratio_ci([r for r in ratios if np.isfinite(r)])
             rows.append(row)
     return pd.DataFrame(rows)
 
 
 def interval_table(iv: pd.DataFrame) -> pd.DataFrame:
-    """:func:`intervals` as text cells (``mean [low, high] (n seeds)``)."""
+    """:func:`intervals` as text cells (``mean [low, high] (n seeds)``; the ``goal_`` tests left out)."""
     out = iv[[c for c in iv.columns if not isinstance(iv[c].iloc[0], Interval)]].copy()
     for c in iv.columns:
-        if isinstance(iv[c].iloc[0], Interval):
+        if isinstance(iv[c].iloc[0], Interval) and not c.startswith("goal_"):
             out[c] = [f"{i.fmt()} ({i.n})" for i in iv[c]]
     return out
 
 
+METRIC_NAMES = {"compute": "measured compute", "wall": "measured wall-clock", "gpu": "projected GPU time"}
+
+
 def verdicts(table: pd.DataFrame, iv: pd.DataFrame) -> list[str]:
-    """Plain statements checked against ``table`` (:func:`score`) and ``iv`` (:func:`intervals`)."""
-    out = []
+    """Plain statements from ``table`` (:func:`score`) and ``iv`` (:func:`intervals`), the family note last.
+
+    The family is declared before looking: for every variant, its final success against PPO's and its
+    speed-up to the level against :data:`GOAL_SPEEDUP` in each of the three times; all of them are
+    Holm-corrected together, so "a variant reaches the goal" is not an OR over screened pairs."""
+    items: list = []
+    goals: list[tuple[str, Claim, dict]] = []
     for env in ordered(table["env"], list(sweep.ENVS)):
         ppo = table_row(table, env, BASELINE)
         p = f"[{env}]"
         if ppo is None:
-            out.append(f"{p} no PPO runs: nothing to compare with")
+            items.append(f"{p} no PPO runs: nothing to compare with")
             continue
-        out.append(f"{p} PPO: final success {ppo['final_success']:.3g}; level {ppo['level']:.3g} reached in "
-                   f"{ppo['reached']}/{ppo['n']} seeds")
-        winners = []
+        items.append(f"{p} PPO: final success {ppo['final_success']:.3g}; level {ppo['level']:.3g} reached in "
+                     f"{ppo['reached']}/{ppo['n']} seeds")
         for _, r in iv[iv["env"] == env].iterrows():
-            row = table_row(table, env, r["method"])
+            m, row = r["method"], table_row(table, env, r["method"])
             ds = r["d_final_success"]
-            parts = [f"final success minus PPO's {ds.fmt()} ({ds.verdict()})",
-                     f"reached the level in {row['reached']}/{row['n']} seeds"]
-            for x, name in (("compute", "measured compute"), ("wall", "measured wall-clock"), ("gpu", "projected GPU time")):
-                s = r[f"speedup_{x}"]
-                if s.n:
-                    faster = s.n >= MIN_SEEDS and s.low > 1
-                    parts.append(f"speed-up in {name} {s.fmt(2)} over {s.n} seeds"
-                                 + (" (faster than PPO: interval above 1)" if faster else ""))
-                    if s.mean >= GOAL_SPEEDUP and faster and row["reached"] == row["n"]:
-                        winners.append(f"{r['method']} ({name} {s.mean:.2f}x)")
-            out.append(f"{p} {r['method']}: " + "; ".join(parts))
-        out.append(f"{p} a variant reaches PPO's level in every seed with >= {GOAL_SPEEDUP:g}x less time "
-                   f"(mean speed-up >= {GOAL_SPEEDUP:g}, interval above 1): "
-                   + ("yes: " + ", ".join(winners) if winners else "no"))
-    return out
+            items.append(f"{p} {m}: reached the level in {row['reached']}/{row['n']} seeds")
+            items.append(Claim(f"{p} {m}'s final success is higher than PPO's", ds, f"{m} - PPO {ds.fmt()}, n={ds.n}"))
+            for x, name in METRIC_NAMES.items():
+                s = r[f"goal_{x}"]
+                if not s.n:
+                    continue
+                c = Claim(f"{p} {m} reaches PPO's level >= {GOAL_SPEEDUP:g}x faster in {name}", s,
+                          f"speed-up {s.fmt(2)} (geometric mean), n={s.n}")
+                items.append(c)
+                goals.append((env, c, {"method": m, "name": name, "all": row["reached"] == row["n"]}))
+    family = [c for c in items if isinstance(c, Claim)]
+    decide_family(family)
+    out = [c.line() if isinstance(c, Claim) else c for c in items]
+    for env in ordered(table["env"], list(sweep.ENVS)):
+        g = [(c, t) for e, c, t in goals if e == env]
+        if not g:
+            continue
+        won = [f"{t['method']} ({t['name']} {c.iv.mean:.2f}x)" for c, t in g if c.word == "yes" and t["all"]]
+        open_ = [c for c, _ in g if c.word.startswith("undecided")]
+        word = ("yes: " + ", ".join(won) if won else
+                f"undecided ({len(open_)} of {len(g)} claims undecided)" if open_ else "no")
+        out.append(f"[{env}] a variant reaches PPO's level in every seed with >= {GOAL_SPEEDUP:g}x less time "
+                   f"(a speed-up claim above, significant in the family): {word}")
+    return out + ([family_note(family)] if family else [])
 
 
 # --- figures ----------------------------------------------------------------------------------------

@@ -96,7 +96,8 @@ def main(out: str = "out/tppo_speedup", workers: int = 2, quick: bool = False, f
         "include contention with other processes; the cost model uses counts only.", "",
         "## Speed (mean ± std over seeds)", "", markdown_table(speed), "",
         "## Paired with PPO by seed (mean [95% interval] (seeds))", "",
-        "Final-success difference over all seeds; speed-ups over the seeds where both reached the level.", "",
+        "Final-success difference (mean, Student-t interval) over all seeds; speed-ups (geometric mean, "
+        "t-interval on the logs) over the seeds where both reached the level.", "",
         markdown_table(ivt), "",
         "## Where the speed-up comes from (paired by seed: reference's X to the level / method's)", "",
         markdown_table(analysis.interval_table(attr)) if len(attr) else "(pairs not run)", "",
@@ -105,7 +106,9 @@ def main(out: str = "out/tppo_speedup", workers: int = 2, quick: bool = False, f
         "### Speed-up to the level at a stated decode-step / token-pass cost ratio", "",
         "Time `rho * decoding steps + token-passes` (rho large: decoding dominates).", "",
         markdown_table(rho), "",
-        "## Verdicts", "", "Computed from the tables above (`analysis.verdicts`).", "",
+        "## Verdicts", "", "Computed from the per-run numbers (`analysis.verdicts`): each claim is tested with an "
+        "exact paired sign-flip test (on the logs for speed-ups) and the claims below with a Holm p-value are "
+        "one family; yes/no only when the Holm p-value is below 0.05 over at least 8 seeds.", "",
         *[f"- {v}" for v in verdicts], "",
     ]
     lines += report_tail(figs, errors, analysis)

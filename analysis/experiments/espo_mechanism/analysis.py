@@ -1,0 +1,228 @@
+"""Scores, verdicts and figures of the gate-or-detector study.
+
+``df`` is :func:`analysis.runs.load_runs` of the study's runs (labels ``label/variant``,
+``label/warmup``, ``label/method``, ``label/seed``); ``rows`` the per-row table. A *cell* is one
+(variant, warm-up); ESPO and its matched random truncation share a cell's seeds. Per run, the
+quantities are the headline's (:func:`analysis.experiments.espo_headline.analysis.per_run`), and:
+
+- ``nostop_success``: the final policy on ``run.final_eval_rows`` fresh prompts, whole responses, no
+  stop rule (``final_eval_nostop.json``); the study's score: what the policy learned, not what the
+  stop rule let it finish.
+- ``final_entropy``: mean ``actor/entropy`` over the last 10% of steps.
+- ``stop_rate_2nd``: mean ``stop/rate`` over the second half of training.
+- ``warmup_end``: the first step whose ``stop/active`` is 1; ``value_at_warmup``: the critic's mean
+  value (``critic/value_mean``) at that step: what the gate sees when it first decides.
+
+Claims (one family, Holm-corrected, exact paired sign-flip tests over seeds):
+
+- per cell, ESPO - random on no-stop success and on final entropy (> 0: ESPO better);
+- per variant, the change of the no-stop gap with the warm-up: ``(ESPO - random)`` under the paper's
+  warm-up (and under 30 steps) minus under the preset's 5 steps, paired by seed (> 0: the gap
+  closes as the gate starts later, on a better-trained critic).
+
+Reading: if the gap stays significantly below 0 under a warm-up whose critic is trained, the regret
+detector's own selection is the cause; if it closes (the change is significantly positive and the gap
+is no longer significant), the untrained gate was.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis.experiments.espo_headline import analysis as headline
+from analysis.experiments.espo_mechanism import sweep
+from analysis.plots import colors_for, line_band
+from analysis.runs import run_mean
+from analysis.stats import Claim, decide_family, family_note, mean_ci, paired_diff_ci
+
+LABELS = tuple(f"label/{a}" for a in sweep.AXES)
+METRICS = ["nostop_success", "final_success", "final_entropy", "stop_rate", "stop_rate_2nd", "precision",
+           "false_stop_rate", "tokens", "warmup_end", "value_at_warmup"]
+COLUMNS = ["variant", "warmup", "method", "n", *METRICS]
+
+
+def cells(pr: pd.DataFrame) -> list[tuple[str, str]]:
+    """The (variant, warm-up) cells present in ``pr``, in the sweep's order."""
+    have = set(zip(pr["variant"], pr["warmup"]))
+    return [(v, w) for v in sweep.VARIANTS for w in sweep.WARMUPS if (v, w) in have]
+
+
+def per_run(df: pd.DataFrame, rows: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per run: the headline's per-run quantities plus this study's (module docstring)."""
+    missing = [c for c in LABELS if c not in df]
+    if missing:
+        raise ValueError(f"the run table lacks {missing}: load it with load_runs(..., axes={sweep.AXES})")
+    d = df.copy()
+    d["label/env"] = d["label/variant"].astype(str) + "/" + d["label/warmup"].astype(str)
+    pr = headline.per_run(d, rows)
+    pr[["variant", "warmup"]] = pr["env"].str.split("/", n=1, expand=True)
+    extra = {}
+    for name, r in d.groupby("run", sort=False):
+        r = r.sort_values("step")
+        half = r[r["step"] >= (int(r["step"].max()) + 1) // 2]
+        active = r[r["stop/active"].fillna(0) > 0] if "stop/active" in r else r.iloc[:0]
+        end = int(active["step"].iloc[0]) if len(active) else math.nan
+        value = (float(active["critic/value_mean"].iloc[0]) if len(active) and "critic/value_mean" in r
+                 else math.nan)
+        extra[name] = {"stop_rate_2nd": run_mean(half, "stop/rate"), "warmup_end": end, "value_at_warmup": value}
+    for k in ("stop_rate_2nd", "warmup_end", "value_at_warmup"):
+        pr[k] = [extra[n][k] for n in pr["run"]]
+    return pr
+
+
+def score(pr: pd.DataFrame) -> pd.DataFrame:
+    """One row per (variant, warm-up, method), plus PPO: mean with its 95% t-interval over seeds."""
+    out = []
+    groups = [(v, w, m) for v, w in cells(pr) for m in sweep.METHODS] + [("none", "none", "ppo")]
+    for v, w, m in groups:
+        g = pr[(pr["variant"] == v) & (pr["warmup"] == w) & (pr["method"] == m)]
+        if not len(g):
+            continue
+        row = {"variant": v, "warmup": w, "method": m, "n": len(g)}
+        for k in METRICS:
+            iv = mean_ci(g[k].tolist())
+            row[k], row[f"{k}_lo"], row[f"{k}_hi"] = iv.mean, iv.low, iv.high
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _by_seed(pr: pd.DataFrame, v: str, w: str, m: str, key: str) -> pd.Series:
+    g = pr[(pr["variant"] == v) & (pr["warmup"] == w) & (pr["method"] == m)]
+    return g.set_index("seed")[key]
+
+
+def gap(pr: pd.DataFrame, v: str, w: str, key: str = "nostop_success") -> pd.Series:
+    """ESPO - random on ``key`` in one cell, per seed (seeds both ran)."""
+    e, r = _by_seed(pr, v, w, "espo", key), _by_seed(pr, v, w, "random", key)
+    seeds = sorted(set(e.index) & set(r.index))
+    return (e.loc[seeds] - r.loc[seeds]).astype(float)
+
+
+def claims(pr: pd.DataFrame) -> list[Claim]:
+    """The study's family of claims (module docstring), decided together."""
+    out: list[Claim] = []
+    for v, w in cells(pr):
+        for key, what in (("nostop_success", "no-stop success"), ("final_entropy", "final entropy")):
+            d = gap(pr, v, w, key)
+            iv = mean_ci(d.tolist())
+            out.append(Claim(f"[{v} ESPO, {w} warm-up] ESPO's {what} is above its matched random's", iv,
+                             f"ESPO - random {iv.fmt()}, n={iv.n}", tags={"variant": v, "warmup": w, "key": key}))
+    for v in sweep.VARIANTS:
+        base = gap(pr, v, "steps")
+        for w in [w for w in sweep.WARMUPS if w != "steps" and (v, w) in cells(pr)]:
+            later = gap(pr, v, w)
+            seeds = sorted(set(base.index) & set(later.index))
+            if not seeds:
+                continue
+            iv = paired_diff_ci(base.loc[seeds].tolist(), later.loc[seeds].tolist())
+            out.append(Claim(f"[{v} ESPO] the no-stop gap to random closes with the {w} warm-up instead of 5 steps",
+                             iv, f"(ESPO - random)[{w}] - (ESPO - random)[steps] {iv.fmt()}, n={iv.n}",
+                             tags={"variant": v, "warmup": w, "key": "change"}))
+    return decide_family(out)
+
+
+def answer(cs: list[Claim], pr: pd.DataFrame) -> list[str]:
+    """The study's question answered per variant from the decided claims (module docstring)."""
+    lines = []
+    for v in sweep.VARIANTS:
+        by = {(c.tags["warmup"], c.tags["key"]): c for c in cs if c.tags.get("variant") == v}
+        if ("steps", "nostop_success") not in by:
+            continue
+        for w in [w for w in sweep.WARMUPS if w != "steps"]:
+            g, ch = by.get((w, "nostop_success")), by.get((w, "change"))
+            if g is None or ch is None:
+                continue
+            ends = pr[(pr["variant"] == v) & (pr["warmup"] == w) & (pr["method"] == "espo")]["warmup_end"]
+            ends = ends[np.isfinite(ends)]
+            when = (f"the rule was on from step {ends.mean():.1f} on average" if len(ends)
+                    else "the rule never switched on")
+            if g.word == "no":
+                verdict = ("the gap persists: the regret detector's selection, not the untrained gate, costs "
+                           "ESPO its policy")
+            elif ch.word == "yes" and not g.word.startswith(("yes", "no")):
+                verdict = "the gap closes: the untrained gate was the cause"
+            elif g.word == "yes":
+                verdict = "ESPO's policy is better than random's: no loss left to explain"
+            else:
+                verdict = "undecided: neither a persisting gap nor its closing is significant"
+            lines.append(f"{v} ESPO, {w} warm-up ({when}): {verdict} (gap: {g.word}; change from 5 steps: {ch.word})")
+    return lines
+
+
+def verdicts(pr: pd.DataFrame) -> list[str]:
+    """The claims' lines, the answers, and the family note."""
+    cs = claims(pr)
+    return [c.line() for c in cs] + answer(cs, pr) + ([family_note(cs)] if cs else [])
+
+
+# --- figures ----------------------------------------------------------------------------------------
+def _curves(df: pd.DataFrame, y: str, ylabel: str, title: str) -> Figure:
+    import matplotlib.pyplot as plt
+
+    ws = [w for w in sweep.WARMUPS if w in set(df["label/warmup"])]
+    vs = [v for v in sweep.VARIANTS if v in set(df["label/variant"])]
+    col = colors_for(list(sweep.METHODS) + ["ppo"])
+    fig, axes = plt.subplots(len(vs), len(ws), figsize=(4.6 * len(ws), 3.4 * len(vs)), squeeze=False, sharey=True)
+    ppo = df[df["label/method"] == "ppo"]
+    for i, v in enumerate(vs):
+        for j, w in enumerate(ws):
+            ax = axes[i, j]
+            for m in sweep.METHODS:
+                g = df[(df["label/variant"] == v) & (df["label/warmup"] == w) & (df["label/method"] == m)]
+                if len(g) and y in g:
+                    line_band(ax, g, "step", y, label=m, color=col[m])
+            if len(ppo) and y in ppo and y != "stop/rate":
+                line_band(ax, ppo, "step", y, label="ppo", color=col["ppo"])
+            ax.set(title=f"{v} ESPO, {w} warm-up", xlabel="training step", ylabel=ylabel if j == 0 else "")
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_entropy(df: pd.DataFrame, rows: pd.DataFrame | None = None) -> Figure:
+    """Policy entropy over training per cell: ESPO, its matched random and PPO (mean, 95% t-band)."""
+    return _curves(df, "actor/entropy", "policy entropy", "Entropy: does ESPO's selection sharpen the policy?")
+
+
+def plot_stop_rate(df: pd.DataFrame, rows: pd.DataFrame | None = None) -> Figure:
+    """Stop rate over training per cell: ESPO and its matched random (mean, 95% t-band)."""
+    return _curves(df, "stop/rate", "stop rate", "Stop rate (random follows its ESPO run step by step)")
+
+
+def plot_nostop(df: pd.DataFrame, rows: pd.DataFrame | None = None) -> Figure:
+    """No-stop success of the final policy per cell: ESPO and matched random per seed, PPO's mean dashed."""
+    import matplotlib.pyplot as plt
+
+    pr = per_run(df, rows)
+    cs = cells(pr)
+    col = colors_for(list(sweep.METHODS) + ["ppo"])
+    fig, ax = plt.subplots(figsize=(1.6 * len(cs) + 2.5, 3.8))
+    for i, (v, w) in enumerate(cs):
+        for k, m in enumerate(sweep.METHODS):
+            y = _by_seed(pr, v, w, m, "nostop_success").to_numpy(dtype=float)
+            x = np.full(len(y), i + (k - 0.5) * 0.3)
+            ax.scatter(x, y, s=12, color=col[m], alpha=0.6, label=m if i == 0 else None)
+            iv = mean_ci(y.tolist())
+            if iv.n:
+                ax.errorbar(x[0], iv.mean, yerr=[[iv.mean - iv.low], [iv.high - iv.mean]], fmt="o", ms=7,
+                            color=col[m], capsize=3)
+    ppo = pr[pr["method"] == "ppo"]["nostop_success"]
+    if len(ppo):
+        ax.axhline(float(ppo.mean()), ls="--", color=col["ppo"], lw=1, label="ppo (mean)")
+    ax.set_xticks(range(len(cs)), [f"{v}\n{w}" for v, w in cs], fontsize=8)
+    ax.set(ylabel="no-stop success (final policy)", title="Final policy without stopping")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+PLOTS = {"nostop": plot_nostop, "entropy": plot_entropy, "stop_rate": plot_stop_rate}
+"""Figure name -> ``fn(df, rows=None) -> Figure`` (``run.py`` saves each as ``<name>.png``)."""
