@@ -5,7 +5,8 @@ its arguments; :data:`COMMANDS` lists them, so a new subcommand is two functions
 
 Errors: a :class:`testbed.errors.UserError` (a bad config key or value, a missing or malformed file,
 a missing model, a run directory in use) prints one ``error: ...`` line on stderr and exits with
-status 2; any other exception is a bug and keeps its traceback.
+status 2; any other exception is a bug and keeps its traceback. Ctrl-C prints one line (for a run:
+the step it stopped at; run the command again to resume from the last checkpoint) and exits 130.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ import json
 import sys
 
 from testbed import config as config_mod
-from testbed.errors import UserError
+from testbed.errors import Interrupted, UserError, check_output_folder
+
+EXIT_INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT, the shell's convention)."""
 
 
 def _config_help() -> str:
@@ -117,6 +121,7 @@ def add_plot(sub) -> None:
 def cmd_plot(args) -> int:
     from testbed.build import load_entry_point
 
+    check_output_folder(args.out, "--out")
     return load_entry_point("analysis.plots:plot_runs_cli")(args.run_dirs, out=args.out)
 
 
@@ -161,6 +166,9 @@ def add_detect(sub) -> None:
 def cmd_detect(args) -> int:
     from testbed.detect import detect
 
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit: must be >= 1 (the number of items to score), got {args.limit}")
+    check_output_folder(args.out, "--out")
     summary = detect(args.data, out=args.out, config=args.config or None, checkpoint=args.checkpoint or None,
                      limit=args.limit, progress=not args.no_progress)
     print(json.dumps(summary, indent=2))
@@ -186,6 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, whatever the message
         return 2
+    except Interrupted as e:  # a run stopped by Ctrl-C: its step and how to resume
+        print(e.message, file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # Ctrl-C anywhere else (building, a sweep, detect): no traceback
+        print("interrupted; run the command again to resume (finished runs and checkpoints are kept)",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

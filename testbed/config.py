@@ -381,11 +381,38 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and prefix == "":
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
+        inner = _flatten(v, key + ".") if isinstance(v, dict) and prefix == "" else {key: v}
+        for ik, iv in inner.items():
+            if ik in out:  # e.g. a section ``stop: {tau: 1}`` and a top-level ``stop.tau: 2``
+                raise ConfigError(f"{ik}: set twice; keep one")
+            out[ik] = iv
     return out
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that repeats a key (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *base`` may override on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: PyYAML reports it below
+                continue
+            if first is not None:
+                raise ConfigError(f"line {line}: duplicate key {key!r} (first at line {first}); "
+                                  "merge the two into one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys (a :class:`ConfigError` naming the line)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -394,9 +421,11 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override {text!r} is not key=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"{key}: cannot parse value {raw!r}: {e}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{key}: {e}") from None
     if value is None:  # "key=null" or "key=~": the empty string, as for "key="
         value = ""
     return key.strip(), value
@@ -418,19 +447,29 @@ def from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ())
 
 
 def read_yaml(path: str | Path, what: str = "config file") -> Any:
-    """A YAML file's content ({} when empty); a missing file or invalid YAML is a ConfigError naming it."""
+    """A YAML file's content ({} when empty); a missing file, invalid YAML or a repeated key is a
+    ConfigError naming the file (and the line)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such {what}")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{path}:{str(e).removeprefix('line ')}") from None
 
 
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML config file (errors name the file) and apply overrides."""
+    """Read a YAML config file (errors name the file) and apply overrides.
+
+    An empty file is refused: a config names at least one section (the built-in defaults alone are not
+    a tested configuration, and an empty file is more often a mistake than a choice).
+    """
     data = read_yaml(path)
+    if data == {}:
+        raise ConfigError(f"{path}: the config file is empty; give at least one section "
+                          "(start from a preset such as configs/ppo.yaml)")
     try:
         return from_dict(data, overrides)
     except ConfigError as e:
@@ -547,6 +586,17 @@ def validate(cfg: Config) -> None:
     for key in ("name", "out_dir"):
         if not getattr(cfg.run, key).strip():
             raise ConfigError(f"run.{key}: must not be empty")
+    name = cfg.run.name
+    if name in (".", "..") or "/" in name or "\\" in name or Path(name).is_absolute():
+        raise ConfigError(f"run.name: {name!r} must be a plain folder name (no '/', not '.' or '..'): the run "
+                          "directory is run.out_dir/run.name; put the parent folder in run.out_dir")
+    # A dict of knobs for the other task kind would be ignored without a word: refuse it.
+    if cfg.task.kind != "math" and cfg.task.source_kwargs:
+        raise ConfigError(f"task.source_kwargs: only math tasks read it (task.kind is {cfg.task.kind!r}); "
+                          f"remove {', '.join(map(str, cfg.task.source_kwargs))} or use task.env_kwargs for the env")
+    if cfg.task.kind != "sim" and cfg.task.env_kwargs:
+        raise ConfigError(f"task.env_kwargs: only simulated tasks read it (task.kind is {cfg.task.kind!r}); "
+                          f"remove {', '.join(map(str, cfg.task.env_kwargs))} or use task.source_kwargs")
     r, a, s, t = cfg.rollout, cfg.algo, cfg.stop, cfg.tppo
     if r.batch_size % r.group_size:
         raise ConfigError(f"rollout.group_size: must divide rollout.batch_size ({r.group_size} does not divide {r.batch_size})")

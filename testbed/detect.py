@@ -65,6 +65,10 @@ class DataError(config_mod.ConfigError):
     """A malformed step-labelled data file; the message names the file and the item."""
 
 
+class MissingDataFile(DataError, FileNotFoundError):
+    """``--data`` names no file (a user error, and still a ``FileNotFoundError`` for callers)."""
+
+
 @dataclass
 class Item:
     id: str
@@ -77,7 +81,9 @@ def load_items(path: str | Path, limit: int | None = None) -> list[Item]:
     """Read a ProcessBench-format file: a JSON list of items, or JSON Lines (one item per line)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--data: no such file {path}")
+        raise MissingDataFile(f"--data: no such file {path}" + (" (it is a folder)" if path.is_dir() else ""))
+    if limit is not None and limit < 1:
+        raise DataError(f"--limit: must be >= 1 (the number of items to score), got {limit}")
     text = path.read_text()
     try:
         data = json.loads(text)
@@ -297,9 +303,12 @@ def _resolve(config: str | None, checkpoint: str | None) -> tuple[config_mod.Con
     ck = None
     if checkpoint:
         run = Path(checkpoint)
+        if not run.exists():
+            raise config_mod.ConfigError(f"--checkpoint: {run} does not exist (give a finished run's directory)")
         ck = run / "checkpoints" if (run / "checkpoints").is_dir() else run
         if not (ck / "model.safetensors").is_file():
-            raise FileNotFoundError(f"--checkpoint: no checkpoints/model.safetensors under {run}")
+            raise config_mod.ConfigError(f"--checkpoint: no checkpoints/model.safetensors under {run} "
+                                         "(give a run directory that has written a checkpoint)")
     if config:
         cfg = config_mod.load(config)
     elif checkpoint and (Path(checkpoint) / "config.yaml").is_file():
@@ -317,7 +326,9 @@ def detect(data: str, *, out: str, config: str | None = None, checkpoint: str | 
     from tqdm.auto import tqdm
 
     from testbed.build import build_backend, build_task, load_entry_point
+    from testbed.errors import check_output_folder
 
+    check_output_folder(out, "--out")  # before any scoring: a bad --out must not cost the whole run
     items = load_items(data, limit)
     cfg, ck = _resolve(config, checkpoint)
     if cfg.run.threads:

@@ -16,3 +16,32 @@ class UserError(Exception):
 
 class RunDirInUse(UserError):
     """Another live process holds the run directory's lock."""
+
+
+class RunFileError(UserError, ValueError):
+    """A run directory's file (metrics, checkpoint) is unreadable; the message names it and what to do."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C (KeyboardInterrupt) during a run: the CLI prints ``message`` as one line and exits 130.
+
+    Not a :class:`UserError`: nothing was wrong with the input, and the exit status differs.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+def check_output_folder(path, flag: str) -> None:
+    """Refuse an output folder that cannot be one (``path`` or a parent is an existing file), before any
+    work is done; a missing folder is fine (it is created when the results are written)."""
+    from pathlib import Path
+
+    p = Path(path)
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                what = "is a file" if q == p else f"is under {q}, which is a file"
+                raise UserError(f"{flag}: {p} {what}, not a folder; give a folder path (it is created if missing)")
+            return

@@ -13,7 +13,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from testbed.errors import RunDirInUse
+from testbed.errors import RunDirInUse, UserError
 
 LOCK_NAME = "run.lock"
 
@@ -34,7 +34,11 @@ class RunLock:
         """Take the lock, or raise :class:`RunDirInUse` naming the holder's pid; changes nothing then."""
         if self.held:
             return
-        f = open(self.path, "a+")  # never truncates: a refused process must leave the holder's pid
+        try:
+            f = open(self.path, "a+")  # never truncates: a refused process must leave the holder's pid
+        except OSError as e:  # a read-only run directory (or lock file): nothing can be written there
+            raise UserError(f"{self.path}: cannot open the run lock ({e.strerror or e}); the run directory must be "
+                            "writable: fix its permissions, or use another run.out_dir / run.name") from None
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
