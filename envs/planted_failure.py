@@ -88,6 +88,17 @@ def _require(ok: bool, name: str, message: str) -> None:
         raise ValueError(f"{name}: {message}")
 
 
+def _require_memory(nbytes: int, name: str, what: str) -> None:
+    """Refuse an allocation larger than the memory available (Linux ``MemAvailable``), naming its size."""
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return  # unknown: let numpy try
+    _require(nbytes <= avail, name, f"{what} would allocate {nbytes} bytes, more than the {avail} bytes "
+             f"({avail / 2**30:.1f} GiB) of memory available; lower it")
+
+
 def make_structure(
     *,
     num_problems: int,
@@ -145,8 +156,10 @@ def make_structure(
     _require(0.0 <= critical_frac <= 1.0, "critical_frac", f"must be in [0, 1], got {critical_frac}")
     _require(recoverable_cost >= 0, "recoverable_cost", f"must be >= 0, got {recoverable_cost}")
 
-    rng = np.random.default_rng(structure_seed)
     P, T, V = num_problems, max_len, C + FIRST_CONTENT_ID
+    # The largest step below draws (P, T, C) float64 keys and ranks them twice (int64), next to (P, T, V) bools.
+    _require_memory(P * T * (C * 24 + V), "num_problems x max_len x num_content_tokens", f"{P} x {T} x {C}")
+    rng = np.random.default_rng(structure_seed)
 
     # Prompts: distinct digit strings over the content tokens, so the prompt identifies the problem.
     digits = rng.integers(C, size=(P, prompt_len))
@@ -439,6 +452,8 @@ class PlantedFailureVectorEnv(_StructureAttrs, VectorEnv):
             valid = sorted(set(defaults) - {"render_mode"})
             raise TypeError(f"unknown arguments {sorted(unknown)}; valid: {valid}")
         params = {k: kwargs.get(k, v) for k, v in defaults.items() if k != "render_mode"}
+        _require_memory(int(num_envs) * (params["prompt_len"] + params["max_len"]) * 8 * 2, "num_envs",
+                        f"{num_envs} rows x {params['prompt_len'] + params['max_len']} tokens")
         self.structure = make_structure(**params)
         self.num_envs = N = int(num_envs)
         self.single_action_space = spaces.Discrete(self.vocab_size)

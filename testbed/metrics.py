@@ -74,23 +74,51 @@ class MetricsLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def truncate_after(self, step: int) -> None:
-        """Drop records of steps > ``step`` (a resumed run re-does them).
+        """Drop records of steps > ``step`` (a resumed run re-does them); see :meth:`kept_lines`."""
+        self.write_lines(self.kept_lines(step))
 
-        A last line cut short by the interruption is dropped too; a malformed line before it is an
-        error naming the file and line (nothing else can have written it).
+    def kept_lines(self, step: int) -> list[str] | None:
+        """The lines :meth:`truncate_after` keeps (None: no file); reads only, so a resume can check every
+        file before it changes any.
+
+        Records are appended in step order, so reading stops at the first record of a step > ``step``. A
+        damaged line after the last kept record (the line an interruption cut short, or anything later) is
+        dropped with the records it sits among; a damaged line before it raises
+        :class:`testbed.errors.RunFileError` naming the file and line (nothing else can have written it).
         """
+        from testbed.errors import RunFileError
+
         if not self.path.exists():
-            return
-        lines = [ln for ln in self.path.read_text().splitlines() if ln.strip()]
-        if lines:
+            return None
+        keep: list[str] = []
+        last = -1  # step of the last record kept
+        for n, line in enumerate(self.path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
             try:
-                json.loads(lines[-1])
-            except json.JSONDecodeError:
-                lines.pop()
-        records = iter_jsonl(self.path, lines)
-        keep = [ln for ln, (_, rec) in zip(lines, records) if rec["step"] <= step]
+                rec = json.loads(line)
+                if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
+                    raise ValueError("a JSON object with an integer step")
+            except ValueError as e:  # JSONDecodeError is a ValueError
+                if last >= step:  # every record from here on is re-done by the resumed run
+                    break
+                why = f"not a JSON object ({e})" if isinstance(e, json.JSONDecodeError) else f"expected {e}"
+                raise RunFileError(
+                    f"{self.path}:{n}: {why}, before the records the run resumes after (step {step}); "
+                    "repair or delete that line (its step's record is then lost) and run again, "
+                    "or start a new run with another run.name") from None
+            if rec["step"] > step:
+                break
+            keep.append(line)
+            last = rec["step"]
+        return keep
+
+    def write_lines(self, lines: list[str] | None) -> None:
+        """Replace the file's content with ``lines`` (atomically; None: leave it as it is)."""
+        if lines is None:
+            return
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep))
+        tmp.write_text("".join(ln + "\n" for ln in lines))
         os.replace(tmp, self.path)
 
     def log(self, record: dict[str, Any]) -> None:

@@ -302,12 +302,31 @@ def run_sweep(path_or_spec, *, workers: int = 1, threads_per_run: int | None = N
         bar.close()
         if ray_ex is not None:
             ray_ex.close()
+    rows = [_recheck(r, row) for r, row in zip(_specs_of(runs, rows), rows)]
     out = Path(meta["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "sweep_summary.jsonl.tmp"
+    tmp = out / f"sweep_summary.jsonl.{os.getpid()}.tmp"  # another sweep on this out_dir writes its own
     tmp.write_text("".join(json.dumps(r) + "\n" for r in sorted(rows, key=lambda r: r["name"])))
     os.replace(tmp, out / "sweep_summary.jsonl")
     return rows
+
+
+def _specs_of(runs: list[RunSpec], rows: list[dict]) -> list[RunSpec]:
+    by_name = {r.name: r for r in runs}
+    return [by_name[row["name"]] for row in rows]
+
+
+def _recheck(r: RunSpec, row: dict) -> dict:
+    """A row this sweep skipped, read again before it is written: another sweep on the same ``out_dir``
+    may have finished the run meanwhile (it held the run's lock), and a complete run must not be
+    recorded as skipped."""
+    if not row["status"].startswith("skipped") or not is_complete(r.run_dir):
+        return row
+    try:
+        summary = json.loads((r.run_dir / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return row
+    return _row(r, summary, "complete")
 
 
 def _row(r: RunSpec, summary: dict, status: str) -> dict:

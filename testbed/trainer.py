@@ -10,6 +10,7 @@ module never imports ``envs`` or ``llm_backend``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -27,8 +28,9 @@ from testbed.collector import SamplePool, StepBatch
 from testbed.build import BACKEND_ENTRY_POINTS, TASK_ENTRY_POINTS, build, build_task, load_entry_point  # noqa: F401 (re-exported)
 from testbed.config import Config
 from testbed.evaluate import evaluate
-from testbed.errors import UserError
+from testbed.errors import Interrupted, RunFileError, UserError
 from testbed.lock import RunLock
+from testbed.memory import check_batch_fits
 from testbed.diagnostics import detection_metrics, failure_rank, planted_metrics, row_records, stop_metrics
 from testbed.losses import POLICY_LOSSES, PolicyLossParams, entropy_bonus, explained_variance, kl_penalty, value_loss
 from testbed.masked import masked_mean, masked_whiten as whiten
@@ -36,17 +38,30 @@ from testbed.metrics import MetricsLogger, TensorBoardLogger
 from testbed.rollout import Ending, Rollout, table_bootstrap
 from testbed.stopping import make_stop_rule
 
+RESUME_MAY_CHANGE = ("run.steps", "run.progress", "run.threads", "run.checkpoint_every", "run.tensorboard",
+                     "run.out_dir", "run.name")
+"""Settings a resumed run may change: how long it trains, and keys that change where it lives or how it
+is watched, never what it computes. Any other difference from the run's ``config.yaml`` is refused."""
+
+CHANGES_NAME = "config_changes.jsonl"
+"""In a run directory: one line per resume that changed settings, ``{"step": K, "changes": {key: {"old",
+"new"}}}``; ``K`` is the first step trained with the new values (``config.yaml`` holds the latest)."""
+
+NO_OLDER_CHECKPOINT = ("no older checkpoint is kept, so the run cannot resume: delete {ck} to train it again "
+                       "from step 0 (its metrics are then dropped), or start a new run with another run.name")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
-def _atomic_save_tensors(tensors: dict[str, Tensor], path: Path) -> None:
+def _atomic_save_tensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     os.replace(tmp, path)
 
 
@@ -65,6 +80,7 @@ class Trainer:
         # Refuse a directory another process trains in before building anything; a new directory is
         # created (and locked) only once everything below was built, so a failing config leaves none.
         self.lock = RunLock(self.run_dir)
+        self._changes: dict[str, dict[str, Any]] = {}
         if self.run_dir.is_dir():
             self.lock.acquire()
         try:
@@ -78,8 +94,11 @@ class Trainer:
             self.logger = MetricsLogger(self.run_dir / "metrics.jsonl")
             # Per-row outcomes of finished rows (length, ending, failure step) where there is ground truth.
             self.rows_logger = MetricsLogger(self.run_dir / "rows.jsonl") if self.ground_truth else None
+            self._resume()  # checks everything before it changes anything in the run directory
             self.tb = TensorBoardLogger(self.run_dir / "tensorboard") if cfg.run.tensorboard else None
-            self._resume()
+            if self._changes:  # provenance: which settings changed on this resume, from which step on
+                with (self.run_dir / CHANGES_NAME).open("a") as f:
+                    f.write(json.dumps({"step": self.step, "changes": self._changes}) + "\n")
             (self.run_dir / "config.yaml").write_text(config_mod.dump(cfg))  # after a resume that fits
         except BaseException:
             self.lock.release()
@@ -91,6 +110,7 @@ class Trainer:
             torch.set_num_threads(cfg.run.threads)
         seed_everything(cfg.run.seed)
         B = cfg.rollout.batch_size
+        check_batch_fits(B, cfg.rollout.max_len)  # before the task allocates B rows
         self.task, self.backend = build(cfg, num_slots=B)
         try:
             self.rule = make_stop_rule(cfg.stop, num_slots=B, seed=cfg.run.seed, total_steps=cfg.run.steps)
@@ -137,11 +157,28 @@ class Trainer:
             self.close()
 
     def _loop(self) -> dict[str, Any]:
+        if not self.lock.held:
+            raise RuntimeError(f"{self.run_dir}: this trainer was closed; build a new one to resume")
+        try:
+            return self._steps()
+        except KeyboardInterrupt:  # Ctrl-C: one line, and the checkpoint the command resumes from
+            raise Interrupted(self._interrupted_message()) from None
+
+    def _interrupted_message(self) -> str:
+        marker = self.run_dir / "checkpoints" / "latest.json"
+        try:
+            saved = int(json.loads(marker.read_text())["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            saved = 0
+        where = (f"from its checkpoint at step {saved}" if saved else "from step 0: no checkpoint was written yet")
+        if saved == self.cfg.run.steps:
+            where = "training had finished; only the final evaluation is redone"
+        return f"interrupted at step {self.step}; run the command again to resume ({where}; {self.run_dir})"
+
+    def _steps(self) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
         c = self.cfg
-        if not self.lock.held:
-            raise RuntimeError(f"{self.run_dir}: this trainer was closed; build a new one to resume")
         bar = tqdm(total=c.run.steps, initial=self.step, desc=c.run.name, disable=not c.run.progress, leave=False)
         while self.step < c.run.steps:
             held_out = self.maybe_evaluate()
@@ -165,7 +202,7 @@ class Trainer:
                 self.save_checkpoint()
             bar.update(1)
             bar.set_postfix(success=f"{record['success/rate']:.2f}", stop=f"{record['stop/rate']:.2f}")
-        bar.close()
+        bar.close()  # (an interrupted bar is left as it is: tqdm closes it at exit)
         final = self.maybe_evaluate(final=True)
         if final:
             (self.run_dir / "final_eval.json").write_text(json.dumps(final, indent=2))
@@ -185,8 +222,10 @@ class Trainer:
         path = self.run_dir / "final_eval_nostop.json"
         if not n:
             return {}
-        if path.is_file():  # a finished run re-entered: the evaluation is already there
-            return json.loads(path.read_text())
+        if path.is_file():  # a finished run re-entered: the evaluation is already there (unless it trained on)
+            done = json.loads(path.read_text())
+            if done.get("step") == self.step and done.get("rows") == n:
+                return done
         slots = min(n, 256)
         task = build_task(c, num_slots=slots, seed=c.run.seed + 20_000)
         res = evaluate(self.backend, task, c, n=n, greedy=False, batch_size=slots, seed=c.run.seed + 20_000,
@@ -477,7 +516,8 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Weights as safetensors, optimiser and loop state via torch.save; each written atomically."""
         ck = self.run_dir / "checkpoints"
-        _atomic_save_tensors(self.backend.state_dict(), ck / "model.safetensors")
+        # The step in the weights' metadata lets a resume see weights and trainer state from different saves.
+        _atomic_save_tensors(self.backend.state_dict(), ck / "model.safetensors", {"step": str(self.step)})
         state = {
             "step": self.step,
             "cumulative_tokens": self.cumulative_tokens,
@@ -503,23 +543,45 @@ class Trainer:
         return ck
 
     def _resume(self) -> None:
+        """Continue from the run's checkpoint, if it has one. Every file is read and every check made
+        (the checkpoint's files, the settings against ``config.yaml``, the metrics to keep) before the
+        first change to the run directory; a damaged file is a :class:`RunFileError` naming it."""
         ck = self.run_dir / "checkpoints"
         loggers = [x for x in (self.logger, self.rows_logger) if x is not None]
-        if not (ck / "latest.json").exists():
+        marker = ck / "latest.json"
+        if not marker.exists():  # nothing to resume: a fresh start drops whatever was logged
             for lg in loggers:
                 lg.truncate_after(-1)
             return
-        from safetensors.torch import load_file
-
         try:
-            self.backend.load_state_dict(load_file(str(ck / "model.safetensors")))
+            step = json.loads(marker.read_text())["step"]
+            if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+                raise ValueError(step)
+        except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+            raise RunFileError(f"{marker}: not a checkpoint marker ({type(e).__name__}: {e}); "
+                               + NO_OLDER_CHECKPOINT.format(ck=ck)) from None
+        weights = self._read_weights(ck / "model.safetensors", step)
+        try:
+            self.backend.load_state_dict(weights)
         except (KeyError, RuntimeError) as e:  # the directory holds a run of another model
             lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
             first = lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__
             raise UserError(f"{ck}: the checkpoint does not fit this config's model (resuming needs the same "
                             f"model settings; use another run.name for a new run): {first}") from None
-        state = torch.load(ck / "trainer_state.pt", weights_only=True)
-        self.step = int(state["step"])
+        path = ck / "trainer_state.pt"
+        try:
+            state = torch.load(path, weights_only=True)
+            saved = int(state["step"])
+        except Exception as e:  # noqa: BLE001 - missing, truncated, empty or not ours: all say the same
+            raise RunFileError(f"{path}: cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                               + NO_OLDER_CHECKPOINT.format(ck=ck)) from None
+        if saved != step:
+            raise RunFileError(f"{path}: holds step {saved} but {marker} says {step} (a checkpoint write was "
+                               "interrupted); " + NO_OLDER_CHECKPOINT.format(ck=ck))
+        self.rule.load_state_dict(json.loads(state["rule"]))  # in memory; the settings check reads its warm-up
+        self._changes = self._check_settings(step)
+        keep = [lg.kept_lines(step - 1) for lg in loggers]  # a damaged record raises here, before any write
+        self.step = step
         self.cumulative_tokens = int(state["cumulative_tokens"])
         self.opt_actor.load_state_dict(state["opt_actor"])
         if self.opt_critic is not None:
@@ -527,11 +589,73 @@ class Trainer:
         self.pool.generator.set_state(state["pool_rng"])
         self.shuffle.set_state(state["shuffle_rng"])
         torch.set_rng_state(state["torch_rng"])
-        self.rule.load_state_dict(json.loads(state["rule"]))
         _set_task_rng_state(self.task, json.loads(state["task_rng"]))
         # Carried T-PPO rows are not checkpointed: the resumed run starts with a fresh pool.
-        for lg in loggers:
-            lg.truncate_after(self.step - 1)
+        for lg, lines in zip(loggers, keep):
+            lg.write_lines(lines)
+
+    @staticmethod
+    def _read_weights(path: Path, step: int) -> dict[str, Tensor]:
+        """The checkpoint's tensors; a missing, truncated or empty file, or one from another save, is a
+        :class:`RunFileError` naming it."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        ck = path.parent
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            weights = load_file(str(path))
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for a damaged file
+            raise RunFileError(f"{path}: cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                               + NO_OLDER_CHECKPOINT.format(ck=ck)) from None
+        if "step" in meta and meta["step"] != str(step):  # (checkpoints written before the step was kept pass)
+            raise RunFileError(f"{path}: holds step {meta['step']} but {ck / 'latest.json'} says {step} (a "
+                               "checkpoint write was interrupted); " + NO_OLDER_CHECKPOINT.format(ck=ck))
+        return weights
+
+    def _check_settings(self, step: int) -> dict[str, dict[str, Any]]:
+        """The accepted differences between this config and the run's ``config.yaml`` (key -> old, new);
+        refuses any other difference, listing the keys, and a ``run.steps`` the run cannot honour."""
+        import yaml
+
+        path = self.run_dir / "config.yaml"
+        if not path.is_file():  # a run directory from before config.yaml: nothing to compare
+            return {}
+        try:
+            old = _flat_settings(yaml.safe_load(path.read_text()))
+        except (yaml.YAMLError, AttributeError) as e:
+            raise RunFileError(f"{path}: unreadable ({e}); it records the settings the checkpoint was trained "
+                               "with: restore it, or start a new run with another run.name") from None
+        new = _flat_settings(yaml.safe_load(config_mod.dump(self.cfg)))
+        diff = {k: {"old": old[k], "new": new[k]} for k in new if k in old and old[k] != new[k]}
+        finished = old.get("run.steps") == step
+        state = f"finished at step {step}" if finished else f"has a checkpoint at step {step}"
+        refused = [k for k in diff if k not in RESUME_MAY_CHANGE]
+        if refused:
+            listed = "; ".join(f"{k}: {diff[k]['old']!r} -> {diff[k]['new']!r}" for k in refused)
+            raise UserError(f"{self.run_dir}: the run {state} and was trained with other settings ({listed}); "
+                            f"resuming may change only {', '.join(RESUME_MAY_CHANGE)}: use the run's settings "
+                            "(its config.yaml), or another run.name for a new run")
+        steps = self.cfg.run.steps
+        if steps < step:
+            raise UserError(f"run.steps: {steps} is below the {step} steps {self.run_dir} has trained; "
+                            "give at least that many, or another run.name for a new run")
+        warm = getattr(self.rule, "warmup", None)
+        if "run.steps" in diff and warm is not None and self.cfg.stop.warmup == "critic_loss" and warm.on_at is None:
+            cap = lambda n: math.ceil(self.cfg.stop.warmup_cap * n) if n > 0 else None  # noqa: E731 (Warmup's)
+            a, b = cap(diff["run.steps"]["old"]), cap(steps)
+            if a != b and max(x if x is not None else math.inf for x in (a, b)) > step:
+                raise UserError(f"run.steps: changing it from {diff['run.steps']['old']} to {steps} moves the "
+                                f"stop rule's forced start (stop.warmup_cap) from step {a} to {b}, which this run "
+                                "has not reached; keep run.steps, or use another run.name for a new run")
+        return diff
+
+def _flat_settings(data: Any) -> dict[str, Any]:
+    """``{section.key: value}`` of a config mapping (dict fields such as env_kwargs compare whole)."""
+    if not isinstance(data, dict):
+        raise AttributeError(f"expected a mapping of sections, got {type(data).__name__}")
+    return {f"{sec}.{k}": v for sec, body in data.items() if isinstance(body, dict) for k, v in body.items()}
 
 
 def _task_rng_state(task) -> Any:
