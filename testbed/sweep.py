@@ -24,6 +24,8 @@ A run whose directory another process holds (its ``run.lock``, see :mod:`testbed
 not waited for: that process is already training it, and a sweep blocked on a run that may take hours
 (or on a process that is itself waiting) helps no one. The sweep's table says ``skipped: ... in use by
 process N``; runs that reference a skipped run are skipped too. Run the sweep again later to finish.
+Before ``sweep_summary.jsonl`` is written, every skipped run is read again: one that another sweep on
+the same ``out_dir`` finished meanwhile is recorded as ``complete``, never as skipped.
 
 Executors: ``process`` (default) runs ``workers`` runs at a time in a local process pool; ``ray``
 submits each run as a Ray task reserving ``cpus_per_run`` CPUs, on the cluster at ``address`` (or

@@ -72,7 +72,12 @@ def _atomic_save_torch(obj: Any, path: Path) -> None:
 
 
 class Trainer:
-    """One training run in ``run.out_dir/run.name``; resumes from the run's last checkpoint."""
+    """One training run in ``run.out_dir/run.name``; resumes from the run's last checkpoint.
+
+    A resume may change only :data:`RESUME_MAY_CHANGE` (each accepted change is appended to
+    :data:`CHANGES_NAME` with the step it took effect); any other difference from the run's
+    ``config.yaml`` is refused before anything in the directory changes, finished runs included.
+    """
 
     def __init__(self, cfg: Config, run_dir: str | Path | None = None):
         self.cfg = cfg
