@@ -346,3 +346,99 @@ def bayes_optimal_stop(curves: np.ndarray, threshold: float, *, min_tokens: int 
     below = curves[..., 1:] < threshold  # NaN compares False
     below[..., :min_tokens] = False
     return np.where(below.any(-1), below.argmax(-1), -1).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class MonteCarloEstimate:
+    """``P(success | prefix)`` estimated from ``trials`` rollouts that produced the prefix."""
+
+    successes: int
+    trials: int
+    low: float
+    high: float
+    """Exact (Clopper-Pearson) binomial interval at ``confidence``."""
+    confidence: float
+    attempts: int
+    """Rollouts started; the others left the prefix and were rejected."""
+
+    @property
+    def estimate(self) -> float:
+        return self.successes / self.trials
+
+
+def monte_carlo_success(
+    env_id: str,
+    problem: int,
+    prefix: Sequence[int],
+    policy: Policy,
+    *,
+    trials: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    batch: int = 4096,
+    max_attempts: int = 2_000_000,
+    env_kwargs: dict[str, Any] | None = None,
+) -> MonteCarloEstimate:
+    """Estimate ``P(success | prefix)`` under ``policy`` where :func:`solve` cannot (large
+    instances, derail with recovery), with a binomial interval.
+
+    Rejection sampling on the native vector env: rows of ``problem`` start fresh (hidden draws from
+    the prior), sample from ``policy`` (tokens the env forces replace the sampled ones), and are
+    kept only if their first ``len(prefix)`` tokens are ``prefix``; each kept row is then an
+    independent draw from the episodes that start with ``prefix``, so its success count is binomial
+    and ``scipy.stats.binomtest(...).proportion_ci`` applies. The cost grows as 1 / P(prefix).
+    """
+    from scipy.stats import binomtest  # test-time dependency: kept out of `import envs`
+
+    import gymnasium as gym
+
+    venv = gym.make_vec(env_id, num_envs=batch, vectorization_mode="vector_entry_point", **(env_kwargs or {}))
+    venv = venv.unwrapped
+    venv.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    prefix = tuple(int(a) for a in prefix)
+    _check_prefix(venv.structure, prefix)
+    _check_problem(venv.structure, problem)
+    successes = kept = attempts = 0
+    while kept < trials:
+        if attempts >= max_attempts:
+            raise ValueError(f"max_attempts: only {kept} of {attempts} rollouts produced prefix {prefix}")
+        rows = np.arange(batch)
+        venv.reset_rows(rows, np.full(batch, problem))
+        attempts += batch
+        responses: list[tuple[int, ...]] = [()] * batch
+        live = np.ones(batch, dtype=bool)
+        ok = np.ones(batch, dtype=bool)  # still on the prefix
+        success = np.zeros(batch, dtype=bool)
+        while live.any():
+            r = np.flatnonzero(live)
+            dists: dict[tuple[int, ...], np.ndarray] = {}
+            probs = np.stack([dists.setdefault(responses[i], np.asarray(policy(problem, responses[i]))) for i in r])
+            u = rng.random((r.size, 1))
+            actions = np.minimum((probs.cumsum(-1) < u).sum(-1), probs.shape[1] - 1)
+            forced = venv.forced_tokens(r)
+            actions = np.where(forced >= 0, forced, actions)
+            k = np.array([len(responses[i]) for i in r])
+            on = k < len(prefix)
+            want = np.array(prefix + (0,))[np.minimum(k, len(prefix))]
+            off = on & (actions != want)  # left the prefix: reject now, stop spending steps on it
+            ok[r[off]] = False
+            live[r[off]] = False
+            keep = ~off
+            r, actions = r[keep], actions[keep]
+            if r.size == 0:
+                continue
+            _, terminated, truncated, info = venv.step_rows(r, actions)
+            for i, a in zip(r, actions):
+                responses[i] = responses[i] + (int(a),)
+            done = terminated | truncated
+            success[r[done]] = info["success"][done]
+            live[r[done]] = False
+            # a row that ended inside the prefix did not produce it
+            short = done & (np.array([len(responses[i]) for i in r]) < len(prefix))
+            ok[r[short]] = False
+        take = np.flatnonzero(ok)[: trials - kept]
+        kept += take.size
+        successes += int(success[take].sum())
+    ci = binomtest(successes, kept).proportion_ci(confidence_level=confidence, method="exact")
+    return MonteCarloEstimate(successes, kept, float(ci.low), float(ci.high), confidence, attempts)
