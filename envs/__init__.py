@@ -30,6 +30,31 @@ VARIANTS: dict[str, dict] = {
         target_len=4, min_len=3, max_len_target=5, num_acceptable=2, num_acceptable_critical=1,
         critical_frac=0.4, structure_seed=2,
     ),
+    # Issue 19 regimes: each knob is off in the variants above, so their numbers are unchanged.
+    # Long responses: 64 lengths evenly spaced over 64..512 (max_len fits the longest plus EOS).
+    # Critical positions and the recoverable cost are scaled down so that the per-token error rates
+    # of the default give a learnable task at these lengths: 1-10 critical positions, and a uniform
+    # policy's ~L/2 recoverable errors cost at most half the reward.
+    "testbed/PlantedFailureLong-v0": dict(
+        length_dist="uniform", length_spacing="quantile", min_len=64, max_len_target=512, target_len=64,
+        max_len=513, critical_frac=0.02, recoverable_cost=0.002,
+    ),
+    # Heavy tail: lognormal lengths with median 32 and p99 / p50 = 8 at quantile-spaced lengths
+    # (median 32, longest ~275; minimum 4), for T-PPO's carry-over and ESPO's waste on long rows.
+    "testbed/PlantedFailureTail-v0": dict(
+        length_dist="lognormal", length_spacing="quantile", target_len=32, length_tail=8.0, min_len=4,
+        max_len=320, critical_frac=0.05, recoverable_cost=0.01,
+    ),
+    # Derailment: the default, but a doomed row runs on to 4x a successful row's 13 tokens.
+    "testbed/PlantedFailureDerail-v0": dict(num_problems=16, derail=4.0, max_len=256),
+    # Recovery: the default, half the rows repairable, a repair takes 3 tokens (plus the wrong one).
+    "testbed/PlantedFailureRecover-v0": dict(num_problems=16, repair_prob=0.5, repair_cost=3, max_len=32),
+    # The tiny instance with recovery, small enough for the exact DP (6 actions, REVISE = 5).
+    "testbed/PlantedFailureRecoverTiny-v0": dict(
+        num_problems=3, prompt_len=1, num_content_tokens=3, max_len=9, length_dist="uniform",
+        target_len=4, min_len=3, max_len_target=5, num_acceptable=2, num_acceptable_critical=1,
+        critical_frac=0.4, structure_seed=2, repair_prob=0.5, repair_cost=2,
+    ),
 }
 """Registered id -> constructor kwargs, over the defaults of ``PlantedFailureEnv``."""
 

@@ -2,9 +2,10 @@
 (:class:`PlantedFailureVectorEnv`), both built on one hidden :class:`Structure`.
 
 Token ids are shared by prompts, responses and actions: ``PAD_ID = 0`` (padding, never a correct
-action), ``EOS_ID = 1`` (ends the response), content tokens ``2 .. vocab_size - 1``. Prompts are
-drawn from the content tokens, so a policy needs one embedding table of ``vocab_size`` rows and
-its logits cover exactly the action space.
+action), ``EOS_ID = 1`` (ends the response), content tokens ``2 .. num_content_tokens + 1`` and,
+only when ``repair_prob > 0``, one REVISE token after them (so the default vocabulary is unchanged).
+Prompts are drawn from the content tokens, so a policy needs one embedding table of ``vocab_size``
+rows and its logits cover exactly the action space.
 
 The rules of a step live in two places written independently on purpose: the scalar
 :meth:`Structure.classify` (used by the single env and the exact solver) and the array kernel
@@ -14,7 +15,8 @@ reference.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from statistics import NormalDist
 from typing import Any
 
 import gymnasium as gym
@@ -31,7 +33,13 @@ OK, RECOVERABLE, FATAL = 0, 1, 2
 """Codes returned by :meth:`Structure.classify` for one emitted token."""
 
 LENGTH_DISTS = ("fixed", "uniform", "lognormal")
-INFO_KEYS = ("problem", "failure_step", "doomed", "success", "recoverable_errors")
+LENGTH_SPACINGS = ("random", "quantile")
+Z99 = NormalDist().inv_cdf(0.99)
+"""Standard normal 99th percentile: ``length_tail = p99 / p50 = exp(length_sigma * Z99)``."""
+INFO_KEYS = (
+    "problem", "failure_step", "doomed", "success", "recoverable_errors",
+    "repaired", "repairable", "forced", "derail_end",
+)
 """Keys of every ``info`` dict (reset and step, single and vector; the vector env's
 :meth:`~PlantedFailureVectorEnv.row_info` adds ``length`` and ``live``)."""
 
@@ -64,6 +72,30 @@ class Structure:
     critical: np.ndarray
     """(P, max_len) bool: the planted critical positions (all have t < L). An unacceptable token
     there is fatal; elsewhere before L it is recoverable."""
+    repair_prob: float = 0.0
+    """Chance that a row is repairable (a hidden draw at reset); 0 = no REVISE token at all."""
+    repair_cost: int = 1
+    """Tokens a repair takes: the REVISE the agent emits, then ``repair_cost - 1`` forced REVISEs."""
+    derail: float = 0.0
+    """R: a doomed row runs on to an expected ``R * (L + 1)`` tokens (forced); 0 = off."""
+
+    @property
+    def revise_id(self) -> int:
+        """Id of the REVISE token, -1 when repair is off."""
+        return self.vocab_size - 1 if self.repair_prob > 0 else -1
+
+    @property
+    def loop_id(self) -> int:
+        """The token a derailed row repeats (a derailed LLM loops)."""
+        return FIRST_CONTENT_ID
+
+    def derail_q(self, problem: np.ndarray | int, t: np.ndarray | int) -> np.ndarray | float:
+        """Success probability of the geometric run-on drawn when a row is doomed by the token at
+        index ``t``: the run ends (forced EOS) at length ``t + 2 + G``, ``G ~ Geometric`` on
+        {0, 1, ...} with mean ``max(0, R * (L + 1) - (t + 2))``, so ``E[length] = R * (L + 1)``
+        wherever the run-on can reach it (clipped at max_len, which truncates)."""
+        mean = np.maximum(0.0, self.derail * (self.target_len[problem] + 1) - (np.asarray(t) + 2))
+        return 1.0 / (1.0 + mean)
 
     def classify(self, problem: int, t: int, action: int) -> int:
         """:data:`OK`, :data:`RECOVERABLE` or :data:`FATAL` for ``action`` at response index ``t``
@@ -81,6 +113,87 @@ class Structure:
     def success_reward(self, recoverable_errors: int | np.ndarray) -> float | np.ndarray:
         """Reward of a successful response with that many recoverable errors."""
         return np.maximum(0.0, 1.0 - self.recoverable_cost * np.asarray(recoverable_errors, dtype=np.float64))
+
+    def forced_token(self, row: "RowState") -> int:
+        """The token the env will append at ``row``'s next step whatever the action, -1 if none."""
+        if row.t >= row.forced_until:
+            return -1
+        return EOS_ID if row.forced_ends and row.t == row.forced_until - 1 else row.forced_token
+
+    def advance_row(
+        self, row: "RowState", problem: int, action: int, rng: np.random.Generator | None
+    ) -> tuple[int, bool, float, bool, bool]:
+        """The scalar rules of one step (single env and solver): update ``row`` in place.
+
+        Returns ``(token, forced, reward, terminated, truncated)``; ``token`` is what was appended
+        (``action`` unless the env forced one). ``rng`` draws a derailed row's run-on; None only
+        where derail is off or the caller never steps past a doom (the solver).
+        """
+        f = self.forced_token(row)
+        forced = f >= 0
+        a = f if forced else int(action)
+        t = row.t
+        doomed_now = False
+        if row.failure_step < 0:
+            if row.pending:  # the token after a revisable fatal one: REVISE repairs, anything else seals
+                row.pending = False
+                if a == self.revise_id:
+                    row.repaired += 1
+                    row.pos -= 1  # back to the index of the wrong token
+                    row.forced_until, row.forced_token, row.forced_ends = t + self.repair_cost, a, False
+                else:
+                    row.failure_step, doomed_now = t, True
+            elif not forced:  # forced REVISEs of a repair only take length
+                verdict = self.classify(problem, row.pos, a)
+                if verdict == FATAL and row.repairable and a != EOS_ID:
+                    row.pending = True
+                elif verdict == FATAL:
+                    row.failure_step, doomed_now = t, True
+                elif verdict == RECOVERABLE:
+                    row.errors += 1
+                row.pos += 1
+        row.t = t + 1
+        terminated = a == EOS_ID
+        truncated = not terminated and row.t == self.max_len
+        if truncated and row.failure_step < 0:  # only reachable with repairs: the cap seals the row
+            row.failure_step = t
+        if doomed_now and self.derail > 0 and not terminated and not truncated:
+            g = int(rng.geometric(self.derail_q(problem, t))) - 1
+            row.derail_end = row.forced_until = t + 2 + g
+            row.forced_token, row.forced_ends = self.loop_id, True
+        row.success = terminated and row.failure_step < 0
+        reward = float(self.success_reward(row.errors)) if row.success else 0.0
+        return a, forced, reward, terminated, truncated
+
+
+@dataclass
+class RowState:
+    """One episode's state under the scalar rules. ``t``: response tokens so far; ``pos``: the
+    logical index into the structure's tables (``t`` minus the tokens repairs took); a row is
+    ``pending`` after a fatal token it may still revise (repairable rows only)."""
+
+    repairable: bool = False
+    t: int = 0
+    pos: int = 0
+    failure_step: int = -1
+    errors: int = 0
+    repaired: int = 0
+    pending: bool = False
+    forced_until: int = 0
+    forced_token: int = -1
+    forced_ends: bool = False
+    derail_end: int = -1
+    success: bool = False
+
+    def copy(self) -> "RowState":
+        return replace(self)
+
+
+def _draw_repairable(p: float, rng: np.random.Generator, n: int | None) -> bool | np.ndarray:
+    """The hidden per-row draw; no draw at all unless 0 < p < 1, so default streams are untouched."""
+    if 0 < p < 1:
+        return rng.random(n) < p if n is not None else bool(rng.random() < p)
+    return np.full(n, p >= 1) if n is not None else p >= 1
 
 
 def _require(ok: bool, name: str, message: str) -> None:
@@ -110,11 +223,16 @@ def make_structure(
     min_len: int,
     max_len_target: int | None,
     length_sigma: float,
+    length_tail: float | None = None,
+    length_spacing: str = "random",
     num_acceptable: int,
     num_acceptable_critical: int | None,
     critical_frac: float,
     recoverable_cost: float,
     structure_seed: int,
+    repair_prob: float = 0.0,
+    repair_cost: int = 1,
+    derail: float = 0.0,
 ) -> Structure:
     """Validate the arguments and draw the hidden structure from ``np.random.default_rng(structure_seed)``.
 
@@ -149,6 +267,18 @@ def make_structure(
         f"must be in [min_len = {min_len}, max_len - 1 = {max_len - 1}], got {max_len_target}",
     )
     _require(length_sigma >= 0, "length_sigma", f"must be >= 0, got {length_sigma}")
+    if length_tail is not None:
+        _require(length_dist == "lognormal", "length_tail", f"needs length_dist='lognormal', got {length_dist!r}")
+        _require(length_tail >= 1, "length_tail", f"must be >= 1 (p99 / p50), got {length_tail}")
+        length_sigma = float(np.log(length_tail)) / Z99
+    _require(
+        length_spacing in LENGTH_SPACINGS,
+        "length_spacing",
+        f"must be one of {LENGTH_SPACINGS}, got {length_spacing!r}",
+    )
+    _require(0.0 <= repair_prob <= 1.0, "repair_prob", f"must be in [0, 1], got {repair_prob}")
+    _require(int(repair_cost) == repair_cost and repair_cost >= 1, "repair_cost", f"must be an int >= 1, got {repair_cost}")
+    _require(derail == 0 or derail >= 1, "derail", f"must be 0 (off) or a length multiple >= 1, got {derail}")
     if num_acceptable_critical is None:
         num_acceptable_critical = num_acceptable
     for name, k in (("num_acceptable", num_acceptable), ("num_acceptable_critical", num_acceptable_critical)):
@@ -156,7 +286,8 @@ def make_structure(
     _require(0.0 <= critical_frac <= 1.0, "critical_frac", f"must be in [0, 1], got {critical_frac}")
     _require(recoverable_cost >= 0, "recoverable_cost", f"must be >= 0, got {recoverable_cost}")
 
-    P, T, V = num_problems, max_len, C + FIRST_CONTENT_ID
+    P, T = num_problems, max_len
+    V = C + FIRST_CONTENT_ID + (repair_prob > 0)  # REVISE last, so content ids never move
     # The largest step below draws (P, T, C) float64 keys and ranks them twice (int64), next to (P, T, V) bools.
     _require_memory(P * T * (C * 24 + V), "num_problems x max_len x num_content_tokens", f"{P} x {T} x {C}")
     rng = np.random.default_rng(structure_seed)
@@ -171,10 +302,17 @@ def make_structure(
         digits[dup] = rng.integers(C, size=(dup.size, prompt_len))
     prompts = digits.astype(np.int64) + FIRST_CONTENT_ID
 
+    # "quantile" spacing puts the P lengths at evenly spaced quantiles of the distribution (no draw),
+    # so a study over a few dozen problems sees exactly the range and tail it asked for.
     if length_dist == "fixed":
         lengths = np.full(P, target_len)
+    elif length_dist == "uniform" and length_spacing == "quantile":  # both ends included
+        lengths = np.rint(np.linspace(min_len, max_len_target, P))
     elif length_dist == "uniform":
         lengths = rng.integers(min_len, max_len_target + 1, size=P)
+    elif length_spacing == "quantile":  # lognormal
+        z = np.array([NormalDist().inv_cdf((i + 0.5) / P) for i in range(P)])
+        lengths = np.rint(np.exp(np.log(target_len) + length_sigma * z))
     else:  # lognormal with median target_len: a long right tail, clipped to what fits
         lengths = np.rint(np.exp(rng.normal(np.log(target_len), length_sigma, size=P)))
     lengths = np.clip(lengths, min_len, max_len - 1).astype(np.int64)
@@ -192,7 +330,8 @@ def make_structure(
     content_rank = np.argsort(np.argsort(rng.random((P, T, C)), axis=2), axis=2)
     k = np.where(critical, num_acceptable_critical, num_acceptable)
     acceptable = np.zeros((P, T, V), dtype=bool)
-    acceptable[:, :, FIRST_CONTENT_ID:] = (content_rank < k[:, :, None]) & before_L[:, :, None]
+    # REVISE (the last id, when present) is never acceptable: outside a repair it is a wrong token.
+    acceptable[:, :, FIRST_CONTENT_ID : FIRST_CONTENT_ID + C] = (content_rank < k[:, :, None]) & before_L[:, :, None]
     acceptable[np.arange(P), lengths, EOS_ID] = True
 
     return Structure(
@@ -205,6 +344,9 @@ def make_structure(
         target_len=_readonly(lengths),
         acceptable=_readonly(acceptable),
         critical=_readonly(critical),
+        repair_prob=float(repair_prob),
+        repair_cost=int(repair_cost),
+        derail=float(derail),
     )
 
 
@@ -292,10 +434,39 @@ class PlantedFailureEnv(_StructureAttrs, gym.Env[dict[str, np.ndarray], int]):
       ``length_sigma``, long right tail), always clipped to ``[min_len, max_len - 1]``.
     - ``target_len=12``, ``min_len=1``, ``max_len_target=None`` (defaults to ``target_len``),
       ``length_sigma=0.5``.
+    - ``length_tail=None``: p99 / p50 of the lognormal lengths; sets ``length_sigma`` to
+      ``ln(length_tail) / z_0.99`` (needs ``length_dist="lognormal"``).
+    - ``length_spacing="random"``: lengths drawn i.i.d.; ``"quantile"``: placed at the evenly
+      spaced quantiles ``(i + 0.5) / P`` of the distribution (uniform: both ends included), so the
+      realised range and tail are the asked-for ones.
     - ``num_acceptable=8``: acceptable content tokens at a non-critical position;
       ``num_acceptable_critical=None`` (defaults to ``num_acceptable``): at a critical one.
     - ``critical_frac=0.2``: ``round(critical_frac * L)`` critical positions per problem.
     - ``recoverable_cost=0.1``, ``structure_seed=0``, ``render_mode=None`` (or ``"ansi"``).
+    - ``repair_prob=0.0``, ``repair_cost=1``: recovery (below); 0 leaves the vocabulary unchanged.
+    - ``derail=0.0``: R >= 1 turns on derailment (below); 0 = off.
+
+    ## Recovery (``repair_prob > 0``)
+    The vocabulary gains REVISE (id ``vocab_size - 1``). At reset a hidden draw makes the row
+    *repairable* with probability ``repair_prob``. In a repairable row a fatal token that does not
+    end the episode (a wrong token at a critical position, or a content token where EOS belonged)
+    is revisable: if the next token is REVISE, the error is undone (the row is back at the wrong
+    token's index) at a length cost of ``repair_cost`` tokens: that REVISE and ``repair_cost - 1``
+    REVISEs the env forces; any other next token seals the failure (``failure_step`` is that
+    token's index). In a row that is not repairable every fatal token dooms at once. A row that
+    repairs can run out of length: truncation at ``max_len`` then seals it.
+
+    ## Derailment (``derail = R >= 1``)
+    Once a row is doomed by a token that does not end it, the env takes over: it forces the loop
+    token (``2``) and then EOS, ending the row at length ``t + 2 + G`` for a doom at index ``t``,
+    ``G`` geometric with mean ``max(0, R * (L + 1) - (t + 2))``: a doomed row's expected length is
+    ``R`` times a successful row's ``L + 1`` (less where ``max_len`` truncates it). Rows doomed by an
+    early EOS end there.
+
+    ## Forced tokens
+    Repairs and derailment append tokens whatever the action (the action is ignored, as with
+    sticky actions); ``info["forced"]`` flags such a step and :meth:`forced_token` tells the next
+    one in advance, so a collector can record the forced token and leave it out of the policy loss.
 
     ## Planted Failure Points
     An unacceptable token at a critical position is **fatal**: the episode goes on, but no
@@ -305,7 +476,10 @@ class PlantedFailureEnv(_StructureAttrs, gym.Env[dict[str, np.ndarray], int]):
     the first fatal token, -1 if none) is the earliest index after which failure was certain.
     Unacceptable tokens at non-critical positions before ``L`` are recoverable (cost
     ``recoverable_cost`` each). ``info`` holds ``problem``, ``failure_step``, ``doomed``
-    (``failure_step >= 0``), ``success`` and ``recoverable_errors``: ground truth, not for the agent.
+    (``failure_step >= 0``: no continuation can succeed), ``success``, ``recoverable_errors``,
+    ``repaired`` (repairs so far), ``repairable`` (the hidden draw), ``forced`` (this step's token was
+    forced) and ``derail_end`` (the length a derailed row will end at, -1 if none): ground truth,
+    not for the agent.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
@@ -327,6 +501,11 @@ class PlantedFailureEnv(_StructureAttrs, gym.Env[dict[str, np.ndarray], int]):
         critical_frac: float = 0.2,
         recoverable_cost: float = 0.1,
         structure_seed: int = 0,
+        length_tail: float | None = None,
+        length_spacing: str = "random",
+        repair_prob: float = 0.0,
+        repair_cost: int = 1,
+        derail: float = 0.0,
         render_mode: str | None = None,
     ):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -348,15 +527,18 @@ class PlantedFailureEnv(_StructureAttrs, gym.Env[dict[str, np.ndarray], int]):
             critical_frac=critical_frac,
             recoverable_cost=recoverable_cost,
             structure_seed=structure_seed,
+            length_tail=length_tail,
+            length_spacing=length_spacing,
+            repair_prob=repair_prob,
+            repair_cost=repair_cost,
+            derail=derail,
         )
         self.action_space = spaces.Discrete(self.vocab_size)
         self.observation_space = _observation_space(self.structure)
         self._tokens = np.zeros(self.prompt_len + self.max_len, dtype=np.int64)
         self._problem = 0
-        self._t = 0
-        self._failure_step = -1
-        self._errors = 0
-        self._success = False
+        self._row = RowState()
+        self._forced = False
         self._ended = True
 
     def reset(
@@ -372,8 +554,8 @@ class PlantedFailureEnv(_StructureAttrs, gym.Env[dict[str, np.ndarray], int]):
         self._problem = int(problem)
         self._tokens[:] = PAD_ID
         self._tokens[: self.prompt_len] = self.prompts[self._problem]
-        self._t, self._failure_step, self._errors = 0, -1, 0
-        self._success, self._ended = False, False
+        self._row = RowState(repairable=_draw_repairable(self.structure.repair_prob, self.np_random, None))
+        self._forced, self._ended = False, False
         return self._obs(), self._info()
 
     def step(self, action: int) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
@@ -381,42 +563,43 @@ class PlantedFailureEnv(_StructureAttrs, gym.Env[dict[str, np.ndarray], int]):
             raise ValueError("step: the episode has ended; call reset() first")
         if not self.action_space.contains(action):
             raise ValueError(f"action: must be an int in [0, {self.vocab_size}), got {action!r}")
-        a, t = int(action), self._t
-        if self._failure_step < 0:  # once doomed, nothing more is counted
-            verdict = self.structure.classify(self._problem, t, a)
-            if verdict == FATAL:
-                self._failure_step = t
-            elif verdict == RECOVERABLE:
-                self._errors += 1
+        t = self._row.t
+        a, self._forced, reward, terminated, truncated = self.structure.advance_row(
+            self._row, self._problem, int(action), self.np_random
+        )
         self._tokens[self.prompt_len + t] = a
-        self._t = t + 1
-        terminated = a == EOS_ID
-        truncated = not terminated and self._t == self.max_len
-        self._success = terminated and self._failure_step < 0
-        reward = float(self.structure.success_reward(self._errors)) if self._success else 0.0
         self._ended = terminated or truncated
         return self._obs(), reward, terminated, truncated, self._info()
+
+    def forced_token(self) -> int:
+        """The token the next step will append whatever the action, -1 if the action decides."""
+        return -1 if self._ended else self.structure.forced_token(self._row)
 
     def render(self) -> str | None:
         if self.render_mode != "ansi":
             return None
-        response = self._tokens[self.prompt_len : self.prompt_len + self._t]
+        response = self._tokens[self.prompt_len : self.prompt_len + self._row.t]
         return (
             f"problem {self._problem} (L={self.target_len[self._problem]}) | "
             f"{' '.join(map(str, self.prompts[self._problem]))} | {' '.join(map(str, response))}"
-            f" | failure_step={self._failure_step}\n"
+            f" | failure_step={self._row.failure_step}\n"
         )
 
     def _obs(self) -> dict[str, np.ndarray]:
-        return {"tokens": self._tokens.copy(), "length": np.int64(self.prompt_len + self._t)}
+        return {"tokens": self._tokens.copy(), "length": np.int64(self.prompt_len + self._row.t)}
 
     def _info(self) -> dict[str, Any]:
+        r = self._row
         return {
             "problem": self._problem,
-            "failure_step": self._failure_step,
-            "doomed": self._failure_step >= 0,
-            "success": self._success,
-            "recoverable_errors": self._errors,
+            "failure_step": r.failure_step,
+            "doomed": r.failure_step >= 0,
+            "success": r.success,
+            "recoverable_errors": r.errors,
+            "repaired": r.repaired,
+            "repairable": r.repairable,
+            "forced": self._forced,
+            "derail_end": r.derail_end,
         }
 
 
@@ -469,6 +652,17 @@ class PlantedFailureVectorEnv(_StructureAttrs, VectorEnv):
         self._errors = np.zeros(N, dtype=np.int64)
         self._success = np.zeros(N, dtype=bool)
         self._live = np.zeros(N, dtype=bool)
+        # Regime state (see the single env's Recovery and Derailment sections); _pos is the logical
+        # index into the tables, equal to _t unless a repair has taken length.
+        self._pos = np.zeros(N, dtype=np.int64)
+        self._repairable = np.zeros(N, dtype=bool)
+        self._pending = np.zeros(N, dtype=bool)
+        self._repaired = np.zeros(N, dtype=np.int64)
+        self._forced_until = np.zeros(N, dtype=np.int64)
+        self._forced_token = np.full(N, -1, dtype=np.int64)
+        self._forced_ends = np.zeros(N, dtype=bool)
+        self._derail_end = np.full(N, -1, dtype=np.int64)
+        self._last_forced = np.zeros(N, dtype=bool)
         # Where a wrong token is fatal: planted critical positions, and the length check at t == L.
         self._fatal_if_wrong = self.critical.copy()
         self._fatal_if_wrong[np.arange(self.num_problems), self.target_len] = True
@@ -535,6 +729,15 @@ class PlantedFailureVectorEnv(_StructureAttrs, VectorEnv):
         self._errors[rows] = 0
         self._success[rows] = False
         self._live[rows] = True
+        self._pos[rows] = 0
+        self._repairable[rows] = _draw_repairable(self.structure.repair_prob, self.np_random, rows.size)
+        self._pending[rows] = False
+        self._repaired[rows] = 0
+        self._forced_until[rows] = 0
+        self._forced_token[rows] = -1
+        self._forced_ends[rows] = False
+        self._derail_end[rows] = -1
+        self._last_forced[rows] = False
 
     def step_rows(
         self, rows: np.ndarray, actions: np.ndarray
@@ -556,26 +759,71 @@ class PlantedFailureVectorEnv(_StructureAttrs, VectorEnv):
             raise ValueError(f"rows: rows {rows[~self._live[rows]]} have ended; reset_rows() them first")
         return (*self._advance(rows, actions), self.row_info(rows))
 
+    def forced_tokens(self, rows: np.ndarray) -> np.ndarray:
+        """``(n,)`` the token each listed row's next step will append whatever the action, -1 where
+        the action decides (always -1 without repair or derail, and for rows not live)."""
+        rows = self._check_rows(rows)
+        t, until = self._t[rows], self._forced_until[rows]
+        tok = np.where(self._forced_ends[rows] & (t == until - 1), EOS_ID, self._forced_token[rows])
+        return np.where(self._live[rows] & (t < until), tok, -1)
+
     def _advance(self, rows: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Unchecked :meth:`step_rows` without the info: ``rows`` distinct and live, ``actions`` valid."""
+        s = self.structure
         p, t = self._problem[rows], self._t[rows]
+        forced = t < self._forced_until[rows]  # never true with both knobs off
+        if forced.any():
+            until = self._forced_until[rows]
+            tok = np.where(self._forced_ends[rows] & (t == until - 1), EOS_ID, self._forced_token[rows])
+            actions = np.where(forced, tok, actions)
         is_eos = actions == EOS_ID
-        not_doomed = self._failure_step[rows] < 0
-        # A not-doomed row has t <= L < max_len, so the lookups are in range; EOS is acceptable
-        # only at t == L, which folds the length rule into the same two tables.
-        wrong = not_doomed & ~self.acceptable[p, t, actions]
-        fatal = wrong & (is_eos | self._fatal_if_wrong[p, t])
-        self._failure_step[rows] = np.where(fatal, t, self._failure_step[rows])
-        self._errors[rows] += wrong & ~fatal
+        fs = self._failure_step[rows]
+        not_doomed = fs < 0
+        judged = not_doomed & ~forced  # forced REVISEs of a repair are not judged
+        doom = np.zeros(rows.size, dtype=bool)
+        if s.repair_prob > 0:
+            pending = self._pending[rows] & not_doomed
+            revise = pending & (actions == s.revise_id)
+            doom |= pending & ~revise  # the token after a revisable error was not REVISE
+            self._pending[rows] = False
+            self._pos[rows] -= revise  # back to the wrong token's index
+            self._repaired[rows] += revise
+            self._forced_until[rows] = np.where(revise, t + s.repair_cost, self._forced_until[rows])
+            self._forced_token[rows] = np.where(revise, s.revise_id, self._forced_token[rows])
+            self._forced_ends[rows] &= ~revise
+            judged &= ~pending
+        # A judged row has pos <= L < max_len; the clip only keeps the others' lookups in range. EOS
+        # is acceptable only at pos == L, which folds the length rule into the same two tables.
+        pos = np.minimum(self._pos[rows], self.max_len - 1)
+        wrong = judged & ~self.acceptable[p, pos, actions]
+        fatal = wrong & (is_eos | self._fatal_if_wrong[p, pos])
+        if s.repair_prob > 0:
+            hold = fatal & ~is_eos & self._repairable[rows]
+            self._pending[rows] |= hold
+            fatal &= ~hold
+        doom |= fatal
+        self._errors[rows] += wrong & ~fatal & ~self._pending[rows]
+        self._pos[rows] += judged
         self._tokens[rows, self.prompt_len + t] = actions
         self._t[rows] = t + 1
+        self._last_forced[rows] = forced
 
         terminated = is_eos
         truncated = ~is_eos & (t + 1 == self.max_len)
-        success = is_eos & (self._failure_step[rows] < 0)
+        fs = np.where((doom | truncated) & not_doomed, t, fs)  # truncation seals a repaired-out row
+        self._failure_step[rows] = fs
+        if s.derail > 0:
+            run_on = doom & ~terminated & ~truncated
+            if run_on.any():
+                r = rows[run_on]
+                g = self.np_random.geometric(s.derail_q(p[run_on], t[run_on])) - 1
+                self._derail_end[r] = self._forced_until[r] = t[run_on] + 2 + g
+                self._forced_token[r] = s.loop_id
+                self._forced_ends[r] = True
+        success = is_eos & (fs < 0)
         self._success[rows] = success
         self._live[rows] = ~(terminated | truncated)
-        reward = np.where(success, self.structure.success_reward(self._errors[rows]), 0.0)
+        reward = np.where(success, s.success_reward(self._errors[rows]), 0.0)
         return reward, terminated, truncated
 
     @property
@@ -594,6 +842,10 @@ class PlantedFailureVectorEnv(_StructureAttrs, VectorEnv):
             "doomed": fs >= 0,
             "success": self._success[rows],
             "recoverable_errors": self._errors[rows],
+            "repaired": self._repaired[rows],
+            "repairable": self._repairable[rows],
+            "forced": self._last_forced[rows],
+            "derail_end": self._derail_end[rows],
             "length": self._t[rows],
             "live": self._live[rows],
         }

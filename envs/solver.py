@@ -14,15 +14,23 @@ threshold, against which ESPO's learned stops are scored.
 
 Both return a :class:`PrefixValues`, callable on a prefix, with :meth:`PrefixValues.curve` for a
 whole response. :func:`bayes_optimal_stop` turns curves into stop steps.
+
+With recovery (``repair_prob > 0``) whether a row is repairable is a hidden draw, so the value of a
+prefix is the posterior mix of the two branches' values, each weighted by its prior and by the
+prefix's likelihood in it (forced REVISEs, a derailed run-on and the policy's own tokens differ
+between branches). :func:`solve` computes that exactly; :func:`monte_carlo_success` estimates
+``P(success | prefix)`` on any instance, with a binomial interval, by rejection sampling rollouts
+of the env itself.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 
-from envs.planted_failure import EOS_ID, FATAL, RECOVERABLE, Structure
+from envs.planted_failure import EOS_ID, FATAL, RowState, Structure
 
 Policy = Callable[[int, tuple[int, ...]], np.ndarray]
 """``policy(problem, prefix) -> (vocab_size,)`` action probabilities after response ``prefix``."""
@@ -53,25 +61,92 @@ def _check_probs(probs: np.ndarray, shape: tuple[int, ...], where: str) -> np.nd
     return probs
 
 
+class _NoDraw:
+    """Stands in for the rng at a dooming step: the run-on it starts is never stepped through (the
+    replay scores what follows a doom in closed form, the DP stops at dooms)."""
+
+    @staticmethod
+    def geometric(q: float) -> int:
+        return 1
+
+
+def _branches(s: Structure) -> list[tuple[float, bool]]:
+    """(prior, repairable) of each value of the hidden draw that can occur."""
+    p = s.repair_prob
+    if p <= 0 or p >= 1:
+        return [(1.0, p >= 1)]
+    return [(1.0 - p, False), (p, True)]
+
+
+def _check_prefix(s: Structure, prefix: Sequence[int]) -> None:
+    if len(prefix) > s.max_len:
+        raise ValueError(f"prefix: longer than max_len = {s.max_len}")
+    for t, a in enumerate(prefix):
+        if not 0 <= a < s.vocab_size:
+            raise ValueError(f"prefix: token {a} at index {t} is outside [0, {s.vocab_size})")
+        if t > 0 and prefix[t - 1] == EOS_ID:
+            raise ValueError(f"prefix: token at index {t} follows EOS")
+
+
+def replay(
+    structure: Structure,
+    problem: int,
+    prefix: Sequence[int],
+    *,
+    repairable: bool = False,
+    policy: Policy | None = None,
+) -> tuple[RowState, bool, float]:
+    """Replay ``prefix`` under the env's rules in the branch where the hidden draw is ``repairable``.
+
+    Returns ``(row, ended, likelihood)``: the row's state (frozen at its doom: what follows a doom
+    cannot change the outcome), whether the last token was EOS, and the probability that the env
+    and ``policy`` produce ``prefix`` in this branch (0 where a token contradicts one the env
+    forces; without ``policy`` the policy's factors are left out, i.e. taken as 1).
+    Raises ``ValueError`` for a prefix no branch could produce (bad id, token after EOS, too long).
+    """
+    s = structure
+    prefix = tuple(int(a) for a in prefix)
+    _check_prefix(s, prefix)
+    row, lik = RowState(repairable=repairable), 1.0
+    for k, a in enumerate(prefix):
+        if row.failure_step >= 0:
+            return row, prefix[-1] == EOS_ID, lik * _after_doom(s, problem, prefix, row, policy)
+        f = s.forced_token(row)
+        if f >= 0 and a != f:
+            return row, prefix[-1] == EOS_ID, 0.0
+        if f < 0 and policy is not None:
+            lik *= float(policy(problem, prefix[:k])[a])
+        s.advance_row(row, problem, a, _NoDraw)
+    return row, len(prefix) > 0 and prefix[-1] == EOS_ID, lik
+
+
+def _after_doom(s: Structure, problem: int, prefix: tuple[int, ...], row: RowState, policy: Policy | None) -> float:
+    """Likelihood of the tokens after the dooming one: a derailed run-on is loop tokens then EOS at
+    ``t + 1 + G`` (G geometric, :meth:`Structure.derail_q`); otherwise they are the policy's."""
+    d = row.t - 1  # the dooming token's index
+    rest = prefix[d + 1 :]
+    if s.derail > 0 and prefix[d] != EOS_ID:
+        q = float(s.derail_q(problem, d))
+        c = len(rest)
+        if any(a != s.loop_id for a in rest[:-1]) or (c and rest[-1] not in (s.loop_id, EOS_ID)):
+            return 0.0
+        if c and rest[-1] == EOS_ID:
+            return q * (1.0 - q) ** (c - 1)  # G = c - 1
+        return (1.0 - q) ** c  # G >= c: still running (or truncated at max_len)
+    if policy is None:
+        return 1.0
+    return float(np.prod([policy(problem, prefix[:k])[prefix[k]] for k in range(d + 1, len(prefix))]))
+
+
 def walk(structure: Structure, problem: int, prefix: Sequence[int]) -> tuple[bool, bool, int]:
-    """Replay ``prefix`` (response token ids) under the env's rules.
+    """Replay ``prefix`` (response token ids) under the env's rules (with ``0 < repair_prob < 1``: the
+    branch where the row is not repairable).
 
     Returns ``(doomed, ended, recoverable_errors)``; ``ended`` means the last token was EOS.
     Raises ``ValueError`` for a prefix the env could not produce (bad id, token after EOS, too long).
     """
-    if len(prefix) > structure.max_len:
-        raise ValueError(f"prefix: longer than max_len = {structure.max_len}")
-    doomed, errors = False, 0
-    for t, a in enumerate(prefix):
-        if not 0 <= a < structure.vocab_size:
-            raise ValueError(f"prefix: token {a} at index {t} is outside [0, {structure.vocab_size})")
-        if t > 0 and prefix[t - 1] == EOS_ID:
-            raise ValueError(f"prefix: token at index {t} follows EOS")
-        if not doomed:
-            verdict = structure.classify(problem, t, int(a))
-            doomed = verdict == FATAL
-            errors += verdict == RECOVERABLE
-    return doomed, len(prefix) > 0 and prefix[-1] == EOS_ID, errors
+    row, ended, _ = replay(structure, problem, prefix, repairable=structure.repair_prob >= 1)
+    return row.failure_step >= 0, ended, row.errors
 
 
 class PrefixValues:
@@ -80,7 +155,9 @@ class PrefixValues:
     Doomed prefixes are worth 0, a prefix ending in EOS is worth its outcome (1, or the reward),
     and every other prefix is read from ``table`` (from :func:`solve`: every not-doomed, not-ended
     prefix -> value) or from ``q`` (from :func:`solve_positional`: ``(max_len + 1,)`` by length).
-    Call it with a sequence of response token ids.
+    With a hidden repairable draw (``0 < repair_prob < 1``), :func:`solve` gives one table per
+    branch (``tables``: repairable -> table) and the value is their posterior mix given the prefix
+    (``policy`` gives the likelihoods). Call it with a sequence of response token ids.
     """
 
     def __init__(
@@ -91,20 +168,40 @@ class PrefixValues:
         *,
         table: dict[tuple[int, ...], float] | None = None,
         q: np.ndarray | None = None,
+        tables: dict[bool, dict[tuple[int, ...], float]] | None = None,
+        policy: Policy | None = None,
     ):
-        if (table is None) == (q is None):
-            raise ValueError("exactly one of table and q must be given")
+        if sum(x is not None for x in (table, q, tables)) != 1:
+            raise ValueError("exactly one of table, q and tables must be given")
+        if tables is not None and policy is None:
+            raise ValueError("tables: the posterior over branches needs the policy")
         self.structure, self.problem, self.target = structure, problem, target
-        self.table, self.q = table, q
+        self.table, self.q, self.tables, self.policy = table, q, tables, policy
+
+    def _branch_value(self, row: RowState, ended: bool, prefix: tuple[int, ...], table) -> float:
+        if row.failure_step >= 0:
+            return 0.0
+        if ended:
+            return 1.0 if self.target == "success" else float(self.structure.success_reward(row.errors))
+        return table[prefix] if table is not None else float(self.q[len(prefix)])
 
     def __call__(self, prefix: Sequence[int]) -> float:
         prefix = tuple(int(a) for a in prefix)
-        doomed, ended, errors = walk(self.structure, self.problem, prefix)
-        if doomed:
-            return 0.0
-        if ended:
-            return 1.0 if self.target == "success" else float(self.structure.success_reward(errors))
-        return self.table[prefix] if self.table is not None else float(self.q[len(prefix)])
+        s = self.structure
+        if self.tables is None:
+            row, ended, lik = replay(s, self.problem, prefix, repairable=s.repair_prob >= 1)
+            if lik == 0.0:
+                raise ValueError(f"prefix: {prefix} contradicts a token the env forces")
+            return self._branch_value(row, ended, prefix, self.table)
+        num = den = 0.0
+        for prior, repairable in _branches(s):
+            row, ended, lik = replay(s, self.problem, prefix, repairable=repairable, policy=self.policy)
+            if lik > 0.0:
+                num += prior * lik * self._branch_value(row, ended, prefix, self.tables[repairable])
+                den += prior * lik
+        if den == 0.0:
+            raise ValueError(f"prefix: {prefix} has probability 0 under the policy and the env")
+        return num / den
 
     def curve(self, tokens: Sequence[int]) -> np.ndarray:
         """``(n + 1,)`` values of every prefix ``tokens[:k]``, ``k = 0..n``, of a response of n tokens."""
@@ -122,9 +219,11 @@ def solve(
     """Exact values under a general tabular policy, by DP over the not-yet-doomed prefixes.
 
     ``V(prefix) = sum_a policy(problem, prefix)[a] * V(prefix + (a,))``, with doomed children worth
-    0 and EOS children worth their outcome. ``target="reward"`` gives expected reward instead of
-    success probability (they differ by the recoverable-error cost). The policy is queried on every
-    not-doomed prefix, also those it gives probability 0.
+    0 and EOS children worth their outcome; where the env forces the next token that token is the
+    only child. ``target="reward"`` gives expected reward instead of success probability (they
+    differ by the recoverable-error cost). The policy is queried on every not-doomed prefix where
+    it chooses, also those it gives probability 0. With ``0 < repair_prob < 1`` one DP per value of
+    the hidden draw; :class:`PrefixValues` mixes them by their posterior given the prefix.
 
     Raises ``ValueError`` once more than ``max_prefixes`` prefixes are needed.
 
@@ -141,30 +240,40 @@ def solve(
         raise ValueError(f"target: must be 'success' or 'reward', got {target!r}")
     s = as_structure(source)
     problem = _check_problem(s, problem)
-    table: dict[tuple[int, ...], float] = {}
+    tables: dict[bool, dict[tuple[int, ...], float]] = {}
+    for _, repairable in _branches(s):
+        table = tables[repairable] = {}
 
-    def value(prefix: tuple[int, ...], errors: int) -> float:
-        if len(table) >= max_prefixes:
-            raise ValueError(
-                f"max_prefixes: this instance needs more than {max_prefixes} prefixes; use solve_positional"
-            )
-        probs = _check_probs(policy(problem, prefix), (s.vocab_size,), f"policy({problem}, {prefix})")
-        t, total = len(prefix), 0.0
-        for a in range(s.vocab_size):
-            verdict = s.classify(problem, t, a)
-            if verdict == FATAL:
-                continue
-            e = errors + (verdict == RECOVERABLE)
-            if a == EOS_ID:
-                v = 1.0 if target == "success" else float(s.success_reward(e))
-            else:  # not fatal and not EOS means t < L <= max_len - 1: never truncated here
-                v = value(prefix + (a,), e)
-            total += probs[a] * v
-        table[prefix] = total = float(total)
-        return total
+        def value(prefix: tuple[int, ...], row: RowState) -> float:
+            if sum(map(len, tables.values())) >= max_prefixes:
+                raise ValueError(
+                    f"max_prefixes: this instance needs more than {max_prefixes} prefixes; use "
+                    "solve_positional or monte_carlo_success"
+                )
+            forced = s.forced_token(row)
+            if forced >= 0:
+                choices: Any = [(forced, 1.0)]
+            else:
+                probs = _check_probs(policy(problem, prefix), (s.vocab_size,), f"policy({problem}, {prefix})")
+                choices = zip(range(s.vocab_size), probs)
+            total = 0.0
+            for a, pr in choices:
+                child = row.copy()
+                _, _, _, terminated, _ = s.advance_row(child, problem, a, _NoDraw)
+                if child.failure_step >= 0:  # doomed, or truncated (which seals)
+                    continue
+                if terminated:
+                    v = 1.0 if target == "success" else float(s.success_reward(child.errors))
+                else:
+                    v = value(prefix + (a,), child)
+                total += pr * v
+            table[prefix] = total = float(total)
+            return total
 
-    value((), 0)
-    return PrefixValues(s, problem, target, table=table)
+        value((), RowState(repairable=repairable))
+    if len(tables) == 1:
+        return PrefixValues(s, problem, target, table=next(iter(tables.values())))
+    return PrefixValues(s, problem, target, tables=tables, policy=policy)
 
 
 def solve_positional(source: object, problem: int, probs: np.ndarray) -> PrefixValues:
@@ -180,6 +289,8 @@ def solve_positional(source: object, problem: int, probs: np.ndarray) -> PrefixV
     ``(max_len + 1,)``, zero beyond L.
     """
     s = as_structure(source)
+    if s.repair_prob > 0:  # a repair decouples the table index from the length
+        raise ValueError("solve_positional: needs repair_prob == 0; use solve or monte_carlo_success")
     problem = _check_problem(s, problem)
     probs = _check_probs(probs, (s.max_len, s.vocab_size), "probs")
     L = int(s.target_len[problem])
@@ -235,3 +346,99 @@ def bayes_optimal_stop(curves: np.ndarray, threshold: float, *, min_tokens: int 
     below = curves[..., 1:] < threshold  # NaN compares False
     below[..., :min_tokens] = False
     return np.where(below.any(-1), below.argmax(-1), -1).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class MonteCarloEstimate:
+    """``P(success | prefix)`` estimated from ``trials`` rollouts that produced the prefix."""
+
+    successes: int
+    trials: int
+    low: float
+    high: float
+    """Exact (Clopper-Pearson) binomial interval at ``confidence``."""
+    confidence: float
+    attempts: int
+    """Rollouts started; the others left the prefix and were rejected."""
+
+    @property
+    def estimate(self) -> float:
+        return self.successes / self.trials
+
+
+def monte_carlo_success(
+    env_id: str,
+    problem: int,
+    prefix: Sequence[int],
+    policy: Policy,
+    *,
+    trials: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    batch: int = 4096,
+    max_attempts: int = 2_000_000,
+    env_kwargs: dict[str, Any] | None = None,
+) -> MonteCarloEstimate:
+    """Estimate ``P(success | prefix)`` under ``policy`` where :func:`solve` cannot (large
+    instances, derail with recovery), with a binomial interval.
+
+    Rejection sampling on the native vector env: rows of ``problem`` start fresh (hidden draws from
+    the prior), sample from ``policy`` (tokens the env forces replace the sampled ones), and are
+    kept only if their first ``len(prefix)`` tokens are ``prefix``; each kept row is then an
+    independent draw from the episodes that start with ``prefix``, so its success count is binomial
+    and ``scipy.stats.binomtest(...).proportion_ci`` applies. The cost grows as 1 / P(prefix).
+    """
+    from scipy.stats import binomtest  # test-time dependency: kept out of `import envs`
+
+    import gymnasium as gym
+
+    venv = gym.make_vec(env_id, num_envs=batch, vectorization_mode="vector_entry_point", **(env_kwargs or {}))
+    venv = venv.unwrapped
+    venv.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    prefix = tuple(int(a) for a in prefix)
+    _check_prefix(venv.structure, prefix)
+    _check_problem(venv.structure, problem)
+    successes = kept = attempts = 0
+    while kept < trials:
+        if attempts >= max_attempts:
+            raise ValueError(f"max_attempts: only {kept} of {attempts} rollouts produced prefix {prefix}")
+        rows = np.arange(batch)
+        venv.reset_rows(rows, np.full(batch, problem))
+        attempts += batch
+        responses: list[tuple[int, ...]] = [()] * batch
+        live = np.ones(batch, dtype=bool)
+        ok = np.ones(batch, dtype=bool)  # still on the prefix
+        success = np.zeros(batch, dtype=bool)
+        while live.any():
+            r = np.flatnonzero(live)
+            dists: dict[tuple[int, ...], np.ndarray] = {}
+            probs = np.stack([dists.setdefault(responses[i], np.asarray(policy(problem, responses[i]))) for i in r])
+            u = rng.random((r.size, 1))
+            actions = np.minimum((probs.cumsum(-1) < u).sum(-1), probs.shape[1] - 1)
+            forced = venv.forced_tokens(r)
+            actions = np.where(forced >= 0, forced, actions)
+            k = np.array([len(responses[i]) for i in r])
+            on = k < len(prefix)
+            want = np.array(prefix + (0,))[np.minimum(k, len(prefix))]
+            off = on & (actions != want)  # left the prefix: reject now, stop spending steps on it
+            ok[r[off]] = False
+            live[r[off]] = False
+            keep = ~off
+            r, actions = r[keep], actions[keep]
+            if r.size == 0:
+                continue
+            _, terminated, truncated, info = venv.step_rows(r, actions)
+            for i, a in zip(r, actions):
+                responses[i] = responses[i] + (int(a),)
+            done = terminated | truncated
+            success[r[done]] = info["success"][done]
+            live[r[done]] = False
+            # a row that ended inside the prefix did not produce it
+            short = done & (np.array([len(responses[i]) for i in r]) < len(prefix))
+            ok[r[short]] = False
+        take = np.flatnonzero(ok)[: trials - kept]
+        kept += take.size
+        successes += int(success[take].sum())
+    ci = binomtest(successes, kept).proportion_ci(confidence_level=confidence, method="exact")
+    return MonteCarloEstimate(successes, kept, float(ci.low), float(ci.high), confidence, attempts)

@@ -48,6 +48,12 @@ class SimTask:
         self._doomed = np.zeros(num_slots, dtype=bool)
         self._problem = np.full(num_slots, -1, dtype=np.int64)
         self._ended = np.zeros(num_slots, dtype=bool)
+        st = self.env.structure
+        if st.derail > 0 or st.repair_prob > 0:
+            # Tokens the env writes itself (a derailed run-on, a repair's REVISEs): the collector appends
+            # them whatever was sampled and leaves them out of the policy loss. Absent when the knobs are
+            # off, so default runs take the collector's unforced path unchanged.
+            self.forced_tokens = lambda slots: self.env.forced_tokens(np.asarray(slots, dtype=np.int64))
 
     def reset(self, slots: np.ndarray, *, split: str = "train", group_size: int = 1) -> list[list[int]]:
         # The simulated problems have no held-out split: every problem is drawn from the same set.

@@ -430,7 +430,7 @@ def test_headline_verdict_flips_with_the_interval(tmp_path):
         _seeds(root, "ppo", n, tokens=100, success=0.5)
         _seeds(root, "espo", n, tokens=espo_tokens, success=espo_success, rule="espo")
         v = headline.verdicts(headline.per_run(load_runs(root, axes=headline_sweep.AXES)))
-        return {k: [x for x in v if k in x][0] for k in ("saves >20%", "higher than PPO's")}
+        return {k: [x for x in v if k in x][0] for k in ("saves >20%", "more often than PPO's")}
 
     assert ": yes (" in claim([75, 70, 72, 78, 74] * 2)["saves >20%"]  # 22-30% saved on every seed
     assert ": no (" in claim([90, 85, 88, 92, 86] * 2)["saves >20%"]  # 8-15%
@@ -438,9 +438,26 @@ def test_headline_verdict_flips_with_the_interval(tmp_path):
     assert "saved +25.0 [+25.0, +25.0] %" in claim(75)["saves >20%"]
     assert ": undecided (7 seeds; a decision needs 8)" in claim(75, n=7)["saves >20%"]  # too few seeds
     # success: paired by seed, so a constant +0.1 on every seed is decided despite the spread of seeds
-    assert ": yes (" in claim(75, [0.6] * 10)["higher than PPO's"]
-    assert ": no (" in claim(75, [0.3, 0.35, 0.4, 0.3, 0.2] * 2)["higher than PPO's"]
-    assert ": undecided" in claim(75, [0.9, 0.1, 0.9, 0.1, 0.5] * 2)["higher than PPO's"]
+    assert ": yes (" in claim(75, [0.6] * 10)["more often than PPO's"]
+    assert ": no (" in claim(75, [0.3, 0.35, 0.4, 0.3, 0.2] * 2)["more often than PPO's"]
+    assert ": undecided" in claim(75, [0.9, 0.1, 0.9, 0.1, 0.5] * 2)["more often than PPO's"]
+    assert "(training success; the runs have no no-stop evaluation)" in claim(75)["more often than PPO's"]
+
+
+def test_success_claims_judge_the_policy_without_stopping(tmp_path):
+    """With a no-stop evaluation, the claim is about it: ESPO's training success is higher (its stops end
+    hard rows before they count), but its final policy, run to the end, is worse."""
+    root = tmp_path / "runs"
+    _seeds(root, "ppo", tokens=100, success=0.5)
+    _seeds(root, "espo", tokens=75, success=0.6, rule="espo")
+    for s in range(10):
+        for m, ns in (("ppo", 0.5), ("espo", 0.4)):
+            (root / f"{m}-default-s{s}" / "final_eval_nostop.json").write_text(
+                json.dumps({"rows": 2048, "success": ns + 0.01 * s, "step": STEPS}))
+    pr = headline.per_run(load_runs(root, axes=headline_sweep.AXES))
+    np.testing.assert_allclose(pr[pr["method"] == "espo"]["nostop_vs_ppo"], -0.1)
+    (line,) = [x for x in headline.verdicts(pr) if "more often than PPO's" in x]
+    assert "(no-stop evaluation): no (" in line and "training success +0.100" in line
 
 
 def test_random_and_oracle_verdicts_flip(tmp_path):

@@ -10,8 +10,8 @@ quantities are the headline's (:func:`analysis.experiments.espo_headline.analysi
   stop rule let it finish.
 - ``final_entropy``: mean ``actor/entropy`` over the last 10% of steps.
 - ``stop_rate_2nd``: mean ``stop/rate`` over the second half of training.
-- ``warmup_end``: the first step whose ``stop/active`` is 1; ``value_at_warmup``: the critic's mean
-  value (``critic/value_mean``) at that step: what the gate sees when it first decides.
+- ``warmup_end`` (ESPO runs): the first step whose ``stop/active`` is 1; ``value_at_warmup``: the
+  critic's mean value (``critic/value_mean``) at that step: what the gate sees when it first decides.
 
 Claims (one family, Holm-corrected, exact paired sign-flip tests over seeds):
 
@@ -71,6 +71,8 @@ def per_run(df: pd.DataFrame, rows: pd.DataFrame | None = None) -> pd.DataFrame:
         extra[name] = {"stop_rate_2nd": run_mean(half, "stop/rate"), "warmup_end": end, "value_at_warmup": value}
     for k in ("stop_rate_2nd", "warmup_end", "value_at_warmup"):
         pr[k] = [extra[n][k] for n in pr["run"]]
+    # only ESPO's warm-up is a decision of the rule (random follows its ESPO run's schedule)
+    pr.loc[pr["method"] != "espo", ["warmup_end", "value_at_warmup"]] = math.nan
     return pr
 
 

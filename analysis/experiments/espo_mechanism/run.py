@@ -57,7 +57,10 @@ def main(out: str = f"out/{STUDY}", workers: int = 2, quick: bool = False, fresh
         "policy sharpens. Starting the rule later (a trained critic) separates the two: a gate effect closes "
         "the gap, a selection effect does not.", "",
         "## Settings", "",
-        f"- base: `configs/ppo.yaml`; variants: " + "; ".join(f"**{v}** `{json.dumps(o)}`" for v, o in sweep.VARIANTS.items()),
+        "- base: `configs/ppo.yaml`; variants (the stop section of `configs/espo.yaml` and `configs/espo_paper.yaml`; "
+        "their other keys are the PPO preset's): "
+        + "; ".join(f"**{v}** `{json.dumps({k: x for k, x in o.items() if k.startswith('stop.')})}`"
+                    for v, o in sweep.VARIANTS.items()),
         "- warm-ups: " + "; ".join(f"**{w}** `{json.dumps(o)}`" for w, o in sweep.WARMUPS.items()),
         "- methods: " + "; ".join(f"**{m}** `{json.dumps(o)}`" for m, o in sweep.METHODS.items())
         + "; **ppo** (`configs/ppo.yaml`, once per seed)",
