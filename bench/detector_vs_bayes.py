@@ -100,6 +100,7 @@ from testbed import config as config_mod  # noqa: E402
 from testbed.collector import decode_segment  # noqa: E402
 from testbed.config import StopSection  # noqa: E402
 from testbed.rollout import Ending  # noqa: E402
+from testbed.scoring import detector_metrics  # noqa: E402
 from testbed.sim_task import SimTask  # noqa: E402
 from testbed.stopping import StopContext, StopRule, make_stop_rule, success_probability  # noqa: E402
 from testbed.trainer import Trainer  # noqa: E402
@@ -266,12 +267,17 @@ def _at(curves: np.ndarray, stops: np.ndarray, rows: Rows) -> tuple[np.ndarray, 
 
 
 def score_stops(name: str, curves: np.ndarray, stops: np.ndarray, rows: Rows, note: str = "") -> Score:
+    """The stops scored; ``precision`` is :func:`testbed.scoring.detector_metrics`'s (hits / stops), with a
+    prefix at exact P == 0 counted as doomed at the stop even before a planted fatal token."""
     b, p, doomed = _at(curves, stops, rows)
     n = len(b)
     saved = float((rows.lengths[b] - (stops[b] + 1)).sum())
     if n == 0:
         return Score(name, 0, float("nan"), float("nan"), 0.0, 0.0, note)
-    return Score(name, n, float(p.mean()), float(doomed.mean()), float(p.sum()), saved, note)
+    s = stops[b]
+    failure = np.where(doomed, np.minimum(np.where(rows.failure_step[b] >= 0, rows.failure_step[b], s), s), -1)
+    precision = detector_metrics(np.ones(n, dtype=bool), failure, s)["precision"]
+    return Score(name, n, float(p.mean()), precision, float(p.sum()), saved, note)
 
 
 def random_draw(rule_stops: np.ndarray, ok: np.ndarray, rng: np.random.Generator) -> np.ndarray:

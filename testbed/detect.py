@@ -34,16 +34,17 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from testbed import config as config_mod
+from testbed import scoring
 from testbed.stopping import StopContext, make_stop_rule
 
-RANDOM_REPEATS = 200
+RANDOM_REPEATS = scoring.RANDOM_REPEATS
 """Draws of the rate-matched random detector averaged in ``detect.json``."""
 
 STEP_SEPARATOR = "\n\n"
@@ -123,101 +124,12 @@ def load_items(path: str | Path, limit: int | None = None) -> list[Item]:
     return items
 
 
-# --- metrics ----------------------------------------------------------------------------------------
+# --- metrics: the one definition, in testbed.scoring (the old names stay importable here) -----------
 
-
-def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float:
-    """Area under the ROC curve (Mann-Whitney, ties counted half); NaN without both classes.
-
-    >>> auroc([0.1, 0.4, 0.35, 0.8], [False, False, True, True])
-    0.75
-    """
-    s = np.asarray(scores, dtype=float)
-    y = np.asarray(positive, dtype=bool)
-    n1, n0 = int(y.sum()), int((~y).sum())
-    if n1 == 0 or n0 == 0:
-        return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s))
-    sorted_s = s[order]
-    i = 0
-    while i < len(s):  # average ranks of ties
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
-
-
-AUROC_RESAMPLES = 2000
-
-
-def auroc_interval(scores: Sequence[float], positive: Sequence[bool], *, confidence: float = 0.95,
-                   resamples: int = AUROC_RESAMPLES, seed: int = 0) -> tuple[float, float]:
-    """Percentile-bootstrap interval of :func:`auroc` over items (score and label resampled together;
-    draws holding one class only are skipped); NaNs without both classes. Fixed seed: reproducible."""
-    s = np.asarray(scores, dtype=float)
-    y = np.asarray(positive, dtype=bool)
-    if y.all() or not y.any():
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    draws = [auroc(s[i], y[i]) for i in rng.integers(0, len(s), size=(resamples, len(s)))]
-    draws = np.asarray([d for d in draws if d == d])
-    tail = 100 * (1 - confidence) / 2
-    return float(np.percentile(draws, tail)), float(np.percentile(draws, 100 - tail))
-
-
-def stop_metrics(first_stop: Sequence[int], labels: Sequence[int]) -> dict[str, float]:
-    """Detection metrics of first-stop steps against first-error labels (see the module docstring).
-
-    >>> m = stop_metrics([2, 0, -1, 1], [1, 3, -1, -1])
-    >>> m["precision"], m["recall"], m["delay"], m["f1"]
-    (0.3333333333333333, 0.5, 1.0, 0.0)
-    """
-    f = np.asarray(first_stop)
-    y = np.asarray(labels)
-    err = y >= 0
-    stopped = f >= 0
-    hit = stopped & err & (f >= y)
-    n_stop, n_err, n_ok = int(stopped.sum()), int(err.sum()), int((~err).sum())
-    acc_err = float((f[err] == y[err]).mean()) if n_err else float("nan")
-    acc_ok = float((f[~err] == -1).mean()) if n_ok else float("nan")
-    f1 = 2 * acc_err * acc_ok / (acc_err + acc_ok) if (acc_err + acc_ok) > 0 else 0.0
-    return {
-        "stop_rate": n_stop / len(f),
-        "precision": int(hit.sum()) / n_stop if n_stop else float("nan"),
-        "recall": int(hit.sum()) / n_err if n_err else float("nan"),
-        "delay": float((f - y)[hit].mean()) if hit.any() else float("nan"),
-        "false_stop_rate": int((stopped & ~hit).sum()) / len(f),
-        "acc_erroneous": acc_err,
-        "acc_correct": acc_ok,
-        "f1": f1,
-    }
-
-
-def random_baseline(n_tokens: Sequence[int], token_steps: Sequence[np.ndarray], labels: Sequence[int], *,
-                    rate: float, fractions: Sequence[float], min_tokens: int, repeats: int = RANDOM_REPEATS,
-                    seed: int = 0) -> dict[str, float]:
-    """Mean metrics of a detector that stops each item with probability ``rate``, at relative position
-    drawn from ``fractions`` (uniform when empty), never before ``min_tokens``; scores are uniform noise."""
-    rng = np.random.default_rng(seed)
-    runs = []
-    for _ in range(repeats):
-        first = []
-        for n, steps in zip(n_tokens, token_steps):
-            lo = min(max(min_tokens - 1, 0), n - 1)
-            if rng.random() >= rate:
-                first.append(-1)
-                continue
-            frac = rng.choice(fractions) if len(fractions) else rng.random()
-            t = min(max(int(frac * n), lo), n - 1)
-            first.append(int(steps[t]))
-        m = stop_metrics(first, labels)
-        m["auroc"] = auroc(rng.random(len(labels)), np.asarray(labels) >= 0)
-        runs.append(m)
-    return {k: float(np.nanmean([r[k] for r in runs])) if any(not math.isnan(r[k]) for r in runs) else float("nan")
-            for k in runs[0]}
+auroc, auroc_interval, random_baseline = scoring.auroc, scoring.auroc_interval, scoring.random_baseline
+stop_metrics = scoring.first_stop_metrics
+"""The ProcessBench metrics of first-stop steps (:func:`testbed.scoring.first_stop_metrics`)."""
+AUROC_RESAMPLES = scoring.AUROC_RESAMPLES
 
 
 # --- teacher forcing ---------------------------------------------------------------------------------
@@ -393,12 +305,12 @@ def detect(data: str, *, out: str, config: str | None = None, checkpoint: str | 
         "checkpoint": checkpoint or None,
         "rule": cfg.stop.rule + (f" ({rule_name} without a trained critic)" if cfg.stop.rule != rule_name else ""),
         "normaliser": "fitted on the items (label-free)" if fitted else "from the run's checkpoint",
-        "auroc": auroc(scores, erroneous),
-        "auroc_ci": list(auroc_interval(scores, erroneous, seed=cfg.run.seed)),
-        **stop_metrics(first_step, labels),
+        "auroc": scoring.auroc(scores, erroneous),
+        "auroc_ci": list(scoring.auroc_interval(scores, erroneous, seed=cfg.run.seed)),
+        **scoring.first_stop_metrics(first_step, labels),
     }
     fractions = [t / len(responses[i]) for i, t in enumerate(first_tok) if t >= 0]
-    summary["random"] = random_baseline([len(r) for r in responses], token_steps, labels, rate=summary["stop_rate"],
+    summary["random"] = scoring.random_baseline([len(r) for r in responses], token_steps, labels, rate=summary["stop_rate"],
                                         fractions=fractions, min_tokens=cfg.stop.min_tokens, seed=cfg.run.seed)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

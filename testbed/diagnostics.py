@@ -19,7 +19,7 @@ def _ratio(num: Tensor, den: Tensor) -> float:
     return float(num) / float(den) if float(den) > 0 else float("nan")
 
 
-def stop_metrics(rollout: Rollout, max_len: int) -> dict[str, float | list[int]]:
+def stop_rate_metrics(rollout: Rollout, max_len: int) -> dict[str, float | list[int]]:
     """Stop rate and the stop-position histogram over rows that finished this step.
 
     A stop's position is the response index of the stopped row's last token
@@ -30,6 +30,10 @@ def stop_metrics(rollout: Rollout, max_len: int) -> dict[str, float | list[int]]
     pos = _stop_positions(rollout)
     hist = torch.bincount(pos[stopped].clamp(0, max_len - 1), minlength=max_len)
     return {"stop/rate": _ratio(stopped.sum(), fin.sum()), "stop/step_hist": hist.tolist()}
+
+
+stop_metrics = stop_rate_metrics
+"""The old name (not :func:`testbed.scoring.first_stop_metrics`, ``testbed detect``'s metrics)."""
 
 
 def _stop_positions(rollout: Rollout) -> Tensor:

@@ -20,39 +20,9 @@ REQUIRED_KEYS = (
 SIM_KEYS = ("stop/precision", "stop/recall", "stop/false_stop_rate", "stop/delay", "credit/failure_rank")
 
 
-def _ratio(num: float, den: float) -> float:
-    return num / den if den > 0 else math.nan
-
-
-def detector_metrics(stopped: Any, failure_step: Any, last: Any) -> dict[str, float]:
-    """Stops scored against planted failures, one definition for the trainer and ``analysis``.
-
-    Arguments are parallel 1-D arrays over *finished* rows (numpy arrays or torch tensors; only
-    elementwise operators and ``.sum()`` are used, so this module needs neither): ``stopped`` (bool,
-    the row ended ``EARLY_STOP``), ``failure_step`` (index of the planted fatal token, -1 none) and
-    ``last`` (the response index of the row's last token).
-
-    A row is *doomed* when its fatal token is among its tokens (``0 <= failure_step <= last``); a
-    *hit* is a stop of a doomed row; a doomed row is *stoppable* when it was stopped or its fatal
-    token came before its last token (a row whose fatal token was its last could not have been
-    stopped earlier). ``precision`` = hits / stops; ``recall`` = hits / stoppable doomed rows;
-    ``false_stop_rate`` = stops of not-doomed rows / not-doomed rows (a false-positive rate, not
-    1 - precision); ``delay`` = mean ``last - failure_step`` over hits. NaN where a denominator is 0.
-    Also ``count`` (stops), ``doomed_count`` and ``doomed_rate`` (doomed / rows).
-    """
-    doomed = (failure_step >= 0) & (failure_step <= last)
-    hit = stopped & doomed
-    stoppable = hit | (doomed & ~stopped & (failure_step < last))
-    n_hit, n_stop, n_doomed = float(hit.sum()), float(stopped.sum()), float(doomed.sum())
-    return {
-        "precision": _ratio(n_hit, n_stop),
-        "recall": _ratio(n_hit, float(stoppable.sum())),
-        "false_stop_rate": _ratio(float((stopped & ~doomed).sum()), float((~doomed).sum())),
-        "delay": _ratio(float((last - failure_step)[hit].sum()), n_hit),
-        "count": n_stop,
-        "doomed_count": n_doomed,
-        "doomed_rate": _ratio(n_doomed, float(len(stopped))),
-    }
+# The one definition lives with the other detector metrics (testbed.scoring, torch- and numpy-free at
+# import time); it stays importable from here, the module analysis may import.
+from testbed.scoring import detector_metrics  # noqa: E402,F401
 
 
 def _clean(v: Any) -> Any:

@@ -31,7 +31,7 @@ from testbed.evaluate import evaluate
 from testbed.errors import Interrupted, RunFileError, UserError
 from testbed.lock import RunLock
 from testbed.memory import check_batch_fits
-from testbed.diagnostics import detection_metrics, failure_rank, planted_metrics, row_records, stop_metrics
+from testbed.diagnostics import detection_metrics, failure_rank, planted_metrics, row_records, stop_rate_metrics
 from testbed.losses import POLICY_LOSSES, PolicyLossParams, entropy_bonus, explained_variance, kl_penalty, value_loss
 from testbed.masked import masked_mean, masked_whiten as whiten
 from testbed.metrics import MetricsLogger, TensorBoardLogger
@@ -480,7 +480,7 @@ class Trainer:
             "regret/mean": float(masked_mean(r.regret, r.mask)),
             "time/wall": time.perf_counter() - self.started,
         }
-        rec.update(stop_metrics(r, self.cfg.rollout.max_len))
+        rec.update(stop_rate_metrics(r, self.cfg.rollout.max_len))
         if self.ground_truth:
             rec.update(detection_metrics(r))
             rec["credit/failure_rank"] = failure_rank(r, advantages)

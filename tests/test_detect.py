@@ -75,7 +75,7 @@ def test_malformed_files(tmp_path, capsys):
 def test_metrics_by_hand():
     # items: (first stop, label): (2, 1) late detection, (0, 3) early = false stop, (-1, -1) right, (1, -1) false stop,
     # (3, 3) exact detection
-    m = D.stop_metrics([2, 0, -1, 1, 3], [1, 3, -1, -1, 3])
+    m = D.scoring.first_stop_metrics([2, 0, -1, 1, 3], [1, 3, -1, -1, 3])
     assert m["stop_rate"] == 4 / 5
     assert m["precision"] == 2 / 4 and m["recall"] == 2 / 3 and m["delay"] == 0.5
     assert m["false_stop_rate"] == 2 / 5

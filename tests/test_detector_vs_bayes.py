@@ -55,6 +55,17 @@ def _p_at(curves, stops):
     return b, curves[b, stops[b] + 1]
 
 
+PINNED = [[('espo', 6, 1.0, 0.0, 0.0, 6.0), ('random (matched)', 6, 0.8266666666666667, 0.0889392090749607, 0.5336352544497642, 7.16), ('bayes (exact P)', 6, 1.0, 0.0, 0.0, 16.0), ('oracle (matched)', 6, 1.0, 0.0, 0.0, 13.945945945945946), ('bayes (same lost)', 1332, 1.0, 0.0, 0.0, 3096.0)], [('regret_only', 1, 1.0, 0.0, 0.0, 1.0), ('random (matched)', 1, 0.52, 0.40482443323200856, 0.40482443323200856, 1.94), ('bayes (exact P)', 1, 1.0, 0.0, 0.0, 4.0), ('oracle (matched)', 1, 1.0, 0.0, 0.0, 2.324324324324324), ('bayes (same lost)', 1332, 1.0, 0.0, 0.0, 3096.0)], [('value_only', 1517, 0.25313117996044826, 0.01844763681195843, 27.98506504374094, 4706.0), ('random (matched)', 1517, 0.15411997363216876, 0.3962065743913481, 601.045373351675, 4048.36), ('bayes (exact P)', 1517, 0.33684904416611733, 0.01173760916876794, 17.805953109020965, 4478.0), ('oracle (matched)', 1332, 1.0, 0.0, 0.0, 3096.0), ('bayes (same lost)', 1531, 0.2599608099281515, 0.018278945162469584, 27.985065043740935, 4720.0)]]
+"""(name, stops, precision, mean P@stop, E[lost], tokens saved) of every score at the module's settings, as
+the script gave them before its precision went through testbed.scoring (same seeds, same numbers)."""
+
+
+def test_scores_pinned(run):
+    _, report, _, _, _ = run
+    got = [[(s.name, s.stops, s.precision, s.mean_p, s.lost, s.saved) for s in b.scores] for b in report.blocks]
+    assert got == PINNED
+
+
 def test_something_is_scored(run):
     _, report, _, _, _ = run
     assert report.blocks[0].rule == "espo"
