@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,8 @@ import torch
 from torch import Tensor
 
 from testbed import config as config_mod
-from testbed import scoring
+from testbed import runfiles, scoring
+from testbed.runfiles import atomic_write
 from testbed.stopping import StopContext, make_stop_rule
 
 RANDOM_REPEATS = scoring.RANDOM_REPEATS
@@ -217,8 +217,8 @@ def _resolve(config: str | None, checkpoint: str | None) -> tuple[config_mod.Con
         run = Path(checkpoint)
         if not run.exists():
             raise config_mod.ConfigError(f"--checkpoint: {run} does not exist (give a finished run's directory)")
-        ck = run / "checkpoints" if (run / "checkpoints").is_dir() else run
-        if not (ck / "model.safetensors").is_file():
+        ck = runfiles.find_checkpoint(run)
+        if not (ck / runfiles.WEIGHTS).is_file():
             raise config_mod.ConfigError(f"--checkpoint: no checkpoints/model.safetensors under {run} "
                                          "(give a run directory that has written a checkpoint)")
     if config:
@@ -258,8 +258,8 @@ def detect(data: str, *, out: str, config: str | None = None, checkpoint: str | 
     if ck is not None:
         from safetensors.torch import load_file
 
-        backend.load_state_dict(load_file(str(ck / "model.safetensors")))
-        state_path = ck / "trainer_state.pt"
+        backend.load_state_dict(load_file(str(ck / runfiles.WEIGHTS)))
+        state_path = ck / runfiles.TRAINER_STATE
         if state_path.is_file():
             state = torch.load(state_path, weights_only=True)
             rule.load_state_dict(json.loads(state["rule"]))
@@ -314,14 +314,12 @@ def detect(data: str, *, out: str, config: str | None = None, checkpoint: str | 
                                         fractions=fractions, min_tokens=cfg.stop.min_tokens, seed=cfg.run.seed)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "items.jsonl.tmp", "w") as fh:
-        for it, sc, fs, ft, r in zip(items, scores, first_step, first_tok, responses):
-            fh.write(json.dumps({"id": it.id, "label": it.label, "score": _finite(sc), "first_stop_step": fs,
-                                 "stop_token": ft, "tokens": len(r), "steps": len(it.steps)}) + "\n")
-    os.replace(out_dir / "items.jsonl.tmp", out_dir / "items.jsonl")
+    atomic_write(out_dir / "items.jsonl", "".join(
+        json.dumps({"id": it.id, "label": it.label, "score": _finite(sc), "first_stop_step": fs, "stop_token": ft,
+                    "tokens": len(r), "steps": len(it.steps)}) + "\n"
+        for it, sc, fs, ft, r in zip(items, scores, first_step, first_tok, responses)))
     summary = _finite(summary)
-    (out_dir / "detect.json.tmp").write_text(json.dumps(summary, indent=2))
-    os.replace(out_dir / "detect.json.tmp", out_dir / "detect.json")
+    atomic_write(out_dir / "detect.json", json.dumps(summary, indent=2))
     return summary
 
 

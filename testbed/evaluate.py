@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from testbed.build import build
 from testbed.collector import decode_segment
 from testbed.config import Config, StopSection
 from testbed.errors import UserError
+from testbed.runfiles import atomic_write, find_weights
 from testbed.stopping import StopRule
 
 
@@ -97,8 +97,7 @@ def evaluate_from_cli(config_path: str, overrides: list[str], *, checkpoint: str
         from safetensors.torch import load_file
 
         path = Path(checkpoint)
-        if path.is_dir():
-            path = path / "checkpoints" / "model.safetensors" if (path / "checkpoints").is_dir() else path / "model.safetensors"
+        path = find_weights(path)
         if not path.is_file():
             raise UserError(f"--checkpoint: no checkpoint at {path}")
         try:
@@ -109,7 +108,5 @@ def evaluate_from_cli(config_path: str, overrides: list[str], *, checkpoint: str
     result["checkpoint"] = checkpoint or None
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(out).with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, out)
+        atomic_write(out, json.dumps(result, indent=2))
     return result

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -87,9 +86,9 @@ class MetricsLogger:
         """Replace the file's content with ``lines`` (atomically; None: leave it as it is)."""
         if lines is None:
             return
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(ln + "\n" for ln in lines))
-        os.replace(tmp, self.path)
+        from testbed.runfiles import atomic_write
+
+        atomic_write(self.path, "".join(ln + "\n" for ln in lines))
 
     def log(self, record: dict[str, Any]) -> None:
         line = json.dumps({k: _clean(v) for k, v in record.items()})

@@ -47,6 +47,7 @@ from typing import Any, Callable, Iterator
 import yaml
 
 from testbed import config as config_mod
+from testbed.runfiles import atomic_write
 
 
 @dataclass
@@ -307,9 +308,8 @@ def run_sweep(path_or_spec, *, workers: int = 1, threads_per_run: int | None = N
     rows = [_recheck(r, row) for r, row in zip(_specs_of(runs, rows), rows)]
     out = Path(meta["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f"sweep_summary.jsonl.{os.getpid()}.tmp"  # another sweep on this out_dir writes its own
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in sorted(rows, key=lambda r: r["name"])))
-    os.replace(tmp, out / "sweep_summary.jsonl")
+    # atomic, through a temporary file of this write's own: another sweep on this out_dir writes its own
+    atomic_write(out / "sweep_summary.jsonl", "".join(json.dumps(r) + "\n" for r in sorted(rows, key=lambda r: r["name"])))
     return rows
 
 

@@ -36,6 +36,7 @@ from testbed.losses import POLICY_LOSSES, PolicyLossParams, entropy_bonus, expla
 from testbed.masked import masked_mean, masked_whiten as whiten
 from testbed.metrics import MetricsLogger, TensorBoardLogger
 from testbed.rollout import Ending, Rollout, table_bootstrap
+from testbed.runfiles import MARKER, TRAINER_STATE, WEIGHTS, atomic_path, atomic_write, checkpoint_dir
 from testbed.stopping import make_stop_rule
 
 RESUME_MAY_CHANGE = ("run.steps", "run.progress", "run.threads", "run.checkpoint_every", "run.tensorboard",
@@ -60,15 +61,13 @@ def seed_everything(seed: int) -> None:
 def _atomic_save_tensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def _atomic_save_torch(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 class Trainer:
@@ -95,7 +94,7 @@ class Trainer:
             except OSError as e:  # a run.out_dir the user cannot write to
                 raise UserError(f"run.out_dir: cannot create {self.run_dir}: {e.strerror or e}") from None
             self.lock.acquire()
-            (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+            checkpoint_dir(self.run_dir).mkdir(exist_ok=True)
             self.logger = MetricsLogger(self.run_dir / "metrics.jsonl")
             # Per-row outcomes of finished rows (length, ending, failure step) where there is ground truth.
             self.rows_logger = MetricsLogger(self.run_dir / "rows.jsonl") if self.ground_truth else None
@@ -170,7 +169,7 @@ class Trainer:
             raise Interrupted(self._interrupted_message()) from None
 
     def _interrupted_message(self) -> str:
-        marker = self.run_dir / "checkpoints" / "latest.json"
+        marker = checkpoint_dir(self.run_dir) / MARKER
         try:
             saved = int(json.loads(marker.read_text())["step"])
         except (OSError, ValueError, KeyError, TypeError):
@@ -210,12 +209,10 @@ class Trainer:
         bar.close()  # (an interrupted bar is left as it is: tqdm closes it at exit)
         final = self.maybe_evaluate(final=True)
         if final:
-            (self.run_dir / "final_eval.json").write_text(json.dumps(final, indent=2))
+            atomic_write(self.run_dir / "final_eval.json", json.dumps(final, indent=2))
         nostop = self.evaluate_without_stopping()
         if nostop:
-            tmp = self.run_dir / "final_eval_nostop.json.tmp"
-            tmp.write_text(json.dumps(nostop, indent=2))
-            os.replace(tmp, self.run_dir / "final_eval_nostop.json")
+            atomic_write(self.run_dir / "final_eval_nostop.json", json.dumps(nostop, indent=2))
         return self.write_summary()
 
     def evaluate_without_stopping(self) -> dict[str, Any]:
@@ -336,7 +333,7 @@ class Trainer:
         """``model.critic_init``: copy the critic's parameters from a finished run's checkpoint."""
         from safetensors.torch import load_file
 
-        ck = Path(run) / "checkpoints" / "model.safetensors"
+        ck = checkpoint_dir(run) / WEIGHTS
         if not Path(run).is_dir():
             raise config_mod.ConfigError(f"model.critic_init: no run directory {run!r}")
         if not ck.is_file():
@@ -512,17 +509,15 @@ class Trainer:
             "final/entropy": avg("actor/entropy"),
             "time/total": sum((x.get("time/gen") or 0) + (x.get("time/actor") or 0) + (x.get("time/critic") or 0) for x in recs),
         }
-        tmp = self.run_dir / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, self.run_dir / "summary.json")
+        atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         return summary
 
     # --- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         """Weights as safetensors, optimiser and loop state via torch.save; each written atomically."""
-        ck = self.run_dir / "checkpoints"
+        ck = checkpoint_dir(self.run_dir)
         # The step in the weights' metadata lets a resume see weights and trainer state from different saves.
-        _atomic_save_tensors(self.backend.state_dict(), ck / "model.safetensors", {"step": str(self.step)})
+        _atomic_save_tensors(self.backend.state_dict(), ck / WEIGHTS, {"step": str(self.step)})
         state = {
             "step": self.step,
             "cumulative_tokens": self.cumulative_tokens,
@@ -534,7 +529,7 @@ class Trainer:
             "rule": json.dumps(self.rule.state_dict()),
             "task_rng": json.dumps(_task_rng_state(self.task)),
         }
-        _atomic_save_torch(state, ck / "trainer_state.pt")
+        _atomic_save_torch(state, ck / TRAINER_STATE)
         if self.step == self.cfg.run.steps and hasattr(self.backend, "save_pretrained"):
             # The finished policy as a model directory any transformers code can load.
             tmp, final = ck / "policy.tmp", ck / "policy"
@@ -543,17 +538,16 @@ class Trainer:
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
         # The marker is written last: a checkpoint counts only once both files are complete.
-        (ck / "latest.json.tmp").write_text(json.dumps({"step": self.step}))
-        os.replace(ck / "latest.json.tmp", ck / "latest.json")
+        atomic_write(ck / MARKER, json.dumps({"step": self.step}))
         return ck
 
     def _resume(self) -> None:
         """Continue from the run's checkpoint, if it has one. Every file is read and every check made
         (the checkpoint's files, the settings against ``config.yaml``, the metrics to keep) before the
         first change to the run directory; a damaged file is a :class:`RunFileError` naming it."""
-        ck = self.run_dir / "checkpoints"
+        ck = checkpoint_dir(self.run_dir)
         loggers = [x for x in (self.logger, self.rows_logger) if x is not None]
-        marker = ck / "latest.json"
+        marker = ck / MARKER
         if not marker.exists():  # nothing to resume: a fresh start drops whatever was logged
             for lg in loggers:
                 lg.truncate_after(-1)
@@ -565,7 +559,7 @@ class Trainer:
         except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
             raise RunFileError(f"{marker}: not a checkpoint marker ({type(e).__name__}: {e}); "
                                + NO_OLDER_CHECKPOINT.format(ck=ck)) from None
-        weights = self._read_weights(ck / "model.safetensors", step)
+        weights = self._read_weights(ck / WEIGHTS, step)
         try:
             self.backend.load_state_dict(weights)
         except (KeyError, RuntimeError) as e:  # the directory holds a run of another model
@@ -573,7 +567,7 @@ class Trainer:
             first = lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__
             raise UserError(f"{ck}: the checkpoint does not fit this config's model (resuming needs the same "
                             f"model settings; use another run.name for a new run): {first}") from None
-        path = ck / "trainer_state.pt"
+        path = ck / TRAINER_STATE
         try:
             state = torch.load(path, weights_only=True)
             saved = int(state["step"])
@@ -615,7 +609,7 @@ class Trainer:
             raise RunFileError(f"{path}: cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
                                + NO_OLDER_CHECKPOINT.format(ck=ck)) from None
         if "step" in meta and meta["step"] != str(step):  # (checkpoints written before the step was kept pass)
-            raise RunFileError(f"{path}: holds step {meta['step']} but {ck / 'latest.json'} says {step} (a "
+            raise RunFileError(f"{path}: holds step {meta['step']} but {ck / MARKER} says {step} (a "
                                "checkpoint write was interrupted); " + NO_OLDER_CHECKPOINT.format(ck=ck))
         return weights
 
