@@ -15,6 +15,7 @@ that does not depend on the run's seed (every run evaluates on the same problems
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -280,19 +281,30 @@ class MathTask:
         return out
 
 
+SOURCES: dict[str, str] = {
+    "generator": "llm_backend.task:make_generator_task",
+    "chain": "llm_backend.chain:make_chain_task",
+    "reasoning_gym": "llm_backend.rg_source:make_rg_task",
+}
+"""``task.source`` -> ``'module:function'`` building its task, ``(task_cfg, model_cfg, *, num_slots, seed)
+-> MathTask`` (imported only when chosen). A new source is one entry here and its name among
+``testbed.config``'s choices for ``task.source`` (a test checks that the two lists agree)."""
+
+
 def make_task(task_cfg, model_cfg, *, num_slots: int, seed: int) -> MathTask:
-    """A :class:`MathTask` from ``testbed.config.TaskSection`` and ``ModelSection`` (tokenizer from
-    ``model_cfg.path``, cached under ``model_cfg.cache_dir``). ``task.source`` ``chain`` and
-    ``reasoning_gym`` build the tasks of :mod:`llm_backend.chain` and :mod:`llm_backend.rg_source`."""
+    """A :class:`MathTask` from ``testbed.config.TaskSection`` and ``ModelSection``, built by the
+    ``task.source`` entry of :data:`SOURCES`: ``generator`` (this module), ``chain`` and
+    ``reasoning_gym`` (the tasks of :mod:`llm_backend.chain` and :mod:`llm_backend.rg_source`)."""
     kind = getattr(task_cfg, "source", "generator")
-    if kind == "chain":
-        from llm_backend.chain import make_chain_task
+    if kind not in SOURCES:
+        raise ConfigError(f"task.source: unknown source {kind!r}; valid names: {', '.join(sorted(SOURCES))}")
+    module, _, name = SOURCES[kind].partition(":")
+    return getattr(importlib.import_module(module), name)(task_cfg, model_cfg, num_slots=num_slots, seed=seed)
 
-        return make_chain_task(task_cfg, model_cfg, num_slots=num_slots, seed=seed)
-    if kind == "reasoning_gym":
-        from llm_backend.rg_source import make_rg_task
 
-        return make_rg_task(task_cfg, model_cfg, num_slots=num_slots, seed=seed)
+def make_generator_task(task_cfg, model_cfg, *, num_slots: int, seed: int) -> MathTask:
+    """``task.source: generator``: procedural problems of ``task.difficulty``, or ``task.dataset`` when
+    set (tokenizer from ``model_cfg.path``, cached under ``model_cfg.cache_dir``)."""
     if task_cfg.dataset:
         problems = load_dataset(task_cfg.dataset, task_cfg.dataset_format)
         source: _Source = _DatasetSource(problems, seed, task_cfg.dataset)

@@ -190,3 +190,28 @@ def test_missing_package_and_paths(monkeypatch, tmp_path):
         load_tokenizer(str(tmp_path / "model.gguf"))
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         load_tokenizer("HuggingFaceTB/SmolLM2-135M-Instruct")
+
+
+def test_sources_table_is_the_dispatch_and_matches_config_validation(monkeypatch):
+    from testbed import config as config_mod
+    from llm_backend import task as task_mod
+
+    assert set(task_mod.SOURCES) == set(config_mod._CHOICES[("task", "source")])
+    with pytest.raises(config_mod.ConfigError, match="task.source"):
+        config_mod.from_dict({"task": {"kind": "math", "source": "nope"}})
+    # a new source is one table entry: make_task dispatches through the table only
+    seen = {}
+
+    def fake(task_cfg, model_cfg, *, num_slots, seed):
+        seen.update(source=task_cfg.source, num_slots=num_slots, seed=seed)
+        return "built"
+
+    monkeypatch.setitem(task_mod.SOURCES, "fake", f"{__name__}:_FAKE")
+    monkeypatch.setitem(globals(), "_FAKE", fake)
+    cfg = TaskSection(kind="math")
+    cfg.source = "fake"
+    assert make_task(cfg, ModelSection(kind="hf"), num_slots=3, seed=7) == "built"
+    assert seen == {"source": "fake", "num_slots": 3, "seed": 7}
+    cfg.source = "unknown"
+    with pytest.raises(config_mod.ConfigError, match="valid names: chain, fake, generator, reasoning_gym"):
+        make_task(cfg, ModelSection(kind="hf"), num_slots=3, seed=7)
