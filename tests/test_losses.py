@@ -299,8 +299,16 @@ def test_entropy_bonus_sign_and_value():
 
 def test_policy_loss_registry():
     assert "ppo" in POLICY_LOSSES
-    sigs = {tuple((p.name, p.kind) for p in inspect.signature(POLICY_LOSSES.get(n)).parameters.values()) for n in POLICY_LOSSES}
-    assert len(sigs) == 1
+    # Every member takes what the trainer passes, positionally: with one member today, "all members share
+    # one signature" would hold trivially, so each is checked against the call the trainer makes.
+    expected = [("logprobs", inspect.Parameter.POSITIONAL_OR_KEYWORD), ("old_logprobs", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+                ("advantages", inspect.Parameter.POSITIONAL_OR_KEYWORD), ("mask", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+                ("params", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    for n in POLICY_LOSSES:
+        assert [(p.name, p.kind) for p in inspect.signature(POLICY_LOSSES.get(n)).parameters.values()] == expected, n
+    # the KL estimators (two members): one signature, one positional log-ratio
+    kl = {tuple((p.name, p.kind) for p in inspect.signature(KL_ESTIMATORS.get(n)).parameters.values()) for n in KL_ESTIMATORS}
+    assert len(list(KL_ESTIMATORS)) >= 2 and kl == {(("log_ratio", inspect.Parameter.POSITIONAL_OR_KEYWORD),)}
     with pytest.raises(KeyError, match="ppo"):
         POLICY_LOSSES.get("trpo")
     params = PolicyLossParams.from_config(AlgoSection(clip_low=0.1, clip_high=0.3, dual_clip=2.0, agg="seq-mean-token-mean"))

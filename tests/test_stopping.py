@@ -44,10 +44,19 @@ def test_nothing_stops_before_the_first_update():
     assert not rule(ctx([100.0, 100.0], [0.0, 0.0])).any()
 
 
-def test_infinite_threshold_never_stops():
-    rule = espo(tau=float("inf"))
+@pytest.mark.parametrize("gate", ["scaled", "and", "max"])
+def test_infinite_threshold_never_stops(gate):
+    # values with p_t > 0 (and V above value_floor), so each threshold really is infinite: a value of 0
+    # would make the scaled gate's tau * p_t = inf * 0 = NaN, and "never fires" would rest on NaN > 0
+    # being False rather than on the threshold
+    rule = espo(tau=float("inf"), gate=gate, rho=1.0)
+    values = [0.25, 0.5, 0.75, 1.0]
     for _ in range(20):
-        assert not rule(ctx([50.0] * 4, [0.0] * 4)).any()
+        assert not rule(ctx([50.0] * 4, values)).any()
+        assert torch.isneginf(rule.last_margin).all()  # S - inf: the threshold is never reached
+    # the same statistic does fire under a finite threshold (the regrets are large enough to matter)
+    finite = espo(tau=8.0, gate=gate, rho=1.0)
+    assert any(finite(ctx([50.0] * 4, values)).any() for _ in range(20))
 
 
 def test_spike_on_low_value_row_stops_and_on_high_value_row_does_not():

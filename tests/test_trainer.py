@@ -49,13 +49,18 @@ def test_rows_log_matches_metrics(tmp_path):
     rows = read_metrics(tmp_path / "r" / "rows.jsonl")
     recs = read_metrics(tmp_path / "r" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [r["step"] for r in recs]
+    n_stops = 0
     for row, rec in zip(rows, recs):
         stops = [e == 3 for e in row["ending"]]  # Ending.EARLY_STOP
         assert sum(stops) / len(stops) == pytest.approx(rec["stop/rate"])
-        # the oracle (delay 0) stops exactly at the planted failure
+        n_stops += sum(stops)
+        # the oracle (delay 0) stops exactly at the planted failure, and only there: a stopped row was
+        # doomed at its last token, and a doomed row ends at its fatal token (stopped, or the fatal
+        # token was one that ends a row anyway: EOS or the length cap)
         for stopped, length, f in zip(stops, row["length"], row["failure_step"]):
-            if stopped:
+            if stopped or f >= 0:
                 assert length - 1 == f
+    assert n_stops > 0  # otherwise nothing above was checked
 
 
 def test_resume_drops_a_last_line_cut_by_the_interruption(tmp_path):
