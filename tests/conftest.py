@@ -1,10 +1,11 @@
-"""Test-suite settings: hypothesis profiles and the gpu marker.
+"""Test-suite settings: hypothesis profiles, the gpu marker, and where shared data sets are found.
 
 ``TESTBED_HYPOTHESIS=dev`` runs more, random examples locally; the default (and CI) profile is
 derandomised with no example database, so CI is reproducible.
 """
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,3 +28,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+"""Data sets kept beside the repository, not in it: ``../shared/data/`` from the repository root."""
+
+
+@pytest.fixture
+def shared_data():
+    """``shared_data(*parts)``: the path of a file under :data:`SHARED_DATA`; skips the test when it is absent."""
+
+    def get(*parts: str) -> Path:
+        path = SHARED_DATA.joinpath(*parts)
+        if not path.exists():
+            pytest.skip(f"{Path('../shared/data').joinpath(*parts)} not present (shared data beside the repository)")
+        return path
+
+    return get

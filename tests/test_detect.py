@@ -4,7 +4,6 @@ transformers) the command end to end on a tiny random model, one-pass regret equ
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +12,6 @@ import torch
 from testbed import detect as D
 from testbed.cli import main
 
-GSM8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "processbench" / "gsm8k.json"
-if not GSM8K.is_file():
-    GSM8K = Path("/work/shared/data/processbench/gsm8k.json")
 
 ITEMS = [
     {"id": "a", "problem": "What is 2 + 3?", "steps": ["2 + 3 = 5.", "The answer is 5."], "label": -1},
@@ -155,8 +151,8 @@ def test_one_pass_regret_equals_stepwise_decoding(tiny_config):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.skipif(not GSM8K.is_file(), reason="ProcessBench GSM8K split not present (../shared/data)")
-def test_detect_runs_on_the_processbench_gsm8k_split(tmp_path, tiny_config):
+def test_detect_runs_on_the_processbench_gsm8k_split(tmp_path, tiny_config, shared_data):
+    GSM8K = shared_data("processbench", "gsm8k.json")
     items = D.load_items(GSM8K)
     assert len(items) == 400 and sum(x.label >= 0 for x in items) == 207
     s = D.detect(str(GSM8K), out=str(tmp_path / "o"), config=str(tiny_config), limit=6, progress=False)
