@@ -5,7 +5,6 @@ hand-written versions gave (same seeds, same outputs)."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from testbed import detect as D
 
