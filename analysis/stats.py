@@ -243,10 +243,23 @@ def decide_family(claims: list[Claim], alpha: float = ALPHA) -> list[Claim]:
     return claims
 
 
+def smallest_p(n: int) -> float:
+    """The smallest two-sided p-value the exact sign-flip test can give over ``n`` seeds (all signs alike)."""
+    return 2.0 / 2.0 ** n if n <= EXACT_UP_TO else 1.0 / (RESAMPLES + 1)
+
+
 def family_note(claims: list[Claim], name: str = "this report") -> str:
-    """One paragraph naming the family a report's verdicts were corrected over."""
+    """One paragraph naming the family a report's verdicts were corrected over, and saying so when its
+    size leaves no claim decidable (the smallest p-value times the family's size is not below ALPHA)."""
     members = [c for c in claims if np.isfinite(c.p_holm)]
-    return (f"The family of {name}: {len(members)} claims with at least {MIN_SEEDS} seeds, each tested with an "
+    text = (f"The family of {name}: {len(members)} claims with at least {MIN_SEEDS} seeds, each tested with an "
             f"exact paired sign-flip test (two-sided; Student-t 95% intervals shown) and decided at a "
             f"family-wise error rate of {ALPHA:g} with Holm-Bonferroni; a claim with fewer seeds is undecided "
             "and not in the family.")
+    if members:
+        n = min(c.iv.n for c in members)
+        floor = smallest_p(n) * len(members)
+        if floor >= ALPHA:
+            text += (f" With {n} seeds the smallest possible p-value is {smallest_p(n):.3g}, so after Holm over "
+                     f"{len(members)} claims none can be decided: more seeds are needed.")
+    return text

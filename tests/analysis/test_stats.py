@@ -160,3 +160,15 @@ def test_a_field_added_since_a_run_does_not_make_it_stale():
     assert config_diff(wanted, found) == []
     found["algo"]["lr_actor"] = 0.001
     assert config_diff(wanted, found) == ["algo.lr_actor: 0.001 -> 0.003"]
+
+
+def test_family_note_says_when_no_claim_can_be_decided():
+    from analysis.stats import Claim, decide_family, family_note, mean_ci, smallest_p
+
+    assert smallest_p(8) == 2 / 256 and smallest_p(10) == 2 / 1024
+    same = [1.0] * 8  # all signs alike: the smallest p-value, 2/256
+    small = decide_family([Claim(f"c{i}", mean_ci(same)) for i in range(6)])  # 6 x 2/256 < 0.05
+    assert all(c.word == "yes" for c in small) and "none can be decided" not in family_note(small)
+    big = decide_family([Claim(f"c{i}", mean_ci(same)) for i in range(7)])  # 7 x 2/256 > 0.05
+    assert all(c.word.startswith("undecided") for c in big)
+    assert "With 8 seeds the smallest possible p-value is 0.00781" in family_note(big)

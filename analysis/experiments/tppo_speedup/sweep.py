@@ -49,8 +49,8 @@ pilots (docs/tppo_speedup.md) and left out of the grid to keep it within about 2
 
 ENVS: dict[str, dict] = {"longtail": {"task.env_id": "testbed/PlantedFailureLongTail-v0"}}
 
-SEEDS = list(range(8))
-"""8 seeds: the fewest that decide (``analysis.stats.MIN_SEEDS``)."""
+SEEDS = list(range(10))
+"""10 seeds: the exact test's smallest p-value (2/1024) survives Holm over the study's 10 claims."""
 
 QUICK: dict = {"steps": 12, "seeds": [0], "overrides": {"rollout.batch_size": 32, "algo.minibatch_size": 32}}
 """``--quick``: a smoke test of the pipeline, not evidence."""
