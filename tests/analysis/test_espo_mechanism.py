@@ -19,11 +19,12 @@ from tests.analysis.test_analysis import make_run  # noqa: E402
 N = 10
 
 
-def _nostop(d, success, entropy=0.3):
+def _nostop(d, success, entropy=0.3, value=0.4):
     (d / "final_eval_nostop.json").write_text(json.dumps({"rows": 2048, "success": success, "step": 20}))
     lines = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
     for rec in lines:
-        rec.update({"actor/entropy": entropy, "stop/active": int(rec["step"] >= 3), "critic/value_mean": 0.4})
+        rec.update({"actor/entropy": entropy, "stop/active": int(rec["step"] >= 3),
+                    "critic/value_mean": value})
     (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
 
 
@@ -69,8 +70,10 @@ def test_a_persisting_gap_is_the_detector_a_closing_one_the_gate(tmp_path):
     text = "\n".join(lines)
     assert "[current ESPO, critic warm-up] ESPO's no-stop success is above its matched random's: no (" in text
     assert "[paper ESPO] the no-stop gap to random closes with the critic warm-up instead of 5 steps: yes (" in text
-    assert "current ESPO, critic warm-up (the rule was on from step 3.0 on average): the gap persists" in text
-    assert "paper ESPO, critic warm-up (the rule was on from step 3.0 on average): the gap closes" in text
+    assert ("current ESPO, critic warm-up (the rule starts at step 3.0 on average, the critic's mean value then "
+            "0.400, above the gate's floor 0.2): the gap persists with an informative critic") in text
+    assert "paper ESPO, critic warm-up (" in text and "the gap closes with an informative critic" in text
+    assert "its final policy's entropy is significantly below its matched random's in 3 of 3 warm-ups" in text
     assert "ESPO's final entropy is above its matched random's: no (" in text  # 0.1 vs 0.4 on every seed
     assert lines[-1].startswith("The family of this report: 16 claims")
     t = mech.score(pr)
@@ -86,3 +89,17 @@ def test_study_runs_on_a_tiny_setting(tmp_path):
     assert "gate-or-detector" in report and "undecided (2 seeds; a decision needs 8)" in report
     assert ": yes (" not in report and ": no (" not in report  # two seeds decide nothing
     assert {p.name for p in (tmp_path / "quick").glob("*.png")} == {f"{k}.png" for k in mech.PLOTS}
+
+
+def test_a_warmup_on_an_uninformed_critic_separates_nothing(tmp_path):
+    """The paper's warm-up ending while the critic's value is ~0 (nothing succeeds yet) says nothing about
+    the gate, even when the gap persists."""
+    root = tmp_path / "runs"
+    for v in sweep.VARIANTS:
+        for w in sweep.WARMUPS:
+            for s in range(N):
+                _nostop(make_run(root, f"{v}-{w}-espo-s{s}", rule="espo"), 0.4 + 0.01 * s, value=0.01)
+                _nostop(make_run(root, f"{v}-{w}-random-s{s}", rule="random"), 0.6 + 0.01 * s, value=0.01)
+    text = "\n".join(mech.verdicts(mech.per_run(load_runs(root, axes=sweep.AXES))))
+    assert "below the gate's floor 0.2): does not separate the readings" in text and "the gap persists" in text
+    assert "informative critic" not in text
