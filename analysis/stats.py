@@ -243,6 +243,15 @@ def decide_family(claims: list[Claim], alpha: float = ALPHA) -> list[Claim]:
     return claims
 
 
+class Verdicts(list):
+    """A report's verdict lines (a ``list`` of ``str``) that carry the family they were decided from
+    (``.claims``), so a runner can write the claims as a table beside the report."""
+
+    def __init__(self, lines, claims=()):
+        super().__init__(lines)
+        self.claims = list(claims)
+
+
 def smallest_p(n: int) -> float:
     """The smallest two-sided p-value the exact sign-flip test can give over ``n`` seeds (all signs alike)."""
     return 2.0 / 2.0 ** n if n <= EXACT_UP_TO else 1.0 / (RESAMPLES + 1)

@@ -152,6 +152,23 @@ def cmd_demo(args) -> int:
     return main(out=out, workers=args.workers, quick=args.quick, fresh=args.fresh, **({"full": True} if args.full else {}))
 
 
+def add_findings(sub) -> None:
+    f = sub.add_parser("findings", help="the README's table of decided claims, from docs/*/verdicts.csv")
+    f.add_argument("--readme", default="README.md")
+    f.add_argument("--docs", default="docs", help="folder whose <study>/verdicts.csv are read")
+    f.add_argument("--check", action="store_true", help="write nothing; exit 1 if the README is out of date")
+    f.set_defaults(fn=cmd_findings)
+
+
+def cmd_findings(args) -> int:
+    from testbed.build import load_entry_point
+
+    try:
+        return load_entry_point("analysis.findings:cli")(readme=args.readme, docs=args.docs, check=args.check)
+    except (OSError, ValueError) as e:
+        raise config_mod.ConfigError(f"findings: {e}") from None
+
+
 def add_detect(sub) -> None:
     dt = sub.add_parser("detect", help="score a stop rule offline on step-labelled solutions (ProcessBench format)")
     dt.add_argument("--data", required=True, help="JSON list (or JSON Lines) of {id, problem, steps, label}")
@@ -175,7 +192,7 @@ def cmd_detect(args) -> int:
     return 0
 
 
-COMMANDS = [add_run, add_sweep, add_eval, add_plot, add_demo, add_detect]
+COMMANDS = [add_run, add_sweep, add_eval, add_plot, add_demo, add_detect, add_findings]
 """Each adds one subcommand (its parser and ``fn``); the help lists them in this order."""
 
 

@@ -164,6 +164,25 @@ def write_scores(table, root) -> Path:
     return path
 
 
+VERDICT_COLUMNS = ["claim", "verdict", "mean", "low", "high", "n", "p", "p_holm", "null", "detail"]
+
+
+def write_verdicts(claims, root) -> Path:
+    """Write a report's decided claims (``analysis.stats.Claim``, after ``decide_family``) as
+    ``root/verdicts.csv`` beside its ``report.md``, one row per claim; ``analysis.findings`` reads them."""
+    import csv
+
+    path = Path(root) / "verdicts.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(VERDICT_COLUMNS)
+        for c in claims:
+            iv = c.iv
+            w.writerow([c.text, c.word, iv.mean, iv.low, iv.high, iv.n, iv.p, c.p_holm, iv.null, c.detail])
+    return path
+
+
 def report_tail(figs, errors: list[str], analysis_module) -> list[str]:
     """The end of a study's ``report.md``: each figure under its plot function's first doc line, any
     figures that failed, and the analysis module's definitions (its docstring after the first paragraph)."""

@@ -89,6 +89,8 @@ def test_study_runs_on_a_tiny_setting(tmp_path):
     assert "gate-or-detector" in report and "undecided (2 seeds; a decision needs 8)" in report
     assert ": yes (" not in report and ": no (" not in report  # two seeds decide nothing
     assert {p.name for p in (tmp_path / "quick").glob("*.png")} == {f"{k}.png" for k in mech.PLOTS}
+    rows = (tmp_path / "quick" / "verdicts.csv").read_text().splitlines()
+    assert rows[0].startswith("claim,verdict,") and len(rows) == 1 + 16  # every claim of the family
 
 
 def test_a_warmup_on_an_uninformed_critic_separates_nothing(tmp_path):

@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from analysis.experiments.espo_difficulty import sweep
 from analysis.experiments.espo_headline import analysis as headline
 from analysis.plots import colors_for
-from analysis.stats import Claim, Interval, decide_family, family_note, mean_ci, paired_by_seed
+from analysis.stats import Claim, Interval, Verdicts, decide_family, family_note, mean_ci, paired_by_seed
 
 METRICS = ["final_success", "success_vs_ppo", "tokens_saved_pct", "precision", "recall", "false_stop_rate",
            "waste_removed_pct"]
@@ -73,7 +73,7 @@ def _iv(row, key, n_key="n"):
                     float(p) if p is not None else np.nan, NULLS.get(key, 0.0))
 
 
-def verdicts(table: pd.DataFrame) -> list[str]:
+def verdicts(table: pd.DataFrame) -> Verdicts:
     """Per knob and value: where ESPO's three claims hold, fail or stay undecided. The claims of every
     env point are one family (the default point, shared by every knob, counted once); the family note last."""
     by_env: dict[str, list[Claim]] = {}
@@ -97,7 +97,10 @@ def verdicts(table: pd.DataFrame) -> list[str]:
             if env in by_env:
                 out.append(f"[{sweep.LABELS[knob]} = {value:g}{' (default)' if env == 'default' else ''}] "
                            + "; ".join(c.line() for c in by_env[env]) + f"; n={by_env[env][0].iv.n}")
-    return out + ([family_note(family)] if family else [])
+    for env, cs in by_env.items():  # name the point in each claim (the table beside the report)
+        for c in cs:
+            c.text = f"[{env}] ESPO {c.text}"
+    return Verdicts(out + ([family_note(family)] if family else []), family)
 
 
 def plot_knob(table: pd.DataFrame, knob: str) -> Figure:

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from analysis import experiments
-from analysis.experiments import report_tail, study_cli, write_scores
+from analysis.experiments import report_tail, study_cli, write_scores, write_verdicts
 from analysis.experiments.espo_difficulty import analysis, sweep
 from analysis.plots import build_figures, markdown_table, save_figures, text_table
 from analysis.runs import load_many_rows, load_runs
@@ -65,6 +65,7 @@ def main(out: str = "out/espo_difficulty", workers: int = 2, quick: bool = False
     lines += report_tail(figs, errors, analysis)
     (root / "report.md").write_text("\n".join(lines))
     write_scores(table, root)
+    write_verdicts(lines_read.claims, root)
     print(f"\nwrote {root / 'report.md'}, {root / 'scores.csv'} and {len(figs)} figures ({elapsed:.0f}s)")
     return 0
 

@@ -70,7 +70,7 @@ from matplotlib.figure import Figure
 from analysis.experiments.espo_headline import sweep
 from analysis.plots import colors_for, line_band, ordered
 from analysis.runs import final_mean, first_reach, mean_std, run_mean, value_at_step
-from analysis.stats import Claim, Interval, decide_family, family_note, mean_ci, paired_by_seed
+from analysis.stats import Claim, Interval, Verdicts, decide_family, family_note, mean_ci, paired_by_seed
 from testbed.metrics import detector_metrics
 
 LEVEL_FRAC = 0.5
@@ -380,7 +380,7 @@ def claims(pr: pd.DataFrame, success_bar: float = RELIABLE_SUCCESS) -> list:
     return items
 
 
-def verdicts(pr: pd.DataFrame, success_bar: float = RELIABLE_SUCCESS) -> list[str]:
+def verdicts(pr: pd.DataFrame, success_bar: float = RELIABLE_SUCCESS) -> Verdicts:
     """Plain statements decided from the per-run table ``pr`` (:func:`per_run`), the family's note last.
 
     Every claim is a mean over seeds of a paired-by-seed difference (or of a quantity already paired,
@@ -388,7 +388,7 @@ def verdicts(pr: pd.DataFrame, success_bar: float = RELIABLE_SUCCESS) -> list[st
     sign-flip p-value; the report's claims are one family, Holm-corrected (:mod:`analysis.stats`)."""
     items = claims(pr, success_bar)
     cs = [c for c in items if isinstance(c, Claim)]
-    return [c.line() if isinstance(c, Claim) else c for c in items] + ([family_note(cs)] if cs else [])
+    return Verdicts([c.line() if isinstance(c, Claim) else c for c in items] + ([family_note(cs)] if cs else []), cs)
 
 
 # --- figures ----------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from analysis import experiments
-from analysis.experiments import report_tail, study_cli, write_scores
+from analysis.experiments import report_tail, study_cli, write_scores, write_verdicts
 from analysis.experiments.espo_headline import analysis, sweep
 from analysis.plots import build_figures, markdown_table, save_figures, text_table
 from analysis.runs import load_many_rows, load_runs
@@ -67,6 +67,7 @@ def main(out: str = "out/espo_headline", workers: int = 2, quick: bool = False, 
                            workers=workers, elapsed=elapsed, df=df, spec=spec, per_row=per_row)
     (root / "report.md").write_text(report)
     write_scores(table, root)
+    write_verdicts(verdicts.claims, root)
     print(f"\nwrote {root / 'report.md'}, {root / 'scores.csv'} and {len(figs)} figures ({elapsed:.0f}s)")
     return 0
 

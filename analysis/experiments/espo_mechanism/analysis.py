@@ -38,7 +38,7 @@ from analysis.experiments.espo_headline import analysis as headline
 from analysis.experiments.espo_mechanism import sweep
 from analysis.plots import colors_for, line_band
 from analysis.runs import run_mean
-from analysis.stats import Claim, decide_family, family_note, mean_ci, paired_diff_ci
+from analysis.stats import Claim, Verdicts, decide_family, family_note, mean_ci, paired_diff_ci
 
 LABELS = tuple(f"label/{a}" for a in sweep.AXES)
 METRICS = ["nostop_success", "final_success", "final_entropy", "stop_rate", "stop_rate_2nd", "precision",
@@ -176,10 +176,10 @@ def answer(cs: list[Claim], pr: pd.DataFrame) -> list[str]:
     return lines
 
 
-def verdicts(pr: pd.DataFrame) -> list[str]:
+def verdicts(pr: pd.DataFrame) -> Verdicts:
     """The claims' lines, the answers, and the family note."""
     cs = claims(pr)
-    return [c.line() for c in cs] + answer(cs, pr) + ([family_note(cs)] if cs else [])
+    return Verdicts([c.line() for c in cs] + answer(cs, pr) + ([family_note(cs)] if cs else []), cs)
 
 
 # --- figures ----------------------------------------------------------------------------------------

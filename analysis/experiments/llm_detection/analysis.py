@@ -34,7 +34,7 @@ from matplotlib.figure import Figure
 
 from analysis.experiments.llm_detection import sweep
 from analysis.runs import run_mean
-from analysis.stats import Claim, decide_family, family_note, mean_ci, paired_diff_ci
+from analysis.stats import Claim, Verdicts, decide_family, family_note, mean_ci, paired_diff_ci
 
 EARLY_STOP = 3
 BASELINE = "ppo"
@@ -145,7 +145,7 @@ def comparisons(df: pd.DataFrame) -> list[str]:
     paired("ppo", "random", "heldout", "matched random's held-out pass@1 is higher than PPO's")
     paired("ppo", "oracle", "heldout", "the oracle's held-out pass@1 is higher than PPO's")
     decide_family(claims)
-    return [f"- {c.line()}" for c in claims] + ([f"- {family_note(claims)}"] if claims else [])
+    return Verdicts([f"- {c.line()}" for c in claims] + ([f"- {family_note(claims)}"] if claims else []), claims)
 
 
 def verdicts(table: pd.DataFrame) -> list[str]:

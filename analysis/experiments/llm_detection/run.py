@@ -57,11 +57,13 @@ def main(out: str = "out/llm_detection", workers: int = 2, quick: bool = False, 
     rows = experiments.execute(runner, spec, workers=workers, fresh=fresh)
     df = load_runs([r["run_dir"] for r in rows], axes=sweep.AXES)
     table = analysis.score(df)
-    lines = analysis.verdicts(table) + analysis.comparisons(df)
+    family = analysis.comparisons(df)
+    lines = analysis.verdicts(table) + family
     root.mkdir(parents=True, exist_ok=True)
     errors: list[str] = []
     figs = save_figures(build_figures(analysis.PLOTS, df, errors), root)
     table.to_csv(root / "scores.csv", index=False)
+    experiments.write_verdicts(family.claims, root)
     main_t, plant_t = _with_ci(table, SHOWN), _with_ci(table[table["method"] == "espo_planted"], PLANT)
     print(text_table(main_t), "", *lines, sep="\n")
     first = df.iloc[0]

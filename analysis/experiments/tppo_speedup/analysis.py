@@ -49,7 +49,7 @@ from analysis.experiments import table_row
 from analysis.experiments.tppo_speedup import sweep
 from analysis.plots import colors_for, line_band, ordered
 from analysis.runs import final_mean, first_reach, mean_std, run_mean
-from analysis.stats import Claim, Interval, decide_family, family_note, mean_ci, paired_diff_ci, ratio_ci
+from analysis.stats import Claim, Interval, Verdicts, decide_family, family_note, mean_ci, paired_diff_ci, ratio_ci
 
 LEVEL_FRAC = 0.5
 """The success level is this fraction of PPO's final success (unless ``score(df, level=...)``)."""
@@ -247,7 +247,7 @@ means); measured compute and the projected GPU time are shown beside it, not tes
 METRIC_NAMES = {"compute": "measured compute", "wall": "measured wall-clock", "gpu": "projected GPU time"}
 
 
-def verdicts(table: pd.DataFrame, iv: pd.DataFrame) -> list[str]:
+def verdicts(table: pd.DataFrame, iv: pd.DataFrame) -> Verdicts:
     """Plain statements from ``table`` (:func:`score`) and ``iv`` (:func:`intervals`), the family note last.
 
     The family is declared before looking: for every variant, its final success against PPO's and its
@@ -290,7 +290,7 @@ def verdicts(table: pd.DataFrame, iv: pd.DataFrame) -> list[str]:
                 f"undecided ({len(open_)} of {len(g)} claims undecided)" if open_ else "no")
         out.append(f"[{env}] a variant reaches PPO's level in every seed with >= {GOAL_SPEEDUP:g}x less "
                    f"{METRIC_NAMES[PRIMARY]} (its claim above significant in the family): {word}")
-    return out + ([family_note(family)] if family else [])
+    return Verdicts(out + ([family_note(family)] if family else []), family)
 
 
 # --- figures ----------------------------------------------------------------------------------------

@@ -114,6 +114,7 @@ def main(out: str = "out/tppo_speedup", workers: int = 2, quick: bool = False, f
     lines += report_tail(figs, errors, analysis)
     (root / "report.md").write_text("\n".join(lines))
     experiments.write_scores(table, root)  # scores.csv beside report.md (every study writes one)
+    experiments.write_verdicts(verdicts.claims, root)
     print(f"\nwrote {root / 'report.md'}, {root / 'scores.csv'} and {len(figs)} figures ({elapsed:.0f}s)")
     return 0
 

@@ -1,0 +1,46 @@
+"""The README's findings: generated from the committed verdicts.csv files, and checked against them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from analysis import findings
+from analysis.experiments import write_verdicts
+from analysis.stats import Claim, decide_family, mean_ci
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _docs(tmp_path):
+    claims = decide_family([Claim("A | beats B", mean_ci([0.1] * 10)), Claim("C beats D", mean_ci([0.1, -0.1] * 5))])
+    write_verdicts(claims, tmp_path / "docs" / "study_x")
+    return tmp_path / "docs"
+
+
+def test_render_lists_decided_claims_with_their_numbers(tmp_path):
+    text = findings.render(_docs(tmp_path))
+    assert "| [study_x](docs/study_x/report.md) | A \\| beats B | **yes** | +0.1 [+0.1, +0.1] | 10 | 0.0039 |" in text
+    assert "C beats D" not in text  # undecided claims stay in their report
+    assert "study_x: 1 of 2 decided" in text
+
+
+def test_update_readme_rewrites_between_the_markers_and_checks(tmp_path):
+    docs = _docs(tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# T\n\n{findings.BEGIN}\nold\n{findings.END}\n\nrest\n")
+    assert findings.update_readme(readme, docs, check=True) is False and "old" in readme.read_text()
+    assert findings.update_readme(readme, docs) is False
+    assert findings.update_readme(readme, docs, check=True) is True
+    text = readme.read_text()
+    assert text.startswith("# T\n") and text.endswith("\n\nrest\n") and "A \\| beats B" in text
+    (tmp_path / "bare.md").write_text("no markers")
+    with pytest.raises(ValueError, match="no findings markers"):
+        findings.update_readme(tmp_path / "bare.md", docs)
+
+
+def test_the_readme_findings_match_the_committed_reports():
+    """Fails when a report's verdicts.csv changed and `testbed findings` was not rerun."""
+    assert findings.update_readme(ROOT / "README.md", ROOT / "docs", check=True), \
+        "README.md's findings are out of date: run `testbed findings`"
