@@ -713,6 +713,7 @@ def test_difficulty_score_reading_and_figures(tmp_path, monkeypatch):
     e = t[(t["knob"] == "critical") & (t["value"] == 5) & (t["method"] == "espo")].iloc[0]
     np.testing.assert_allclose(e["tokens_saved_pct"], 100 - 95 - 3.5)  # 95 + s tokens, s = 0..7
     np.testing.assert_allclose(e["espo_minus_random"], 0.2)
+    assert e["success_basis"] == "final_success"  # these runs have no no-stop evaluation
     # the default point is shared by every knob's curve
     assert set(t[t["env"] == "default"]["knob"]) == {"critical", "length", "acceptable"}
     text = diff.verdicts(t)

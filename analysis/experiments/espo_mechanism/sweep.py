@@ -35,7 +35,7 @@ METHODS: dict[str, dict] = {
     "random": {"stop.rule": "random", "stop.warmup": "steps", "stop.warmup_steps": 0,
                "stop.reference_run": "{out_dir}/{variant}-{warmup}-espo-s{seed}"},
 }
-SEEDS = list(range(12))
+SEEDS = list(range(24))
 AXES = ("variant", "warmup", "method", "seed")
 QUICK: dict = {"steps": 12, "seeds": [0, 1], "overrides": {"rollout.batch_size": 32, "algo.minibatch_size": 32}}
 """``--quick``: a smoke test of the whole pipeline, not evidence."""
