@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
@@ -61,9 +60,12 @@ from torch.utils.checkpoint import checkpoint
 from testbed.protocols import StepOutput
 
 from .critic import ValueHead, ValueModel, disable_dropout, trunk_forward
+from .critics import CRITIC_LAYOUTS, HeadCritic, SeparateCritic
+from .kvcache import Columns, Stream, cache_select, cache_trimmable, new_cache
 from .models import load_causal_lm, quiet_progress, torch_dtype
+from .prefix import PrefixPlan, plan_prefix, prefill
 
-CRITIC_LAYOUTS = ("separate", "head")
+__all__ = ["CRITIC_LAYOUTS", "HFBackend", "HeadCritic", "PrefixPlan", "SeparateCritic", "make_backend", "plan_prefix"]
 
 
 @contextmanager
@@ -84,291 +86,10 @@ def _train_mode(modules: Iterable[nn.Module | None], on: bool) -> Iterator[None]
             m.train(was)
 
 
-def _new_cache(config: Any) -> Any:
-    from transformers import DynamicCache
-
-    return DynamicCache(config=config)
-
-
-def _cache_select(cache: Any, index: Tensor) -> None:
-    if cache is not None and cache.get_seq_length() > 0:
-        cache.batch_select_indices(index)
-
-
-def _cache_trimmable(cache: Any) -> bool:
-    """Plain growing layers only (sliding-window or quantized layers keep other state)."""
-    from transformers.cache_utils import DynamicLayer
-
-    return cache is None or all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
-
-
-def _cache_trim_left(cache: Any, n: int) -> None:
-    """Drop the first ``n`` cached positions of every layer (columns that are padding in every row)."""
-    if cache is None or n <= 0:
-        return
-    for layer in cache.layers:
-        if layer.is_initialized and layer.keys is not None and layer.keys.numel():
-            layer.keys = layer.keys[..., n:, :]
-            layer.values = layer.values[..., n:, :]
-
-
-def _cache_expand(cache: Any, n: int) -> None:
-    """Batch-1 cache -> a view of ``n`` identical rows (no copy: the next update concatenates; the
-    backward of ``expand`` sums the rows' gradients into the one prefix)."""
-    if n == 1:
-        return
-    for layer in cache.layers:
-        if layer.is_initialized and layer.keys is not None and layer.keys.numel():
-            layer.keys = layer.keys.expand(n, -1, -1, -1)
-            layer.values = layer.values.expand(n, -1, -1, -1)
-
-
 def _used_columns(mask: Tensor) -> int:
     """Columns up to the last one any row uses (right padding beyond it is never computed)."""
     used = mask.any(0).nonzero()
     return int(used[-1]) + 1 if used.numel() else 0
-
-
-# ---------------------------------------------------------------------------------- shared prefix
-
-
-@dataclass
-class PrefixPlan:
-    """How ``B`` prompts share work: one common prefix and ``u`` distinct remainders.
-
-    Row ``i``'s prompt is ``prefix + remainder[inverse[i]]``; its layout is ``[prefix | left pads |
-    remainder]`` (:meth:`rows`), with positions ``0 .. len - 1`` over its real tokens.
-    """
-
-    prefix: Tensor
-    """(P,) long, P >= 1: tokens every prompt starts with."""
-    rest: Tensor
-    """(u, R) long: the distinct remainders, left-padded (R >= 1: every remainder has a token)."""
-    rest_attn: Tensor
-    """(u, R) long: 1 on the remainders' real tokens."""
-    inverse: Tensor
-    """(B,) long: row -> its remainder."""
-
-    @property
-    def P(self) -> int:
-        return int(self.prefix.shape[0])
-
-    @property
-    def u(self) -> int:
-        return int(self.rest.shape[0])
-
-    @property
-    def identity(self) -> bool:
-        """Every row has its own remainder, in row order (nothing to gather)."""
-        return self.u == self.inverse.shape[0] and bool((self.inverse == torch.arange(self.u, device=self.inverse.device)).all())
-
-    def rows(self) -> tuple[Tensor, Tensor]:
-        """(B, P + R) ids and attention mask of the rows' layout."""
-        B = self.inverse.shape[0]
-        ids = torch.cat([self.prefix.expand(B, -1), self.rest[self.inverse]], dim=1)
-        attn = torch.cat([torch.ones_like(ids[:, :self.P]), self.rest_attn[self.inverse]], dim=1)
-        return ids, attn
-
-    def rest_positions(self) -> Tensor:
-        """(u, R) positions of the remainder columns (pads: P, never attended)."""
-        return self.P + (self.rest_attn.cumsum(1) - 1).clamp(min=0)
-
-    def select(self, index: Tensor) -> "PrefixPlan":
-        """The plan for rows ``index`` (remainders no row uses any more are still computed, once)."""
-        return PrefixPlan(self.prefix, self.rest, self.rest_attn, self.inverse[index])
-
-
-def plan_prefix(prompts: Sequence[Sequence[int]], *, pad_token_id: int, device: torch.device | str = "cpu") -> PrefixPlan | None:
-    """The shared-prefix plan for ``prompts``, or None when there is nothing to share.
-
-    ``P`` is the longest common prefix, capped at the shortest prompt's length minus one so that every
-    row keeps a remainder token (the state before the first response token is a remainder position).
-    Remainders are deduplicated in order of first appearance (a GRPO group's repeated prompt is
-    computed once). None for fewer than two rows or no common token.
-
-    >>> p = plan_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3, 4]], pad_token_id=0)
-    >>> p.prefix.tolist(), p.rest.tolist(), p.inverse.tolist()
-    ([1, 2], [[3, 4], [0, 5]], [0, 1, 0])
-    """
-    B = len(prompts)
-    if B < 2:
-        return None
-    lens = [len(p) for p in prompts]
-    if min(lens) < 2:
-        return None
-    first = list(prompts[0])
-    P = min(lens) - 1
-    for p in prompts[1:]:
-        n = 0
-        while n < P and p[n] == first[n]:
-            n += 1
-        P = n
-        if P == 0:
-            return None
-    index: dict[tuple[int, ...], int] = {}
-    inverse = [index.setdefault(tuple(p[P:]), len(index)) for p in prompts]
-    rests = list(index)
-    R = max(len(r) for r in rests)
-    rest = torch.full((len(rests), R), int(pad_token_id), dtype=torch.long)
-    attn = torch.zeros((len(rests), R), dtype=torch.long)
-    for j, r in enumerate(rests):
-        rest[j, R - len(r):] = torch.as_tensor(r, dtype=torch.long)
-        attn[j, R - len(r):] = 1
-    return PrefixPlan(torch.as_tensor(first[:P], dtype=torch.long).to(device), rest.to(device), attn.to(device),
-                      torch.as_tensor(inverse, dtype=torch.long, device=device))
-
-
-def _prefill(trunk: nn.Module, plan: PrefixPlan, cache: Any, tail: tuple[Tensor, Tensor] | None = None) -> Tensor:
-    """Run ``trunk`` over the prefix once (batch 1), then over the ``u`` remainders (and ``tail``
-    (u, n) ids and mask, appended after each remainder) against the expanded prefix cache.
-
-    Returns the (u, R + n, H) hidden states of the remainder (and tail) columns; ``cache`` then holds
-    ``u`` rows of ``P + R + n`` columns. Differentiable when grads are enabled.
-    """
-    dev = plan.prefix.device
-    P, u = plan.P, plan.u
-    trunk_forward(trunk, plan.prefix[None], torch.ones(1, P, dtype=torch.long, device=dev),
-                  torch.arange(P, device=dev)[None], cache)
-    _cache_expand(cache, u)
-    ids, attn, pos = plan.rest, plan.rest_attn, plan.rest_positions()
-    if tail is not None:
-        t_ids, t_mask = tail
-        end = P + plan.rest_attn.sum(1, keepdim=True)  # position after each remainder's last token
-        ids = torch.cat([ids, t_ids], dim=1)
-        attn = torch.cat([attn, t_mask.long()], dim=1)
-        pos = torch.cat([pos, end + torch.arange(t_ids.shape[1], device=dev)], dim=1)
-    full_attn = torch.cat([torch.ones(u, P, dtype=torch.long, device=dev), attn], dim=1)
-    return trunk_forward(trunk, ids, full_attn, pos, cache)
-
-
-class _Stream:
-    """One trunk's decoding KV cache and the number of the batch's columns it has consumed."""
-
-    def __init__(self, trunk: nn.Module):
-        self.trunk = trunk
-        self.cache = _new_cache(trunk.config)
-        self.done = 0
-
-    def catch_up(self, cols: "_Columns") -> Tensor | None:
-        """Consume every column not yet seen; return the (b, n, H) hidden states of the states from the
-        last prompt column on among them (None if there were none)."""
-        L = cols.ids.shape[1]
-        parts = []
-        if self.done == 0 and cols.plan is not None:  # the prompt, shared
-            h = _prefill(self.trunk, cols.plan, self.cache)[:, -1:]
-            if not cols.plan.identity:
-                _cache_select(self.cache, cols.plan.inverse)
-                h = h[cols.plan.inverse]
-            parts.append(h)
-            self.done = cols.prompt_cols
-        if self.done < L:
-            h = trunk_forward(self.trunk, cols.ids[:, self.done:L], cols.attn, cols.pos[:, self.done:L], self.cache)
-            parts.append(h[:, max(cols.prompt_cols - 1 - self.done, 0):])
-            self.done = L
-        return torch.cat(parts, dim=1) if parts else None
-
-    def select(self, index: Tensor) -> None:
-        _cache_select(self.cache, index)
-
-    def trim_left(self, n: int) -> None:
-        _cache_trim_left(self.cache, min(n, self.done))
-        self.done = max(self.done - n, 0)
-
-
-@dataclass
-class _Columns:
-    """The decoding batch: (b, L) ids, attention mask and positions; the padded prompt width; the plan."""
-
-    ids: Tensor
-    attn: Tensor
-    pos: Tensor
-    prompt_cols: int
-    plan: PrefixPlan | None
-
-
-# ---------------------------------------------------------------------------------- critic layouts
-
-
-class SeparateCritic:
-    """``model.critic: separate``: a :class:`ValueModel` (own trunk + fp32 head) with its own
-    decoding cache; the value loss trains trunk and head."""
-
-    name = "critic"
-
-    def __init__(self, model: ValueModel):
-        self.model = model
-        self._stream: _Stream | None = None
-
-    @property
-    def module(self) -> nn.Module:
-        return self.model
-
-    def begin(self) -> None:
-        self._stream = _Stream(self.model.trunk)
-
-    def observe(self, hidden: Tensor) -> None:
-        """Policy hidden states of new states: not needed (this critic reads its own trunk)."""
-
-    def values(self, cols: _Columns) -> Tensor | None:
-        """(b, n) values of the states reached since the last call (None: none)."""
-        h = self._stream.catch_up(cols)
-        return None if h is None else self.model.head(h)
-
-    def select(self, index: Tensor) -> None:
-        self._stream.select(index)
-
-    def trim_left(self, n: int) -> None:
-        self._stream.trim_left(n)
-
-    def trimmable(self) -> bool:
-        return _cache_trimmable(self._stream.cache)
-
-    def forward(self, backend: "HFBackend", prompts, tokens: Tensor, mask: Tensor) -> Tensor:
-        """(B, T) fp32 teacher-forced values, differentiable w.r.t. trunk and head."""
-        return self.model.head(backend.response_states(self.model.trunk, prompts, tokens, mask))
-
-
-class HeadCritic:
-    """``model.critic: head``: a :class:`ValueHead` on the policy's *detached* last hidden state
-    (see ``critic.py``); decoding values come from the hidden states the policy already computed."""
-
-    name = "value_head"
-
-    def __init__(self, head: ValueHead):
-        self.model = head
-        self._hidden: list[Tensor] = []
-
-    @property
-    def module(self) -> nn.Module:
-        return self.model
-
-    def begin(self) -> None:
-        self._hidden = []
-
-    def observe(self, hidden: Tensor) -> None:
-        """(b, n, H) policy hidden states of new states, kept until the next values request."""
-        self._hidden.append(hidden)
-
-    def values(self, cols: _Columns) -> Tensor | None:
-        if not self._hidden:
-            return None
-        chunk = self.model(torch.cat(self._hidden, dim=1))
-        self._hidden = []
-        return chunk
-
-    def select(self, index: Tensor) -> None:
-        self._hidden = [h[index] for h in self._hidden]
-
-    def trim_left(self, n: int) -> None:
-        pass
-
-    def trimmable(self) -> bool:
-        return True
-
-    def forward(self, backend: "HFBackend", prompts, tokens: Tensor, mask: Tensor) -> Tensor:
-        with torch.no_grad():  # shared trunk, detached: the value loss trains the head only
-            states = backend.response_states(backend._trunk, prompts, tokens, mask)
-        return self.model(states)
 
 
 class HFBackend:
@@ -436,7 +157,7 @@ class HFBackend:
                 self.critic_impl: SeparateCritic | HeadCritic | None = SeparateCritic(
                     ValueModel.from_policy(policy, head_init_std).eval())
             else:
-                self.critic_impl = HeadCritic(ValueHead(hidden, head_init_std).to(self.device))
+                self.critic_impl = HeadCritic(ValueHead(hidden, head_init_std).to(self.device), self._trunk)
         self.reference: nn.Module | None = None
         if reference:
             self.reference = copy.deepcopy(policy).eval()
@@ -509,8 +230,8 @@ class HFBackend:
     # ------------------------------------------------------------------ decoding
 
     def _reset_decoding(self) -> None:
-        self._cols: _Columns | None = None
-        self._pstream: _Stream | None = None
+        self._cols: Columns | None = None
+        self._pstream: Stream | None = None
         self._logits: Tensor | None = None  # (b, V) fp32, valid while the policy has consumed every column
         self._values_now: Tensor | None = None  # (b,) fp32 value of the current state, if computed
 
@@ -548,8 +269,8 @@ class HFBackend:
             self._check_ids(plan.rest)
             ids, attn = plan.rows()
             pos = (attn.cumsum(1) - 1).clamp_(min=0)
-        self._cols = _Columns(ids, attn, pos, int(ids.shape[1]), plan)
-        self._pstream = _Stream(self._trunk)
+        self._cols = Columns(ids, attn, pos, int(ids.shape[1]), plan)
+        self._pstream = Stream(self._trunk)
         if self.critic_impl is not None:
             self.critic_impl.begin()
 
@@ -626,7 +347,7 @@ class HFBackend:
         # leading columns that are padding in every surviving row: no query attends to them (never
         # with a shared prefix, whose first column every row attends)
         n = int(c.attn.any(0).long().argmax())
-        if n > 0 and _cache_trimmable(self._pstream.cache) and (crit is None or crit.trimmable()):
+        if n > 0 and cache_trimmable(self._pstream.cache) and (crit is None or crit.trimmable()):
             c.ids, c.attn, c.pos = c.ids[:, n:], c.attn[:, n:], c.pos[:, n:]
             self._pstream.trim_left(n)
             if crit is not None:
@@ -672,15 +393,15 @@ class HFBackend:
         tokens, mask = self._response_inputs(tokens, mask, B)
         T = tokens.shape[1]
         R = plan.rest.shape[1]
-        cache = _new_cache(trunk.config)
+        cache = new_cache(trunk.config)
         if plan.identity:  # every row its own remainder: remainder and response in one forward
             tail = (tokens[:, :T - 1], mask[:, :T - 1]) if T > 1 else None
-            return _prefill(trunk, plan, cache, tail)[:, R - 1:R - 1 + T]
+            return prefill(trunk, plan, cache, tail)[:, R - 1:R - 1 + T]
         # distinct remainders once, then every row's response against its gathered cache
-        first = _prefill(trunk, plan, cache)[:, -1][plan.inverse]  # (B, H): state before token 0
+        first = prefill(trunk, plan, cache)[:, -1][plan.inverse]  # (B, H): state before token 0
         if T <= 1:
             return first[:, None, :][:, :T]
-        _cache_select(cache, plan.inverse)
+        cache_select(cache, plan.inverse)
         rest_attn = plan.rest_attn[plan.inverse]
         attn = torch.cat([torch.ones(B, plan.P, dtype=torch.long, device=self.device), rest_attn,
                           mask[:, :T - 1].long()], dim=1)
@@ -750,7 +471,8 @@ class HFBackend:
         tokens, mask = self._response_inputs(tokens, mask, len(prompts))
         n = _used_columns(mask)
         values = torch.zeros(mask.shape, dtype=torch.float32, device=self.device)
-        values[:, :n] = self.critic_impl.forward(self, prompts, tokens[:, :n], mask[:, :n])
+        used_tokens, used_mask = tokens[:, :n], mask[:, :n]
+        values[:, :n] = self.critic_impl.forward(lambda trunk: self.response_states(trunk, prompts, used_tokens, used_mask))
         return torch.where(mask, values, torch.zeros_like(values))
 
     # ------------------------------------------------------------------ checkpoints
