@@ -1,6 +1,9 @@
 """DESIGN.md's import table, enforced by walking every module's imports."""
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +45,29 @@ def test_package_imports_respect_design(package):
 def test_metrics_module_is_torch_free():
     names = {n.split(".")[0] for n, _ in imports_of(ROOT / "testbed" / "metrics.py")}
     assert "torch" not in names and "numpy" not in names
+
+
+# Modules that must load without torch or transformers (whatever they import, transitively), each with
+# a statement that uses it.
+LIGHT_MODULES = {
+    "llm_backend.verifier": "from llm_backend.verifier import verify_chain; "
+                            "assert verify_chain('2 + 3 = 5. \\\\boxed{5}', 5, [2, 3]).reason == 'ok'",
+    "llm_backend.chain_problems": "import random; from llm_backend.chain_problems import chain_problem; "
+                                  "chain_problem(random.Random(0))",
+}
+HEAVY = ("torch", "transformers")
+
+
+def modules_loaded_by(code: str) -> set[str]:
+    """Top-level names of the modules loaded by running ``code`` in a fresh interpreter."""
+    probe = code + "\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return {name.split(".")[0] for name in json.loads(out.stdout.strip().splitlines()[-1])}
+
+
+@pytest.mark.parametrize("module", sorted(LIGHT_MODULES))
+def test_light_modules_load_without_torch(module):
+    loaded = modules_loaded_by(LIGHT_MODULES[module])
+    assert module.split(".")[0] in loaded  # the probe did import it
+    assert not loaded & set(HEAVY), f"{module} loads {sorted(loaded & set(HEAVY))}"

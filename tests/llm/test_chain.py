@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from llm_backend import chain
+from llm_backend import chain, chain_problems, verifier
 from llm_backend.chain import chain_problem, find_equations, iter_chain_problems, verify_chain
 from testbed import config as C
 from testbed.collector import SamplePool
@@ -22,8 +22,9 @@ from testbed.stopping import StopContext, make_stop_rule
 
 
 def test_doctests():
-    result = doctest.testmod(chain)
-    assert result.attempted >= 8 and result.failed == 0
+    # the chain task's modules: the task, its generator and its verifier
+    results = [doctest.testmod(m) for m in (chain, chain_problems, verifier)]
+    assert sum(r.attempted for r in results) >= 8 and sum(r.failed for r in results) == 0
 
 
 def test_problems_are_chains_with_exact_answers_and_disjoint_splits():
