@@ -4,16 +4,15 @@
     rule (regret normaliser, threshold controller, warm-up) -> checkpoint
 
 Task and backend are reached through string entry points (``task.kind``, ``model.kind``), so this
-module never imports ``envs`` or ``llm_backend``.
+module never imports ``envs`` or ``llm_backend``. What the run directory holds (``config.yaml``, the
+resume checks, checkpoint files, the final evaluations and summary) is written and read by
+:mod:`testbed.rundir`; the trainer decides when, and what goes into a checkpoint.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,13 @@ import torch
 from torch import Tensor
 
 from testbed import config as config_mod
+from testbed import rundir
 from testbed.advantages import ESTIMATORS, AdvantageParams, loss_mask, mc_returns
 from testbed.collector import SamplePool, StepBatch
 from testbed.build import BACKEND_ENTRY_POINTS, TASK_ENTRY_POINTS, build, build_task, load_entry_point  # noqa: F401 (re-exported)
 from testbed.config import Config
 from testbed.evaluate import evaluate
-from testbed.errors import Interrupted, RunFileError, UserError
+from testbed.errors import Interrupted, UserError
 from testbed.lock import RunLock
 from testbed.memory import check_batch_fits
 from testbed.diagnostics import detection_metrics, failure_rank, planted_metrics, row_records, stop_rate_metrics
@@ -36,38 +36,15 @@ from testbed.losses import POLICY_LOSSES, PolicyLossParams, entropy_bonus, expla
 from testbed.masked import masked_mean, masked_whiten as whiten
 from testbed.metrics import MetricsLogger, TensorBoardLogger
 from testbed.rollout import Ending, Rollout, table_bootstrap
-from testbed.runfiles import MARKER, TRAINER_STATE, WEIGHTS, atomic_path, atomic_write, checkpoint_dir
+from testbed.rundir import CHANGES_NAME, NO_OLDER_CHECKPOINT, RESUME_MAY_CHANGE  # noqa: F401 (re-exported)
+from testbed.runfiles import WEIGHTS, checkpoint_dir
 from testbed.stopping import make_stop_rule
-
-RESUME_MAY_CHANGE = ("run.steps", "run.progress", "run.threads", "run.checkpoint_every", "run.tensorboard",
-                     "run.out_dir", "run.name")
-"""Settings a resumed run may change: how long it trains, and keys that change where it lives or how it
-is watched, never what it computes. Any other difference from the run's ``config.yaml`` is refused."""
-
-CHANGES_NAME = "config_changes.jsonl"
-"""In a run directory: one line per resume that changed settings, ``{"step": K, "changes": {key: {"old",
-"new"}}}``; ``K`` is the first step trained with the new values (``config.yaml`` holds the latest)."""
-
-NO_OLDER_CHECKPOINT = ("no older checkpoint is kept, so the run cannot resume: delete {ck} to train it again "
-                       "from step 0 (its metrics are then dropped), or start a new run with another run.name")
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _atomic_save_tensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
-
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-
-
-def _atomic_save_torch(obj: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
 
 
 class Trainer:
@@ -101,9 +78,8 @@ class Trainer:
             self._resume()  # checks everything before it changes anything in the run directory
             self.tb = TensorBoardLogger(self.run_dir / "tensorboard") if cfg.run.tensorboard else None
             if self._changes:  # provenance: which settings changed on this resume, from which step on
-                with (self.run_dir / CHANGES_NAME).open("a") as f:
-                    f.write(json.dumps({"step": self.step, "changes": self._changes}) + "\n")
-            (self.run_dir / "config.yaml").write_text(config_mod.dump(cfg))  # after a resume that fits
+                rundir.record_changes(self.run_dir, self.step, self._changes)
+            rundir.write_config(self.run_dir, cfg)  # after a resume that fits
         except BaseException:
             self.lock.release()
             raise
@@ -169,11 +145,7 @@ class Trainer:
             raise Interrupted(self._interrupted_message()) from None
 
     def _interrupted_message(self) -> str:
-        marker = checkpoint_dir(self.run_dir) / MARKER
-        try:
-            saved = int(json.loads(marker.read_text())["step"])
-        except (OSError, ValueError, KeyError, TypeError):
-            saved = 0
+        saved = rundir.saved_step(self.run_dir)
         where = (f"from its checkpoint at step {saved}" if saved else "from step 0: no checkpoint was written yet")
         if saved == self.cfg.run.steps:
             where = "training had finished; only the final evaluation is redone"
@@ -209,10 +181,10 @@ class Trainer:
         bar.close()  # (an interrupted bar is left as it is: tqdm closes it at exit)
         final = self.maybe_evaluate(final=True)
         if final:
-            atomic_write(self.run_dir / "final_eval.json", json.dumps(final, indent=2))
+            rundir.write_json(self.run_dir / rundir.FINAL_EVAL, final)
         nostop = self.evaluate_without_stopping()
         if nostop:
-            atomic_write(self.run_dir / "final_eval_nostop.json", json.dumps(nostop, indent=2))
+            rundir.write_json(self.run_dir / rundir.FINAL_EVAL_NOSTOP, nostop)
         return self.write_summary()
 
     def evaluate_without_stopping(self) -> dict[str, Any]:
@@ -221,13 +193,11 @@ class Trainer:
         success counts a stopped row as failed, and T-PPO's finished rows favour short problems)."""
         c = self.cfg
         n = c.run.final_eval_rows
-        path = self.run_dir / "final_eval_nostop.json"
         if not n:
             return {}
-        if path.is_file():  # a finished run re-entered: the evaluation is already there (unless it trained on)
-            done = json.loads(path.read_text())
-            if done.get("step") == self.step and done.get("rows") == n:
-                return done
+        done = rundir.done_nostop_eval(self.run_dir, self.step, n)
+        if done is not None:
+            return done
         slots = min(n, 256)
         task = build_task(c, num_slots=slots, seed=c.run.seed + 20_000)
         res = evaluate(self.backend, task, c, n=n, greedy=False, batch_size=slots, seed=c.run.seed + 20_000,
@@ -331,14 +301,7 @@ class Trainer:
 
     def init_critic_from(self, run: str) -> None:
         """``model.critic_init``: copy the critic's parameters from a finished run's checkpoint."""
-        from safetensors.torch import load_file
-
-        ck = checkpoint_dir(run) / WEIGHTS
-        if not Path(run).is_dir():
-            raise config_mod.ConfigError(f"model.critic_init: no run directory {run!r}")
-        if not ck.is_file():
-            raise config_mod.ConfigError(f"model.critic_init: run {run!r} has no checkpoint ({ck} is missing)")
-        state = load_file(str(ck))
+        state = rundir.read_run_weights(run, "model.critic_init")
         ptrs = {p.data_ptr() for p in self.critic_params}
         own = {k: v for k, v in self.backend.state_dict().items() if v.data_ptr() in ptrs}
         bad = [k for k, v in own.items() if k not in state or state[k].shape != v.shape]
@@ -488,36 +451,14 @@ class Trainer:
         return rec
 
     def write_summary(self) -> dict[str, Any]:
-        from testbed.metrics import read_metrics
-
-        path = self.run_dir / "metrics.jsonl"
-        recs = read_metrics(path) if path.exists() else []  # run.steps=0 logs nothing
-        tail = recs[-max(1, len(recs) // 10):] if recs else []
-
-        def avg(key):
-            xs = [x[key] for x in tail if x.get(key) is not None]
-            return float(np.mean(xs)) if xs else None
-
-        summary = {
-            "name": self.cfg.run.name,
-            "steps": len(recs),
-            "complete": len(recs) >= self.cfg.run.steps,
-            "tokens/cumulative": recs[-1]["tokens/cumulative"] if recs else 0,
-            "final/success_rate": avg("success/rate"),
-            "final/reward_mean": avg("reward/mean"),
-            "final/stop_rate": avg("stop/rate"),
-            "final/entropy": avg("actor/entropy"),
-            "time/total": sum((x.get("time/gen") or 0) + (x.get("time/actor") or 0) + (x.get("time/critic") or 0) for x in recs),
-        }
-        atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2))
-        return summary
+        """``summary.json`` (:func:`testbed.rundir.write_summary`)."""
+        return rundir.write_summary(self.run_dir, self.cfg)
 
     # --- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        """Weights as safetensors, optimiser and loop state via torch.save; each written atomically."""
-        ck = checkpoint_dir(self.run_dir)
-        # The step in the weights' metadata lets a resume see weights and trainer state from different saves.
-        _atomic_save_tensors(self.backend.state_dict(), ck / WEIGHTS, {"step": str(self.step)})
+        """Weights as safetensors, optimiser and loop state via torch.save; each written atomically
+        (:func:`testbed.rundir.save_checkpoint`); after the last step also the policy as a model directory."""
+        weights = self.backend.state_dict()
         state = {
             "step": self.step,
             "cumulative_tokens": self.cumulative_tokens,
@@ -527,19 +468,14 @@ class Trainer:
             "shuffle_rng": self.shuffle.get_state(),
             "torch_rng": torch.get_rng_state(),
             "rule": json.dumps(self.rule.state_dict()),
-            "task_rng": json.dumps(_task_rng_state(self.task)),
+            "task_rng": json.dumps(rundir.task_rng_state(self.task)),
         }
-        _atomic_save_torch(state, ck / TRAINER_STATE)
+        save_policy = None
         if self.step == self.cfg.run.steps and hasattr(self.backend, "save_pretrained"):
             # The finished policy as a model directory any transformers code can load.
-            tmp, final = ck / "policy.tmp", ck / "policy"
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.backend.save_pretrained(str(tmp), tokenizer=getattr(self.task, "tokenizer", None))
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-        # The marker is written last: a checkpoint counts only once both files are complete.
-        atomic_write(ck / MARKER, json.dumps({"step": self.step}))
-        return ck
+            tokenizer = getattr(self.task, "tokenizer", None)
+            save_policy = lambda folder: self.backend.save_pretrained(folder, tokenizer=tokenizer)  # noqa: E731
+        return rundir.save_checkpoint(self.run_dir, self.step, weights, state, save_policy)
 
     def _resume(self) -> None:
         """Continue from the run's checkpoint, if it has one. Every file is read and every check made
@@ -547,19 +483,12 @@ class Trainer:
         first change to the run directory; a damaged file is a :class:`RunFileError` naming it."""
         ck = checkpoint_dir(self.run_dir)
         loggers = [x for x in (self.logger, self.rows_logger) if x is not None]
-        marker = ck / MARKER
-        if not marker.exists():  # nothing to resume: a fresh start drops whatever was logged
+        step = rundir.read_marker(self.run_dir)
+        if step is None:  # nothing to resume: a fresh start drops whatever was logged
             for lg in loggers:
                 lg.truncate_after(-1)
             return
-        try:
-            step = json.loads(marker.read_text())["step"]
-            if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-                raise ValueError(step)
-        except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
-            raise RunFileError(f"{marker}: not a checkpoint marker ({type(e).__name__}: {e}); "
-                               + NO_OLDER_CHECKPOINT.format(ck=ck)) from None
-        weights = self._read_weights(ck / WEIGHTS, step)
+        weights = rundir.read_weights(ck / WEIGHTS, step)
         try:
             self.backend.load_state_dict(weights)
         except (KeyError, RuntimeError) as e:  # the directory holds a run of another model
@@ -567,18 +496,9 @@ class Trainer:
             first = lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__
             raise UserError(f"{ck}: the checkpoint does not fit this config's model (resuming needs the same "
                             f"model settings; use another run.name for a new run): {first}") from None
-        path = ck / TRAINER_STATE
-        try:
-            state = torch.load(path, weights_only=True)
-            saved = int(state["step"])
-        except Exception as e:  # noqa: BLE001 - missing, truncated, empty or not ours: all say the same
-            raise RunFileError(f"{path}: cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
-                               + NO_OLDER_CHECKPOINT.format(ck=ck)) from None
-        if saved != step:
-            raise RunFileError(f"{path}: holds step {saved} but {marker} says {step} (a checkpoint write was "
-                               "interrupted); " + NO_OLDER_CHECKPOINT.format(ck=ck))
+        state = rundir.read_trainer_state(self.run_dir, step)
         self.rule.load_state_dict(json.loads(state["rule"]))  # in memory; the settings check reads its warm-up
-        self._changes = self._check_settings(step)
+        self._changes = rundir.check_settings(self.run_dir, self.cfg, step, self.rule)
         keep = [lg.kept_lines(step - 1) for lg in loggers]  # a damaged record raises here, before any write
         self.step = step
         self.cumulative_tokens = int(state["cumulative_tokens"])
@@ -588,90 +508,10 @@ class Trainer:
         self.pool.generator.set_state(state["pool_rng"])
         self.shuffle.set_state(state["shuffle_rng"])
         torch.set_rng_state(state["torch_rng"])
-        _set_task_rng_state(self.task, json.loads(state["task_rng"]))
+        rundir.set_task_rng_state(self.task, json.loads(state["task_rng"]))
         # Carried T-PPO rows are not checkpointed: the resumed run starts with a fresh pool.
         for lg, lines in zip(loggers, keep):
             lg.write_lines(lines)
-
-    @staticmethod
-    def _read_weights(path: Path, step: int) -> dict[str, Tensor]:
-        """The checkpoint's tensors; a missing, truncated or empty file, or one from another save, is a
-        :class:`RunFileError` naming it."""
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        ck = path.parent
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-            weights = load_file(str(path))
-        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for a damaged file
-            raise RunFileError(f"{path}: cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
-                               + NO_OLDER_CHECKPOINT.format(ck=ck)) from None
-        if "step" in meta and meta["step"] != str(step):  # (checkpoints written before the step was kept pass)
-            raise RunFileError(f"{path}: holds step {meta['step']} but {ck / MARKER} says {step} (a "
-                               "checkpoint write was interrupted); " + NO_OLDER_CHECKPOINT.format(ck=ck))
-        return weights
-
-    def _check_settings(self, step: int) -> dict[str, dict[str, Any]]:
-        """The accepted differences between this config and the run's ``config.yaml`` (key -> old, new);
-        refuses any other difference, listing the keys, and a ``run.steps`` the run cannot honour."""
-        import yaml
-
-        path = self.run_dir / "config.yaml"
-        if not path.is_file():  # a run directory from before config.yaml: nothing to compare
-            return {}
-        try:
-            old = _flat_settings(yaml.safe_load(path.read_text()))
-        except (yaml.YAMLError, AttributeError) as e:
-            raise RunFileError(f"{path}: unreadable ({e}); it records the settings the checkpoint was trained "
-                               "with: restore it, or start a new run with another run.name") from None
-        new = _flat_settings(yaml.safe_load(config_mod.dump(self.cfg)))
-        diff = {k: {"old": old[k], "new": new[k]} for k in new if k in old and old[k] != new[k]}
-        finished = old.get("run.steps") == step
-        state = f"finished at step {step}" if finished else f"has a checkpoint at step {step}"
-        refused = [k for k in diff if k not in RESUME_MAY_CHANGE]
-        if refused:
-            listed = "; ".join(f"{k}: {diff[k]['old']!r} -> {diff[k]['new']!r}" for k in refused)
-            raise UserError(f"{self.run_dir}: the run {state} and was trained with other settings ({listed}); "
-                            f"resuming may change only {', '.join(RESUME_MAY_CHANGE)}: use the run's settings "
-                            "(its config.yaml), or another run.name for a new run")
-        steps = self.cfg.run.steps
-        if steps < step:
-            raise UserError(f"run.steps: {steps} is below the {step} steps {self.run_dir} has trained; "
-                            "give at least that many, or another run.name for a new run")
-        warm = getattr(self.rule, "warmup", None)
-        if "run.steps" in diff and warm is not None and self.cfg.stop.warmup == "critic_loss" and warm.on_at is None:
-            cap = lambda n: math.ceil(self.cfg.stop.warmup_cap * n) if n > 0 else None  # noqa: E731 (Warmup's)
-            a, b = cap(diff["run.steps"]["old"]), cap(steps)
-            if a != b and max(x if x is not None else math.inf for x in (a, b)) > step:
-                raise UserError(f"run.steps: changing it from {diff['run.steps']['old']} to {steps} moves the "
-                                f"stop rule's forced start (stop.warmup_cap) from step {a} to {b}, which this run "
-                                "has not reached; keep run.steps, or use another run.name for a new run")
-        return diff
-
-def _flat_settings(data: Any) -> dict[str, Any]:
-    """``{section.key: value}`` of a config mapping (dict fields such as env_kwargs compare whole)."""
-    if not isinstance(data, dict):
-        raise AttributeError(f"expected a mapping of sections, got {type(data).__name__}")
-    return {f"{sec}.{k}": v for sec, body in data.items() if isinstance(body, dict) for k, v in body.items()}
-
-
-def _task_rng_state(task) -> Any:
-    env = getattr(task, "env", None)
-    if env is not None and hasattr(env, "np_random"):
-        return env.np_random.bit_generator.state
-    return task.rng_state() if hasattr(task, "rng_state") else None
-
-
-def _set_task_rng_state(task, state) -> None:
-    if state is None:
-        return
-    env = getattr(task, "env", None)
-    if env is not None and hasattr(env, "np_random"):
-        env.np_random.bit_generator.state = state
-    elif hasattr(task, "set_rng_state"):
-        task.set_rng_state(state)
 
 
 def _optimizer_step(opt: torch.optim.Optimizer, params: list[Tensor], loss: Tensor, max_norm: float) -> Tensor:
