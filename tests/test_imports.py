@@ -54,6 +54,9 @@ LIGHT_MODULES = {
                             "assert verify_chain('2 + 3 = 5. \\\\boxed{5}', 5, [2, 3]).reason == 'ok'",
     "llm_backend.chain_problems": "import random; from llm_backend.chain_problems import chain_problem; "
                                   "chain_problem(random.Random(0))",
+    # reading a config: the schema, a preset and an override, without the registries' torch
+    "testbed.config_schema": "from testbed import config_schema as S; "
+                             "cfg = S.load('configs/ppo.yaml', ['stop.tau=3']); assert cfg.stop.tau == 3",
 }
 HEAVY = ("torch", "transformers")
 
