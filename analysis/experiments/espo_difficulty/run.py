@@ -37,7 +37,9 @@ def main(out: str = "out/espo_difficulty", workers: int = 2, quick: bool = False
     pr = analysis.per_run(df, load_many_rows(run_dirs))
     table = analysis.score(pr)
     lines_read = analysis.verdicts(table)
-    shown = table[[c for c in table.columns if c.rsplit("_", 1)[0] in analysis.COLUMNS or c in analysis.COLUMNS]]
+    # the p-values stay in scores.csv; the table shows means and intervals
+    shown = table[[c for c in table.columns if not c.endswith("_p")
+                   and (c.rsplit("_", 1)[0] in analysis.COLUMNS or c in analysis.COLUMNS)]]
     print(text_table(shown), "", *lines_read, sep="\n")
     errors: list[str] = []
     figs = save_figures(build_figures(analysis.PLOTS, table, errors), root)
