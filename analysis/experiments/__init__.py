@@ -183,6 +183,24 @@ def write_verdicts(claims, root) -> Path:
     return path
 
 
+FAMILY_TEXT = ("Each claim is tested with an exact paired sign-flip test over seeds against its threshold; the "
+               "claims below with a Holm p-value are one family, Holm-corrected: yes/no only when the Holm p-value "
+               "is below 0.05 over at least 8 seeds, otherwise undecided.")
+"""How every report's verdicts are decided (``analysis.stats``), said once."""
+
+
+def write_report(root, lines: list[str], *, table, verdicts, figs, errors: list[str], analysis_module,
+                 elapsed: float) -> None:
+    """A study's outputs beside each other: ``report.md`` (``lines`` plus :func:`report_tail`),
+    ``scores.csv`` and ``verdicts.csv`` (the decided family carried by ``verdicts``)."""
+    root = Path(root)
+    (root / "report.md").write_text("\n".join(lines + report_tail(figs, errors, analysis_module)))
+    write_scores(table, root)
+    write_verdicts(getattr(verdicts, "claims", []), root)
+    print(f"\nwrote {root / 'report.md'}, {root / 'scores.csv'}, {root / 'verdicts.csv'} and {len(figs)} figures "
+          f"({elapsed:.0f}s)")
+
+
 def report_tail(figs, errors: list[str], analysis_module) -> list[str]:
     """The end of a study's ``report.md``: each figure under its plot function's first doc line, any
     figures that failed, and the analysis module's definitions (its docstring after the first paragraph)."""

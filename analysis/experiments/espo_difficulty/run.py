@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from analysis import experiments
-from analysis.experiments import report_tail, study_cli, write_scores, write_verdicts
+from analysis.experiments import FAMILY_TEXT, study_cli, write_report
 from analysis.experiments.espo_difficulty import analysis, sweep
 from analysis.plots import build_figures, markdown_table, save_figures, text_table
 from analysis.runs import load_many_rows, load_runs
@@ -37,7 +37,9 @@ def main(out: str = "out/espo_difficulty", workers: int = 2, quick: bool = False
     pr = analysis.per_run(df, load_many_rows(run_dirs))
     table = analysis.score(pr)
     lines_read = analysis.verdicts(table)
-    shown = table[[c for c in table.columns if c.rsplit("_", 1)[0] in analysis.COLUMNS or c in analysis.COLUMNS]]
+    # the p-values stay in scores.csv; the table shows means and intervals
+    shown = table[[c for c in table.columns if not c.endswith("_p")
+                   and (c.rsplit("_", 1)[0] in analysis.COLUMNS or c in analysis.COLUMNS)]]
     print(text_table(shown), "", *lines_read, sep="\n")
     errors: list[str] = []
     figs = save_figures(build_figures(analysis.PLOTS, table, errors), root)
@@ -57,16 +59,11 @@ def main(out: str = "out/espo_difficulty", workers: int = 2, quick: bool = False
         "## Scores (mean [95% Student-t interval] over seeds; differences paired by seed)", "",
         markdown_table(shown), "",
         "## Reading", "",
-        "Each claim is tested with an exact paired sign-flip test against its threshold; the claims of all "
-        "env points are one family, Holm-corrected: yes/no only when the Holm p-value is below 0.05 over "
-        "at least 8 seeds, otherwise undecided.", "",
+        FAMILY_TEXT, "",
         *[f"- {x}" for x in lines_read], "",
     ]
-    lines += report_tail(figs, errors, analysis)
-    (root / "report.md").write_text("\n".join(lines))
-    write_scores(table, root)
-    write_verdicts(lines_read.claims, root)
-    print(f"\nwrote {root / 'report.md'}, {root / 'scores.csv'} and {len(figs)} figures ({elapsed:.0f}s)")
+    write_report(root, lines, table=table, verdicts=lines_read, figs=figs, errors=errors, analysis_module=analysis,
+                 elapsed=elapsed)
     return 0
 
 

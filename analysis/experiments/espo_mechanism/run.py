@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from analysis import experiments
-from analysis.experiments import report_tail, study_cli, write_scores, write_verdicts
+from analysis.experiments import FAMILY_TEXT, study_cli, write_report
 from analysis.experiments.espo_mechanism import analysis, sweep
 from analysis.plots import build_figures, markdown_table, save_figures, text_table
 from analysis.runs import load_many_rows, load_runs
@@ -67,15 +67,11 @@ def main(out: str = f"out/{STUDY}", workers: int = 2, quick: bool = False, fresh
         f"- seeds {seeds}; every run: `{json.dumps(sweep.spec(root / 'runs', quick)['overrides'])}`; runs: `{root / 'runs'}`", "",
         "## Scores (mean [95% Student-t interval] over seeds)", "", markdown_table(table), "",
         "## Verdicts", "",
-        "Each claim is tested with an exact paired sign-flip test over seeds; all claims below are one "
-        "family, Holm-corrected: yes/no only when the Holm p-value is below 0.05 over at least 8 seeds.", "",
+        FAMILY_TEXT, "",
         *[f"- {v}" for v in verdicts], "",
     ]
-    lines += report_tail(figs, errors, analysis)
-    (root / "report.md").write_text("\n".join(lines))
-    write_scores(table, root)
-    write_verdicts(verdicts.claims, root)
-    print(f"\nwrote {root / 'report.md'}, {root / 'scores.csv'} and {len(figs)} figures ({elapsed:.0f}s)")
+    write_report(root, lines, table=table, verdicts=verdicts, figs=figs, errors=errors, analysis_module=analysis,
+                 elapsed=elapsed)
     return 0
 
 
