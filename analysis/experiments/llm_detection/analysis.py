@@ -34,6 +34,7 @@ from matplotlib.figure import Figure
 
 from analysis.experiments.llm_detection import sweep
 from analysis.runs import run_mean
+from testbed.metrics import detector_metrics
 from analysis.stats import Claim, Verdicts, decide_family, family_note, mean_ci, paired_diff_ci
 
 EARLY_STOP = 3
@@ -62,7 +63,9 @@ def read_rows(run_dir: str | Path) -> pd.DataFrame:
 
 
 def pooled_detector(rows: pd.DataFrame) -> dict[str, float]:
-    """Precision, recall, false-stop rate and delay over a run's judged rows (module docstring)."""
+    """Precision, recall, false-stop rate and delay over a run's judged rows (module docstring): the
+    trainer's definitions (``testbed.metrics.detector_metrics``) applied to the judged rows (a stopped
+    row is always judged), plus the stop rate over all rows and the judged and doomed shares."""
     if rows.empty:
         return {k: math.nan for k in ("stop_rate", "precision", "recall", "false_stop_rate", "delay",
                                       "judged_share", "doomed_share")}
@@ -70,22 +73,13 @@ def pooled_detector(rows: pd.DataFrame) -> dict[str, float]:
     pos = rows["length"].to_numpy() - 1
     f = rows["failure_step"].to_numpy()
     judged = (rows["checkable"].to_numpy() == 1) | stopped
-    doomed = judged & (f >= 0) & (f <= pos)
-    hit = stopped & doomed
-    stoppable = hit | (doomed & ~stopped & (f < pos))
-    ok = judged & ~doomed
-
-    def ratio(a, b):
-        return float(a) / float(b) if b else math.nan
-
+    m = detector_metrics(stopped[judged], f[judged], pos[judged])
+    n_judged = int(judged.sum())
     return {
-        "stop_rate": ratio(stopped.sum(), len(rows)),
-        "precision": ratio(hit.sum(), stopped.sum()),
-        "recall": ratio(hit.sum(), stoppable.sum()),
-        "false_stop_rate": ratio((stopped & ok).sum(), ok.sum()),
-        "delay": float((pos - f)[hit].mean()) if hit.any() else math.nan,
-        "judged_share": ratio(judged.sum(), len(rows)),
-        "doomed_share": ratio(doomed.sum(), judged.sum()),
+        "stop_rate": float(stopped.mean()),
+        **{k: m[k] for k in ("precision", "recall", "false_stop_rate", "delay")},
+        "judged_share": n_judged / len(rows),
+        "doomed_share": m["doomed_count"] / n_judged if n_judged else math.nan,
     }
 
 
