@@ -266,7 +266,7 @@ def family_note(claims: list[Claim], name: str = "this report") -> str:
             f"family-wise error rate of {ALPHA:g} with Holm-Bonferroni; a claim with fewer seeds is undecided "
             "and not in the family.")
     if members:
-        n = min(c.iv.n for c in members)
+        n = max(c.iv.n for c in members)  # the best-placed claim: if even it cannot pass, none can
         floor = smallest_p(n) * len(members)
         if floor >= ALPHA:
             text += (f" With {n} seeds the smallest possible p-value is {smallest_p(n):.3g}, so after Holm over "
