@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from analysis.runs import RunDirError, curve_band, curve_stack, final_mean, load_runs, mean_std, run_mean  # noqa: E402
+from analysis.runs import RunDirError, curve_stack, final_mean, load_runs, mean_std, run_mean  # noqa: E402
 
 GROUP = "group"
 

@@ -288,7 +288,7 @@ def bench_shared_prefix(policy, model: str, dtype: str, quick: bool) -> None:
 _RSS_CHILD = """
 import resource, sys
 from testbed import config as C
-from testbed.trainer import Trainer
+from testbed.ops.trainer import Trainer
 cfg = C.load(sys.argv[1], sys.argv[2:])
 Trainer(cfg).train()
 print("peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

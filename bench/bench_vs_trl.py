@@ -87,7 +87,7 @@ def run_trl(args, problems) -> tuple[float, float]:
 def run_ours(args) -> tuple[float, float]:
     """(s/step wall, s/step CPU) of ``configs/llm/grpo.yaml`` at the same shape over the timed steps."""
     from testbed import config as C
-    from testbed.trainer import Trainer
+    from testbed.ops.trainer import Trainer
 
     marks: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -103,7 +103,7 @@ from testbed.rollout import Ending  # noqa: E402
 from testbed.scoring import detector_metrics  # noqa: E402
 from testbed.sim_task import SimTask  # noqa: E402
 from testbed.stopping import StopContext, StopRule, make_stop_rule, success_probability  # noqa: E402
-from testbed.trainer import Trainer  # noqa: E402
+from testbed.ops.trainer import Trainer  # noqa: E402
 
 ENV_ID = "testbed/PlantedFailureTiny-v0"
 CONFIG = ROOT / "configs" / "espo.yaml"

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from testbed import config as config_mod
-from testbed.build import build_backend, build_task
+from testbed.ops.build import build_backend, build_task
 
 
 def _build(cfg, batch: int):

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from testbed.registry import Registry
-from testbed.rollout import Ending, Rollout, last_valid_value
+from testbed.rollout import Rollout, last_valid_value
 
 # ---------------------------------------------------------------------------------------------
 # Pure functions (contract)

@@ -5,8 +5,8 @@ A run config is YAML with one mapping per section (``run``, ``task``, ``model``,
 ``algo``, ``stop``, ``tppo``); ``key=value`` overrides use dotted paths (``stop.tau=3``). An unknown
 key or a value of the wrong type raises :class:`ConfigError` naming the key.
 
-A leaf module that never imports torch (nor anything of the testbed's but :mod:`testbed.errors` and
-:mod:`testbed.build`'s entry-point names): code that only reads configs loads them here. The names of
+A leaf module that never imports torch (nor anything of the testbed's but :mod:`testbed.errors`):
+code that only reads configs loads them here. The names of
 registry-backed fields (estimators, losses, stop rules) are checked by :mod:`testbed.config`, which
 imports the registries; its ``load`` and ``from_dict`` are these plus that check.
 """
@@ -23,8 +23,12 @@ from typing import Any, Callable
 
 import yaml
 
-from testbed.build import BACKEND_ENTRY_POINTS, TASK_ENTRY_POINTS
 from testbed.errors import UserError
+
+TASK_KINDS = ("sim", "math")
+"""``task.kind``: a simulated token-MDP or math problems for a language model (built by :mod:`testbed.ops.build`)."""
+MODEL_KINDS = ("toy", "hf")
+"""``model.kind``: the small torch token policy, or a transformers causal LM (built by :mod:`testbed.ops.build`)."""
 
 
 class ConfigError(UserError, ValueError):
@@ -293,8 +297,8 @@ class Config:
 
 
 _CHOICES = {
-    ("task", "kind"): tuple(TASK_ENTRY_POINTS),
-    ("model", "kind"): tuple(BACKEND_ENTRY_POINTS),
+    ("task", "kind"): TASK_KINDS,
+    ("model", "kind"): MODEL_KINDS,
     ("model", "dtype"): ("float32", "bfloat16"),
     ("model", "critic"): ("separate", "head"),
     ("rollout", "length_cap"): ("terminal", "bootstrap", "masked"),

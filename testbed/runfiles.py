@@ -6,7 +6,7 @@ crosses a file system), is flushed and fsynced, then ``os.replace``-d over the t
 the old file or the new one, never a part. A failed write removes its temporary file. Each write has
 its own temporary name, so two processes writing one target never share a temporary file.
 
-Checkpoint layout (``testbed.rundir.save_checkpoint``): ``RUN/checkpoints/`` holds
+Checkpoint layout (``testbed.ops.rundir.save_checkpoint``): ``RUN/checkpoints/`` holds
 ``model.safetensors``, ``trainer_state.pt`` and, written last, the marker ``latest.json``.
 """
 

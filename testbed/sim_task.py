@@ -1,8 +1,8 @@
 """Task adapter for the natively vectorised gymnasium token-MDPs (``model.kind: toy``, ``task.kind: sim``).
 
 Slot ``i`` of the task is row ``i`` of one vector env of ``num_slots`` rows. The env is reached by its
-gymnasium id only (the testbed never imports ``envs``): an id without a module prefix is looked up as
-``envs:<id>``, which makes gymnasium import the module that registers it.
+gymnasium id only (the core never imports ``envs``): whoever builds the task registers the ids first
+(:func:`testbed.ops.build.make_sim_task` imports ``envs``), or the id names its module (``module:id``).
 """
 
 from __future__ import annotations
@@ -15,13 +15,8 @@ import numpy as np
 from testbed.errors import UserError
 from testbed.protocols import TaskResult
 
-DEFAULT_ENV_MODULE = "envs"
-
-
 def make_vector_env(env_id: str, num_envs: int, **kwargs):
     """``gymnasium.make_vec`` with the native vectorised implementation; returns the unwrapped env."""
-    if ":" not in env_id and env_id not in gym.registry:
-        env_id = f"{DEFAULT_ENV_MODULE}:{env_id}"
     env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
     env = env.unwrapped
     for method in ("reset_rows", "step_rows"):

@@ -13,7 +13,7 @@ import torch
 
 from testbed import config as config_mod
 from testbed.collector import SamplePool, decode_segment
-from testbed.detect import run_rule
+from testbed.ops.detect import run_rule
 from testbed.protocols import StepOutput, TaskResult
 from testbed.rollout import Ending
 from testbed.stopping import StopContext, StopRule, make_stop_rule

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from testbed import detect as D
-from testbed.cli import main
+from testbed.ops import detect as D
+from testbed.ops.cli import main
 
 
 ITEMS = [
@@ -136,7 +136,7 @@ def test_detect_end_to_end_tiny(tmp_path, tiny_config):
 
 def test_one_pass_regret_equals_stepwise_decoding(tiny_config):
     from testbed import config as C
-    from testbed.build import build, load_entry_point
+    from testbed.ops.build import build, load_entry_point
 
     cfg = C.load(tiny_config)
     task, backend = build(cfg, num_slots=1)

@@ -170,7 +170,7 @@ def test_critic_loss_warmup_switches_on_at_each_criterion():
 
 def test_trainer_hands_the_critic_loss_to_the_rule_and_logs_the_controller(tmp_path):
     from testbed.metrics import read_metrics
-    from testbed.trainer import Trainer
+    from testbed.ops.trainer import Trainer
     from toyruns import small
 
     paper = ["stop.rule=espo", "stop.norm_var=batch", "stop.accumulate=smooth", "stop.gate=max", "stop.z_clip=3",
@@ -202,7 +202,7 @@ def test_critic_passes_in_decoding_are_counted(tmp_path):
     token; with ``model.stop_check_every = 3`` only the checked positions (the rest are filled after
     decoding and not counted); none when nothing uses values (GRPO without a value gate)."""
     from testbed.metrics import read_metrics
-    from testbed.trainer import Trainer
+    from testbed.ops.trainer import Trainer
     from toyruns import small
 
     Trainer(small(tmp_path, "stop.rule=espo", "run.steps=2", name="every")).train()

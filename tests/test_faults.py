@@ -7,16 +7,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from testbed import cli
+from testbed.ops import cli
 from testbed import config as C
 from testbed.errors import UserError
-from testbed.lock import holder
+from testbed.ops.lock import holder
 from testbed.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,12 +63,12 @@ def items_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def no_scoring(monkeypatch):
     """Fail the test if detect gets as far as building a task (the first costly step)."""
-    import testbed.build
+    import testbed.ops.build
 
     def boom(*a, **k):
         raise AssertionError("detect started scoring before refusing its arguments")
 
-    monkeypatch.setattr(testbed.build, "build_task", boom)
+    monkeypatch.setattr(testbed.ops.build, "build_task", boom)
 
 
 @pytest.mark.parametrize("case, fragments", [
@@ -104,16 +102,16 @@ def test_detect_refuses_bad_arguments_before_scoring(tmp_path, capsys, no_scorin
 
 
 def test_detect_limit_zero_is_refused_by_the_function_too(tmp_path):
-    from testbed.detect import load_items
+    from testbed.ops.detect import load_items
 
     with pytest.raises(UserError, match="--limit: must be >= 1"):
         load_items(items_file(tmp_path), limit=0)
 
 
 def test_plot_refuses_an_out_that_is_a_file_before_reading_runs(tmp_path, capsys, monkeypatch):
-    import testbed.build
+    import testbed.ops.build
 
-    monkeypatch.setattr(testbed.build, "load_entry_point",
+    monkeypatch.setattr(testbed.ops.build, "load_entry_point",
                         lambda spec: pytest.fail("plot started before refusing --out"))
     out = tmp_path / "report.md"
     out.write_text("keep me")
@@ -128,7 +126,7 @@ def test_plot_refuses_an_out_that_is_a_file_before_reading_runs(tmp_path, capsys
 def test_a_run_lock_that_cannot_be_opened_is_one_clear_error(tmp_path, capsys, monkeypatch):
     import builtins
 
-    import testbed.lock
+    import testbed.ops.lock
 
     d = tmp_path / "r"
     d.mkdir()
@@ -139,7 +137,7 @@ def test_a_run_lock_that_cannot_be_opened_is_one_clear_error(tmp_path, capsys, m
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, mode, *a, **k)
 
-    monkeypatch.setattr(testbed.lock, "open", read_only, raising=False)
+    monkeypatch.setattr(testbed.ops.lock, "open", read_only, raising=False)
     rc, err = main(capsys, *run_args(tmp_path, "run.steps=1"))
     assert_one_error(rc, err, f"{d / 'run.lock'}: cannot open the run lock", "Permission denied", "writable")
     assert os.listdir(d) == []
@@ -206,7 +204,7 @@ def test_env_kwargs_on_a_math_config_are_refused():
 
 def ctrl_c_at(monkeypatch, at_step: int) -> None:
     """Press Ctrl-C (a real SIGINT through Python's default handler) during training step ``at_step``."""
-    from testbed.trainer import Trainer
+    from testbed.ops.trainer import Trainer
 
     real = Trainer.update_critic
 
@@ -253,12 +251,12 @@ def test_ctrl_c_before_any_checkpoint_says_it_starts_again(tmp_path, capsys, mon
 
 
 def test_ctrl_c_outside_a_run_is_one_line_exit_130(tmp_path, capsys, monkeypatch):
-    import testbed.trainer
+    import testbed.ops.trainer
 
     def build(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(testbed.trainer, "build", build)
+    monkeypatch.setattr(testbed.ops.trainer, "build", build)
     rc, err = main(capsys, *run_args(tmp_path, "run.steps=1"))
     assert rc == 130 and err.strip().startswith("interrupted; run the command again") and "\n" not in err.strip()
 
@@ -401,9 +399,9 @@ def test_a_steps_change_that_moves_the_critic_loss_warmup_is_refused(tmp_path, c
 def test_a_run_another_sweep_finished_is_not_recorded_as_skipped(tmp_path, monkeypatch):
     import yaml
 
-    import testbed.sweep as S
-    from testbed.lock import RunLock
-    from testbed.trainer import run
+    import testbed.ops.sweep as S
+    from testbed.ops.lock import RunLock
+    from testbed.ops.trainer import run
 
     overrides = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in TINY)}
     spec = {"out_dir": str(tmp_path), "overrides": {**overrides, "run.steps": 1}, "axes": {"seed": [0, 1]}}

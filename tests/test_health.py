@@ -13,13 +13,13 @@ import torch
 
 from testbed import config as C
 from testbed.advantages import ESTIMATORS, AdvantageParams, loss_mask
-from testbed.build import build
+from testbed.ops.build import build
 from testbed.collector import SamplePool
 from testbed.metrics import read_metrics
 from testbed.rollout import Ending, last_valid_value
 from testbed.stopping import make_stop_rule
 from testbed.toy import ToyBackend
-from testbed.trainer import Trainer
+from testbed.ops.trainer import Trainer
 from tests.toyruns import small, stable
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from testbed import cli
+from testbed.ops import cli
 from testbed.errors import UserError
-from testbed.lock import RunLock, holder
-from testbed.sweep import run_sweep
+from testbed.ops.lock import RunLock, holder
+from testbed.ops.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -24,7 +24,7 @@ TINY = ["rollout.batch_size=8", "rollout.max_len=8", "algo.minibatch_size=8", "a
 
 
 def run_cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "testbed.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "testbed.ops.cli", *map(str, args)], capture_output=True, text=True,
                           env=ENV, cwd=ROOT, timeout=timeout)
 
 
@@ -87,12 +87,12 @@ def test_user_errors_in_process(tmp_path, capsys, monkeypatch, override, fragmen
 
 
 def test_internal_error_keeps_its_traceback(tmp_path, monkeypatch):
-    import testbed.trainer
+    import testbed.ops.trainer
 
     def broken(self, *a, **k):
         raise RuntimeError("a bug, not the user's fault")
 
-    monkeypatch.setattr(testbed.trainer.Trainer, "update_actor", broken)
+    monkeypatch.setattr(testbed.ops.trainer.Trainer, "update_actor", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         cli.main(["run", str(ROOT / "configs/ppo.yaml"), f"run.out_dir={tmp_path}", "run.steps=1", *TINY])
     assert holder(tmp_path / "ppo") is None  # the lock went with the failed run
@@ -118,7 +118,7 @@ def _snapshot(d: Path) -> dict[str, bytes]:
 
 def _hold(run_dir: Path) -> subprocess.Popen:
     """A separate process that takes the run directory's lock and sleeps."""
-    code = ("import sys, time; from testbed.lock import RunLock; lock = RunLock(sys.argv[1]); lock.acquire(); "
+    code = ("import sys, time; from testbed.ops.lock import RunLock; lock = RunLock(sys.argv[1]); lock.acquire(); "
             "print('locked', flush=True); time.sleep(600)")
     p = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True, env=ENV)
     assert p.stdout.readline().strip() == "locked"
@@ -127,7 +127,7 @@ def _hold(run_dir: Path) -> subprocess.Popen:
 
 def test_second_run_on_a_locked_dir_refuses_and_changes_nothing_then_kill_9_frees_it(tmp_path):
     from testbed import config as C
-    from testbed.trainer import Trainer
+    from testbed.ops.trainer import Trainer
 
     args = [f"run.out_dir={tmp_path}", "run.name=r", "run.checkpoint_every=1", *TINY]
     Trainer(C.load(ROOT / "configs/ppo.yaml", [*args, "run.steps=1"])).train()
@@ -149,7 +149,7 @@ def test_second_run_on_a_locked_dir_refuses_and_changes_nothing_then_kill_9_free
 
 def test_a_live_trainer_holds_its_directory(tmp_path):
     from testbed import config as C
-    from testbed.trainer import Trainer
+    from testbed.ops.trainer import Trainer
 
     cfg = C.from_dict({}, [f"run.out_dir={tmp_path}", "run.name=r", "run.steps=1", *TINY])
     t = Trainer(cfg)
@@ -227,7 +227,7 @@ def test_tensorboard_events_hold_the_metrics_scalars(tmp_path):
 
     from testbed import config as C
     from testbed.metrics import read_metrics
-    from testbed.trainer import Trainer
+    from testbed.ops.trainer import Trainer
 
     cfg = C.from_dict({}, [f"run.out_dir={tmp_path}", "run.name=r", "run.steps=3", "run.tensorboard=true",
                            "stop.rule=espo", "stop.warmup_steps=0", *TINY])
@@ -260,12 +260,23 @@ def test_build_is_a_leaf_and_the_only_place_that_maps_kinds_to_factories():
             elif isinstance(node, ast.ImportFrom) and node.module:
                 yield node.module
 
-    assert set(imports(ROOT / "testbed" / "build.py")) <= {"__future__", "importlib", "typing", "testbed.errors"}
-    assert "testbed.trainer" not in set(imports(ROOT / "testbed" / "evaluate.py"))  # no trainer <-> evaluate cycle
+    # the factories themselves are imported lazily (through the tables or inside make_sim_task)
+    assert set(imports(ROOT / "testbed" / "ops" / "build.py")) <= {
+        "__future__", "importlib", "typing", "testbed.errors", "envs", "testbed.sim_task"}
+    assert "testbed.ops.trainer" not in set(imports(ROOT / "testbed" / "evaluate.py"))  # no trainer <-> evaluate cycle
     copies = [str(p.relative_to(ROOT)) for d in ("testbed", "tests", "bench", "analysis") for p in (ROOT / d).rglob("*.py")
               if p.name not in ("build.py", "test_ops.py")
               and any(t in p.read_text() for t in ("TASK_ENTRY_POINTS[", "BACKEND_ENTRY_POINTS["))]
     assert not copies, copies
+
+
+def test_the_schemas_kinds_are_exactly_the_factory_tables_keys():
+    # the schema validates kinds without importing the application layer; the two lists cannot drift
+    from testbed.config_schema import MODEL_KINDS, TASK_KINDS
+    from testbed.ops.build import BACKEND_ENTRY_POINTS, TASK_ENTRY_POINTS
+
+    assert tuple(TASK_ENTRY_POINTS) == TASK_KINDS
+    assert tuple(BACKEND_ENTRY_POINTS) == MODEL_KINDS
 
 
 def test_resuming_with_another_model_is_a_user_error_that_keeps_the_run(tmp_path, capsys):

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from testbed import detect as D
+from testbed.ops import detect as D
 
 
 def _old_auroc(scores, positive):
-    """The hand-written rank AUROC testbed.detect had before scoring.auroc (the oracle for it)."""
+    """The hand-written rank AUROC testbed.ops.detect had before scoring.auroc (the oracle for it)."""
     s = np.asarray(scores, dtype=float)
     y = np.asarray(positive, dtype=bool)
     n1, n0 = int(y.sum()), int((~y).sum())

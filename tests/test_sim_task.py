@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+import envs  # noqa: F401 (registers the gymnasium ids)
 from testbed.sim_task import SimTask
 
 
@@ -19,7 +20,7 @@ def test_forced_tokens_only_with_a_regime_knob():
 def test_the_collector_appends_the_env_s_tokens_and_leaves_them_out_of_the_loss(tmp_path):
     """On the derail env a doomed row continues with the env's run-on: those tokens are in the rollout
     but marked not sampled (the trainer's policy mask drops them); on the default env nothing is."""
-    from testbed.trainer import Trainer
+    from testbed.ops.trainer import Trainer
     from toyruns import small
 
     t = Trainer(small(tmp_path, "task.env_id=testbed/PlantedFailureDerail-v0",

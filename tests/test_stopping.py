@@ -1,6 +1,5 @@
 """Stop rules: ESPO's definition, causality, the normaliser's freezing, gates, ablations, baselines."""
 
-import dataclasses
 import json
 
 import numpy as np

@@ -8,10 +8,11 @@ from testbed.advantages import egae, gae
 from testbed.collector import SamplePool
 from testbed.metrics import read_metrics
 from testbed.rollout import Ending
+import envs  # noqa: F401 (registers the gymnasium ids)
 from testbed.sim_task import SimTask
 from testbed.stopping import make_stop_rule
 from testbed.toy import ToyBackend
-from testbed.trainer import Trainer
+from testbed.ops.trainer import Trainer
 
 ENV = "task.env_kwargs={max_len: 24, length_dist: lognormal, target_len: 8, length_sigma: 0.6, min_len: 2}"
 

@@ -11,7 +11,7 @@ from testbed import config as C
 from testbed.advantages import ESTIMATORS, AdvantageParams, actor_lambda
 from testbed.metrics import read_metrics
 from testbed.rollout import Ending, Rollout, table_bootstrap
-from testbed.trainer import Trainer
+from testbed.ops.trainer import Trainer
 from tests import oracles
 
 ENV = "task.env_kwargs={max_len: 24, length_dist: lognormal, target_len: 8, length_sigma: 0.6, min_len: 2}"

@@ -7,8 +7,8 @@ import pytest
 
 from testbed import config as C
 from testbed.metrics import REQUIRED_KEYS, SIM_KEYS, read_metrics
-from testbed.trainer import Trainer
-from tests.toyruns import small, stable
+from testbed.ops.trainer import Trainer
+from tests.toyruns import small
 
 
 def test_run_writes_everything_design_lists(tmp_path):
@@ -31,15 +31,15 @@ def test_run_writes_everything_design_lists(tmp_path):
 
 
 def test_cli_help_lists_subcommands():
-    out = subprocess.run([sys.executable, "-m", "testbed.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "testbed.ops.cli", "--help"], capture_output=True, text=True, check=True).stdout
     for cmd in ("run", "sweep", "eval", "plot", "demo"):
         assert cmd in out
-    run_help = subprocess.run([sys.executable, "-m", "testbed.cli", "run", "--help"], capture_output=True, text=True, check=True).stdout
+    run_help = subprocess.run([sys.executable, "-m", "testbed.ops.cli", "run", "--help"], capture_output=True, text=True, check=True).stdout
     assert "stop.tau" in run_help and "Threshold scale" in run_help
 
 
 def test_cli_reports_bad_override(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "testbed.cli", "run", "configs/ppo.yaml", "stop.tauu=1"],
+    p = subprocess.run([sys.executable, "-m", "testbed.ops.cli", "run", "configs/ppo.yaml", "stop.tauu=1"],
                        capture_output=True, text=True)
     assert p.returncode == 2 and "stop.tauu: unknown key" in p.stderr
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import json
 import math
@@ -19,11 +18,13 @@ import yaml  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from analysis import experiments  # noqa: E402
+from testbed.ops import sweep as ops_sweep  # noqa: E402
+from testbed.ops.studies import stale_runs  # noqa: E402
 from analysis.experiments.espo_headline import analysis as headline  # noqa: E402
+from analysis.experiments.espo_headline import report as headline_report  # noqa: E402
 from analysis.experiments.espo_headline import sweep as headline_sweep  # noqa: E402
 from analysis.experiments.tppo_speedup import analysis as speedup  # noqa: E402
 from analysis.plots import markdown_table, plot_runs_cli, summary_table  # noqa: E402
-from analysis.experiments.espo_headline import run as headline_run  # noqa: E402
 from analysis.runs import (  # noqa: E402
     EARLY_STOP, EOS, LENGTH_CAP, ROW_COLUMNS, WINDOW_CUT, RunDirError, first_reach, load_many_rows, load_rows,
     load_run, load_runs, name_labels,
@@ -399,7 +400,7 @@ def test_stop_vs_failure_scatter_draws_the_rows_and_writes_nothing(row_study, tm
 
 def test_report_says_where_detector_numbers_come_from(row_study):
     df = load_runs(row_study, axes=headline_sweep.AXES)
-    text = headline_run.detector_source(df, load_many_rows(row_study))
+    text = headline_report.detector_source(df, load_many_rows(row_study))
     assert "for 2 of 3 runs" in text and "`random-default-s0`" in text
     assert "other 1" in text
 
@@ -573,17 +574,18 @@ def test_speedup_plots_return_figures(tmp_path):
 # --- the study registry and sweep settings ----------------------------------------------------------
 @pytest.mark.parametrize("name", experiments.names())
 def test_registered_studies_have_their_parts(name):
-    a, r, s = (experiments.load(name, part) for part in ("analysis", "run", "sweep"))
+    a, r, s = (experiments.load(name, part) for part in ("analysis", "report", "sweep"))
     assert callable(a.score) and callable(a.verdicts) and a.PLOTS
     assert all(k.isidentifier() and callable(f) for k, f in a.PLOTS.items())
-    assert callable(r.main) and callable(s.spec)
-    assert experiments.entry_point(name).endswith(".run:main")
+    assert callable(r.write) and not hasattr(r, "main")  # a reader: the runner launches, the study does not
+    grids = s.grids(Path("/tmp/x"), quick=True)
+    assert grids and all(g["out_dir"].startswith("/tmp/x/runs") for g in grids)
     with pytest.raises(KeyError, match="registered"):
         experiments.load("nope")
 
 
 def test_headline_sweep_expands_to_named_runs(tmp_path):
-    runner = importlib.import_module("testbed.sweep")
+    runner = ops_sweep
     _, specs = runner.expand(headline_sweep.spec(tmp_path / "runs"))
     names = {s.name: s for s in specs}
     n = len(headline_sweep.METHODS) * len(headline_sweep.DEMO_ENVS) * len(headline_sweep.REPORT_SEEDS)
@@ -605,17 +607,17 @@ def test_headline_sweep_expands_to_named_runs(tmp_path):
 
 
 def test_stale_runs_are_detected(tmp_path):
-    runner = importlib.import_module("testbed.sweep")
+    runner = ops_sweep
     _, specs = runner.expand(headline_sweep.spec(tmp_path / "runs", quick=True))
     by = {s.name: s for s in specs}
     for name in ("espo-default-s0", "random-default-s0", "ppo-default-s0"):
         s = by[name]
         s.run_dir.mkdir(parents=True)
         (s.run_dir / "config.yaml").write_text(yaml.safe_dump(s.config))
-    assert experiments.stale_runs(specs) == {}
+    assert stale_runs(specs) == {}
     cfg = dict(by["espo-default-s0"].config, stop={**by["espo-default-s0"].config["stop"], "tau": 123.0})
     (by["espo-default-s0"].run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
-    stale = experiments.stale_runs(specs)
+    stale = stale_runs(specs)
     assert set(stale) == {"espo-default-s0", "random-default-s0"}  # random follows its reference run
     assert "stop.tau" in stale["espo-default-s0"]
 
@@ -626,7 +628,7 @@ def test_the_presets_are_the_headline_settings(tmp_path, method, preset):
     (every resolved config value but the run's name and folder), and the trap cell differs only in its env."""
     from testbed import config as config_mod
 
-    runner = importlib.import_module("testbed.sweep")
+    runner = ops_sweep
     _, specs = runner.expand(headline_sweep.spec(tmp_path / "runs", full=True))
     by = {s.name: s.config for s in specs}
     for seed in (0, 7):
@@ -643,7 +645,7 @@ def test_the_presets_are_the_headline_settings(tmp_path, method, preset):
 
 
 def test_full_headline_has_30_seeds_and_the_ablations(tmp_path):
-    runner = importlib.import_module("testbed.sweep")
+    runner = ops_sweep
     _, specs = runner.expand(headline_sweep.spec(tmp_path / "runs", full=True))
     assert {s.config["run"]["seed"] for s in specs} == set(range(30))
     names = {s.name for s in specs}
@@ -673,7 +675,7 @@ def test_eval_curve_uses_only_evaluated_steps():
 def test_difficulty_sweep_varies_one_knob_at_a_time(tmp_path):
     from analysis.experiments.espo_difficulty import sweep as diff_sweep
 
-    runner = importlib.import_module("testbed.sweep")
+    runner = ops_sweep
     _, default_specs = runner.expand(diff_sweep.spec(tmp_path / "runs"))
     assert {s.labels["env"] for s in default_specs} == {"default", "critical5", "length18", "acceptable4"}
     assert {s.config["run"]["seed"] for s in default_specs} == set(range(10))  # enough to decide its 12 claims
@@ -730,7 +732,7 @@ def test_difficulty_score_reading_and_figures(tmp_path, monkeypatch):
 
 
 def test_demo_full_is_refused_by_a_study_without_one(capsys):
-    from testbed import cli
+    from testbed.ops import cli
 
     assert cli.main(["demo", "--study", "tppo_speedup", "--full", "--out", "/nonexistent/x"]) == 2
     assert "--full: study tppo_speedup has no full version" in capsys.readouterr().err

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 
 import matplotlib
@@ -14,6 +13,7 @@ import pytest  # noqa: E402
 from analysis.experiments.espo_mechanism import analysis as mech  # noqa: E402
 from analysis.experiments.espo_mechanism import sweep  # noqa: E402
 from analysis.runs import load_runs  # noqa: E402
+from testbed.ops import sweep as ops_sweep  # noqa: E402
 from tests.analysis.test_analysis import make_run  # noqa: E402
 
 N = 10
@@ -41,7 +41,7 @@ def study(root, gaps: dict):
 
 
 def test_grid_pairs_each_espo_with_its_random_and_runs_the_warmups():
-    runner = importlib.import_module("testbed.sweep")
+    runner = ops_sweep
     _, specs = runner.expand(sweep.spec("/tmp/R"))
     by = {s.name: s.config for s in specs}
     assert len(specs) == len(sweep.VARIANTS) * len(sweep.WARMUPS) * 2 * len(sweep.SEEDS) and len(sweep.SEEDS) >= 10
@@ -82,9 +82,9 @@ def test_a_persisting_gap_is_the_detector_a_closing_one_the_gate(tmp_path):
 
 
 def test_study_runs_on_a_tiny_setting(tmp_path):
-    from analysis.experiments.espo_mechanism import run
+    from testbed.ops.studies import run_study
 
-    assert run.main(out=str(tmp_path), workers=2, quick=True) == 0
+    assert run_study("espo_mechanism", tmp_path, workers=2, quick=True) == 0
     report = (tmp_path / "quick" / "report.md").read_text()
     assert "gate-or-detector" in report and "undecided (2 seeds; a decision needs 8)" in report
     assert ": yes (" not in report and ": no (" not in report  # two seeds decide nothing

@@ -9,7 +9,8 @@ import pytest
 pytest.importorskip("transformers")
 
 from analysis import experiments  # noqa: E402
-from analysis.experiments.llm_detection import analysis, run, sweep  # noqa: E402
+from analysis.experiments.llm_detection import analysis, sweep  # noqa: E402
+from testbed.ops.studies import run_study  # noqa: E402
 from analysis.stats import MIN_SEEDS  # noqa: E402
 
 TINY = {"model.path": "tiny", "model.dtype": "float32", "rollout.max_len": 24, "run.threads": 1,
@@ -20,11 +21,11 @@ TINY = {"model.path": "tiny", "model.dtype": "float32", "rollout.max_len": 24, "
 
 def test_registered():
     assert "llm_detection" in experiments.names()
-    assert experiments.entry_point("llm_detection") == "analysis.experiments.llm_detection.run:main"
+    assert sweep.FULL_FOLDER == ""  # --full reuses the runs of the default seeds
 
 
 def test_study_runs_on_a_tiny_setting(tmp_path):
-    assert run.main(out=str(tmp_path), workers=1, quick=True, extra=TINY) == 0
+    assert run_study("llm_detection", tmp_path, workers=1, quick=True, extra=TINY) == 0
     root = tmp_path / "quick"
     report = (root / "report.md").read_text()
     assert "LLM detection study" in report and "Planted wrong steps" in report

@@ -153,7 +153,7 @@ def test_intervals_do_not_depend_on_the_order_of_the_runs():
 def test_a_field_added_since_a_run_does_not_make_it_stale():
     """A finished run's config.yaml predates a new field: the run is not stale (re-running would delete
     finished runs); a changed value of a field it has is."""
-    from analysis.experiments import config_diff
+    from testbed.ops.studies import config_diff
 
     wanted = {"model": {"kind": "toy", "shared_prefix": True}, "algo": {"lr_actor": 0.003}}
     found = {"model": {"kind": "toy"}, "algo": {"lr_actor": 0.003}}

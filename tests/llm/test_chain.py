@@ -339,7 +339,7 @@ def test_policy_mask_and_normaliser_leave_out_forced_tokens():
     from types import SimpleNamespace
 
     from testbed.rollout import Rollout
-    from testbed.trainer import Trainer
+    from testbed.ops.trainer import Trainer
 
     B, T = 2, 5
     mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
@@ -360,7 +360,7 @@ def test_trainer_logs_ground_truth_metrics_and_rows_on_the_chain_task(tmp_path):
     from pathlib import Path
 
     from testbed.metrics import read_metrics
-    from testbed.trainer import Trainer
+    from testbed.ops.trainer import Trainer
 
     root = Path(__file__).resolve().parents[2]
     cfg = C.load(root / "configs" / "llm" / "chain_espo.yaml",

@@ -10,7 +10,7 @@ pytest.importorskip("transformers")
 
 from testbed import config as C  # noqa: E402
 from testbed.rollout import Ending  # noqa: E402
-from testbed.trainer import Trainer  # noqa: E402
+from testbed.ops.trainer import Trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["model.path=tiny", "model.dtype=float32", "rollout.batch_size=4", "rollout.max_len=12",

@@ -6,7 +6,7 @@ import pytest
 
 from testbed import config as C
 from testbed.metrics import REQUIRED_KEYS, read_metrics
-from testbed.trainer import Trainer
+from testbed.ops.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["model.path=tiny", "model.dtype=float32", "rollout.batch_size=4", "rollout.max_len=12",
@@ -46,7 +46,7 @@ def test_chunked_critic_values_match_per_token_values(tmp_path):
 
     from testbed.collector import SamplePool
     from testbed.stopping import make_stop_rule
-    from testbed.build import build
+    from testbed.ops.build import build
 
     def collect(every):
         cfg = C.load(ROOT / "configs" / "llm" / "ppo.yaml", [f"run.out_dir={tmp_path}", *TINY, "model.critic=separate",
@@ -63,7 +63,7 @@ def test_chunked_critic_values_match_per_token_values(tmp_path):
 def test_sampled_decoding_is_reproducible_with_a_seed(tmp_path):
     from testbed.collector import SamplePool
     from testbed.stopping import make_stop_rule
-    from testbed.build import build
+    from testbed.ops.build import build
 
     def collect(seed):
         cfg = C.load(ROOT / "configs" / "llm" / "ppo.yaml", [f"run.out_dir={tmp_path}", *TINY, "rollout.max_len=10"])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from testbed import config as C
-from testbed.trainer import Trainer
+from testbed.ops.trainer import Trainer
 
 pytest.importorskip("transformers")
 

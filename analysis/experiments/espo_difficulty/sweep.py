@@ -74,3 +74,12 @@ def spec(out_dir: str | Path, quick: bool = False, full: bool = False) -> dict:
         "overrides": {"run.steps": q["steps"], **q["overrides"]} if quick else {},
         "axes": {"method": METHODS, "env": envs(full), "seed": list(seeds)},
     }
+
+
+FULL_FOLDER = "full"
+"""``--full`` has its own folder."""
+
+
+def grids(root: Path, quick: bool = False, full: bool = False) -> list[dict]:
+    """The study's one grid, its runs under ``root / "runs"``."""
+    return [spec(Path(root) / "runs", quick=quick, full=full)]

@@ -5,7 +5,7 @@ The presets are the study's settings: PPO runs are ``configs/ppo.yaml`` as it is
 lacks), so ``testbed run configs/espo.yaml run.seed=3`` reproduces the cell ``espo-default-s3``
 exactly (a test checks the resolved configs agree). Nothing here restates a constant of the presets.
 
-The grid is method x env x seed; run names are ``<method>-<env>-s<seed>`` (``testbed.sweep`` joins
+The grid is method x env x seed; run names are ``<method>-<env>-s<seed>`` (``testbed.ops.sweep`` joins
 axis labels with ``-``). The report uses :data:`REPORT_SEEDS` (:data:`FULL_SEEDS` with ``--full``);
 the ESPO constants are tuned with :func:`tune_spec` on the disjoint :data:`TUNE_SEEDS`.
 """
@@ -90,7 +90,7 @@ AXES = ("method", "env", "seed")
 
 
 def spec(out_dir: str | Path, quick: bool = False, full: bool = False) -> dict:
-    """The report sweep in the ``testbed.sweep`` format (``full``: :data:`FULL_SEEDS` and the ablations)."""
+    """The report sweep in the ``testbed.ops.sweep`` format (``full``: :data:`FULL_SEEDS` and the ablations)."""
     q = QUICK if quick else {}
     seeds = q.get("seeds", FULL_SEEDS if full else REPORT_SEEDS)
     overrides = {"run.steps": q["steps"], **q["overrides"]} if quick else {}
@@ -119,3 +119,12 @@ def tune_spec(out_dir: str | Path, quick: bool = False) -> dict:
         "axes": {"method": {"ppo": METHODS["ppo"], **grid}, "env": ENVS,
                  "seed": TUNE_SEEDS[:1] if quick else list(TUNE_SEEDS)},
     }
+
+
+FULL_FOLDER = "full"
+"""``--full`` (:data:`FULL_SEEDS` and the ablations) has its own folder."""
+
+
+def grids(root: Path, quick: bool = False, full: bool = False) -> list[dict]:
+    """The study's one grid, its runs under ``root / "runs"``."""
+    return [spec(Path(root) / "runs", quick=quick, full=full)]

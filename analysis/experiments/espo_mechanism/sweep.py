@@ -17,6 +17,8 @@ Warm-ups (when the rule may first stop):
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from analysis.experiments.espo_headline import sweep as headline
 
 VARIANTS: dict[str, dict] = {"current": dict(headline.ESPO_PRESET), "paper": dict(headline.ESPO_PAPER_PRESET)}
@@ -46,7 +48,7 @@ def _quick(quick: bool) -> dict:
 
 
 def spec(out_dir, quick: bool = False) -> dict:
-    """The grid in the ``testbed.sweep`` format."""
+    """The grid in the ``testbed.ops.sweep`` format."""
     seeds = QUICK["seeds"] if quick else SEEDS
     return {"base": headline.BASE_CONFIG, "out_dir": str(out_dir), "overrides": _quick(quick),
             "axes": {"variant": VARIANTS, "warmup": WARMUPS, "method": METHODS, "seed": list(seeds)}}
@@ -57,3 +59,8 @@ def ppo_spec(out_dir, quick: bool = False) -> dict:
     seeds = QUICK["seeds"] if quick else SEEDS
     return {"base": headline.BASE_CONFIG, "out_dir": str(out_dir), "overrides": _quick(quick),
             "axes": {"variant": {"none": {}}, "warmup": {"none": {}}, "method": {"ppo": {}}, "seed": list(seeds)}}
+
+
+def grids(root, quick: bool = False, full: bool = False) -> list[dict]:
+    """The variant x warm-up x method grid, then PPO once per seed, both under ``root / "runs"`` (no full version)."""
+    return [spec(Path(root) / "runs", quick), ppo_spec(Path(root) / "runs", quick)]

@@ -49,12 +49,21 @@ QUICK: dict = {"steps": 3, "seeds": [0], "overrides": {"rollout.batch_size": 8, 
 AXES = ("method", "seed")
 
 
-def spec(out_dir: str | Path, quick: bool = False, extra: dict | None = None, full: bool = False) -> dict:
-    """The sweep in the ``testbed.sweep`` format (``extra``: more overrides, e.g. a tiny model for tests)."""
+def spec(out_dir: str | Path, quick: bool = False, full: bool = False) -> dict:
+    """The sweep in the ``testbed.ops.sweep`` format."""
     q = QUICK if quick else {"seeds": FULL_SEEDS} if full else {}
     return {
         "base": BASE_CONFIG,
         "out_dir": str(out_dir),
-        "overrides": {**OVERRIDES, "run.steps": q.get("steps", STEPS), **q.get("overrides", {}), **(extra or {})},
+        "overrides": {**OVERRIDES, "run.steps": q.get("steps", STEPS), **q.get("overrides", {})},
         "axes": {"method": METHODS, "seed": list(q.get("seeds", SEEDS))},
     }
+
+
+FULL_FOLDER = ""
+"""``--full`` (:data:`FULL_SEEDS`) shares the folder: the runs of :data:`SEEDS` are reused."""
+
+
+def grids(root: Path, quick: bool = False, full: bool = False) -> list[dict]:
+    """The study's one grid, its runs under ``root / "runs"``."""
+    return [spec(Path(root) / "runs", quick=quick, full=full)]

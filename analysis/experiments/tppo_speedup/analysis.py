@@ -49,7 +49,7 @@ from analysis.experiments import table_row
 from analysis.experiments.tppo_speedup import sweep
 from analysis.plots import colors_for, line_band, ordered
 from analysis.runs import final_mean, first_reach, mean_std, run_mean
-from analysis.stats import Claim, Interval, Verdicts, decide_family, family_note, mean_ci, paired_diff_ci, ratio_ci
+from analysis.stats import Claim, Interval, Verdicts, decide_family, family_note, paired_diff_ci, ratio_ci
 
 LEVEL_FRAC = 0.5
 """The success level is this fraction of PPO's final success (unless ``score(df, level=...)``)."""

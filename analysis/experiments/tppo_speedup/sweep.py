@@ -74,7 +74,7 @@ def ppo_settings(path: Path = PPO_PRESET) -> dict:
 
 
 def spec(out_dir: str | Path, quick: bool = False) -> dict:
-    """The study's sweep in the ``testbed.sweep`` format."""
+    """The study's sweep in the ``testbed.ops.sweep`` format."""
     q = QUICK if quick else {}
     return {
         "base": BASE_CONFIG,
@@ -89,3 +89,8 @@ def _methods(quick: bool) -> dict[str, dict]:
     if not quick:
         return METHODS
     return {m: {k: v for k, v in ov.items() if k != "run.steps"} for m, ov in METHODS.items()}
+
+
+def grids(root: Path, quick: bool = False, full: bool = False) -> list[dict]:
+    """The study's one grid, its runs under ``root / "runs"`` (no full version)."""
+    return [spec(Path(root) / "runs", quick=quick)]

@@ -1,33 +1,23 @@
-"""Run the T-PPO speed-up study end to end: sweep, tables, intervals, cost model, figures,
-``report.md`` and ``scores.csv``.
+"""The T-PPO speed-up study's report: tables, intervals, cost model, figures, ``report.md``,
+``scores.csv``, ``verdicts.csv`` and ``runs.csv``, from the run directories of
+:func:`analysis.experiments.tppo_speedup.sweep.grids` (run by ``testbed demo --study tppo_speedup``).
 
-``python -m analysis.experiments.tppo_speedup.run [--out DIR] [--workers N] [--quick] [--fresh]``.
-The runner is reached through the string ``"testbed.sweep"`` at call time, as in the headline study.
 The cost model's unit costs are read from ``sweep.CALIBRATION`` (written by ``bench/tppo_cost.py``,
 which must run alone); rerunning the study after a new calibration reuses the finished runs.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
-import shlex
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
 from analysis import experiments
-from analysis.experiments import report_tail, study_cli
+from analysis.experiments import StudyRun, report_tail
 from analysis.experiments.tppo_speedup import analysis, sweep
 from analysis.plots import build_figures, markdown_table, save_figures, text_table
 from analysis.runs import load_runs
-
-
-def command(out: str, workers: int, quick: bool, fresh: bool) -> str:
-    """The shell command that regenerates this report."""
-    return " ".join(["testbed", "demo", "--study", "tppo_speedup", "--out", shlex.quote(str(out)),
-                     "--workers", str(workers)] + (["--quick"] if quick else []) + (["--fresh"] if fresh else []))
 
 
 def _cols(table, names):
@@ -52,15 +42,10 @@ def _calibration_lines(cal: dict | None) -> list[str]:
         f"ratio a/c is {a / c:.2f}: training, not decoding, dominates here.", ""]
 
 
-def main(out: str = "out/tppo_speedup", workers: int = 2, quick: bool = False, fresh: bool = False) -> int:
-    """Run (or resume) the sweep into ``out/runs`` (``out/quick/runs`` with ``quick``), print the
-    tables, write figures, ``report.md`` and ``scores.csv``. ``fresh`` deletes the runs folder first. Returns 0."""
-    t0 = time.time()
-    root = Path(out) / "quick" if quick else Path(out)
-    spec = sweep.spec(root / "runs", quick=quick)
-    runner = importlib.import_module("testbed.sweep")  # the runner, by name: analysis never imports it
-    rows = experiments.execute(runner, spec, workers=workers, fresh=fresh)
-    df = load_runs([r["run_dir"] for r in rows], axes=sweep.AXES)
+def write(run: StudyRun) -> None:
+    """Print the tables; write figures, ``report.md``, ``scores.csv``, ``verdicts.csv`` and ``runs.csv`` into ``run.root``."""
+    root, quick, spec, workers = run.root, run.quick, run.spec, run.workers
+    df = load_runs(run.run_dirs, axes=sweep.AXES)
     cal = analysis.load_calibration()
 
     pr = analysis.per_run(df, cal=cal)
@@ -76,12 +61,12 @@ def main(out: str = "out/tppo_speedup", workers: int = 2, quick: bool = False, f
 
     errors: list[str] = []
     figs = save_figures(build_figures(analysis.PLOTS, df, errors), root)
-    elapsed = time.time() - t0
+    elapsed = time.time() - run.started
     first = df.iloc[0]
     lines = [
         "# T-PPO speed-up study" + (" (QUICK smoke test: not evidence)" if quick else ""), "",
         f"Generated {datetime.now().isoformat(timespec='seconds')} in {elapsed:.0f} s with {workers} workers. "
-        "Regenerate with:", "", "```", command(out, workers, quick, fresh), "```", "",
+        "Regenerate with:", "", "```", run.command, "```", "",
         "## Settings", "",
         f"- base config: `{Path(sweep.BASE_CONFIG).relative_to(sweep.REPO)}` with the `algo`/`model` sections of "
         f"`{sweep.PPO_PRESET.relative_to(sweep.REPO)}`; every run: `{json.dumps(spec['overrides'])}`",
@@ -116,12 +101,3 @@ def main(out: str = "out/tppo_speedup", workers: int = 2, quick: bool = False, f
     experiments.write_scores(table, root)  # scores.csv beside report.md (every study writes one)
     experiments.write_verdicts(verdicts.claims, root)
     print(f"\nwrote {root / 'report.md'}, {root / 'scores.csv'} and {len(figs)} figures ({elapsed:.0f}s)")
-    return 0
-
-
-def cli(argv: list[str] | None = None) -> int:
-    return study_cli("tppo_speedup", main, __doc__, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(cli())

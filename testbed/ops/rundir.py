@@ -1,4 +1,4 @@
-"""A training run's directory: what :class:`testbed.trainer.Trainer` writes there and reads back.
+"""A training run's directory: what :class:`testbed.ops.trainer.Trainer` writes there and reads back.
 
 - ``config.yaml`` (fully resolved, rewritten after every resume that fits) and ``config_changes.jsonl``
   (one line per resume that changed settings, :data:`CHANGES_NAME`);

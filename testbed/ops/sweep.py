@@ -20,7 +20,7 @@ Each run is named by its axis values joined with ``-`` (``espo-trap-s1``). Strin
 ``{axis}`` and ``{out_dir}`` placeholders; a run whose ``stop.reference_run`` names another run of
 the sweep waits for that run. Completed runs (``summary.json`` with ``complete: true``) are skipped.
 
-A run whose directory another process holds (its ``run.lock``, see :mod:`testbed.lock`) is skipped,
+A run whose directory another process holds (its ``run.lock``, see :mod:`testbed.ops.lock`) is skipped,
 not waited for: that process is already training it, and a sweep blocked on a run that may take hours
 (or on a process that is itself waiting) helps no one. The sweep's table says ``skipped: ... in use by
 process N``; runs that reference a skipped run are skipped too. Run the sweep again later to finish.
@@ -172,7 +172,7 @@ def _run_one(config: dict, threads: int) -> dict:
     import torch
 
     from testbed.errors import RunDirInUse
-    from testbed.trainer import run
+    from testbed.ops.trainer import run
 
     torch.set_num_threads(threads)
     cfg = config_mod.from_dict(config)

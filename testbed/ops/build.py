@@ -1,9 +1,9 @@
 """Build a run's task and backend from its config: the one place that maps ``task.kind`` and
-``model.kind`` to their factories.
+``model.kind`` (:data:`testbed.config_schema.TASK_KINDS`, ``MODEL_KINDS``) to their factories.
 
-A leaf module (it imports nothing else of the testbed's at import time), so the trainer, the
-evaluator, the CLI, benches and tests all construct through it without importing each other.
-Factories are string entry points, so ``testbed`` never imports ``envs`` or ``llm_backend``.
+The application layer composes the packages here, so the algorithm core never reaches ``envs`` or
+``llm_backend``. Factories are imported when first used (a simulated run never loads transformers);
+the tables name them so an unknown kind is one clear error.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from testbed.errors import UserError
 
-TASK_ENTRY_POINTS = {"sim": "testbed.sim_task:make_task", "math": "llm_backend.task:make_task"}
+TASK_ENTRY_POINTS = {"sim": "testbed.ops.build:make_sim_task", "math": "llm_backend.task:make_task"}
 """``task.kind`` -> ``make_task(task_cfg, model_cfg, *, num_slots, seed)``."""
 BACKEND_ENTRY_POINTS = {"toy": "testbed.toy:make_backend", "hf": "llm_backend.backend:make_backend"}
 """``model.kind`` -> ``make_backend(model_cfg, task, *, seed)``."""
@@ -29,6 +29,14 @@ def load_entry_point(spec: str) -> Callable:
             # a missing optional dependency is the user's to install, not a bug
             raise UserError(f"cannot load {spec}: {e} (install the LLM extra: pip install -e '.[llm]')") from None
         raise
+
+
+def make_sim_task(task_cfg: Any, model_cfg: Any, *, num_slots: int, seed: int) -> Any:
+    """A simulated task: ``import envs`` registers the planted-failure ids with gymnasium first."""
+    import envs  # noqa: F401 (registers the ids)
+    from testbed.sim_task import make_task
+
+    return make_task(task_cfg, model_cfg, num_slots=num_slots, seed=seed)
 
 
 def _kind(table: dict[str, str], key: str, value: str) -> str:

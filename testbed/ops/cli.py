@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import sys
 
@@ -46,7 +45,7 @@ def add_run(sub) -> None:
 
 
 def cmd_run(args) -> int:
-    from testbed.trainer import Trainer
+    from testbed.ops.trainer import Trainer
 
     overrides = list(args.overrides) + ([f"run.steps={args.steps}"] if args.steps is not None else [])
     cfg = config_mod.load(args.config, overrides)
@@ -60,7 +59,7 @@ def cmd_run(args) -> int:
 # --- sweep -------------------------------------------------------------------------------------------
 def add_sweep(sub) -> None:
     s = sub.add_parser("sweep", help="a grid of runs in parallel processes, or on Ray")
-    s.add_argument("sweep", help="sweep YAML (see testbed/sweep.py)")
+    s.add_argument("sweep", help="sweep YAML (see testbed/ops/sweep.py)")
     s.add_argument("--workers", type=int, default=2, help="parallel processes (process executor)")
     s.add_argument("--threads", type=int, default=None,
                    help="torch threads per run (default: the sweep file's cpus_per_run, else 1)")
@@ -72,7 +71,7 @@ def add_sweep(sub) -> None:
 
 
 def cmd_sweep(args) -> int:
-    from testbed.sweep import run_sweep
+    from testbed.ops.sweep import run_sweep
 
     if args.workers < 1 or (args.threads is not None and args.threads < 1):
         raise UserError("--workers and --threads: must be >= 1")
@@ -102,7 +101,7 @@ def add_eval(sub) -> None:
 
 
 def cmd_eval(args) -> int:
-    from testbed.evaluate import evaluate_from_cli
+    from testbed.ops.evaluate import evaluate_from_cli
 
     result = evaluate_from_cli(args.config, args.overrides, checkpoint=args.checkpoint, n=args.n, k=args.k,
                                greedy=args.greedy, out=args.out)
@@ -119,10 +118,10 @@ def add_plot(sub) -> None:
 
 
 def cmd_plot(args) -> int:
-    from testbed.build import load_entry_point
+    from analysis.plots import plot_runs_cli
 
     check_output_folder(args.out, "--out")
-    return load_entry_point("analysis.plots:plot_runs_cli")(args.run_dirs, out=args.out)
+    return plot_runs_cli(args.run_dirs, out=args.out)
 
 
 # --- demo --------------------------------------------------------------------------------------------
@@ -139,17 +138,9 @@ def add_demo(sub) -> None:
 
 
 def cmd_demo(args) -> int:
-    from testbed.build import load_entry_point
+    from testbed.ops.studies import run_study
 
-    try:
-        spec = load_entry_point("analysis.experiments:entry_point")(args.study)
-    except KeyError as e:
-        raise config_mod.ConfigError(f"--study: {e.args[0]}") from None
-    out = args.out or f"out/{args.study}"
-    main = load_entry_point(spec)
-    if args.full and "full" not in inspect.signature(main).parameters:
-        raise config_mod.ConfigError(f"--full: study {args.study} has no full version")
-    return main(out=out, workers=args.workers, quick=args.quick, fresh=args.fresh, **({"full": True} if args.full else {}))
+    return run_study(args.study, args.out, workers=args.workers, quick=args.quick, fresh=args.fresh, full=args.full)
 
 
 def add_findings(sub) -> None:
@@ -161,10 +152,10 @@ def add_findings(sub) -> None:
 
 
 def cmd_findings(args) -> int:
-    from testbed.build import load_entry_point
+    from analysis.findings import cli
 
     try:
-        return load_entry_point("analysis.findings:cli")(readme=args.readme, docs=args.docs, check=args.check)
+        return cli(readme=args.readme, docs=args.docs, check=args.check)
     except (OSError, ValueError) as e:
         raise config_mod.ConfigError(f"findings: {e}") from None
 
@@ -181,7 +172,7 @@ def add_detect(sub) -> None:
 
 
 def cmd_detect(args) -> int:
-    from testbed.detect import detect
+    from testbed.ops.detect import detect
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit: must be >= 1 (the number of items to score), got {args.limit}")

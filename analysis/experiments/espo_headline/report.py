@@ -1,51 +1,27 @@
-"""Run the ESPO headline study end to end: sweep, table, verdicts, figures, ``report.md``.
+"""The ESPO headline study's report: table, verdicts, figures, ``report.md``, ``scores.csv``, ``verdicts.csv``.
 
-``testbed demo`` calls :func:`main`; so does ``python -m analysis.experiments.espo_headline.run``.
-This is the one place of the study that launches runs: it reaches the runner through the string
-``"testbed.sweep"`` at call time (``analysis`` itself imports nothing of testbed but its metric names).
+Reads the run directories the runner (``testbed demo``, :func:`testbed.ops.studies.run_study`) made from
+:func:`analysis.experiments.espo_headline.sweep.grids`.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 import json
-import shlex
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
-from analysis import experiments
-from analysis.experiments import report_tail, study_cli, write_scores, write_verdicts
+from analysis.experiments import StudyRun, report_tail, write_scores, write_verdicts
 from analysis.experiments.espo_headline import analysis, sweep
 from analysis.plots import build_figures, markdown_table, save_figures, text_table
 from analysis.runs import load_many_rows, load_runs
 
-STUDY = "espo_headline"
 
-
-def command(out: str, workers: int, quick: bool, fresh: bool, full: bool = False) -> str:
-    """The shell command that regenerates this report."""
-    return " ".join(["testbed", "demo", "--out", shlex.quote(str(out)), "--workers", str(workers)]
-                    + (["--quick"] if quick else []) + (["--full"] if full else []) + (["--fresh"] if fresh else []))
-
-
-def main(out: str = "out/espo_headline", workers: int = 2, quick: bool = False, fresh: bool = False,
-         full: bool = False) -> int:
-    """Run (or resume) the sweep into ``out/runs``, print the table, write figures, ``out/report.md``
-    and ``out/scores.csv``.
-
-    ``quick``: :data:`sweep.QUICK` settings in ``out/quick/`` (so a smoke test never mixes with, or
-    deletes, the full study's runs). ``full``: :data:`sweep.FULL_SEEDS` and the ablations, in
-    ``out/full/``. ``fresh``: delete the runs folder first. Returns 0.
-    """
-    t0 = time.time()
-    root = Path(out) / "quick" if quick else Path(out) / "full" if full else Path(out)
-    spec = sweep.spec(root / "runs", quick=quick, full=full)
-    runner = importlib.import_module("testbed.sweep")  # the runner, by name: analysis never imports it
-    rows = experiments.execute(runner, spec, workers=workers, fresh=fresh)
-    run_dirs = [r["run_dir"] for r in rows]
+def write(run: StudyRun) -> None:
+    """Print the tables, write figures, ``report.md``, ``scores.csv`` and ``verdicts.csv`` into ``run.root``."""
+    root, spec, quick = run.root, run.spec, run.quick
+    run_dirs = run.run_dirs
     df = load_runs(run_dirs, axes=sweep.AXES)
     per_row = load_many_rows(run_dirs)  # rows.jsonl of the simulated runs (empty if none has one)
 
@@ -61,15 +37,14 @@ def main(out: str = "out/espo_headline", workers: int = 2, quick: bool = False, 
     errors: list[str] = []
     plots = {k: functools.partial(f, rows=per_row) for k, f in analysis.PLOTS.items()}
     figs = save_figures(build_figures(plots, df, errors), root)
-    elapsed = time.time() - t0
+    elapsed = time.time() - run.started
     report = render_report(root=root, outcome=outcome, detector=detector, waste=waste, verdicts=verdicts,
-                           figs=figs, errors=errors, cmd=command(out, workers, quick, fresh, full), quick=quick,
-                           workers=workers, elapsed=elapsed, df=df, spec=spec, per_row=per_row)
+                           figs=figs, errors=errors, cmd=run.command, quick=quick,
+                           workers=run.workers, elapsed=elapsed, df=df, spec=spec, per_row=per_row)
     (root / "report.md").write_text(report)
     write_scores(table, root)
     write_verdicts(verdicts.claims, root)
     print(f"\nwrote {root / 'report.md'}, {root / 'scores.csv'} and {len(figs)} figures ({elapsed:.0f}s)")
-    return 0
 
 
 def render_report(*, root, outcome, detector, waste, verdicts, figs, errors, cmd, quick, workers, elapsed, df, spec,
@@ -89,7 +64,7 @@ def render_report(*, root, outcome, detector, waste, verdicts, figs, errors, cmd
         f"as resolved in the espo runs' config.yaml: {resolved_stop(df)}",
         "- methods (overrides of the PPO preset; espo applies every key of `configs/espo.yaml`): "
         + "; ".join(f"**{m}** `{json.dumps(v)}`" for m, v in spec["axes"]["method"].items()),
-        f"- envs: " + "; ".join(f"**{e}** `{v.get('task.env_id', '')}`" for e, v in sweep.ENVS.items()),
+        "- envs: " + "; ".join(f"**{e}** `{v.get('task.env_id', '')}`" for e, v in sweep.ENVS.items()),
         f"- seeds in this report: {seeds}; seeds reserved for tuning the ESPO constants: {sweep.TUNE_SEEDS} "
         f"(tuning grid `{json.dumps(sweep.TUNE_GRID)}`, `sweep.tune_spec`); no tuning seed is reported here",
         f"- runs: `{spec['out_dir']}` (complete runs are reused; runs whose settings changed are re-run)", "",
@@ -147,11 +122,3 @@ def resolved_stop(df) -> str:
     keys = [f"config/{k}" for k in sorted(wanted) if f"config/{k}" in espo]
     vals = {c.removeprefix("config/"): espo[c].unique().tolist() for c in keys}
     return ", ".join(f"`{k}={v[0] if len(v) == 1 else v}`" for k, v in vals.items())
-
-
-def cli(argv: list[str] | None = None) -> int:
-    return study_cli("espo_headline", main, __doc__, argv, full=True)
-
-
-if __name__ == "__main__":
-    sys.exit(cli())

@@ -237,7 +237,7 @@ def detect(data: str, *, out: str, config: str | None = None, checkpoint: str | 
     """Run the benchmark; writes ``out/items.jsonl`` and ``out/detect.json`` and returns the latter."""
     from tqdm.auto import tqdm
 
-    from testbed.build import build_backend, build_task, load_entry_point
+    from testbed.ops.build import build_backend, build_task, load_entry_point
     from testbed.errors import check_output_folder
 
     check_output_folder(out, "--out")  # before any scoring: a bad --out must not cost the whole run

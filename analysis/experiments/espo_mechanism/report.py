@@ -1,38 +1,23 @@
-"""Run the gate-or-detector study end to end: sweep, table, verdicts, figures, ``report.md``.
-
-``testbed demo --study espo_mechanism`` calls :func:`main`; so does
-``python -m analysis.experiments.espo_mechanism.run``.
+"""The ESPO gate-or-detector study's report (``report.md``, ``scores.csv``, ``verdicts.csv``, figures), from
+the run directories of :func:`analysis.experiments.espo_mechanism.sweep.grids`
+(run by ``testbed demo --study espo_mechanism``).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 import json
-import shlex
-import sys
 import time
 from datetime import datetime
-from pathlib import Path
 
-from analysis import experiments
-from analysis.experiments import FAMILY_TEXT, study_cli, write_report
+from analysis.experiments import FAMILY_TEXT, StudyRun, write_report
 from analysis.experiments.espo_mechanism import analysis, sweep
 from analysis.plots import build_figures, markdown_table, save_figures, text_table
 from analysis.runs import load_many_rows, load_runs
 
-STUDY = "espo_mechanism"
-
-
-def main(out: str = f"out/{STUDY}", workers: int = 2, quick: bool = False, fresh: bool = False) -> int:
-    """Run (or resume) the grid and PPO into ``out/runs``, then write ``report.md``, ``scores.csv``, figures."""
-    t0 = time.time()
-    root = Path(out) / "quick" if quick else Path(out)
-    runner = importlib.import_module("testbed.sweep")  # by name: analysis never imports the runner
-    rows = []
-    for i, spec in enumerate((sweep.spec(root / "runs", quick), sweep.ppo_spec(root / "runs", quick))):
-        rows += experiments.execute(runner, spec, workers=workers, fresh=fresh and i == 0)
-    run_dirs = [r["run_dir"] for r in rows]
+def write(run: StudyRun) -> None:
+    """Print the score table and write the report into ``run.root``."""
+    root, quick, run_dirs = run.root, run.quick, run.run_dirs
     df = load_runs(run_dirs, axes=sweep.AXES)
     per_row = load_many_rows(run_dirs)
     pr = analysis.per_run(df, per_row)
@@ -42,9 +27,8 @@ def main(out: str = f"out/{STUDY}", workers: int = 2, quick: bool = False, fresh
     errors: list[str] = []
     plots = {k: functools.partial(f, rows=per_row) for k, f in analysis.PLOTS.items()}
     figs = save_figures(build_figures(plots, df, errors), root)
-    elapsed = time.time() - t0
-    cmd = " ".join(["testbed", "demo", "--study", STUDY, "--out", shlex.quote(str(out)), "--workers", str(workers)]
-                   + (["--quick"] if quick else []) + (["--fresh"] if fresh else []))
+    elapsed = time.time() - run.started
+    cmd, workers = run.command, run.workers
     seeds = sorted(df["label/seed"].unique().tolist())
     lines = [
         "# ESPO gate-or-detector study" + (" (QUICK smoke test: not evidence)" if quick else ""), "",
@@ -64,7 +48,7 @@ def main(out: str = f"out/{STUDY}", workers: int = 2, quick: bool = False, fresh
         "- warm-ups: " + "; ".join(f"**{w}** `{json.dumps(o)}`" for w, o in sweep.WARMUPS.items()),
         "- methods: " + "; ".join(f"**{m}** `{json.dumps(o)}`" for m, o in sweep.METHODS.items())
         + "; **ppo** (`configs/ppo.yaml`, once per seed)",
-        f"- seeds {seeds}; every run: `{json.dumps(sweep.spec(root / 'runs', quick)['overrides'])}`; runs: `{root / 'runs'}`", "",
+        f"- seeds {seeds}; every run: `{json.dumps(run.specs[0]['overrides'])}`; runs: `{root / 'runs'}`", "",
         "## Scores (mean [95% Student-t interval] over seeds)", "", markdown_table(table), "",
         "## Verdicts", "",
         FAMILY_TEXT, "",
@@ -72,12 +56,3 @@ def main(out: str = f"out/{STUDY}", workers: int = 2, quick: bool = False, fresh
     ]
     write_report(root, lines, table=table, verdicts=verdicts, figs=figs, errors=errors, analysis_module=analysis,
                  elapsed=elapsed)
-    return 0
-
-
-def cli(argv: list[str] | None = None) -> int:
-    return study_cli(STUDY, main, __doc__, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(cli())

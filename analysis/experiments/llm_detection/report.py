@@ -1,37 +1,25 @@
-"""Run the LLM detection study end to end: sweep, scores, ``scores.csv`` and ``report.md``.
-
-``testbed demo --study llm_detection`` calls :func:`main`; so does
-``python -m analysis.experiments.llm_detection.run``. The runner is reached by name at call time.
-"""
+"""The LLM detection study's report (``report.md``, ``scores.csv``, ``verdicts.csv``, figures), from the
+run directories of :func:`analysis.experiments.llm_detection.sweep.grids`
+(run by ``testbed demo --study llm_detection``)."""
 
 from __future__ import annotations
 
-import importlib
 import json
-import shlex
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
 from analysis import experiments
-from analysis.experiments import report_tail, study_cli
+from analysis.experiments import StudyRun, report_tail
 from analysis.experiments.llm_detection import analysis, sweep
 from analysis.plots import build_figures, markdown_table, save_figures, text_table
 from analysis.runs import load_runs
 from analysis.stats import MIN_SEEDS
 
-STUDY = "llm_detection"
-
 SHOWN = [("method", None), ("n", None), ("heldout", 3), ("tokens", 0), ("tokens_saved_pct", 1), ("stop_rate", 3),
          ("precision", 3), ("recall", 3), ("false_stop_rate", 3), ("delay", 1), ("failure_rank", 3),
          ("judged_share", 3), ("doomed_share", 3)]
 PLANT = [("method", None), ("plant_stop_rate", 3), ("plant_delay", 1), ("stop_rate_unplanted", 3)]
-
-
-def command(out: str, workers: int, quick: bool, fresh: bool, full: bool = False) -> str:
-    return " ".join(["testbed", "demo", "--study", STUDY, "--out", shlex.quote(str(out)), "--workers", str(workers)]
-                    + (["--quick"] if quick else []) + (["--full"] if full else []) + (["--fresh"] if fresh else []))
 
 
 def _with_ci(table, cols):
@@ -44,18 +32,10 @@ def _with_ci(table, cols):
     return out
 
 
-def main(out: str = "out/llm_detection", workers: int = 2, quick: bool = False, fresh: bool = False,
-         extra: dict | None = None, full: bool = False) -> int:
-    """Run (or resume) the sweep into ``out/runs``; write ``out/scores.csv`` and ``out/report.md``.
-
-    ``quick``: :data:`sweep.QUICK` in ``out/quick/``. ``full``: :data:`sweep.FULL_SEEDS` in the same
-    ``out/runs`` (finished seeds are reused). ``extra``: overrides for every run (tests use a tiny model)."""
-    t0 = time.time()
-    root = Path(out) / "quick" if quick else Path(out)
-    spec = sweep.spec(root / "runs", quick=quick, extra=extra, full=full)
-    runner = importlib.import_module("testbed.sweep")
-    rows = experiments.execute(runner, spec, workers=workers, fresh=fresh)
-    df = load_runs([r["run_dir"] for r in rows], axes=sweep.AXES)
+def write(run: StudyRun) -> None:
+    """Write ``scores.csv``, ``verdicts.csv``, the figures and ``report.md`` into ``run.root``."""
+    root, quick, spec, workers = run.root, run.quick, run.spec, run.workers
+    df = load_runs(run.run_dirs, axes=sweep.AXES)
     table = analysis.score(df)
     family = analysis.comparisons(df)
     lines = analysis.verdicts(table) + family
@@ -68,11 +48,11 @@ def main(out: str = "out/llm_detection", workers: int = 2, quick: bool = False, 
     print(text_table(main_t), "", *lines, sep="\n")
     first = df.iloc[0]
     n_seeds = int(df["label/seed"].nunique())
-    elapsed = time.time() - t0
+    elapsed = time.time() - run.started
     report = [
         f"# LLM detection study{' (QUICK smoke test: not evidence)' if quick else ''}", "",
         f"Generated {datetime.now().isoformat(timespec='seconds')} in {elapsed:.0f} s with {workers} workers. "
-        "Regenerate with:", "", "```", command(out, workers, quick, fresh, full), "```", "",
+        "Regenerate with:", "", "```", run.command, "```", "",
         "## Settings", "",
         f"- base config `{Path(sweep.BASE_CONFIG).relative_to(sweep.REPO)}`, every run `{json.dumps(spec['overrides'])}`",
         f"- task: `{first.get('config/task.source')}` {first.get('config/task.source_kwargs')}; model "
@@ -90,8 +70,3 @@ def main(out: str = "out/llm_detection", workers: int = 2, quick: bool = False, 
     ]
     (root / "report.md").write_text("\n".join(report))
     print(f"\nwrote {root / 'report.md'} and {root / 'scores.csv'} ({elapsed:.0f}s)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(study_cli(STUDY, main, __doc__, full=True))
