@@ -13,7 +13,7 @@ threshold, against which ESPO's learned stops are scored.
   DP is one backward pass over positions: any instance size.
 
 Both return a :class:`PrefixValues`, callable on a prefix, with :meth:`PrefixValues.curve` for a
-whole response. :func:`bayes_optimal_stop` turns curves into stop steps.
+whole response. :func:`testbed.scoring.bayes_optimal_stop` turns curves into stop steps.
 
 With recovery (``repair_prob > 0``) whether a row is repairable is a hidden draw, so the value of a
 prefix is the posterior mix of the two branches' values, each weighted by its prior and by the
@@ -324,28 +324,6 @@ def success_curves(
     for b, (p, n) in enumerate(zip(np.asarray(problems), np.asarray(lengths))):
         out[b, : n + 1] = values[int(p)].curve(tokens[b, :n].tolist())
     return out
-
-
-def bayes_optimal_stop(curves: np.ndarray, threshold: float, *, min_tokens: int = 0) -> np.ndarray:
-    """The detector that stops as soon as ``P(success | prefix) < threshold``.
-
-    Stop semantics follow the testbed's stop rules: stopping at response index ``s`` keeps token
-    ``s``, so the decision at ``s`` reads ``curves[..., s + 1]``. No stop at ``s < min_tokens``.
-    A row whose token ``s`` already ended it (EOS) is still reported if that prefix is below the
-    threshold; put NaN there to exclude it. NaN never stops.
-
-    Args:
-        curves: ``(..., T + 1)`` from :meth:`PrefixValues.curve` or :func:`success_curves`.
-        threshold: stop below this success probability.
-        min_tokens: earliest response index at which a stop is allowed.
-
-    Returns:
-        ``(...)`` int64: the stop index ``s``, or -1 for rows never stopped.
-    """
-    curves = np.asarray(curves, dtype=np.float64)
-    below = curves[..., 1:] < threshold  # NaN compares False
-    below[..., :min_tokens] = False
-    return np.where(below.any(-1), below.argmax(-1), -1).astype(np.int64)
 
 
 @dataclass(frozen=True)

@@ -103,8 +103,6 @@ class HFBackend:
             or ``"head"`` (:class:`HeadCritic`, a :class:`ValueHead` on the policy's detached last
             hidden state, see ``critic.py``).
         reference: keep a frozen copy of the initial policy for :meth:`reference_forward`.
-        stop_check_every: how often the collector requests values (stored for it; the critic's
-            catch-up makes any schedule correct).
         gradient_checkpointing: checkpoint the trunks' layers in training forwards.
         logit_chunk: tokens per chunk when turning hidden states into log-probs/entropies.
         pad_token_id: id written into padding (never attended to); default ``eos_token_id``.
@@ -128,7 +126,6 @@ class HFBackend:
         eos_token_id: int,
         critic: str = "separate",
         reference: bool = False,
-        stop_check_every: int = 1,
         gradient_checkpointing: bool = False,
         logit_chunk: int = 512,
         pad_token_id: int | None = None,
@@ -139,10 +136,8 @@ class HFBackend:
         if critic not in CRITIC_LAYOUTS:
             raise ValueError(f"critic must be one of {CRITIC_LAYOUTS}, got {critic!r}")
         self.policy = disable_dropout(policy).eval()
-        self.critic_layout = critic
         self.eos_token_id = int(eos_token_id)
         self.pad_token_id = int(self.eos_token_id if pad_token_id is None else pad_token_id)
-        self.stop_check_every = int(stop_check_every)
         self.gradient_checkpointing = bool(gradient_checkpointing)
         self.logit_chunk = int(logit_chunk)
         self.shared_prefix = bool(shared_prefix)
@@ -536,7 +531,6 @@ def make_backend(model_cfg: Any, task: Any, *, seed: int) -> HFBackend:
         eos_token_id=int(task.eos_token_id),
         critic=model_cfg.critic,
         reference=bool(model_cfg.reference),
-        stop_check_every=int(model_cfg.stop_check_every),
         gradient_checkpointing=bool(model_cfg.gradient_checkpointing),
         seed=seed,
         shared_prefix=bool(model_cfg.shared_prefix),

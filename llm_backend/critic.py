@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -70,16 +69,6 @@ class ValueHead(nn.Module):
         return self.linear(hidden.float()).squeeze(-1)
 
 
-@dataclass
-class ValueOutput:
-    """What a critic forward returns."""
-
-    values: Tensor
-    """(B, L) float32: V of the prefix ending at each input position."""
-    cache: Any = None
-    """The critic's KV cache after this forward (the one passed in, updated), else None."""
-
-
 @functools.lru_cache(maxsize=None)
 def _cache_argument(forward: Any) -> str:
     """The name a transformers trunk's ``forward`` takes its KV cache by: ``cache`` from transformers
@@ -104,9 +93,9 @@ def trunk_forward(trunk: nn.Module, ids: Tensor, attention_mask: Tensor, positio
 class ValueModel(nn.Module):
     """Separate critic: a causal-LM trunk plus an fp32 scalar head, no dropout.
 
-    Build it from a policy with :meth:`from_policy` (deep copy of the policy's base model). The
-    forward takes ``input_ids, attention_mask, position_ids`` and an optional ``cache`` (a
-    ``DynamicCache``, updated in place; see :func:`trunk_forward`).
+    Build it from a policy with :meth:`from_policy` (deep copy of the policy's base model). It has no
+    forward of its own: the critic layouts (``critics.py``) run ``trunk`` and ``head`` separately,
+    so that decoding can stream the trunk through its own cache.
     """
 
     def __init__(self, trunk: nn.Module, hidden_size: int, head_init_std: float | None = None):
@@ -124,16 +113,6 @@ class ValueModel(nn.Module):
     @property
     def config(self):
         return self.trunk.config
-
-    def forward(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor | None = None,
-        position_ids: Tensor | None = None,
-        cache: Any = None,
-    ) -> ValueOutput:
-        hidden = trunk_forward(self.trunk, input_ids, attention_mask, position_ids, cache)
-        return ValueOutput(values=self.head(hidden), cache=cache)
 
 
 def _device_of(module: nn.Module) -> torch.device:

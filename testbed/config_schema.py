@@ -287,11 +287,6 @@ class Config:
     stop: StopSection = field(default_factory=StopSection)
     tppo: TPPOSection = field(default_factory=TPPOSection)
 
-    @property
-    def num_prompts(self) -> int:
-        """Prompts per step: batch_size / group_size."""
-        return self.rollout.batch_size // self.rollout.group_size
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -7,6 +7,8 @@
 - :func:`auroc` (Mann-Whitney U / (n1 n0), :func:`scipy.stats.mannwhitneyu`) and
   :func:`auroc_interval` (percentile bootstrap over items, :func:`scipy.stats.bootstrap`).
 - :func:`random_baseline`: the detector matched in stop rate that ``testbed detect`` compares against.
+- :func:`bayes_optimal_stop`: the Bayes-optimal detector on exact ``P(success | prefix)`` curves
+  (``envs.solver`` computes them; the ``detector_bayes`` study scores against it).
 
 Torch-free, and numpy-free at import time (numpy and scipy are imported inside the functions that
 need them), so that :mod:`testbed.metrics` and ``analysis`` can import :func:`detector_metrics`.
@@ -168,3 +170,27 @@ def random_baseline(n_tokens: Sequence[int], token_steps: Sequence[Any], labels:
         runs.append(m)
     return {k: float(np.nanmean([r[k] for r in runs])) if any(not math.isnan(r[k]) for r in runs) else float("nan")
             for k in runs[0]}
+
+
+def bayes_optimal_stop(curves: Any, threshold: float, *, min_tokens: int = 0) -> Any:
+    """The detector that stops as soon as ``P(success | prefix) < threshold``.
+
+    Stop semantics follow the testbed's stop rules: stopping at response index ``s`` keeps token
+    ``s``, so the decision at ``s`` reads ``curves[..., s + 1]``. No stop at ``s < min_tokens``.
+    A row whose token ``s`` already ended it (EOS) is still reported if that prefix is below the
+    threshold; put NaN there to exclude it. NaN never stops.
+
+    Args:
+        curves: ``(..., T + 1)`` from ``envs.solver`` (``PrefixValues.curve`` or ``success_curves``).
+        threshold: stop below this success probability.
+        min_tokens: earliest response index at which a stop is allowed.
+
+    Returns:
+        ``(...)`` int64: the stop index ``s``, or -1 for rows never stopped.
+    """
+    import numpy as np
+
+    curves = np.asarray(curves, dtype=np.float64)
+    below = curves[..., 1:] < threshold  # NaN compares False
+    below[..., :min_tokens] = False
+    return np.where(below.any(-1), below.argmax(-1), -1).astype(np.int64)

@@ -26,8 +26,9 @@ MAY_IMPORT = {
     "analysis": {"analysis", "testbed"},  # reads run directories; of testbed only the metric names (below)
 }
 THIRD_PARTY_FORBIDDEN = {"envs": {"torch"}, "analysis": {"torch", "transformers"}}
-ANALYSIS_ALLOWED_TESTBED = {"testbed.metrics"}
-"""analysis may import the torch-free module that names logged fields, nothing else of testbed's."""
+ANALYSIS_ALLOWED_TESTBED = {"testbed.metrics", "testbed.scoring"}
+"""analysis may import the torch-free modules that name logged fields and define the detector metrics,
+nothing else of testbed's."""
 MODULE_STRING = re.compile(r"^(testbed|envs|llm_backend|analysis)(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*)?$")
 
 

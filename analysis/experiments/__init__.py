@@ -4,8 +4,10 @@ from :data:`REGISTRY` only.
 Each study package ``analysis.experiments.<name>`` holds
 
 - ``sweep.py``: data only: ``grids(root, quick, full) -> list[dict]``, the sweep specs in the
-  ``testbed.ops.sweep`` format (and ``FULL_FOLDER`` where a ``--full`` version exists),
-- ``analysis.py``: ``score``/``verdicts`` readers of run directories (and its figures),
+  ``testbed.ops.sweep`` format (and ``FULL_FOLDER`` where a ``--full`` version exists; and
+  ``measurements(quick)`` where each finished run is to be measured, ``testbed.ops.studies.MEASUREMENTS``),
+- ``analysis.py``: ``score``/``verdicts`` readers of run directories; ``figures.py`` (where it has
+  figures): ``plot_*`` functions and ``PLOTS``, apart from the scores,
 - ``report.py``: ``write(run: StudyRun)``: tables, figures, ``report.md``, ``scores.csv``, ``verdicts.csv``.
 
 No study launches runs: the one runner, :func:`testbed.ops.studies.run_study` (``testbed demo``),
@@ -15,6 +17,7 @@ executes any registered study's grids and then calls its ``report.write``.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -25,6 +28,7 @@ REGISTRY: dict[str, str] = {
     "tppo_speedup": "analysis.experiments.tppo_speedup",
     "llm_detection": "analysis.experiments.llm_detection",
     "espo_mechanism": "analysis.experiments.espo_mechanism",
+    "detector_bayes": "analysis.experiments.detector_bayes",
 }
 """Study name -> package path. The one list of studies."""
 
@@ -34,7 +38,7 @@ def names() -> list[str]:
     return list(REGISTRY)
 
 
-PARTS = ("sweep", "analysis", "report")
+PARTS = ("sweep", "analysis", "figures", "report")
 
 
 def load(name: str, part: str = "analysis") -> ModuleType:
@@ -44,6 +48,11 @@ def load(name: str, part: str = "analysis") -> ModuleType:
     if part not in PARTS:
         raise ValueError(f"part must be one of {', '.join(PARTS)}, not {part!r}")
     return importlib.import_module(f"{REGISTRY[name]}.{part}")
+
+
+def has_part(name: str, part: str) -> bool:
+    """Whether a registered study has ``part`` (``figures`` is optional)."""
+    return importlib.util.find_spec(f"{REGISTRY[name]}.{part}") is not None
 
 
 @dataclass(frozen=True)
@@ -111,23 +120,24 @@ FAMILY_TEXT = ("Each claim is tested with an exact paired sign-flip test over se
 
 
 def write_report(root, lines: list[str], *, table, verdicts, figs, errors: list[str], analysis_module,
-                 elapsed: float) -> None:
+                 elapsed: float, plots: dict | None = None) -> None:
     """A study's outputs beside each other: ``report.md`` (``lines`` plus :func:`report_tail`),
     ``scores.csv`` and ``verdicts.csv`` (the decided family carried by ``verdicts``)."""
     root = Path(root)
-    (root / "report.md").write_text("\n".join(lines + report_tail(figs, errors, analysis_module)))
+    (root / "report.md").write_text("\n".join(lines + report_tail(figs, errors, analysis_module, plots)))
     write_scores(table, root)
     write_verdicts(getattr(verdicts, "claims", []), root)
     print(f"\nwrote {root / 'report.md'}, {root / 'scores.csv'}, {root / 'verdicts.csv'} and {len(figs)} figures "
           f"({elapsed:.0f}s)")
 
 
-def report_tail(figs, errors: list[str], analysis_module) -> list[str]:
-    """The end of a study's ``report.md``: each figure under its plot function's first doc line, any
-    figures that failed, and the analysis module's definitions (its docstring after the first paragraph)."""
-    lines = ["## Figures", ""]
+def report_tail(figs, errors: list[str], analysis_module, plots: dict | None = None) -> list[str]:
+    """The end of a study's ``report.md``: each figure under its plot function's first doc line (``plots``:
+    the study's ``figures.PLOTS``), any figures that failed, and the analysis module's definitions (its
+    docstring after the first paragraph)."""
+    lines = ["## Figures", ""] if figs or errors else []
     for p in figs:
-        doc = (analysis_module.PLOTS[p.stem].__doc__ or "").strip().splitlines()[0]
+        doc = ((plots or {})[p.stem].__doc__ or "").strip().splitlines()[0]
         lines += [f"### {p.stem}", "", doc, "", f"![{p.stem}]({p.name})", ""]
     if errors:
         lines += ["Figures that failed:", "", *[f"- {e}" for e in errors], ""]

@@ -3,7 +3,8 @@
 ``testbed demo [--study NAME] [--quick] [--full] [--fresh]`` is :func:`run_study`. A study is data and a
 reader (:mod:`analysis.experiments`): its ``sweep.grids`` say what to run, its ``report.write`` reads
 what ran. Complete runs are reused; a run whose settings changed (its ``config.yaml`` against the grid)
-is deleted and re-run, and so is a random run matched to a re-run reference.
+is deleted and re-run, and so is a random run matched to a re-run reference. A study may also ask for a
+measurement of each finished run (:data:`MEASUREMENTS`), made before its report reads the runs.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from testbed.ops import sweep
 
 DEFAULT_STUDY = "espo_headline"
 """What ``testbed demo`` runs without ``--study``: the headline simulated study."""
+
+MEASUREMENTS = {"exact_posterior": "testbed.ops.exact_posterior:measure_run"}
+"""Measurements a study's ``sweep.measurements(quick)`` may ask for on each finished run, by name ->
+``measure(run_dir, **kwargs, log=...)`` writing its files into the run directory (kept when present)."""
 
 IGNORED_CONFIG_KEYS = {("run", "progress"), ("run", "threads"), ("run", "out_dir")}
 """Config keys that may differ between a finished run and its spec without making the run stale."""
@@ -117,6 +122,18 @@ def command(name: str, out: str | Path, *, workers: int, quick: bool, full: bool
                     + (["--quick"] if quick else []) + (["--full"] if full else []) + (["--fresh"] if fresh else []))
 
 
+def measure(wanted: dict[str, dict], run_dirs: list[str], *, log=print) -> None:
+    """Each measurement of ``wanted`` (name -> keyword arguments, :data:`MEASUREMENTS`) on every run."""
+    from testbed.ops.build import load_entry_point
+
+    for name, kwargs in wanted.items():
+        if name not in MEASUREMENTS:
+            raise UserError(f"measurements: unknown {name!r}; valid: {', '.join(MEASUREMENTS)}")
+        fn = load_entry_point(MEASUREMENTS[name])
+        for d in run_dirs:
+            fn(d, **kwargs, log=log)
+
+
 def run_study(name: str = DEFAULT_STUDY, out: str | Path = "", *, workers: int = 2, quick: bool = False,
               fresh: bool = False, full: bool = False, extra: dict | None = None, log=print) -> int:
     """Run (or resume) study ``name``'s grids under ``out`` (default ``out/<name>``), then write its report.
@@ -146,6 +163,7 @@ def run_study(name: str = DEFAULT_STUDY, out: str | Path = "", *, workers: int =
                 log(f"--fresh: deleting {d}")
                 shutil.rmtree(d)
     rows = [r for s in specs for r in execute(s, workers=workers, fresh=False, log=log)]
+    measure(getattr(grid, "measurements", lambda quick: {})(quick), [r["run_dir"] for r in rows], log=log)
     run = experiments.StudyRun(name=name, root=root, specs=specs, run_dirs=[r["run_dir"] for r in rows],
                                command=command(name, out, workers=workers, quick=quick, full=full, fresh=fresh),
                                workers=workers, started=started, quick=quick, full=full)

@@ -21,9 +21,11 @@ from analysis import experiments  # noqa: E402
 from testbed.ops import sweep as ops_sweep  # noqa: E402
 from testbed.ops.studies import stale_runs  # noqa: E402
 from analysis.experiments.espo_headline import analysis as headline  # noqa: E402
+from analysis.experiments.espo_headline import figures as headline_figures  # noqa: E402
 from analysis.experiments.espo_headline import report as headline_report  # noqa: E402
 from analysis.experiments.espo_headline import sweep as headline_sweep  # noqa: E402
 from analysis.experiments.tppo_speedup import analysis as speedup  # noqa: E402
+from analysis.experiments.tppo_speedup import figures as speedup_figures  # noqa: E402
 from analysis.plots import markdown_table, plot_runs_cli, summary_table  # noqa: E402
 from analysis.runs import (  # noqa: E402
     EARLY_STOP, EOS, LENGTH_CAP, ROW_COLUMNS, WINDOW_CUT, RunDirError, first_reach, load_many_rows, load_rows,
@@ -371,7 +373,7 @@ def test_stop_vs_failure_grid_counts_each_stop_once():
     rows = pd.DataFrame({"length": [5, 5, 3, 9, 6, 3], "failure_step": [2, 2, -1, 1, 5, 4],
                          "stopped": [True, True, True, True, False, True],
                          "doomed": [True, True, False, True, True, False]})
-    counts, n, n_false = headline.stop_failure_grid(rows, max_len=8)
+    counts, n, n_false = headline_figures.stop_failure_grid(rows, max_len=8)
     assert counts.shape == (9, 8) and counts.sum() == n == 5 and n_false == 2
     assert counts[2 + 1, 4] == 2  # stopped at index 4, fatal token 2
     assert counts[0, 2] == 2  # false stops at index 2: the "none" row
@@ -383,7 +385,7 @@ def test_stop_vs_failure_scatter_draws_the_rows_and_writes_nothing(row_study, tm
     rows = load_many_rows(row_study)
     monkeypatch.chdir(tmp_path)
     before = sorted(tmp_path.rglob("*"))
-    fig = headline.plot_stop_vs_failure(df, rows)
+    fig = headline_figures.plot_stop_vs_failure(df, rows)
     assert isinstance(fig, Figure)
     assert sorted(tmp_path.rglob("*")) == before
     panels = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
@@ -513,7 +515,7 @@ def test_plot_functions_return_figures_and_write_nothing(study, tmp_path, monkey
     work.mkdir()
     monkeypatch.chdir(work)
     before = sorted(p for p in tmp_path.rglob("*"))
-    for name, fn in headline.PLOTS.items():
+    for name, fn in headline_figures.PLOTS.items():
         for rows in (None, load_many_rows(study)):  # study has no rows.jsonl: an empty per-row table
             fig = fn(df, rows=rows)
             assert isinstance(fig, Figure), name
@@ -527,7 +529,7 @@ def test_headline_plots_with_rows_write_nothing(row_study, tmp_path, monkeypatch
     rows = load_many_rows(row_study)
     monkeypatch.chdir(tmp_path)
     before = sorted(tmp_path.rglob("*"))
-    for name, fn in headline.PLOTS.items():
+    for name, fn in headline_figures.PLOTS.items():
         fig = fn(df, rows=rows)
         assert isinstance(fig, Figure) and fig.axes, name
         plt.close(fig)
@@ -565,7 +567,7 @@ def test_speedup_plots_return_figures(tmp_path):
     for m in ("ppo", "tppo"):
         make_run(root, f"{m}-longtail-s0", success=step_success(5))
     df = load_runs(root, axes=("method", "env", "seed"))
-    for name, fn in speedup.PLOTS.items():
+    for name, fn in speedup_figures.PLOTS.items():
         fig = fn(df)
         assert isinstance(fig, Figure), name
         plt.close(fig)
@@ -575,8 +577,10 @@ def test_speedup_plots_return_figures(tmp_path):
 @pytest.mark.parametrize("name", experiments.names())
 def test_registered_studies_have_their_parts(name):
     a, r, s = (experiments.load(name, part) for part in ("analysis", "report", "sweep"))
-    assert callable(a.score) and callable(a.verdicts) and a.PLOTS
-    assert all(k.isidentifier() and callable(f) for k, f in a.PLOTS.items())
+    assert callable(a.score) and callable(a.verdicts) and not hasattr(a, "PLOTS")  # figures live apart
+    if experiments.has_part(name, "figures"):
+        f = experiments.load(name, "figures")
+        assert f.PLOTS and all(k.isidentifier() and callable(fn) for k, fn in f.PLOTS.items())
     assert callable(r.write) and not hasattr(r, "main")  # a reader: the runner launches, the study does not
     grids = s.grids(Path("/tmp/x"), quick=True)
     assert grids and all(g["out_dir"].startswith("/tmp/x/runs") for g in grids)
@@ -703,6 +707,7 @@ def test_difficulty_sweep_varies_one_knob_at_a_time(tmp_path):
 
 def test_difficulty_score_reading_and_figures(tmp_path, monkeypatch):
     from analysis.experiments.espo_difficulty import analysis as diff
+    from analysis.experiments.espo_difficulty import figures as diff_figures
 
     root = tmp_path / "runs"
     for env, espo_tok in (("default", 70), ("critical5", 95)):
@@ -724,7 +729,7 @@ def test_difficulty_score_reading_and_figures(tmp_path, monkeypatch):
     assert "saves >20% tokens: yes" in [x for x in text if "= 2 (default)" in x][0]
     monkeypatch.chdir(tmp_path)
     before = sorted(tmp_path.rglob("*"))
-    for name, fn in diff.PLOTS.items():
+    for name, fn in diff_figures.PLOTS.items():
         fig = fn(t)
         assert isinstance(fig, Figure) and fn.__doc__
         plt.close(fig)

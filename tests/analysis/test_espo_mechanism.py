@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import pytest  # noqa: E402
 
 from analysis.experiments.espo_mechanism import analysis as mech  # noqa: E402
+from analysis.experiments.espo_mechanism import figures as mech_figures  # noqa: E402
 from analysis.experiments.espo_mechanism import sweep  # noqa: E402
 from analysis.runs import load_runs  # noqa: E402
 from testbed.ops import sweep as ops_sweep  # noqa: E402
@@ -88,7 +89,7 @@ def test_study_runs_on_a_tiny_setting(tmp_path):
     report = (tmp_path / "quick" / "report.md").read_text()
     assert "gate-or-detector" in report and "undecided (2 seeds; a decision needs 8)" in report
     assert ": yes (" not in report and ": no (" not in report  # two seeds decide nothing
-    assert {p.name for p in (tmp_path / "quick").glob("*.png")} == {f"{k}.png" for k in mech.PLOTS}
+    assert {p.name for p in (tmp_path / "quick").glob("*.png")} == {f"{k}.png" for k in mech_figures.PLOTS}
     rows = (tmp_path / "quick" / "verdicts.csv").read_text().splitlines()
     assert rows[0].startswith("claim,verdict,") and len(rows) == 1 + 16  # every claim of the family
 

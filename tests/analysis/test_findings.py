@@ -44,3 +44,22 @@ def test_the_readme_findings_match_the_committed_reports():
     """Fails when a report's verdicts.csv changed and `testbed findings` was not rerun."""
     assert findings.update_readme(ROOT / "README.md", ROOT / "docs", check=True), \
         "README.md's findings are out of date: run `testbed findings`"
+
+
+def test_the_opening_figure_is_drawn_from_the_headline_scores(tmp_path):
+    docs = _docs(tmp_path)
+    assert findings.write_figure(docs) is None and "![" not in findings.render(docs)  # no headline: no figure
+    head = "env,method,tokens_saved_pct,tokens_saved_pct_lo,tokens_saved_pct_hi,nostop_vs_ppo,nostop_vs_ppo_lo,nostop_vs_ppo_hi\n"
+    (docs / "espo_headline").mkdir()
+    (docs / "espo_headline" / "scores.csv").write_text(head + "default,ppo,,,,,,\ndefault,espo,9,8,10,-0.1,-0.2,0.0\n")
+    write_verdicts(decide_family([Claim("E saves", mean_ci([0.2] * 10))]), docs / "espo_headline")
+    out = findings.write_figure(docs)
+    assert out == docs / findings.FIGURE and out.stat().st_size > 1000
+    text = findings.render(docs)
+    assert f"![ESPO's trade-off](docs/{findings.FIGURE})" in text and findings.CAPTION in text
+    # a bigger version of the headline, once committed, is drawn and listed instead
+    (docs / "espo_headline_full").mkdir()
+    (docs / "espo_headline_full" / "scores.csv").write_text(head + "trap,espo,3,2,4,-0.05,-0.1,0.0\n")
+    write_verdicts(decide_family([Claim("F saves", mean_ci([0.3] * 10))]), docs / "espo_headline_full")
+    text = findings.render(docs)
+    assert "F saves" in text and "E saves" not in text and "espo_headline (see espo_headline_full)" in text

@@ -14,12 +14,12 @@ import envs  # noqa: F401  (registers the ids)
 from envs.planted_failure import EOS_ID, PlantedFailureVectorEnv
 from envs.solver import (
     as_structure,
-    bayes_optimal_stop,
     solve,
     solve_positional,
     success_curves,
     walk,
 )
+from testbed.scoring import bayes_optimal_stop
 
 TINY = "testbed/PlantedFailureTiny-v0"
 Z = 4.0

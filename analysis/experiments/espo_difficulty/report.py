@@ -10,7 +10,7 @@ import time
 from datetime import datetime
 
 from analysis.experiments import FAMILY_TEXT, StudyRun, write_report
-from analysis.experiments.espo_difficulty import analysis, sweep
+from analysis.experiments.espo_difficulty import analysis, figures, sweep
 from analysis.plots import build_figures, markdown_table, save_figures, text_table
 from analysis.runs import load_many_rows, load_runs
 
@@ -27,7 +27,7 @@ def write(run: StudyRun) -> None:
                    and (c.rsplit("_", 1)[0] in analysis.COLUMNS or c in analysis.COLUMNS)]]
     print(text_table(shown), "", *lines_read, sep="\n")
     errors: list[str] = []
-    figs = save_figures(build_figures(analysis.PLOTS, table, errors), root)
+    figs = save_figures(build_figures(figures.PLOTS, table, errors), root)
     elapsed = time.time() - run.started
     cmd = run.command
     lines = [
@@ -46,5 +46,5 @@ def write(run: StudyRun) -> None:
         FAMILY_TEXT, "",
         *[f"- {x}" for x in lines_read], "",
     ]
-    write_report(root, lines, table=table, verdicts=lines_read, figs=figs, errors=errors, analysis_module=analysis,
+    write_report(root, lines, table=table, verdicts=lines_read, figs=figs, errors=errors, analysis_module=analysis, plots=figures.PLOTS,
                  elapsed=elapsed)

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from analysis.experiments import StudyRun, report_tail, write_scores, write_verdicts
-from analysis.experiments.espo_headline import analysis, sweep
+from analysis.experiments.espo_headline import analysis, figures, sweep
 from analysis.plots import build_figures, markdown_table, save_figures, text_table
 from analysis.runs import load_many_rows, load_runs
 
@@ -35,7 +35,7 @@ def write(run: StudyRun) -> None:
     print(text_table(outcome), text_table(detector), text_table(waste), "", *verdicts, sep="\n")
 
     errors: list[str] = []
-    plots = {k: functools.partial(f, rows=per_row) for k, f in analysis.PLOTS.items()}
+    plots = {k: functools.partial(f, rows=per_row) for k, f in figures.PLOTS.items()}
     figs = save_figures(build_figures(plots, df, errors), root)
     elapsed = time.time() - run.started
     report = render_report(root=root, outcome=outcome, detector=detector, waste=waste, verdicts=verdicts,
@@ -86,7 +86,7 @@ def render_report(*, root, outcome, detector, waste, verdicts, figs, errors, cmd
         "p-value is below 0.05 over at least 8 seeds, otherwise it is undecided.", "",
         *[f"- {v}" for v in verdicts], "",
     ]
-    lines += report_tail(figs, errors, analysis)
+    lines += report_tail(figs, errors, analysis, figures.PLOTS)
     lines += [
         "## Not in the logs", "",
         "- Per-row records (`rows.jsonl`) cover finished rows only, and only simulated runs write them; "

@@ -11,7 +11,7 @@ import time
 from datetime import datetime
 
 from analysis.experiments import FAMILY_TEXT, StudyRun, write_report
-from analysis.experiments.espo_mechanism import analysis, sweep
+from analysis.experiments.espo_mechanism import analysis, figures, sweep
 from analysis.plots import build_figures, markdown_table, save_figures, text_table
 from analysis.runs import load_many_rows, load_runs
 
@@ -25,7 +25,7 @@ def write(run: StudyRun) -> None:
     verdicts = analysis.verdicts(pr)
     print(text_table(table), "", *verdicts, sep="\n")
     errors: list[str] = []
-    plots = {k: functools.partial(f, rows=per_row) for k, f in analysis.PLOTS.items()}
+    plots = {k: functools.partial(f, rows=per_row) for k, f in figures.PLOTS.items()}
     figs = save_figures(build_figures(plots, df, errors), root)
     elapsed = time.time() - run.started
     cmd, workers = run.command, run.workers
@@ -54,5 +54,5 @@ def write(run: StudyRun) -> None:
         FAMILY_TEXT, "",
         *[f"- {v}" for v in verdicts], "",
     ]
-    write_report(root, lines, table=table, verdicts=verdicts, figs=figs, errors=errors, analysis_module=analysis,
+    write_report(root, lines, table=table, verdicts=verdicts, figs=figs, errors=errors, analysis_module=analysis, plots=figures.PLOTS,
                  elapsed=elapsed)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from analysis import experiments
 from analysis.experiments import StudyRun, report_tail
-from analysis.experiments.llm_detection import analysis, sweep
+from analysis.experiments.llm_detection import analysis, figures, sweep
 from analysis.plots import build_figures, markdown_table, save_figures, text_table
 from analysis.runs import load_runs
 from analysis.stats import MIN_SEEDS
@@ -41,7 +41,7 @@ def write(run: StudyRun) -> None:
     lines = analysis.verdicts(table) + family
     root.mkdir(parents=True, exist_ok=True)
     errors: list[str] = []
-    figs = save_figures(build_figures(analysis.PLOTS, df, errors), root)
+    figs = save_figures(build_figures(figures.PLOTS, df, errors), root)
     table.to_csv(root / "scores.csv", index=False)
     experiments.write_verdicts(family.claims, root)
     main_t, plant_t = _with_ci(table, SHOWN), _with_ci(table[table["method"] == "espo_planted"], PLANT)
@@ -66,7 +66,7 @@ def write(run: StudyRun) -> None:
         "", markdown_table(main_t), "",
         "## Planted wrong steps (ESPO)", "", markdown_table(plant_t) if len(plant_t) else "(no planted run)", "",
         "## Verdicts and paired comparisons", "", *(lines or ["(none)"]), "",
-        *report_tail(figs, errors, analysis),
+        *report_tail(figs, errors, analysis, figures.PLOTS),
     ]
     (root / "report.md").write_text("\n".join(report))
     print(f"\nwrote {root / 'report.md'} and {root / 'scores.csv'} ({elapsed:.0f}s)")

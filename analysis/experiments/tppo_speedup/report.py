@@ -15,7 +15,7 @@ from pathlib import Path
 
 from analysis import experiments
 from analysis.experiments import StudyRun, report_tail
-from analysis.experiments.tppo_speedup import analysis, sweep
+from analysis.experiments.tppo_speedup import analysis, figures, sweep
 from analysis.plots import build_figures, markdown_table, save_figures, text_table
 from analysis.runs import load_runs
 
@@ -60,7 +60,7 @@ def write(run: StudyRun) -> None:
     pr.to_csv(root / "runs.csv", index=False)  # one row per run; scores.csv has one per env x method
 
     errors: list[str] = []
-    figs = save_figures(build_figures(analysis.PLOTS, df, errors), root)
+    figs = save_figures(build_figures(figures.PLOTS, df, errors), root)
     elapsed = time.time() - run.started
     first = df.iloc[0]
     lines = [
@@ -96,7 +96,7 @@ def write(run: StudyRun) -> None:
         "one family; yes/no only when the Holm p-value is below 0.05 over at least 8 seeds.", "",
         *[f"- {v}" for v in verdicts], "",
     ]
-    lines += report_tail(figs, errors, analysis)
+    lines += report_tail(figs, errors, analysis, figures.PLOTS)
     (root / "report.md").write_text("\n".join(lines))
     experiments.write_scores(table, root)  # scores.csv beside report.md (every study writes one)
     experiments.write_verdicts(verdicts.claims, root)

@@ -1,9 +1,10 @@
-"""bench/detector_vs_bayes.py on tiny settings: the properties its table relies on.
+"""The detector_bayes study on small settings: the properties its tables rely on.
 
-The script is imported by path (bench/ is not a package). One short training run is shared by the
-module; every check below can fail on a real bug (wrong temperature or prefix alignment in the exact
-solver's policy, a stop counted where the collector would not execute it, per-row rule state leaking
-across rows, matching that does not match).
+One ESPO run on the tiny env is trained (the study's settings) and measured
+(``testbed.ops.exact_posterior``) once for the module, then scored (``analysis.experiments.
+detector_bayes.scoring``); every check below can fail on a real bug (wrong temperature or prefix
+alignment in the exact solver's policy, a stop counted where the collector would not execute it,
+per-row rule state leaking across rows, matching that does not match).
 
 Not checked, because it is not guaranteed: that the count-matched Bayes detector has the lowest mean
 P(success | prefix at stop). P(success | prefix) is a martingale, so waiting never raises the
@@ -13,9 +14,6 @@ expected P at a stop; a detector that stops later can beat the first-crossing ru
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,30 +22,37 @@ import torch
 from envs.planted_failure import EOS_ID
 from testbed.stopping import StopContext, make_stop_rule
 
-ROOT = Path(__file__).resolve().parents[1]
+from analysis.experiments.detector_bayes import analysis as dba
+from analysis.experiments.detector_bayes import report as dbr
+from analysis.experiments.detector_bayes import scoring as dvb
+from analysis.experiments.detector_bayes import sweep as dbs
+from testbed import config as config_mod
+from testbed.ops import exact_posterior as ep
+from testbed.ops.trainer import Trainer
 
-
-def _load():
-    name = "bench_detector_vs_bayes"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / "detector_vs_bayes.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
-dvb = _load()
 STEPS, ROWS, SEED = 60, 3000, 0
 
 
+def _train(tmp, steps=STEPS, seed=SEED, batch_size=32, name="espo"):
+    over = {**dbs.OVERRIDES, "run.steps": steps, "run.checkpoint_every": steps, "rollout.batch_size": batch_size,
+            "algo.minibatch_size": min(32, batch_size)}
+    cfg = config_mod.load(dbs.BASE_CONFIG, [f"{k}={v}" for k, v in over.items()]
+                          + [f"run.out_dir={tmp}", f"run.name={name}", f"run.seed={seed}", "run.threads=1"])
+    Trainer(cfg).train()
+    return tmp / name
+
+
 @pytest.fixture(scope="module")
-def run():
-    trainer, _ = dvb.train_frozen(STEPS, SEED, batch_size=32)
-    report, rows, curves = dvb.score_frozen(trainer, ROWS, SEED, draws=50)
-    ok = dvb.stoppable(rows, max(trainer.cfg.stop.min_tokens - 1, 0))
-    return trainer, report, rows, curves, ok
+def run(tmp_path_factory):
+    run_dir = _train(tmp_path_factory.mktemp("dvb"))
+    torch.set_num_threads(1)
+    ep.measure_run(run_dir, rows=ROWS, log=lambda *a: None)
+    rows, meta = dba.read(run_dir)
+    report = dvb.score(rows, seed=SEED, rules=tuple(meta["rules"]), draws=50, meta=meta)
+    cfg = config_mod.load(run_dir / "config.yaml", [f"run.out_dir={run_dir.parent}", f"run.name={run_dir.name}"])
+    trainer = Trainer(cfg, run_dir)  # the trained weights and rule state, for the replay below
+    trainer.close()
+    return trainer, report, rows, rows.curves, rows.stoppable
 
 
 def _p_at(curves, stops):
@@ -171,7 +176,7 @@ def test_bayes_matched_counts_and_crossings_synthetic(n):
 
 @pytest.mark.parametrize("target", [0.0, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 1e9])
 def test_bayes_same_lost_is_the_largest_affordable_threshold_synthetic(target):
-    from envs.solver import bayes_optimal_stop
+    from testbed.scoring import bayes_optimal_stop
 
     masked = _synthetic_masked()
     st, c = dvb.bayes_same_lost(masked, target)
@@ -223,12 +228,12 @@ def test_first_fire_replayed_teacher_forced(run):
         for k in range(int(lengths[j])):
             contexts.append(prompts[j] + tokens[j, :k].tolist())
             where.append((j, k))
-    probs = dvb.gru_probs(backend, contexts, cfg.rollout.temperature)
+    probs = ep.gru_probs(backend, contexts, cfg.rollout.temperature)
     logits = torch.zeros(n, T, probs.shape[1])
     for (j, k), pr in zip(where, probs):
         logits[j, k] = torch.as_tensor(np.log(pr), dtype=torch.float32)
     train_step = max(cfg.run.steps, cfg.stop.warmup_steps)
-    for name in dvb.RULES:
+    for name in ep.RULES:
         rule = make_stop_rule(dataclasses.replace(cfg.stop, rule=name), num_slots=n, seed=SEED)
         rule.load_state_dict(trainer.rule.state_dict())
         rule.reset(torch.arange(n), train_step)
@@ -245,9 +250,34 @@ def test_first_fire_replayed_teacher_forced(run):
         assert np.array_equal(first.numpy(), rows.fires[name][idx]), name
 
 
-def test_deterministic_under_seed():
-    a = dvb.measure(3, 5, 400, batch_size=8, draws=10)
-    b = dvb.measure(3, 5, 400, batch_size=8, draws=10)
-    strip = lambda r: dvb.format_report(r[0]).rsplit("\nruntime", 1)[0]  # noqa: E731
-    assert strip(a) == strip(b)
-    assert np.array_equal(a[1].tokens, b[1].tokens) and np.array_equal(a[2], b[2], equal_nan=True)
+def test_deterministic_under_seed(tmp_path):
+    def once(name):
+        d = _train(tmp_path, steps=3, seed=5, batch_size=8, name=name)
+        ep.measure_run(d, rows=400, log=lambda *a: None)
+        rows, meta = dba.read(d)
+        return rows, dbr.format_report(dvb.score(rows, seed=5, rules=tuple(meta["rules"]), draws=10, meta=meta))
+
+    (ra, ta), (rb, tb) = once("a"), once("b")
+    assert ta == tb
+    assert np.array_equal(ra.tokens, rb.tokens) and np.array_equal(ra.curves, rb.curves, equal_nan=True)
+
+
+def test_a_measurement_is_kept_and_redone_when_its_settings_change(tmp_path):
+    d = _train(tmp_path, steps=2, batch_size=8)
+    ep.measure_run(d, rows=50, log=lambda *a: None)
+    stamp = (d / ep.ARRAYS).stat().st_mtime_ns
+    ep.measure_run(d, rows=50, log=lambda *a: None)
+    assert (d / ep.ARRAYS).stat().st_mtime_ns == stamp  # kept
+    ep.measure_run(d, rows=60, log=lambda *a: None)
+    rows, meta = dba.read(d)
+    assert meta["rows"] == 60 and len(rows.lengths) == 60
+
+
+def test_an_unfinished_run_is_refused(tmp_path):
+    from testbed.errors import UserError
+
+    d = _train(tmp_path, steps=2, batch_size=8)
+    cfg = (d / "config.yaml").read_text().replace("steps: 2", "steps: 4")
+    (d / "config.yaml").write_text(cfg)
+    with pytest.raises(UserError, match="not finished"):
+        ep.measure_run(d, rows=50, log=lambda *a: None)
