@@ -29,3 +29,4 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_envs.py
 	$(PY) bench/bench_decoding.py --quick
+	$(PY) bench/roofline.py --quick

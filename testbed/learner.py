@@ -62,8 +62,8 @@ class Learner:
         self.opt_actor = torch.optim.Adam(self.actor_params, lr=cfg.algo.lr_actor)
         self.opt_critic = torch.optim.Adam(self.critic_params, lr=cfg.algo.lr_critic) if self.uses_critic else None
         self.shuffle = torch.Generator().manual_seed(cfg.run.seed + 1)
-        # Tasks with ground truth: simulated envs, and LLM tasks that verify their steps (ground_truth = True).
-        self.ground_truth = cfg.task.kind == "sim" or bool(getattr(self.task, "ground_truth", False))
+        # Tasks that know each row's failure step declare it (simulated envs, LLM tasks that verify steps).
+        self.ground_truth = bool(getattr(self.task, "ground_truth", False))
         self.step = 0
         self.cumulative_tokens = 0
         self._valued: tuple[StepBatch, float] | None = None  # (batch, seconds) of the last finished_rows pass

@@ -103,6 +103,8 @@ class Task(Protocol):
     given slots and returns their prompt token ids; ``observe(slots, tokens)`` reports one decoded token
     per listed slot (simulated envs step here; LLM tasks may ignore it) and returns the ground-truth
     failure step known so far (-1 none); ``finish(slots, responses)`` scores the rows in those slots.
+    A task whose ``failure_step`` is real ground truth sets the class attribute ``ground_truth = True``
+    (optional, default False): the learner then scores its stops and logs per-row outcomes.
     """
 
     num_slots: int

@@ -28,6 +28,9 @@ def make_vector_env(env_id: str, num_envs: int, **kwargs):
 class SimTask:
     """Implements :class:`testbed.protocols.Task` over a planted-failure vector env."""
 
+    ground_truth = True
+    """Every row's planted failure step is known (``finish`` reports it): detector metrics and per-row logs."""
+
     def __init__(self, env_id: str, num_slots: int, *, seed: int, env_kwargs: dict | None = None):
         self.env = make_vector_env(env_id, num_slots, **(env_kwargs or {}))
         self.env.reset(seed=seed)

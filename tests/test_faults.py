@@ -202,8 +202,18 @@ def test_env_kwargs_on_a_math_config_are_refused():
 # --- 2. Ctrl-C: one line, exit 130, and an exact resume ---------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def python_sigint():
+    """Python's own SIGINT handler for every test here: a suite started in the background by a shell
+    (``make test &``) inherits SIGINT ignored, and Python then leaves it ignored, so no Ctrl-C arrives."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def ctrl_c_at(monkeypatch, at_step: int) -> None:
-    """Press Ctrl-C (a real SIGINT through Python's default handler) during training step ``at_step``."""
+    """Press Ctrl-C (a real SIGINT through Python's default handler, see :func:`python_sigint`) during
+    training step ``at_step``."""
     from testbed.ops.trainer import Trainer
 
     real = Trainer.update_critic
