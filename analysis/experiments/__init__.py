@@ -79,6 +79,16 @@ class StudyRun:
         return self.specs[0]
 
 
+def report_head(title: str, *, quick: bool, workers: int, command: str, elapsed: float) -> list[str]:
+    """The top of every study's ``report.md``: its title (marked when quick), when and how fast it was made,
+    and the command that regenerates it."""
+    from datetime import datetime
+
+    return [title + (" (QUICK smoke test: not evidence)" if quick else ""), "",
+            f"Generated {datetime.now().isoformat(timespec='seconds')} in {elapsed:.0f} s with {workers} workers. "
+            "Regenerate with:", "", "```", command, "```", ""]
+
+
 def table_row(table, env: str, method: str):
     """The row of a score table for ``(env, method)``, or None when that method has no runs there."""
     r = table[(table["env"] == env) & (table["method"] == method)]

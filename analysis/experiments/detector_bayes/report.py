@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime
 
 import numpy as np
 
-from analysis.experiments import FAMILY_TEXT, StudyRun, write_report
+from analysis.experiments import FAMILY_TEXT, StudyRun, report_head, write_report
 from analysis.experiments.detector_bayes import analysis, scoring, sweep
 from analysis.plots import markdown_table, text_table
 
@@ -100,9 +99,7 @@ def write(run: StudyRun) -> None:
     shown = table[["rule", "detector", "seeds"] + [c for c in table.columns if c in
                                                     ("stops", "mean_p", "precision", "saved", "saved_share")]]
     lines = [
-        "# ESPO's stops against the exact Bayes-optimal detector" + (" (QUICK smoke test: not evidence)" if run.quick else ""),
-        "", f"Generated {datetime.now().isoformat(timespec='seconds')} in {elapsed:.0f} s with {run.workers} workers. "
-        "Regenerate with:", "", "```", run.command, "```", "",
+        *report_head("# ESPO's stops against the exact Bayes-optimal detector", quick=run.quick, workers=run.workers, command=run.command, elapsed=elapsed),
         "## The question", "",
         "How good are ESPO's early-stop decisions *as a failure detector*, next to what an ideal detector does "
         "with the same number of stops? On the tiny env the exact P(success | prefix) of every prefix under the "

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime
 
-from analysis.experiments import FAMILY_TEXT, StudyRun, write_report
+from analysis.experiments import FAMILY_TEXT, StudyRun, report_head, write_report
 from analysis.experiments.espo_difficulty import analysis, figures, sweep
 from analysis.plots import build_figures, markdown_table, save_figures, text_table
 from analysis.runs import load_many_rows, load_runs
@@ -17,7 +16,7 @@ from analysis.runs import load_many_rows, load_runs
 
 def write(run: StudyRun) -> None:
     """Print the score table and write the report into ``run.root``."""
-    root, quick, workers, run_dirs = run.root, run.quick, run.workers, run.run_dirs
+    root, run_dirs = run.root, run.run_dirs
     df = load_runs(run_dirs, axes=sweep.AXES)
     pr = analysis.per_run(df, load_many_rows(run_dirs))
     table = analysis.score(pr)
@@ -29,11 +28,8 @@ def write(run: StudyRun) -> None:
     errors: list[str] = []
     figs = save_figures(build_figures(figures.PLOTS, table, errors), root)
     elapsed = time.time() - run.started
-    cmd = run.command
     lines = [
-        "# ESPO difficulty study" + (" (QUICK smoke test: not evidence)" if quick else ""), "",
-        f"Generated {datetime.now().isoformat(timespec='seconds')} in {elapsed:.0f} s with {workers} workers. "
-        "Regenerate with:", "", "```", cmd, "```", "",
+        *report_head("# ESPO difficulty study", quick=run.quick, workers=run.workers, command=run.command, elapsed=elapsed),
         "## Settings", "",
         "- base: the headline's presets (`configs/ppo.yaml`, ESPO = `configs/espo.yaml`), env "
         "`testbed/PlantedFailure-v0`; one knob at a time:",

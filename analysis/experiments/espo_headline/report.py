@@ -9,10 +9,9 @@ from __future__ import annotations
 import functools
 import json
 import time
-from datetime import datetime
 from pathlib import Path
 
-from analysis.experiments import StudyRun, report_tail, write_scores, write_verdicts
+from analysis.experiments import StudyRun, report_head, report_tail, write_scores, write_verdicts
 from analysis.experiments.espo_headline import analysis, figures, sweep
 from analysis.plots import build_figures, markdown_table, save_figures, text_table
 from analysis.runs import load_many_rows, load_runs
@@ -52,9 +51,7 @@ def render_report(*, root, outcome, detector, waste, verdicts, figs, errors, cmd
     seeds = sorted(df["label/seed"].unique().tolist())
     first = df.iloc[0]
     lines = [
-        "# ESPO headline study" + (" (QUICK smoke test: not evidence)" if quick else ""), "",
-        f"Generated {datetime.now().isoformat(timespec='seconds')} in {elapsed:.0f} s with {workers} workers. "
-        "Regenerate with:", "", "```", cmd, "```", "",
+        *report_head("# ESPO headline study", quick=quick, workers=workers, command=cmd, elapsed=elapsed),
         "## Settings", "",
         f"- base config: `{Path(sweep.BASE_CONFIG).relative_to(sweep.REPO)}`; every run: "
         f"`{json.dumps(spec['overrides'])}`",

@@ -8,16 +8,15 @@ from __future__ import annotations
 import functools
 import json
 import time
-from datetime import datetime
 
-from analysis.experiments import FAMILY_TEXT, StudyRun, write_report
+from analysis.experiments import FAMILY_TEXT, StudyRun, report_head, write_report
 from analysis.experiments.espo_mechanism import analysis, figures, sweep
 from analysis.plots import build_figures, markdown_table, save_figures, text_table
 from analysis.runs import load_many_rows, load_runs
 
 def write(run: StudyRun) -> None:
     """Print the score table and write the report into ``run.root``."""
-    root, quick, run_dirs = run.root, run.quick, run.run_dirs
+    root, run_dirs = run.root, run.run_dirs
     df = load_runs(run_dirs, axes=sweep.AXES)
     per_row = load_many_rows(run_dirs)
     pr = analysis.per_run(df, per_row)
@@ -28,12 +27,9 @@ def write(run: StudyRun) -> None:
     plots = {k: functools.partial(f, rows=per_row) for k, f in figures.PLOTS.items()}
     figs = save_figures(build_figures(plots, df, errors), root)
     elapsed = time.time() - run.started
-    cmd, workers = run.command, run.workers
     seeds = sorted(df["label/seed"].unique().tolist())
     lines = [
-        "# ESPO gate-or-detector study" + (" (QUICK smoke test: not evidence)" if quick else ""), "",
-        f"Generated {datetime.now().isoformat(timespec='seconds')} in {elapsed:.0f} s with {workers} workers. "
-        "Regenerate with:", "", "```", cmd, "```", "",
+        *report_head("# ESPO gate-or-detector study", quick=run.quick, workers=run.workers, command=run.command, elapsed=elapsed),
         "## The question", "",
         "ESPO's final policy is worse than matched random truncation's (the headline). Either its gate decides "
         "on an untrained critic in the first steps, or the regret detector itself selects: it stops rows "

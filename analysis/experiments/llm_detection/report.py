@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime
 from pathlib import Path
 
 from analysis import experiments
-from analysis.experiments import StudyRun, report_tail
+from analysis.experiments import StudyRun, report_head, report_tail
 from analysis.experiments.llm_detection import analysis, figures, sweep
 from analysis.plots import build_figures, markdown_table, save_figures, text_table
 from analysis.runs import load_runs
@@ -34,7 +33,7 @@ def _with_ci(table, cols):
 
 def write(run: StudyRun) -> None:
     """Write ``scores.csv``, ``verdicts.csv``, the figures and ``report.md`` into ``run.root``."""
-    root, quick, spec, workers = run.root, run.quick, run.spec, run.workers
+    root, spec = run.root, run.spec
     df = load_runs(run.run_dirs, axes=sweep.AXES)
     table = analysis.score(df)
     family = analysis.comparisons(df)
@@ -50,9 +49,7 @@ def write(run: StudyRun) -> None:
     n_seeds = int(df["label/seed"].nunique())
     elapsed = time.time() - run.started
     report = [
-        f"# LLM detection study{' (QUICK smoke test: not evidence)' if quick else ''}", "",
-        f"Generated {datetime.now().isoformat(timespec='seconds')} in {elapsed:.0f} s with {workers} workers. "
-        "Regenerate with:", "", "```", run.command, "```", "",
+        *report_head("# LLM detection study", quick=run.quick, workers=run.workers, command=run.command, elapsed=elapsed),
         "## Settings", "",
         f"- base config `{Path(sweep.BASE_CONFIG).relative_to(sweep.REPO)}`, every run `{json.dumps(spec['overrides'])}`",
         f"- task: `{first.get('config/task.source')}` {first.get('config/task.source_kwargs')}; model "

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime
 from pathlib import Path
 
 from analysis import experiments
-from analysis.experiments import StudyRun, report_tail
+from analysis.experiments import StudyRun, report_head, report_tail
 from analysis.experiments.tppo_speedup import analysis, figures, sweep
 from analysis.plots import build_figures, markdown_table, save_figures, text_table
 from analysis.runs import load_runs
@@ -44,7 +43,7 @@ def _calibration_lines(cal: dict | None) -> list[str]:
 
 def write(run: StudyRun) -> None:
     """Print the tables; write figures, ``report.md``, ``scores.csv``, ``verdicts.csv`` and ``runs.csv`` into ``run.root``."""
-    root, quick, spec, workers = run.root, run.quick, run.spec, run.workers
+    root, spec, workers = run.root, run.spec, run.workers
     df = load_runs(run.run_dirs, axes=sweep.AXES)
     cal = analysis.load_calibration()
 
@@ -64,9 +63,7 @@ def write(run: StudyRun) -> None:
     elapsed = time.time() - run.started
     first = df.iloc[0]
     lines = [
-        "# T-PPO speed-up study" + (" (QUICK smoke test: not evidence)" if quick else ""), "",
-        f"Generated {datetime.now().isoformat(timespec='seconds')} in {elapsed:.0f} s with {workers} workers. "
-        "Regenerate with:", "", "```", run.command, "```", "",
+        *report_head("# T-PPO speed-up study", quick=run.quick, workers=run.workers, command=run.command, elapsed=elapsed),
         "## Settings", "",
         f"- base config: `{Path(sweep.BASE_CONFIG).relative_to(sweep.REPO)}` with the `algo`/`model` sections of "
         f"`{sweep.PPO_PRESET.relative_to(sweep.REPO)}`; every run: `{json.dumps(spec['overrides'])}`",
