@@ -22,6 +22,19 @@ FIGURE_STUDIES = ("espo_headline_full", "espo_headline")
 CAPTION = ("ESPO's trade-off, one panel per env: rollout tokens saved against PPO (x) and the final policy's "
            "no-stop success minus PPO's (y), each method's mean with its 95% Student-t interval over seeds; the "
            "paper's \">20% fewer tokens\" (dashed) and \"no worse than PPO\" (dotted) as lines.")
+SHORT = (
+    ("espo_headline_full", "[default] ESPO saves >20% of PPO's rollout tokens at equal steps"),
+    ("espo_headline_full", "[default] ESPO's final policy succeeds more often than PPO's (no-stop evaluation)"),
+    ("espo_headline_full", "[default] random truncation matched to ESPO's stop rate ends with a worse policy than ESPO (no-stop evaluation)"),
+    ("espo_headline_full", "[default] ESPO (paper) saves >20% of PPO's rollout tokens at equal steps"),
+    ("espo_headline_full", "[default] ESPO (paper)'s final policy succeeds more often than PPO's (no-stop evaluation)"),
+    ("espo_headline_full", "[default] ESPO's stops are more precise than random's"),
+    ("detector_bayes", "espo saves at least half the tokens the exact posterior saves at espo's success cost"),
+    ("espo_mechanism", "[paper ESPO] the no-stop gap to random closes with the steps30 warm-up instead of 5 steps"),
+    ("tppo_speedup", "[longtail] tppo_next reaches PPO's level >= 1.5x faster in measured wall-clock"),
+)
+"""The short table the README opens with: the papers' claims, as the biggest committed report decides them
+(study, exact claim text); a claim not found there is listed as missing, never silently dropped."""
 SUPERSEDED_BY = {"espo_headline": "espo_headline_full"}
 """A study listed by its bigger version when that one is committed (same claims, more seeds)."""
 
@@ -105,17 +118,29 @@ def render(docs: str | Path) -> str:
     if len(shown) < len(studies):
         lines += ["Listed by their biggest committed version: " + ", ".join(
             f"{s} (see {SUPERSEDED_BY[s]})" for s in studies if s not in shown) + ".", ""]
-    lines += ["| study | claim | verdict | mean [95% interval] | seeds | Holm p |", "| --- | --- | --- | --- | --- | --- |"]
+    head = ["| study | claim | verdict | mean [95% interval] | seeds | Holm p |", "| --- | --- | --- | --- | --- | --- |"]
+    by_text = {(st, r["claim"]): r for st, rows in studies.items() for r in rows}
+    short = [_row(st, by_text[(st, c)]) if (st, c) in by_text else f"| {st} | {c} | (missing: regenerate its report) | | | |"
+             for st, c in SHORT if st in studies]
+    if short:
+        lines += ["The papers' claims:", "", *head, *short, ""]
+    lines += ["<details><summary>Every decided claim</summary>", "", *head]
     tally = []
     for study, rows in shown.items():
         decided = [r for r in rows if r["verdict"] in ("yes", "no")]
         tally.append(f"{study}: {len(decided)} of {len(rows)} decided")
-        for r in decided:
-            m, lo, hi = _num(r["mean"]), _num(r["low"]), _num(r["high"])
-            claim = r["claim"].replace("|", "\\|")
-            lines.append(f"| [{study}](docs/{study}/report.md) | {claim} | **{r['verdict']}** | "
-                         f"{m:+.3g} [{lo:+.3g}, {hi:+.3g}] | {r['n']} | {_num(r['p_holm']):.2g} |")
-    return "\n".join(lines + ["", "Claims decided per report: " + "; ".join(tally) + ".", ""])
+        lines += [_row(study, r) for r in decided]
+    return "\n".join(lines + ["", "</details>", "", "Claims decided per report: " + "; ".join(tally) + ".", ""])
+
+
+def _row(study: str, r: dict) -> str:
+    m, lo, hi = _num(r["mean"]), _num(r["low"]), _num(r["high"])
+    claim = r["claim"].replace("|", "\\|")
+    verdict = f"**{r['verdict']}**" if r["verdict"] in ("yes", "no") else r["verdict"]
+    p = _num(r["p_holm"])
+    return (f"| [{study}](docs/{study}/report.md) | {claim} | {verdict} | {m:+.3g} [{lo:+.3g}, {hi:+.3g}] | {r['n']} | "
+            f"{p:.2g} |" if math.isfinite(p) else f"| [{study}](docs/{study}/report.md) | {claim} | {verdict} | "
+            f"{m:+.3g} [{lo:+.3g}, {hi:+.3g}] | {r['n']} | |")
 
 
 def update_readme(readme: str | Path, docs: str | Path, *, check: bool = False) -> bool:

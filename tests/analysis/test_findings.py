@@ -63,3 +63,9 @@ def test_the_opening_figure_is_drawn_from_the_headline_scores(tmp_path):
     write_verdicts(decide_family([Claim("F saves", mean_ci([0.3] * 10))]), docs / "espo_headline_full")
     text = findings.render(docs)
     assert "F saves" in text and "E saves" not in text and "espo_headline (see espo_headline_full)" in text
+
+
+def test_every_claim_of_the_short_table_is_in_the_committed_reports():
+    text = findings.render(ROOT / "docs")
+    assert "(missing" not in text, "a claim of findings.SHORT is not in its report's verdicts.csv"
+    assert text.count("docs/espo_headline_full/report.md") >= len([s for s, _ in findings.SHORT if s == "espo_headline_full"])
