@@ -741,3 +741,15 @@ def test_demo_full_is_refused_by_a_study_without_one(capsys):
 
     assert cli.main(["demo", "--study", "tppo_speedup", "--full", "--out", "/nonexistent/x"]) == 2
     assert "--full: study tppo_speedup has no full version" in capsys.readouterr().err
+
+
+def test_tppo_amdahl_bound_is_one_over_the_non_generation_share():
+    import pandas as pd
+
+    pr = pd.DataFrame({"env": ["e", "e", "e"], "method": ["ppo", "ppo", "tppo"], "gen_s": [1.0, 3.0, 9.0],
+                       "compute_s": [4.0, 4.0, 10.0], "gpu_gen_s": [6.0, 6.0, 1.0], "gpu_s": [10.0, 10.0, 1.0]})
+    b = speedup.amdahl(pr).iloc[0]
+    assert b["gen_share_measured"] == pytest.approx(0.5)  # (1/4 + 3/4) / 2, PPO's seeds only
+    assert b["max_speedup_measured"] == pytest.approx(2.0)
+    assert b["gen_share_projected"] == pytest.approx(0.6) and b["max_speedup_projected"] == pytest.approx(2.5)
+    assert b["goal"] == speedup.GOAL_SPEEDUP

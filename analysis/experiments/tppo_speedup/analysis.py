@@ -109,11 +109,12 @@ def with_costs(run: pd.DataFrame, cal: dict | None) -> pd.DataFrame:
         r[f"cost/rho{rho:g}"] = (rho * S + N).cumsum()
     nan = np.full(len(r), math.nan)
     if cal is None:
-        r["cost/cpu"], r["cost/gpu"] = nan, nan
+        r["cost/cpu"], r["cost/gpu"], r["cost/gpu_gen"] = nan, nan, nan
     else:
         a, b, c = cal["a_s"], cal["b_s"], cal["train_token_s"]
         r["cost/cpu"] = (a * S + b * R + c * N).cumsum()
         r["cost/gpu"] = (a * S + 3 * b * N).cumsum()
+        r["cost/gpu_gen"] = (a * S).cumsum()  # its decoding part (the Amdahl check)
     return r
 
 
@@ -133,6 +134,7 @@ def per_run(df: pd.DataFrame, level: float | None = None, cal: dict | None = Non
             "gen_s": float(_col(r, "time/gen").sum()), "actor_s": float(_col(r, "time/actor").sum()),
             "critic_s": float(_col(r, "time/critic").sum()),
             "cpu_model_s": float(last["cost/cpu"]), "gpu_s": float(last["cost/gpu"]),
+            "gpu_gen_s": float(last["cost/gpu_gen"]),
             "decode_steps": float(last["cost/decode_steps"]), "train_passes": float(last["cost/train_passes"]),
             "idle_fraction": run_mean(r, "gen/idle_fraction"),
             "age_mean": run_mean(r, "pool/age_mean"), "stale_token_frac": run_mean(r, "pool/stale_token_frac"),
@@ -159,6 +161,22 @@ def per_run(df: pd.DataFrame, level: float | None = None, cal: dict | None = Non
     out["d_final_success"] = [f - ref["final_success"].get((e, s), math.nan) if len(ref) else math.nan
                               for e, s, f in zip(out["env"], out["seed"], out["final_success"])]
     return out
+
+
+def amdahl(pr: pd.DataFrame) -> pd.DataFrame:
+    """Per env, PPO's share of its cost spent generating and the largest speed-up any window could then
+    give (Amdahl's law: generation made free, everything else unchanged, ``1 / (1 - share)``), measured
+    (``gen_s / compute_s``) and projected (the GPU regime's decoding part ``a*S`` of ``gpu_s``); mean
+    over PPO's seeds. A T-PPO claim above the bound cannot be shown in that env."""
+    rows = []
+    for env, g in pr[pr["method"] == BASELINE].groupby("env", sort=False):
+        share = float((g["gen_s"] / g["compute_s"]).mean())
+        proj = float((g["gpu_gen_s"] / g["gpu_s"]).mean()) if "gpu_gen_s" in g else math.nan
+        bound = lambda f: 1.0 / (1.0 - f) if np.isfinite(f) and f < 1 else math.inf  # noqa: E731
+        rows.append({"env": env, "gen_share_measured": share, "max_speedup_measured": bound(share),
+                     "gen_share_projected": proj, "max_speedup_projected": bound(proj) if np.isfinite(proj) else math.nan,
+                     "goal": GOAL_SPEEDUP})
+    return pd.DataFrame(rows)
 
 
 def score(df: pd.DataFrame, level: float | None = None, cal: dict | None = None, *,

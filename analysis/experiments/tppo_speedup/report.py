@@ -52,9 +52,10 @@ def write(run: StudyRun) -> None:
     attr = analysis.attribution(pr)
     iv = analysis.intervals(pr)
     verdicts = analysis.verdicts(table, iv)
+    bound = analysis.amdahl(pr)
     speed, cost, rho = (_cols(table, c) for c in (analysis.SPEED_COLUMNS, analysis.COST_COLUMNS, analysis.RHO_COLUMNS))
     ivt = analysis.interval_table(iv)
-    print(text_table(speed), text_table(cost), text_table(ivt), "", *verdicts, sep="\n")
+    print(text_table(bound), text_table(speed), text_table(cost), text_table(ivt), "", *verdicts, sep="\n")
     root.mkdir(parents=True, exist_ok=True)
     pr.to_csv(root / "runs.csv", index=False)  # one row per run; scores.csv has one per env x method
 
@@ -76,6 +77,12 @@ def write(run: StudyRun) -> None:
         f"- runs: `{spec['out_dir']}`; per-method table: `scores.csv`; per-run numbers: `runs.csv`",
         f"- timings: {workers} runs in parallel, one torch thread each, on a shared machine: measured times "
         "include contention with other processes; the cost model uses counts only.", "",
+        "## Can the regime show a speed-up? (Amdahl check, before any verdict)", "",
+        "PPO's share of its cost spent generating, and the largest speed-up a window could give if generation "
+        "were free and nothing else changed (`1 / (1 - share)`), measured and projected (the cost model's GPU "
+        f"regime); the study's goal is {analysis.GOAL_SPEEDUP:g}x. Where the bound is below the goal, no T-PPO "
+        "variant can reach it in that env, whatever the verdicts say about it.", "",
+        markdown_table(bound), "",
         "## Speed (mean ± std over seeds)", "", markdown_table(speed), "",
         "## Paired with PPO by seed (mean [95% interval] (seeds))", "",
         "Final-success difference (mean, Student-t interval) over all seeds; speed-ups (geometric mean, "
