@@ -139,8 +139,7 @@ def _row(study: str, r: dict) -> str:
     verdict = f"**{r['verdict']}**" if r["verdict"] in ("yes", "no") else r["verdict"]
     p = _num(r["p_holm"])
     return (f"| [{study}](docs/{study}/report.md) | {claim} | {verdict} | {m:+.3g} [{lo:+.3g}, {hi:+.3g}] | {r['n']} | "
-            f"{p:.2g} |" if math.isfinite(p) else f"| [{study}](docs/{study}/report.md) | {claim} | {verdict} | "
-            f"{m:+.3g} [{lo:+.3g}, {hi:+.3g}] | {r['n']} | |")
+            f"{f'{p:.2g}' if math.isfinite(p) else ''} |")
 
 
 def update_readme(readme: str | Path, docs: str | Path, *, check: bool = False) -> bool:

@@ -17,8 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 import torch
 
@@ -219,10 +217,3 @@ def measure_run(run_dir: str | Path, *, rows: int = 4000, seed: int | None = Non
     log(f"  measured {run_dir.name}: {rows} rows, exact P(success | prefix) of every prefix")
     return run_dir / ARRAYS
 
-
-def read(run_dir: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """A measurement's arrays and meta (analysis reads them with numpy and json alone; this is for tests)."""
-    run_dir = Path(run_dir)
-    with np.load(run_dir / ARRAYS) as z:
-        arrays = {k: z[k] for k in z.files}
-    return arrays, json.loads((run_dir / META).read_text())

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import yaml
 
-from analysis import experiments
 from testbed.errors import UserError
 from testbed.ops import sweep
 
@@ -142,6 +141,8 @@ def run_study(name: str = DEFAULT_STUDY, out: str | Path = "", *, workers: int =
     ``full``: its full version (more seeds or methods), where it has one; ``fresh``: delete the grids'
     run folders first; ``extra``: overrides added to every run (tests use a tiny model). Returns 0.
     """
+    from analysis import experiments  # the studies' data and readers, loaded when one is run
+
     try:
         grid = experiments.load(name, "sweep")
     except KeyError as e:

@@ -262,6 +262,10 @@ def test_deterministic_under_seed(tmp_path):
     assert np.array_equal(ra.tokens, rb.tokens) and np.array_equal(ra.curves, rb.curves, equal_nan=True)
 
 
+def test_the_reader_and_the_writer_name_the_same_files():
+    assert (dba.ARRAYS, dba.META) == (ep.ARRAYS, ep.META)
+
+
 def test_a_measurement_is_kept_and_redone_when_its_settings_change(tmp_path):
     d = _train(tmp_path, steps=2, batch_size=8)
     ep.measure_run(d, rows=50, log=lambda *a: None)

@@ -96,8 +96,7 @@ def write(run: StudyRun) -> None:
     first, summary = format_report(reports[0]), format_summary(reports)
     print(first, "", summary, "", *verdicts, sep="\n")
     elapsed = time.time() - run.started
-    shown = table[["rule", "detector", "seeds"] + [c for c in table.columns if c in
-                                                    ("stops", "mean_p", "precision", "saved", "saved_share")]]
+    shown = table[["rule", "detector", "seeds", "stops", "mean_p", "precision", "saved", "saved_share"]]
     lines = [
         *report_head("# ESPO's stops against the exact Bayes-optimal detector", quick=run.quick, workers=run.workers, command=run.command, elapsed=elapsed),
         "## The question", "",
