@@ -275,6 +275,11 @@ class SamplePool:
             finished_rollout = self._whole(rows, fin_idx, seg, reward_last, task_reward, success, fail)
 
         ages = [train_step - s.born_step for s in rows]
+        # Counts for the cost model (analysis.cost_model): every row's context is encoded when the segment
+        # begins (a carried row's tokens again, under the new weights), and its k-th new token attends
+        # over context + k positions.
+        ctx_len = torch.tensor([len(x) for x in contexts], dtype=torch.long)
+        n_new = seg.mask.sum(-1)
         stats = {
             "time/gen": t_gen,
             "tokens/generated": int(seg.mask.sum()),
@@ -288,6 +293,9 @@ class SamplePool:
             "gen/idle_fraction": seg.idle_fraction,
             "gen/decode_steps": seg.steps,
             "gen/value_steps": seg.value_steps,
+            "gen/prefill_tokens": int(ctx_len.sum()),
+            "gen/reprefill_tokens": int(start.sum()),
+            "gen/kv_row_tokens": int((n_new * ctx_len + n_new * (n_new - 1) // 2).sum()),
             "tokens/critic_decode": critic_decode + (0 if seg.next_values is None
                                                      else int((~torch.isnan(seg.next_values)).sum())),
         }

@@ -140,8 +140,8 @@ class Learner:
                 out.update(d)
             else:  # both: the finishing update's metrics under deferred/, its time and tokens added
                 out.update({k if k.startswith("deferred/") else "deferred/" + k.replace("/", "_"): v for k, v in d.items()})
-                for k in ("time/actor", "tokens/actor", "tokens/actor_forward"):
-                    out[k] += d[k]
+                for k in ("time/actor", "tokens/actor", "tokens/actor_forward", "updates/actor"):
+                    out[k] += d.get(k, 0)
         return out
 
     def update_deferred(self, batch: StepBatch) -> dict[str, float]:
@@ -205,6 +205,7 @@ class Learner:
             gn = _optimizer_step(self.opt_actor, self.actor_params, loss, a.max_grad_norm)
             means.add({"loss/policy": loss.detach(), "actor/grad_norm": gn, **{f"actor/{k}": v for k, v in met.items()}})
         out = means.result() or {"loss/policy": float("nan")}
+        out["updates/actor"] = means.count  # optimizer steps: the cost model's fixed cost per update
         out["time/actor"] = time.perf_counter() - t0
         # Per epoch, for the cost model: tokens in the loss, and response positions forwarded (a T-PPO
         # window is teacher-forced after the row's carried tokens, which the forward re-encodes).
@@ -277,6 +278,7 @@ class Learner:
                 gn = _optimizer_step(self.opt_critic, self.critic_params, a.value_coef * loss, a.max_grad_norm)
                 means.add({"loss/value": loss.detach(), "critic/grad_norm": gn, **{f"critic/{k}": x for k, x in met.items()}})
             out.update(means.result())
+            out["updates/critic"] = means.count
         out["time/critic"] = time.perf_counter() - t0
         return out
 

@@ -279,3 +279,9 @@ def test_pool_carries_unfinished_rows_without_a_fresh_budget():
     assert r2.ending.tolist() == [Ending.EOS, Ending.LENGTH_CAP]
     assert r2.mask.sum(-1).tolist() == [3, 2]
     assert b2.finished is not None and b2.finished.mask.sum(-1).tolist() == [3, 6]  # whole responses
+    # the cost model's counts, by hand: contexts of 1 token (a prompt) or 1 + 4 (the carried row), each
+    # k-th new token attending over context + k positions
+    assert (b1.stats["gen/prefill_tokens"], b1.stats["gen/reprefill_tokens"], b1.stats["gen/kv_row_tokens"]) == \
+        (2, 0, (2 * 1 + 1) + (4 * 1 + 6))
+    assert (b2.stats["gen/prefill_tokens"], b2.stats["gen/reprefill_tokens"], b2.stats["gen/kv_row_tokens"]) == \
+        (1 + 5, 4, (3 * 1 + 3) + (2 * 5 + 1))

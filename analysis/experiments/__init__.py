@@ -29,6 +29,7 @@ REGISTRY: dict[str, str] = {
     "llm_detection": "analysis.experiments.llm_detection",
     "espo_mechanism": "analysis.experiments.espo_mechanism",
     "detector_bayes": "analysis.experiments.detector_bayes",
+    "espo_regimes": "analysis.experiments.espo_regimes",
 }
 """Study name -> package path. The one list of studies."""
 

@@ -282,12 +282,12 @@ def _pair(pr: pd.DataFrame, env: str, metric: str, a: str, b: str) -> Interval:
     return paired_by_seed(pr, metric, a, b, where={"env": env})
 
 
-def _one(pr: pd.DataFrame, env: str, metric: str, method: str, null: float = 0.0) -> Interval:
+def seed_mean(pr: pd.DataFrame, env: str, metric: str, method: str, null: float = 0.0) -> Interval:
     """Mean of a per-run (already paired) quantity over the seeds of one method, tested against ``null``."""
     return mean_ci(pr[(pr["env"] == env) & (pr["method"] == method)][metric].tolist(), null=null)
 
 
-def _success_claim(pr: pd.DataFrame, env: str, a: str, b: str, text: str, tag: dict) -> Claim:
+def success_claim(pr: pd.DataFrame, env: str, a: str, b: str, text: str, tag: dict) -> Claim:
     """``b`` - ``a`` on the final policy's success: the no-stop evaluation (the policy, whatever the stop
     rule lets finish) when the runs have it, else training success; training success shown beside it."""
     train = _pair(pr, env, "final_success", a, b)
@@ -303,10 +303,10 @@ def _espo_claims(pr: pd.DataFrame, env: str, espo: str, has: set) -> list:
     """The claims about one ESPO variant in one env (strings: lines that are not claims)."""
     p, n = f"[{env}]", NAMES.get(espo, espo)
     tag = {"env": env, "method": espo}
-    saved = _one(pr, env, "tokens_saved_pct", espo, null=SAVING_CLAIM_PCT)
+    saved = seed_mean(pr, env, "tokens_saved_pct", espo, null=SAVING_CLAIM_PCT)
     out = [Claim(f"{p} {n} saves >{SAVING_CLAIM_PCT:g}% of PPO's rollout tokens at equal steps", saved,
                  f"saved {saved.fmt(1)} %, n={saved.n}", tags=tag)]
-    out.append(_success_claim(pr, env, BASELINE, espo, f"{p} {n}'s final policy succeeds more often than PPO's",
+    out.append(success_claim(pr, env, BASELINE, espo, f"{p} {n}'s final policy succeeds more often than PPO's",
                               tag))
     for suffix, frac in (("", LEVEL_FRAC), ("90", LEVEL90_FRAC)):
         lv = _pair(pr, env, f"tokens_to_level{suffix}", espo, BASELINE)  # PPO - ESPO: > 0 is fewer tokens
@@ -318,7 +318,7 @@ def _espo_claims(pr: pd.DataFrame, env: str, espo: str, has: set) -> list:
     rnd = ESPOS[espo]
     if rnd in has:
         rate = _pair(pr, env, "stop_rate", espo, rnd)
-        c = _success_claim(pr, env, rnd, espo, f"{p} random truncation matched to {n}'s stop rate ends with a worse "
+        c = success_claim(pr, env, rnd, espo, f"{p} random truncation matched to {n}'s stop rate ends with a worse "
                            f"policy than {n}", tag)
         c.detail += f"; stop rate {rnd} - {n} {rate.fmt()}"
         out.append(c)
@@ -329,8 +329,8 @@ def _espo_claims(pr: pd.DataFrame, env: str, espo: str, has: set) -> list:
         if d.n:
             out.append(Claim(f"{p} {n} removes more of PPO's tokens after the fatal token than {rnd}", d,
                              f"{n} - {rnd}, percentage points {d.fmt(1)}, n={d.n}; removed: {n} "
-                             f"{_one(pr, env, 'waste_removed_pct', espo).fmt(1)} %, {rnd} "
-                             f"{_one(pr, env, 'waste_removed_pct', rnd).fmt(1)} %", tags=tag))
+                             f"{seed_mean(pr, env, 'waste_removed_pct', espo).fmt(1)} %, {rnd} "
+                             f"{seed_mean(pr, env, 'waste_removed_pct', rnd).fmt(1)} %", tags=tag))
         else:
             out.append(f"{p} {n} vs {rnd} on tokens after the fatal token: not evaluated (needs per-row logs, "
                        "rows.jsonl)")
@@ -346,11 +346,11 @@ def _espo_claims(pr: pd.DataFrame, env: str, espo: str, has: set) -> list:
             out.append(Claim(f"{p} the value gate cuts false stops (regret_only - ESPO false-stop rate > 0)", d,
                              f"difference {d.fmt()}, n={d.n}", tags=tag))
     if "oracle" in has:
-        r = _one(pr, env, "saving_vs_oracle", espo, null=0.5)
-        o = _one(pr, env, "tokens_saved_pct", "oracle")
+        r = seed_mean(pr, env, "saving_vs_oracle", espo, null=0.5)
+        o = seed_mean(pr, env, "tokens_saved_pct", "oracle")
         out.append(Claim(f"{p} {n} gets at least half of the oracle's token saving", r,
                          f"ratio {r.fmt()}, n={r.n}; oracle saves {o.fmt(1)} %", tags=tag))
-        out.append(_success_claim(pr, env, "oracle", espo, f"{p} {n}'s final policy succeeds more often than the "
+        out.append(success_claim(pr, env, "oracle", espo, f"{p} {n}'s final policy succeeds more often than the "
                                   "oracle's", tag))
     else:
         out.append(f"{p} closeness to the oracle: not evaluated (no oracle runs)")

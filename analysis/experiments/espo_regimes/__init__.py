@@ -1,0 +1,1 @@
+"""ESPO phase diagram: derailment x recovery on the planted-failure env."""

@@ -1,0 +1,129 @@
+"""Scores and verdicts of the ESPO phase diagram, from the run table and the per-row table.
+
+Every per-run quantity is the ESPO headline's (:func:`analysis.experiments.espo_headline.analysis.per_run`:
+the same definitions, paired with the PPO run of the same cell and seed), with the cell's axis values
+(``derail`` R, ``recovery`` rate) beside it, and one measured regime statistic:
+
+- ``measured_R`` (PPO runs only, from ``rows.jsonl``): the mean length of doomed finished rows divided by
+  the mean length of successful ones, over the second half of training: the knob's ``R`` as the trained
+  policy realises it (the cap ``rollout.max_len`` and the policy's own EOS make it differ from the knob).
+
+Verdicts, for each cell and each ESPO variant (current, paper): it saves more than 20% of PPO's rollout
+tokens; its final policy (no-stop evaluation) succeeds more often than PPO's; random truncation matched to
+its stop rate ends with a worse policy than it. Context lines (not tested): PPO's reliability, the
+oracle's saving (the room any detector has) and ``measured_R``. The whole diagram is one family
+(Holm over every cell's claims, :mod:`analysis.stats`), so a cell's "yes" is corrected for the others.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from analysis.experiments.espo_headline import analysis as headline
+from analysis.experiments.espo_regimes import sweep
+from analysis.plots import ordered
+from analysis.stats import Claim, Verdicts, decide_family, family_note, mean_ci
+
+BASELINE = headline.BASELINE
+SAVING_CLAIM_PCT = headline.SAVING_CLAIM_PCT
+ROOM_PCT = 40.0
+"""The issue's bar for a regime with room for a detector: the oracle saves at least this much of PPO's tokens."""
+ESPOS = headline.ESPOS
+NAMES = headline.NAMES
+COLUMNS = ["env", "derail", "recovery", "method", "n", "reliable", "nostop_success", "nostop_vs_ppo",
+           "tokens_saved_pct", "stop_rate", "precision", "saving_vs_oracle", "measured_R"]
+
+
+def measured_R(rows: pd.DataFrame, frac: float = 0.5) -> float:
+    """Mean doomed length / mean successful length over the last ``frac`` of a run's steps (NaN if either is empty)."""
+    if rows is None or not len(rows):
+        return math.nan
+    late = rows[rows["step"] >= rows["step"].max() * (1 - frac)]
+    doomed, ok = late[late["doomed"]], late[late["success"].astype(bool)]
+    if not len(doomed) or not len(ok):
+        return math.nan
+    return float(doomed["length"].mean() / ok["length"].mean())
+
+
+def per_run(df: pd.DataFrame, rows: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The headline's per-run table for the diagram's runs, with ``derail``, ``recovery`` and ``measured_R``."""
+    pr = headline.per_run(df, rows)
+    axes = [sweep.axis_values(e) for e in pr["env"]]
+    pr.insert(1, "derail", [a[0] for a in axes])
+    pr.insert(2, "recovery", [a[1] for a in axes])
+    by_run = {str(k): g for k, g in rows.groupby("run", sort=False)} if rows is not None and len(rows) else {}
+    pr["measured_R"] = [measured_R(by_run.get(r)) if m == BASELINE else math.nan for r, m in zip(pr["run"], pr["method"])]
+    return pr
+
+
+def score(pr: pd.DataFrame) -> pd.DataFrame:
+    """One row per (cell, method): the headline's summary plus ``measured_R`` and the cell's axis values."""
+    table = headline.summarize(pr)
+    for k in ("measured_R",):
+        vals = {(e, m): mean_ci(g[k].tolist()) for (e, m), g in pr.groupby(["env", "method"])}
+        table[k] = [vals[(e, m)].mean for e, m in zip(table["env"], table["method"])]
+        table[f"{k}_lo"] = [vals[(e, m)].low for e, m in zip(table["env"], table["method"])]
+        table[f"{k}_hi"] = [vals[(e, m)].high for e, m in zip(table["env"], table["method"])]
+    axes = [sweep.axis_values(e) for e in table["env"]]
+    table.insert(1, "derail", [a[0] for a in axes])
+    table.insert(2, "recovery", [a[1] for a in axes])
+    order = {e: i for i, e in enumerate(sweep.ENVS)}
+    return table.sort_values(["env"], key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
+
+
+def cells(pr: pd.DataFrame) -> list[str]:
+    return ordered(pr["env"], list(sweep.ENVS))
+
+
+def claims(pr: pd.DataFrame) -> list:
+    """Context lines and claims, cell by cell; every claim of the diagram decided as one family."""
+    items: list = []
+    for env in cells(pr):
+        R, rep = sweep.axis_values(env)
+        p = f"[R={R:g}, recovery {rep:g}]"
+        has = set(pr.loc[pr["env"] == env, "method"])
+        ppo = pr[(pr["env"] == env) & (pr["method"] == BASELINE)]
+        if len(ppo):
+            ok = int((ppo["final_success"] >= headline.RELIABLE_SUCCESS).sum())
+            items.append(f"{p} PPO's final success >= {headline.RELIABLE_SUCCESS:g} on {ok} of {len(ppo)} seeds "
+                         f"(mean {mean_ci(ppo['final_success'].tolist()).fmt()}); measured R (doomed / successful "
+                         f"length, second half) {mean_ci(ppo['measured_R'].tolist()).fmt()}")
+        if "oracle" in has:
+            o = headline.seed_mean(pr, env, "tokens_saved_pct", "oracle")
+            room = "room for a detector" if o.mean >= ROOM_PCT else f"less than the {ROOM_PCT:g}% room the issue asks"
+            items.append(f"{p} the oracle saves {o.fmt(1)} % of PPO's tokens ({room})")
+        if BASELINE not in has:
+            continue
+        for espo in [e for e in ESPOS if e in has]:
+            n, tag = NAMES[espo], {"env": env, "method": espo}
+            saved = headline.seed_mean(pr, env, "tokens_saved_pct", espo, null=SAVING_CLAIM_PCT)
+            items.append(Claim(f"{p} {n} saves >{SAVING_CLAIM_PCT:g}% of PPO's rollout tokens", saved,
+                               f"saved {saved.fmt(1)} %, n={saved.n}", tags=tag))
+            items.append(headline.success_claim(pr, env, BASELINE, espo, f"{p} {n}'s final policy succeeds more "
+                                                 "often than PPO's", tag))
+            rnd = ESPOS[espo]
+            if rnd in has:
+                items.append(headline.success_claim(pr, env, rnd, espo, f"{p} random truncation matched to {n} "
+                                                     f"ends with a worse policy than {n}", tag))
+    decide_family([c for c in items if isinstance(c, Claim)])
+    return items
+
+
+def verdicts(pr: pd.DataFrame) -> Verdicts:
+    items = claims(pr)
+    cs = [c for c in items if isinstance(c, Claim)]
+    return Verdicts([c.line() if isinstance(c, Claim) else c for c in items]
+                    + ([family_note(cs, "this diagram")] if cs else []), cs)
+
+
+def word_grid(pr: pd.DataFrame, items: list, method: str, kind: str) -> dict[str, str]:
+    """Cell -> the verdict word of ``method``'s claim of ``kind`` (``saves``, ``vs_ppo``, ``vs_random``)."""
+    key = {"saves": "saves >", "vs_ppo": "succeeds more often than PPO", "vs_random": "random truncation matched"}[kind]
+    out = {}
+    for c in items:
+        if isinstance(c, Claim) and c.tags.get("method") == method and key in c.text:
+            out[c.tags["env"]] = c.word
+    return out

@@ -1,0 +1,47 @@
+"""The ESPO phase diagram's report: scores per cell, verdicts, heatmaps, ``report.md``, ``scores.csv`` and
+``verdicts.csv``, from the run directories of :func:`analysis.experiments.espo_regimes.sweep.grids`
+(``testbed demo --study espo_regimes``)."""
+
+from __future__ import annotations
+
+import time
+
+from analysis.experiments import FAMILY_TEXT, StudyRun, report_head, write_report
+from analysis.experiments.espo_regimes import analysis, figures, sweep
+from analysis.plots import build_figures, markdown_table, save_figures, text_table
+from analysis.runs import load_many_rows, load_runs
+
+
+def write(run: StudyRun) -> None:
+    root, run_dirs = run.root, run.run_dirs
+    df = load_runs(run_dirs, axes=sweep.AXES)
+    pr = analysis.per_run(df, load_many_rows(run_dirs))
+    table = analysis.score(pr)
+    lines_read = analysis.verdicts(pr)
+    items = lines_read.claims
+    for kind in ("saves", "vs_ppo", "vs_random"):
+        words = {m: analysis.word_grid(pr, items, m, kind) for m in analysis.ESPOS}
+        table[f"verdict_{kind}"] = [words.get(m, {}).get(e, "") for e, m in zip(table["env"], table["method"])]
+    shown = table[[c for c in table.columns if c in analysis.COLUMNS
+                   or c.rsplit("_", 1)[0] in analysis.COLUMNS and not c.endswith(("_p", "_std"))]]
+    print(text_table(shown), "", *lines_read, sep="\n")
+    errors: list[str] = []
+    figs = save_figures(build_figures(figures.PLOTS, table, errors), root)
+    elapsed = time.time() - run.started
+    seeds = sorted(df["label/seed"].unique().tolist())
+    lines = [
+        *report_head("# ESPO phase diagram: derailment x recovery", quick=run.quick, workers=run.workers,
+                     command=run.command, elapsed=elapsed),
+        "## Settings", "",
+        f"- env `{sweep.ENV_ID}` (16 problems, L = 12, 2 critical positions), `rollout.max_len` {sweep.MAX_LEN}; cells: "
+        + ", ".join(f"`{e}`" for e in analysis.cells(pr)) + f" (R: a doomed row runs on to an expected R x "
+        f"(L + 1) tokens; recovery: the chance a fatal step can be repaired by REVISE at a {sweep.REPAIR_COST}-token cost)",
+        f"- methods: {', '.join(sweep.METHODS)} (the ESPO headline's presets as they are); seeds {seeds}", "",
+        "## Scores (mean [95% Student-t interval] over seeds; differences paired by seed)", "",
+        markdown_table(shown), "",
+        "## Reading", "",
+        FAMILY_TEXT, "",
+        *[f"- {x}" for x in lines_read], "",
+    ]
+    write_report(root, lines, table=table, verdicts=lines_read, figs=figs, errors=errors, analysis_module=analysis,
+                 plots=figures.PLOTS, elapsed=elapsed)

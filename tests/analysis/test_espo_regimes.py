@@ -1,0 +1,63 @@
+"""The ESPO phase diagram: its grid, the measured R by hand, and verdicts cell by cell on runs with known numbers."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from analysis.experiments.espo_regimes import analysis as regimes
+from analysis.experiments.espo_regimes import sweep
+from analysis.runs import load_runs
+from testbed.ops import sweep as ops_sweep
+from tests.analysis.test_analysis import make_run
+
+N = 8
+
+
+def test_grid_cells_methods_and_matched_randoms(tmp_path):
+    _, specs = ops_sweep.expand(sweep.spec(tmp_path / "runs"))
+    by = {s.name: s for s in specs}
+    assert len(by) == len(sweep.METHODS) * len(sweep.DERAIL) * len(sweep.REPAIR) * len(sweep.SEEDS)
+    task = by["espo_paper-R3_rep0.5-s4"].config["task"]
+    assert task["env_id"] == sweep.ENV_ID and task["env_kwargs"] == {"derail": 3.0, "repair_prob": 0.5, "repair_cost": 3}
+    assert by["random_paper-R1_rep0-s2"].config["stop"]["reference_run"] == str(tmp_path / "runs" / "espo_paper-R1_rep0-s2")
+    assert sweep.axis_values("R3_rep0.5") == (3.0, 0.5)
+    _, full = ops_sweep.expand(sweep.spec(tmp_path / "runs", full=True))
+    assert len(full) == len(sweep.METHODS) * 9 * len(sweep.FULL_SEEDS)
+
+
+def test_measured_R_by_hand():
+    rows = pd.DataFrame({"step": [0, 0, 6, 8, 9, 10], "length": [99, 99, 30, 10, 14, 40],
+                         "doomed": [True, False, True, False, False, True], "success": [0, 1, 0, 1, 1, 0]})
+    # second half of steps 0..10: steps >= 5; doomed mean (30 + 40) / 2, successful (10 + 14) / 2
+    assert regimes.measured_R(rows) == pytest.approx(35 / 12)
+    assert pd.isna(regimes.measured_R(rows[rows["doomed"]]))
+
+
+def _nostop(d, success):
+    (d / "final_eval_nostop.json").write_text(json.dumps({"rows": 2048, "success": success, "step": 20}))
+
+
+def test_verdicts_cell_by_cell_over_one_family(tmp_path):
+    # R3: ESPO saves 30% (above 20) and beats PPO; R1: it saves 10% (below) and loses to PPO
+    for cell, saved, gap in (("R3_rep0", 0.3, 0.05), ("R1_rep0", 0.1, -0.05)):
+        for s in range(N):
+            w = 0.01 * (s % 3)
+            _nostop(make_run(tmp_path, f"ppo-{cell}-s{s}"), 0.6 + w)
+            _nostop(make_run(tmp_path, f"espo-{cell}-s{s}", tokens=100 * (1 - saved - w / 10), rule="espo"),
+                    0.6 + w + gap)
+            _nostop(make_run(tmp_path, f"random-{cell}-s{s}", rule="random"), 0.6 + w)
+    df = load_runs(sorted(p for p in tmp_path.iterdir()), axes=sweep.AXES)
+    pr = regimes.per_run(df, None)
+    assert set(pr["derail"]) == {1.0, 3.0}
+    v = regimes.verdicts(pr)
+    words = {k: regimes.word_grid(pr, v.claims, "espo", k) for k in ("saves", "vs_ppo", "vs_random")}
+    assert words["saves"] == {"R3_rep0": "yes", "R1_rep0": "no"}
+    assert words["vs_ppo"] == {"R3_rep0": "yes", "R1_rep0": "no"}
+    assert words["vs_random"]["R3_rep0"] == "yes"
+    assert all(c.p_holm >= c.iv.p for c in v.claims)  # corrected over the whole diagram
+    assert "6 claims" in v[-1]
+    table = regimes.score(pr)
+    assert list(dict.fromkeys(table["env"])) == ["R1_rep0", "R3_rep0"]  # the sweep's order
