@@ -16,6 +16,12 @@ from tests.analysis.test_analysis import make_run
 N = 8
 
 
+def COUNTS(k):
+    """The cost model's counters of one step: the same for every run, so PPO's cost is known."""
+    return {"gen/decode_steps": 10, "gen/value_steps": 0, "gen/kv_row_tokens": 500, "gen/prefill_tokens": 8,
+            "tokens/actor_forward": 100, "tokens/critic": 100, "updates/actor": 2, "updates/critic": 2}
+
+
 def test_grid_cells_methods_and_matched_randoms(tmp_path):
     _, specs = ops_sweep.expand(sweep.spec(tmp_path / "runs"))
     by = {s.name: s for s in specs}
@@ -45,13 +51,16 @@ def test_verdicts_cell_by_cell_over_one_family(tmp_path):
     for cell, saved, gap in (("R3_rep0", 0.3, 0.05), ("R1_rep0", 0.1, -0.05)):
         for s in range(N):
             w = 0.01 * (s % 3)
-            _nostop(make_run(tmp_path, f"ppo-{cell}-s{s}"), 0.6 + w)
+            _nostop(make_run(tmp_path, f"ppo-{cell}-s{s}", extra=COUNTS), 0.6 + w)
             _nostop(make_run(tmp_path, f"espo-{cell}-s{s}", tokens=100 * (1 - saved - w / 10), rule="espo"),
                     0.6 + w + gap)
             _nostop(make_run(tmp_path, f"random-{cell}-s{s}", rule="random"), 0.6 + w)
     df = load_runs(sorted(p for p in tmp_path.iterdir()), axes=sweep.AXES)
     pr = regimes.per_run(df, None)
     assert set(pr["derail"]) == {1.0, 3.0}
+    ppo = pr[pr["method"] == "ppo"]
+    assert (ppo["cost_saved_pct"] == 0).all() and ppo["gen_share"].between(0, 1).all()
+    assert pr[pr["method"] == "espo"]["cost_saved_pct"].isna().all()  # no counters logged: not priced
     v = regimes.verdicts(pr)
     words = {k: regimes.word_grid(pr, v.claims, "espo", k) for k in ("saves", "vs_ppo", "vs_random")}
     assert words["saves"] == {"R3_rep0": "yes", "R1_rep0": "no"}
@@ -61,3 +70,16 @@ def test_verdicts_cell_by_cell_over_one_family(tmp_path):
     assert "6 claims" in v[-1]
     table = regimes.score(pr)
     assert list(dict.fromkeys(table["env"])) == ["R1_rep0", "R3_rep0"]  # the sweep's order
+
+
+def test_paper_like_preset_is_the_diagram_cell(tmp_path):
+    from dataclasses import asdict
+
+    from analysis.experiments.espo_headline.sweep import REPO
+    from testbed import config as config_mod
+
+    _, specs = ops_sweep.expand(sweep.spec(tmp_path / "runs"))
+    cell = {s.name: s for s in specs}["espo_paper-R3_rep0.5-s0"].config
+    preset = asdict(config_mod.load(REPO / "configs" / "regimes" / "espo_paper_like.yaml"))
+    for section in ("task", "model", "rollout", "algo", "stop"):
+        assert preset[section] == cell[section], section

@@ -7,6 +7,10 @@ the same definitions, paired with the PPO run of the same cell and seed), with t
 - ``measured_R`` (PPO runs only, from ``rows.jsonl``): the mean length of doomed finished rows divided by
   the mean length of successful ones, over the second half of training: the knob's ``R`` as the trained
   policy realises it (the cap ``rollout.max_len`` and the policy's own EOS make it differ from the knob).
+- ``gen_share`` and ``cost_saved_pct`` (from the cost model, :mod:`analysis.cost_model`, priced with its
+  GPU projection, Qwen2.5-7B on one H200): generation's share of a run's projected cost, and
+  ``100 * (1 - cost / PPO's cost)`` paired by seed: what the tokens saved are worth once training's cost
+  (which a stop barely changes) is counted (Amdahl's law for ESPO).
 
 Verdicts, for each cell and each ESPO variant (current, paper): it saves more than 20% of PPO's rollout
 tokens; its final policy (no-stop evaluation) succeeds more often than PPO's; random truncation matched to
@@ -21,6 +25,7 @@ import math
 
 import pandas as pd
 
+from analysis import cost_model
 from analysis.experiments.espo_headline import analysis as headline
 from analysis.experiments.espo_regimes import sweep
 from analysis.plots import ordered
@@ -33,7 +38,10 @@ ROOM_PCT = 40.0
 ESPOS = headline.ESPOS
 NAMES = headline.NAMES
 COLUMNS = ["env", "derail", "recovery", "method", "n", "reliable", "nostop_success", "nostop_vs_ppo",
-           "tokens_saved_pct", "stop_rate", "precision", "saving_vs_oracle", "measured_R"]
+           "tokens_saved_pct", "cost_saved_pct", "gen_share", "stop_rate", "precision", "saving_vs_oracle",
+           "measured_R"]
+EXTRA = ("measured_R", "gen_share", "cost_saved_pct")
+"""Per-run quantities of this study beside the headline's."""
 
 
 def measured_R(rows: pd.DataFrame, frac: float = 0.5) -> float:
@@ -55,13 +63,28 @@ def per_run(df: pd.DataFrame, rows: pd.DataFrame | None = None) -> pd.DataFrame:
     pr.insert(2, "recovery", [a[1] for a in axes])
     by_run = {str(k): g for k, g in rows.groupby("run", sort=False)} if rows is not None and len(rows) else {}
     pr["measured_R"] = [measured_R(by_run.get(r)) if m == BASELINE else math.nan for r, m in zip(pr["run"], pr["method"])]
-    return pr
+    units = cost_model.gpu_projection()
+    costs = {}
+    for name, r in df.groupby("run", sort=False):
+        try:
+            p = cost_model.price(cost_model.counts(r), units)
+            costs[str(name)] = (float(p["total"].sum()), float(p["gen"].sum()))
+        except ValueError:  # a run from before the cost model's counters
+            costs[str(name)] = (math.nan, math.nan)
+    total = [costs.get(str(r), (math.nan, math.nan))[0] for r in pr["run"]]
+    pr["gen_share"] = [costs.get(str(r), (math.nan, math.nan))[1] / t if t > 0 else math.nan
+                       for r, t in zip(pr["run"], total)]
+    pr["_cost"] = total
+    ref = {(e, s): c for e, s, m, c in zip(pr["env"], pr["seed"], pr["method"], total) if m == BASELINE}
+    pr["cost_saved_pct"] = [100 * (1 - c / ref[(e, s)]) if (e, s) in ref and ref[(e, s)] > 0 else math.nan
+                            for e, s, c in zip(pr["env"], pr["seed"], total)]
+    return pr.drop(columns=["_cost"])
 
 
 def score(pr: pd.DataFrame) -> pd.DataFrame:
     """One row per (cell, method): the headline's summary plus ``measured_R`` and the cell's axis values."""
     table = headline.summarize(pr)
-    for k in ("measured_R",):
+    for k in EXTRA:
         vals = {(e, m): mean_ci(g[k].tolist()) for (e, m), g in pr.groupby(["env", "method"])}
         table[k] = [vals[(e, m)].mean for e, m in zip(table["env"], table["method"])]
         table[f"{k}_lo"] = [vals[(e, m)].low for e, m in zip(table["env"], table["method"])]
@@ -93,7 +116,10 @@ def claims(pr: pd.DataFrame) -> list:
         if "oracle" in has:
             o = headline.seed_mean(pr, env, "tokens_saved_pct", "oracle")
             room = "room for a detector" if o.mean >= ROOM_PCT else f"less than the {ROOM_PCT:g}% room the issue asks"
-            items.append(f"{p} the oracle saves {o.fmt(1)} % of PPO's tokens ({room})")
+            oc = headline.seed_mean(pr, env, "cost_saved_pct", "oracle")
+            share = mean_ci(pr[(pr["env"] == env) & (pr["method"] == BASELINE)]["gen_share"].tolist())
+            items.append(f"{p} the oracle saves {o.fmt(1)} % of PPO's tokens ({room}); in projected cost "
+                         f"(H200, 7B) {oc.fmt(1)} %, generation being {share.fmt(2)} of PPO's projected cost")
         if BASELINE not in has:
             continue
         for espo in [e for e in ESPOS if e in has]:
