@@ -156,7 +156,7 @@ def counts(run: pd.DataFrame) -> pd.DataFrame:
 
     Raises if the run predates the counters (``gen/kv_row_tokens``): pricing it would undercount."""
     r = run.sort_values("step")
-    if len(r) and "gen/kv_row_tokens" not in r:
+    if len(r) and ("gen/kv_row_tokens" not in r or r["gen/kv_row_tokens"].isna().all()):  # NaN: a joined table
         raise ValueError("the run lacks gen/kv_row_tokens (it predates the cost model's counters): rerun it")
     out = pd.DataFrame({"step": r["step"].to_numpy()})
     for name, cols in COUNT_COLUMNS.items():
