@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
@@ -132,6 +133,7 @@ class HFBackend:
         seed: int = 0,
         head_init_std: float | None = None,
         shared_prefix: bool = True,
+        lora: dict | None = None,
     ):
         if critic not in CRITIC_LAYOUTS:
             raise ValueError(f"critic must be one of {CRITIC_LAYOUTS}, got {critic!r}")
@@ -153,8 +155,11 @@ class HFBackend:
                     ValueModel.from_policy(policy, head_init_std).eval())
             else:
                 self.critic_impl = HeadCritic(ValueHead(hidden, head_init_std).to(self.device), self._trunk)
+        # LoRA after the critic is built: a separate critic copies the base weights, not the adapters
+        self.peft_model = apply_lora(self.policy, lora) if lora else None
         self.reference: nn.Module | None = None
-        if reference:
+        self.reference_adapters_off = bool(reference and self.peft_model is not None)
+        if reference and self.peft_model is None:
             self.reference = copy.deepcopy(policy).eval()
             self.reference.requires_grad_(False)
         if self.gradient_checkpointing:
@@ -454,6 +459,9 @@ class HFBackend:
         self, prompts: Sequence[Sequence[int]], tokens: Tensor, mask: Tensor, *, temperature: float
     ) -> Tensor:
         """(B, T) log-probs of ``tokens`` under the frozen initial policy (needs ``reference=True``)."""
+        if self.reference_adapters_off:  # the base model is the initial policy: no second copy
+            with torch.no_grad(), self.peft_model.disable_adapter():
+                return self._response_logprobs(self.policy, prompts, tokens, mask, temperature)[0]
         if self.reference is None:
             raise RuntimeError("reference_forward needs a reference model (model.reference=true)")
         return self._response_logprobs(self.reference, prompts, tokens, mask, temperature)[0]
@@ -484,12 +492,21 @@ class HFBackend:
         names = {n for n, _ in module.named_parameters()} | {n for n, _ in module.named_buffers()}
         return {k: v for k, v in module.state_dict().items() if k in names}
 
+    def _state(self, prefix: str, module: nn.Module) -> dict[str, Tensor]:
+        """What a checkpoint holds of one module: with LoRA, the policy's adapters only (the base
+        weights are rebuilt from the model path, as the reference is)."""
+        state = self._own_state(module)
+        if prefix == "policy" and self.peft_model is not None:
+            state = {k: v for k, v in state.items() if "lora_" in k}
+        return state
+
     def state_dict(self) -> dict[str, Tensor]:
         """Policy, critic and value head weights under ``policy.``, ``critic.``, ``value_head.``
-        (the frozen reference is rebuilt from the model path and is not included)."""
+        (the frozen reference is rebuilt from the model path and is not included; with LoRA the
+        policy's part is its adapters)."""
         out: dict[str, Tensor] = {}
         for prefix, module in self._modules().items():
-            out.update({f"{prefix}.{k}": v for k, v in self._own_state(module).items()})
+            out.update({f"{prefix}.{k}": v for k, v in self._state(prefix, module).items()})
         return out
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
@@ -506,7 +523,7 @@ class HFBackend:
         if unknown:
             raise KeyError(f"unexpected keys for this backend's layout: {unknown[:5]}")
         for prefix, module in mods.items():
-            expected = set(self._own_state(module))
+            expected = set(self._state(prefix, module))
             missing = expected - set(parts[prefix])
             if missing:
                 raise KeyError(f"missing {prefix} keys: {sorted(missing)[:5]}")
@@ -517,9 +534,44 @@ class HFBackend:
     def save_pretrained(self, directory: str, tokenizer: Any = None) -> None:
         """The policy as a transformers checkpoint (plus ``tokenizer`` if given)."""
         with quiet_progress():
-            self.policy.save_pretrained(directory)
+            if self.peft_model is None:
+                self.policy.save_pretrained(directory)
+            else:  # the merged model loads anywhere; the adapters alone beside it, for peft users
+                copy.deepcopy(self.peft_model).merge_and_unload().save_pretrained(directory)
+                self.peft_model.save_pretrained(str(Path(directory) / "adapter"))
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)
+
+
+LORA_KEYS = {"r": 8, "alpha": 16.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "dropout": 0.0}
+"""``model.lora`` keys and their defaults."""
+
+
+def apply_lora(policy: nn.Module, spec: dict) -> Any:
+    """Inject LoRA adapters (``peft``) into ``policy`` in place, freeze its other weights, and return the
+    ``PeftModel`` around it (its ``disable_adapter()`` gives the base model back). ``spec``: ``model.lora``."""
+    unknown = set(spec) - set(LORA_KEYS)
+    if unknown:
+        raise ValueError(f"model.lora: unknown key(s) {sorted(unknown)}; known: {sorted(LORA_KEYS)}")
+    s = {**LORA_KEYS, **spec}
+    if not isinstance(s["r"], int) or s["r"] < 1:
+        raise ValueError(f"model.lora.r: must be an integer >= 1, got {s['r']!r}")
+    if not float(s["alpha"]) > 0:
+        raise ValueError(f"model.lora.alpha: must be > 0, got {s['alpha']!r}")
+    if not 0 <= float(s["dropout"]) < 1:
+        raise ValueError(f"model.lora.dropout: must be in [0, 1), got {s['dropout']!r}")
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ImportError("model.lora needs peft: pip install -e '.[llm]'") from None
+    targets = list(s["target_modules"])
+    names = {n.rsplit(".", 1)[-1] for n, m in policy.named_modules() if isinstance(m, nn.Linear)}
+    missing = [t for t in targets if t not in names]
+    if missing:
+        raise ValueError(f"model.lora.target_modules: {missing} are not linear layers of this model; it has {sorted(names)}")
+    cfg = LoraConfig(r=s["r"], lora_alpha=float(s["alpha"]), lora_dropout=float(s["dropout"]), target_modules=targets,
+                     bias="none")
+    return get_peft_model(policy, cfg)
 
 
 def make_backend(model_cfg: Any, task: Any, *, seed: int) -> HFBackend:
@@ -534,6 +586,7 @@ def make_backend(model_cfg: Any, task: Any, *, seed: int) -> HFBackend:
         gradient_checkpointing=bool(model_cfg.gradient_checkpointing),
         seed=seed,
         shared_prefix=bool(model_cfg.shared_prefix),
+        lora=dict(model_cfg.lora or {}),
     )
     if int(task.vocab_size) > backend.vocab_size:
         raise ValueError(f"task vocabulary ({task.vocab_size}) exceeds the model's ({backend.vocab_size})")

@@ -119,6 +119,10 @@ class ModelSection:
     shared_prefix: bool = True
     """hf: compute the rows' common prompt prefix (system message, one-shot example; a GRPO group's
     whole prompt) once in decoding and training; false: plain full-sequence forwards."""
+    lora: dict = field(default_factory=dict)
+    """hf: train LoRA adapters (``peft``) instead of every policy weight: ``{r, alpha, target_modules,
+    dropout}`` (empty: full fine-tuning). The KL reference is then the base model with the adapters
+    off (no second copy); checkpoints hold the adapters; ``save_pretrained`` writes the merged model."""
 
 
 @dataclass
