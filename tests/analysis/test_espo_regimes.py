@@ -52,7 +52,8 @@ def test_verdicts_cell_by_cell_over_one_family(tmp_path):
         for s in range(N):
             w = 0.01 * (s % 3)
             _nostop(make_run(tmp_path, f"ppo-{cell}-s{s}", extra=COUNTS), 0.6 + w)
-            _nostop(make_run(tmp_path, f"espo-{cell}-s{s}", tokens=100 * (1 - saved - w / 10), rule="espo"),
+            _nostop(make_run(tmp_path, f"espo-{cell}-s{s}", tokens=100 * (1 - saved - w / 10), rule="espo",
+                             extra=(lambda k: {**COUNTS(k), "gen/decode_steps": 5}) if cell == "R3_rep0" else None),
                     0.6 + w + gap)
             _nostop(make_run(tmp_path, f"random-{cell}-s{s}", rule="random"), 0.6 + w)
     df = load_runs(sorted(p for p in tmp_path.iterdir()), axes=sweep.AXES)
@@ -60,7 +61,12 @@ def test_verdicts_cell_by_cell_over_one_family(tmp_path):
     assert set(pr["derail"]) == {1.0, 3.0}
     ppo = pr[pr["method"] == "ppo"]
     assert (ppo["cost_saved_pct"] == 0).all() and ppo["gen_share"].between(0, 1).all()
-    assert pr[pr["method"] == "espo"]["cost_saved_pct"].isna().all()  # no counters logged: not priced
+    espo = pr[pr["method"] == "espo"].set_index("env")["cost_saved_pct"]
+    assert espo["R1_rep0"].isna().all() and (espo["R3_rep0"] > 0).all()  # R1: no counters logged, not priced
+    sens = regimes.cost_sensitivity(df, pr, "R3_rep0", "espo").set_index("constant")
+    assert sens.loc["decode_step", "x2"] > sens.loc["decode_step", "base"] > sens.loc["decode_step", "x0.5"] > 0
+    assert sens.loc["update", "x2"] < sens.loc["update", "base"]  # a cost both pay alike dilutes the saving
+    assert regimes.cost_sensitivity(df, pr, "R1_rep0", "espo").empty
     v = regimes.verdicts(pr)
     words = {k: regimes.word_grid(pr, v.claims, "espo", k) for k in ("saves", "vs_ppo", "vs_random")}
     assert words["saves"] == {"R3_rep0": "yes", "R1_rep0": "no"}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from analysis import cost_model
@@ -79,6 +80,41 @@ def per_run(df: pd.DataFrame, rows: pd.DataFrame | None = None) -> pd.DataFrame:
     pr["cost_saved_pct"] = [100 * (1 - c / ref[(e, s)]) if (e, s) in ref and ref[(e, s)] > 0 else math.nan
                             for e, s, c in zip(pr["env"], pr["seed"], total)]
     return pr.drop(columns=["_cost"])
+
+
+def _run_counts(df: pd.DataFrame) -> dict[str, pd.Series]:
+    """Run name -> its cost-model counts summed over steps (runs without the counters left out)."""
+    out = {}
+    for name, r in df.groupby("run", sort=False):
+        try:
+            out[str(name)] = cost_model.counts(r).drop(columns=["step"]).sum()
+        except ValueError:
+            continue
+    return out
+
+
+def cost_sensitivity(df: pd.DataFrame, pr: pd.DataFrame, env: str, method: str,
+                     units: cost_model.UnitCosts | None = None) -> pd.DataFrame:
+    """``method``'s cost saved against PPO (%, mean over the seeds of ``env`` where both have counts) at the
+    given unit costs (default: the GPU projection) and with each constant halved and doubled."""
+    counts = _run_counts(df)
+    g = pr[pr["env"] == env]
+    pairs = []
+    for seed in sorted(set(g["seed"])):
+        m = g[(g["method"] == method) & (g["seed"] == seed)]["run"]
+        b = g[(g["method"] == BASELINE) & (g["seed"] == seed)]["run"]
+        if len(m) and len(b) and str(m.iloc[0]) in counts and str(b.iloc[0]) in counts:
+            pairs.append((counts[str(m.iloc[0])], counts[str(b.iloc[0])]))
+    if not pairs:
+        return pd.DataFrame()
+
+    def total(c: pd.Series, u: cost_model.UnitCosts) -> float:
+        return float(cost_model.price(pd.DataFrame([{"step": 0, **c.to_dict()}]), u)["total"].iloc[0])
+
+    def saved(u: cost_model.UnitCosts) -> float:
+        return float(np.mean([100 * (1 - total(cm, u) / total(cb, u)) for cm, cb in pairs]))
+
+    return cost_model.sensitivity(saved, units or cost_model.gpu_projection())
 
 
 def score(pr: pd.DataFrame) -> pd.DataFrame:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+from analysis import cost_model
 from analysis.experiments import FAMILY_TEXT, StudyRun, report_head, write_report
 from analysis.experiments.espo_regimes import analysis, figures, sweep
 from analysis.plots import build_figures, markdown_table, save_figures, text_table
@@ -25,6 +26,17 @@ def write(run: StudyRun) -> None:
     shown = table[[c for c in table.columns if c in analysis.COLUMNS
                    or c.rsplit("_", 1)[0] in analysis.COLUMNS and not c.endswith(("_p", "_std"))]]
     print(text_table(shown), "", *lines_read, sep="\n")
+    sens = []
+    paper_cell = sweep.cell_name(*sweep.PAPER_LIKE)
+    for label, units in (("H200 projection", cost_model.gpu_projection()), ("this CPU, measured", cost_model.measured())):
+        if units is None:
+            sens += [f"- {label}: no `docs/cost_units.json` (run `PYTHONPATH=. python bench/cost_units.py` alone)", ""]
+            continue
+        t = analysis.cost_sensitivity(df, pr, paper_cell, "oracle", units)
+        if len(t):
+            sens += [f"{label} ({units.source}); constants: "
+                     + ", ".join(f"{k.removesuffix('_ms')} {v:.3g} ms" for k, v in cost_model.describe(units).items() if k != "source"), "",
+                     markdown_table(t.rename(columns={"base": "oracle's cost saved (%)"})), ""]
     errors: list[str] = []
     figs = save_figures(build_figures(figures.PLOTS, table, errors), root)
     elapsed = time.time() - run.started
@@ -42,6 +54,10 @@ def write(run: StudyRun) -> None:
         "## Reading", "",
         FAMILY_TEXT, "",
         *[f"- {x}" for x in lines_read], "",
+        f"## What the tokens are worth: the oracle's cost saved in the paper-like cell `{paper_cell}`", "",
+        "The cost model (`analysis/cost_model.py`) prices each run's logged counts; each row halves or doubles one "
+        "unit cost (the projection's assumptions are stated in its source line).", "",
+        *sens,
     ]
     write_report(root, lines, table=table, verdicts=lines_read, figs=figs, errors=errors, analysis_module=analysis,
                  plots=figures.PLOTS, elapsed=elapsed)

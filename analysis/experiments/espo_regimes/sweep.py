@@ -24,6 +24,9 @@ MAX_LEN = 128
 REPAIR_COST = 3
 DERAIL = (1.0, 3.0)
 REPAIR = (0.0, 0.5)
+PAPER_LIKE = (3.0, 0.5)
+"""The cell closest to ESPO's paper (doomed rows run long, some failures repairable):
+``configs/regimes/espo_paper_like.yaml``."""
 FULL_DERAIL = (1.0, 2.0, 3.0)
 FULL_REPAIR = (0.0, 0.25, 0.5)
 
