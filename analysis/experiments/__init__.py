@@ -30,6 +30,7 @@ REGISTRY: dict[str, str] = {
     "espo_mechanism": "analysis.experiments.espo_mechanism",
     "detector_bayes": "analysis.experiments.detector_bayes",
     "espo_regimes": "analysis.experiments.espo_regimes",
+    "tppo_regimes": "analysis.experiments.tppo_regimes",
 }
 """Study name -> package path. The one list of studies."""
 

@@ -1,0 +1,73 @@
+"""The T-PPO phase diagram: its grid, speed-ups priced by the cost model by hand, the regime checks and
+verdicts over one family, on runs with known numbers."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from analysis import cost_model
+from analysis.experiments.tppo_regimes import analysis as regimes
+from analysis.experiments.tppo_regimes import sweep
+from analysis.runs import load_runs
+from testbed.ops import sweep as ops_sweep
+from tests.analysis.test_analysis import make_run
+
+N, STEPS = 8, 20
+UNITS = {"gpu": cost_model.UnitCosts(1.0, 0.1, 0.001, 0.01, 0.05, 2.0), "cpu": None}
+
+
+def counts(decode_steps, length_max=30.0):
+    def extra(k):
+        rec = {"gen/decode_steps": decode_steps, "gen/value_steps": 0, "gen/kv_row_tokens": 1000,
+               "gen/prefill_tokens": 64, "tokens/actor_forward": 500, "tokens/critic": 500,
+               "updates/actor": 4, "updates/critic": 4, "length/max": length_max, "length/mean": 10.0,
+               "config/algo.epochs": 1}
+        if k % 5 == 4:
+            rec["eval/pass@1"] = min(0.9, 0.1 * (k + 1))  # 0.5, 0.9, 0.9, 0.9
+        return rec
+    return extra
+
+
+def test_grid(tmp_path):
+    _, specs = ops_sweep.expand(sweep.spec(tmp_path / "runs"))
+    by = {s.name: s for s in specs}
+    assert len(by) == len(sweep.METHODS) * len(sweep.TAILS) * len(sweep.SEEDS)
+    c = by["tppo_w32-tail8-s1"].config
+    assert c["tppo"]["window"] == 32 and c["run"]["steps"] == sweep.TPPO_STEPS and c["run"]["eval_every"] == sweep.EVAL_EVERY
+    assert c["task"]["env_kwargs"]["length_tail"] == 8.0 and by["ppo-tail2-s0"].config["tppo"]["enabled"] is False
+
+
+def test_speedups_regime_checks_and_verdicts(tmp_path):
+    for s in range(N):
+        make_run(tmp_path, f"ppo-tail8-s{s}", steps=STEPS, extra=counts(40))
+        make_run(tmp_path, f"tppo_w8-tail8-s{s}", steps=STEPS, extra=counts(8))
+    df = load_runs(sorted(tmp_path.iterdir()), axes=sweep.AXES)
+    pr = regimes.per_run(df, UNITS)
+    ppo = pr[pr["method"] == "ppo"].iloc[0]
+    assert ppo["final_eval"] == pytest.approx(0.9) and ppo["level"] == pytest.approx(0.81)
+    assert ppo["tail_ratio"] == pytest.approx(3.0)
+
+    def step_cost(S):
+        u = UNITS["gpu"]
+        return u.decode_step * S + u.decode_row * 50 + u.decode_kv * 1000 + u.prefill_token * 64 + \
+            u.train_token * 1000 + u.update * 8
+
+    # tokens/generated is make_run's 100 a step; both reach 0.81 at the evaluation of step 9 (10 steps)
+    u = UNITS["gpu"]
+    per = {S: step_cost(S) + u.decode_row * (100 - 50) for S in (40, 8)}
+    t = pr[pr["method"] == "tppo_w8"].iloc[0]
+    assert t["gpu_to_level"] == pytest.approx(10 * per[8])
+    assert t["speedup_gpu"] == pytest.approx(per[40] / per[8])
+    gen = u.decode_step * 40 + u.decode_row * 100 + u.decode_kv * 1000 + u.prefill_token * 64
+    assert ppo["gen_share"] == pytest.approx(gen / per[40]) and ppo["amdahl"] == pytest.approx(1 / (1 - gen / per[40]))
+    assert math.isnan(t["speedup_cpu"])  # no measured units given
+    v = regimes.verdicts(pr)
+    assert [c.word for c in v.claims if "projected cost" in c.text] == ["yes"]
+    assert [c.word for c in v.claims if "final evaluation is higher" in c.text][0].startswith("undecided")
+    assert "regime check" in v[0] and "Amdahl" in v[0]
+    table = regimes.score(pr)
+    assert table.set_index("method").loc["tppo_w8", "speedup_gpu"] == pytest.approx(per[40] / per[8])
+    assert isinstance(table, pd.DataFrame)
