@@ -251,6 +251,12 @@ class Verdicts(list):
         super().__init__(lines)
         self.claims = list(claims)
 
+    @classmethod
+    def of(cls, items: list, name: str = "this report") -> "Verdicts":
+        """Lines of ``items`` (decided :class:`Claim` s and context strings, in report order), the family note last."""
+        cs = [c for c in items if isinstance(c, Claim)]
+        return cls([c.line() if isinstance(c, Claim) else c for c in items] + ([family_note(cs, name)] if cs else []), cs)
+
 
 def smallest_p(n: int) -> float:
     """The smallest two-sided p-value the exact sign-flip test can give over ``n`` seeds (all signs alike)."""

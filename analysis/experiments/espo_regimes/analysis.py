@@ -30,7 +30,7 @@ from analysis import cost_model
 from analysis.experiments.espo_headline import analysis as headline
 from analysis.experiments.espo_regimes import sweep
 from analysis.plots import ordered
-from analysis.stats import Claim, Verdicts, decide_family, family_note, mean_ci
+from analysis.stats import Claim, Verdicts, decide_family, mean_ci
 
 BASELINE = headline.BASELINE
 SAVING_CLAIM_PCT = headline.SAVING_CLAIM_PCT
@@ -174,10 +174,8 @@ def claims(pr: pd.DataFrame) -> list:
 
 
 def verdicts(pr: pd.DataFrame) -> Verdicts:
-    items = claims(pr)
-    cs = [c for c in items if isinstance(c, Claim)]
-    return Verdicts([c.line() if isinstance(c, Claim) else c for c in items]
-                    + ([family_note(cs, "this diagram")] if cs else []), cs)
+    """The diagram's lines, decided as one family, the family note last."""
+    return Verdicts.of(claims(pr), "this diagram")
 
 
 def word_grid(pr: pd.DataFrame, items: list, method: str, kind: str) -> dict[str, str]:

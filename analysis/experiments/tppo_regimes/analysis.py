@@ -29,7 +29,7 @@ import pandas as pd
 from analysis import cost_model
 from analysis.experiments.tppo_regimes import sweep
 from analysis.plots import ordered
-from analysis.stats import Claim, Verdicts, decide_family, family_note, mean_ci, paired_diff_ci, ratio_ci
+from analysis.stats import Claim, Verdicts, decide_family, mean_ci, paired_diff_ci, ratio_ci
 
 BASELINE = "ppo"
 LEVEL_FRAC = 0.9
@@ -152,7 +152,5 @@ def claims(pr: pd.DataFrame) -> list:
 
 
 def verdicts(pr: pd.DataFrame) -> Verdicts:
-    items = claims(pr)
-    cs = [c for c in items if isinstance(c, Claim)]
-    return Verdicts([c.line() if isinstance(c, Claim) else c for c in items]
-                    + ([family_note(cs, "this diagram")] if cs else []), cs)
+    """The diagram's lines, decided as one family, the family note last."""
+    return Verdicts.of(claims(pr), "this diagram")
