@@ -10,12 +10,15 @@ Counts come from a run's ``metrics.jsonl`` (they do not depend on the machine's 
   plus k, so long and carried rows cost more per token;
 - ``P``: prefill tokens (``gen/prefill_tokens``): every row's context is encoded when a segment
   begins, carried rows' tokens again under the new weights (``gen/reprefill_tokens`` of them);
+- ``V``: critic values taken during decoding (``tokens/critic_decode``), priced as one forward token each
+  (what a critic of the policy's size costs when it values the rows in one pass after decoding; a value
+  gate needs them while decoding, which costs no less);
 - ``N``: training token-passes, one token forward and backward through one model: per epoch the
   actor's forwarded positions (``tokens/actor_forward``) and the critic's (``tokens/critic``), times
   ``algo.epochs``, plus T-PPO's forward that re-values finished rows (a third of a pass per token);
 - ``U``: optimizer steps (``updates/actor + updates/critic``).
 
-Cost of a step = ``a*S + b*R + k*K + p*P`` (generation) ``+ c*N + u*U`` (training). :class:`UnitCosts`
+Cost of a step = ``a*S + b*R + k*K + p*(P + V)`` (generation) ``+ c*N + u*U`` (training). :class:`UnitCosts`
 holds ``a, b, k, p, c, u``; :func:`measured` reads them from ``bench/cost_units.py``'s JSON (the LLM
 backend on this CPU), :func:`gpu_projection` derives them from a GPU's published peak figures and a
 model's shapes, with the efficiencies it assumes stated (a projection, not a measurement), and
@@ -138,7 +141,7 @@ def gpu_projection(gpu: GPU = H200, model: ModelShape = QWEN25_7B, **assumed: fl
 
 
 COUNT_COLUMNS = {"S": ("gen/decode_steps", "gen/value_steps"), "R": ("tokens/generated",),
-                 "K": ("gen/kv_row_tokens",), "P": ("gen/prefill_tokens",),
+                 "K": ("gen/kv_row_tokens",), "P": ("gen/prefill_tokens",), "V": ("tokens/critic_decode",),
                  "U": ("updates/actor", "updates/critic")}
 
 
@@ -152,7 +155,7 @@ def _config(run: pd.DataFrame, key: str, default):
 
 
 def counts(run: pd.DataFrame) -> pd.DataFrame:
-    """Per-step counts ``S, R, K, P, N, U`` (module docstring) of one run's steps, in step order.
+    """Per-step counts ``S, R, K, P, V, N, U`` (module docstring) of one run's steps, in step order.
 
     Raises if the run predates the counters (``gen/kv_row_tokens``): pricing it would undercount."""
     r = run.sort_values("step")
@@ -170,7 +173,7 @@ def counts(run: pd.DataFrame) -> pd.DataFrame:
 
 def price(c: pd.DataFrame, u: UnitCosts) -> pd.DataFrame:
     """Seconds per step: ``gen`` (decoding + prefill), ``train`` and ``total`` for counts ``c``."""
-    gen = u.decode_step * c["S"] + u.decode_row * c["R"] + u.decode_kv * c["K"] + u.prefill_token * c["P"]
+    gen = u.decode_step * c["S"] + u.decode_row * c["R"] + u.decode_kv * c["K"] + u.prefill_token * (c["P"] + c["V"])
     train = u.train_token * c["N"] + u.update * c["U"]
     return pd.DataFrame({"step": c["step"], "gen": gen, "train": train, "total": gen + train})
 

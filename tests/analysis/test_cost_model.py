@@ -16,7 +16,7 @@ def run_table(tppo=False, epochs=2):
     return pd.DataFrame({
         "step": [1, 0], "gen/decode_steps": [5, 10], "gen/value_steps": [1, 0], "tokens/generated": [20, 40],
         "gen/kv_row_tokens": [200, 300], "gen/prefill_tokens": [30, 16], "tokens/actor_forward": [20, 40],
-        "tokens/critic": [6, 12], "updates/actor": [4, 4], "updates/critic": [2, 0],
+        "tokens/critic": [6, 12], "updates/actor": [4, 4], "updates/critic": [2, 0], "tokens/critic_decode": [20, 0],
         "config/algo.epochs": [epochs, epochs], "config/tppo.enabled": [tppo, tppo]})
 
 
@@ -24,7 +24,7 @@ def test_counts_are_the_logged_ones_in_step_order():
     c = cm.counts(run_table())
     assert c["step"].tolist() == [0, 1]
     assert c["S"].tolist() == [10, 6] and c["R"].tolist() == [40, 20] and c["K"].tolist() == [300, 200]
-    assert c["P"].tolist() == [16, 30] and c["U"].tolist() == [4, 6]
+    assert c["P"].tolist() == [16, 30] and c["U"].tolist() == [4, 6] and c["V"].tolist() == [0, 20]
     assert c["N"].tolist() == [2 * (40 + 12), 2 * (20 + 6)]
     t = cm.counts(run_table(tppo=True, epochs=1))  # T-PPO re-values finished rows: a third of a pass a token
     assert t["N"].tolist() == [40 + 12 + 4, 20 + 6 + 2]
@@ -43,7 +43,7 @@ def test_price_by_hand():
     assert p["gen"].iloc[0] == pytest.approx(gen0) and p["train"].iloc[0] == pytest.approx(train0)
     assert p["total"].iloc[0] == pytest.approx(gen0 + train0)
     share = cm.generation_share(cm.counts(run_table()), u)
-    gen1, train1 = 6 + 2 + 2 + 15, 0.2 * 52 + 18
+    gen1, train1 = 6 + 2 + 2 + 0.5 * (30 + 20), 0.2 * 52 + 18
     assert share == pytest.approx((gen0 + gen1) / (gen0 + gen1 + train0 + train1))
     assert cm.amdahl_bound(0.75) == pytest.approx(4.0) and cm.amdahl_bound(1.0) == math.inf
 

@@ -22,7 +22,7 @@ UNITS = {"gpu": cost_model.UnitCosts(1.0, 0.1, 0.001, 0.01, 0.05, 2.0), "cpu": N
 def counts(decode_steps, length_max=30.0):
     def extra(k):
         rec = {"gen/decode_steps": decode_steps, "gen/value_steps": 0, "gen/kv_row_tokens": 1000,
-               "gen/prefill_tokens": 64, "tokens/actor_forward": 500, "tokens/critic": 500,
+               "gen/prefill_tokens": 64, "tokens/critic_decode": 0, "tokens/actor_forward": 500, "tokens/critic": 500,
                "updates/actor": 4, "updates/critic": 4, "length/max": length_max, "length/mean": 10.0,
                "config/algo.epochs": 1}
         if k % 5 == 4:
