@@ -16,21 +16,31 @@ from torch import Tensor
 
 
 @torch.no_grad()
-def teacher_regret(backend, prompts: Sequence[Sequence[int]], tokens: Tensor, mask: Tensor, *,
-                   temperature: float) -> Tensor:
-    """(B, T) fp32 regret of ``tokens`` (B, T) after ``prompts`` under the backend's policy; 0 where ``mask`` is False."""
+def teacher_stats(backend, prompts: Sequence[Sequence[int]], tokens: Tensor, mask: Tensor, *,
+                  temperature: float) -> dict[str, Tensor]:
+    """(B, T) fp32 per-token ``regret``, ``nll`` (``-log pi(a_t|s_t)``) and ``entropy`` of the
+    temperature-scaled policy, for ``tokens`` (B, T) after ``prompts``; 0 where ``mask`` is False."""
     ids, attn, pos, Lp, tokens, mask = backend._teacher_inputs(prompts, tokens, mask)
     T = tokens.shape[1]
     policy = backend.policy
     hidden = policy.base_model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
     states = hidden[:, Lp - 1:Lp - 1 + T][mask]  # (n, H): the state before each valid response token
     head = policy.get_output_embeddings()
-    out = []
+    parts: dict[str, list[Tensor]] = {"regret": [], "nll": [], "entropy": []}
     for s in range(0, states.shape[0], 512):  # bounded (chunk, V) logits
         logp = torch.log_softmax(head(states[s:s + 512]).float() / temperature, dim=-1)
-        tok = tokens[mask][s:s + 512]
-        out.append((logp.amax(-1) - logp.gather(-1, tok[:, None]).squeeze(-1)).clamp(min=0.0))
-    regret = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
-    if out:
-        regret = regret.masked_scatter(mask, torch.cat(out))
-    return regret.cpu()
+        chosen = logp.gather(-1, tokens[mask][s:s + 512, None]).squeeze(-1)
+        parts["regret"].append((logp.amax(-1) - chosen).clamp(min=0.0))
+        parts["nll"].append(-chosen)
+        parts["entropy"].append(-(logp.exp() * logp).sum(-1))
+    out = {}
+    for k, chunks in parts.items():
+        full = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
+        out[k] = (full.masked_scatter(mask, torch.cat(chunks)) if chunks else full).cpu()
+    return out
+
+
+def teacher_regret(backend, prompts: Sequence[Sequence[int]], tokens: Tensor, mask: Tensor, *,
+                   temperature: float) -> Tensor:
+    """(B, T) fp32 regret of ``tokens`` (B, T) after ``prompts`` under the backend's policy; 0 where ``mask`` is False."""
+    return teacher_stats(backend, prompts, tokens, mask, temperature=temperature)["regret"]

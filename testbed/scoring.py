@@ -194,3 +194,110 @@ def bayes_optimal_stop(curves: Any, threshold: float, *, min_tokens: int = 0) ->
     below = curves[..., 1:] < threshold  # NaN compares False
     below[..., :min_tokens] = False
     return np.where(below.any(-1), below.argmax(-1), -1).astype(np.int64)
+
+
+BASELINE_SCORES = ("length", "mean_nll", "max_nll", "mean_entropy", "max_regret", "min_value", "value_drop")
+"""Per-row scores a detector must beat (higher = more suspicious); the value ones need a trained critic."""
+
+
+def baseline_scores(regret: Any, nll: Any, entropy: Any, values: Any = None) -> dict[str, float]:
+    """One row's :data:`BASELINE_SCORES` from its per-token regret, NLL (``-log pi(a_t)``), entropy and
+    values (``V(s_t)``; NaN scores without): length in tokens, mean and largest NLL (the largest is
+    ``-min log pi``), mean entropy, the largest single-token regret, ``-min V`` and ``V_0 - min V``.
+
+    >>> baseline_scores([0.0, 2.0], [0.1, 2.5], [1.0, 3.0], [0.8, 0.2])
+    {'length': 2.0, 'mean_nll': 1.3, 'max_nll': 2.5, 'mean_entropy': 2.0, 'max_regret': 2.0, 'min_value': -0.2, 'value_drop': 0.6000000000000001}
+    """
+    import numpy as np
+
+    g, n, h = (np.asarray(x, dtype=float) for x in (regret, nll, entropy))
+    if not (len(g) == len(n) == len(h)) or len(g) == 0:
+        raise ValueError(f"baseline_scores: regret, nll and entropy need the same non-zero length, got {len(g)}, {len(n)}, {len(h)}")
+    out = {"length": float(len(g)), "mean_nll": float(n.mean()), "max_nll": float(n.max()),
+           "mean_entropy": float(h.mean()), "max_regret": float(g.max()),
+           "min_value": float("nan"), "value_drop": float("nan")}
+    if values is not None:
+        v = np.asarray(values, dtype=float)
+        out["min_value"], out["value_drop"] = float(-v.min()), float(v[0] - v.min())
+    return out
+
+
+def auroc_difference(a: Sequence[float], b: Sequence[float], positive: Sequence[bool], *, confidence: float = 0.95,
+                     resamples: int = AUROC_RESAMPLES, seed: int = 0) -> tuple[float, float, float]:
+    """``auroc(a) - auroc(b)`` on the same items with its percentile-bootstrap interval (items resampled
+    with both scores and the label; one-class draws skipped)."""
+    import numpy as np
+
+    x, z, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float), np.asarray(positive, dtype=bool)
+    d = auroc(x, y) - auroc(z, y)
+    if y.all() or not y.any():
+        return d, float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(resamples):
+        i = rng.integers(0, len(y), len(y))
+        if y[i].all() or not y[i].any():
+            continue
+        draws.append(auroc(x[i], y[i]) - auroc(z[i], y[i]))
+    tail = 100 * (1 - confidence) / 2
+    return float(d), float(np.percentile(draws, tail)), float(np.percentile(draws, 100 - tail))
+
+
+def logistic_given_length(score: Sequence[float], length: Sequence[float], positive: Sequence[bool]) -> dict[str, float]:
+    """Logistic fit of the label on ``z(score) + z(log length)`` (standardised, Newton's method): the
+    score's coefficient, its Wald standard error and two-sided p-value. Is the score still informative
+    once the length is known? NaN when the fit is degenerate (one class, a constant score)."""
+    import numpy as np
+    from scipy.stats import norm
+
+    s, L, y = np.asarray(score, dtype=float), np.asarray(length, dtype=float), np.asarray(positive, dtype=float)
+    nan = {"coef": float("nan"), "se": float("nan"), "p": float("nan")}
+    keep = np.isfinite(s) & np.isfinite(L) & (L > 0)
+    s, L, y = s[keep], np.log(L[keep]), y[keep]
+    if len(y) < 4 or y.min() == y.max() or s.std() == 0:
+        return nan
+    cols = [np.ones_like(s), (s - s.mean()) / s.std()]
+    if L.std() > 0:
+        cols.append((L - L.mean()) / L.std())
+    X = np.stack(cols, 1)
+    w = np.zeros(X.shape[1])
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-X @ w))
+        H = X.T @ (X * (p * (1 - p))[:, None])
+        try:
+            step = np.linalg.solve(H, X.T @ (y - p))
+        except np.linalg.LinAlgError:
+            return nan
+        w += step
+        if np.abs(step).max() < 1e-10:
+            break
+    p = 1 / (1 + np.exp(-X @ w))
+    try:
+        cov = np.linalg.inv(X.T @ (X * (p * (1 - p))[:, None]))
+    except np.linalg.LinAlgError:
+        return nan
+    se = float(np.sqrt(cov[1, 1]))
+    if not np.isfinite(se) or se == 0:
+        return nan
+    return {"coef": float(w[1]), "se": se, "p": float(2 * norm.sf(abs(w[1] / se)))}
+
+
+def compare_scores(scores: dict[str, Sequence[float]], positive: Sequence[bool], *, seed: int = 0,
+                   resamples: int = AUROC_RESAMPLES) -> dict[str, dict]:
+    """For each named per-item score: AUROC with its interval, the paired AUROC difference against
+    ``scores["length"]`` with its interval, and :func:`logistic_given_length`. Scores that are all NaN
+    (value scores without a critic) are left out."""
+    import numpy as np
+
+    length = np.asarray(scores["length"], dtype=float)
+    out = {}
+    for name, sc in scores.items():
+        x = np.asarray(sc, dtype=float)
+        if not np.isfinite(x).any():
+            continue
+        x = np.where(np.isfinite(x), x, x[np.isfinite(x)].min())  # a row where the rule never ran scores as its lowest
+        d = auroc_difference(x, length, positive, seed=seed, resamples=resamples) if name != "length" else (0.0, 0.0, 0.0)
+        out[name] = {"auroc": auroc(x, positive), "auroc_ci": list(auroc_interval(x, positive, seed=seed, resamples=resamples)),
+                     "minus_length": d[0], "minus_length_ci": [d[1], d[2]],
+                     "given_length": logistic_given_length(x, length, positive) if name != "length" else None}
+    return out

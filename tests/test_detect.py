@@ -129,6 +129,13 @@ def test_detect_end_to_end_tiny(tmp_path, tiny_config):
     # a low threshold fires on every item
     assert all(r["first_stop_step"] >= 0 for r in rows) and summary["stop_rate"] == 1.0
     assert summary["random"]["stop_rate"] == pytest.approx(1.0)
+    # the baselines beside the rule: every per-row score, its AUROC, the difference against length
+    b = summary["baselines"]
+    assert {"rule", "rule_shuffled", "length", "mean_nll", "max_nll", "mean_entropy", "max_regret"} <= set(b)
+    assert "min_value" not in b  # no trained critic: no value scores
+    assert b["length"]["minus_length"] == 0 and set(b["rule"]) >= {"auroc", "auroc_ci", "minus_length_ci", "given_length"}
+    lengths = {r["id"]: r["tokens"] for r in rows}
+    assert all(r["baselines"]["length"] == lengths[r["id"]] for r in rows)
     with pytest.raises(Exception, match="value_only needs a trained critic"):
         tiny_config.write_text(TINY_CONFIG.replace("rule: espo", "rule: value_only"))
         D.detect(str(data), out=str(out), config=str(tiny_config), progress=False)
@@ -142,13 +149,13 @@ def test_one_pass_regret_equals_stepwise_decoding(tiny_config):
     task, backend = build(cfg, num_slots=1)
     prompts = [task.prompt_ids("What is 2 + 3?"), task.prompt_ids("What is 12 * 7?")]
     responses = [task.tokenizer("2 + 3 = 5.")["input_ids"], task.tokenizer("12 * 7 = 84. The answer is 84.")["input_ids"]]
-    step_r, step_v = D.teacher_force(backend, prompts, responses, temperature=0.7, with_values=True)
+    step_r, step_v, step_x = D.teacher_force(backend, prompts, responses, temperature=0.7, with_values=True)
     fn = load_entry_point(D.TEACHER_ENTRY_POINTS["hf"])
-    one_r, one_v = D.teacher_force(backend, prompts, responses, temperature=0.7, with_values=True, regret_fn=fn)
-    for a, b in zip(step_r, one_r):
+    one_r, one_v, one_x = D.teacher_force(backend, prompts, responses, temperature=0.7, with_values=True, regret_fn=fn)
+    for a, b in zip(step_r + step_v + step_x["nll"] + step_x["entropy"], one_r + one_v + one_x["nll"] + one_x["entropy"]):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
-    for a, b in zip(step_v, one_v):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    # the regret is the NLL above the best token's: nll_t - regret_t = -max log pi, the same for any token
+    assert all((n >= r - 1e-5).all() for n, r in zip(one_x["nll"], one_r))
 
 
 def test_detect_runs_on_the_processbench_gsm8k_split(tmp_path, tiny_config, shared_data):

@@ -5,6 +5,7 @@ hand-written versions gave (same seeds, same outputs)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from testbed.ops import detect as D
 
@@ -60,3 +61,37 @@ def test_random_baseline_pinned():
                  'delay': 1.1424867724867727, 'false_stop_rate': 0.15583333333333335,
                  'acc_erroneous': 0.04444444444444446, 'acc_correct': 0.7200000000000002, 'f1': 0.08052790793342299,
                  'auroc': 0.5081111111111112}
+
+
+def test_baseline_scores_by_hand():
+    from testbed.scoring import baseline_scores
+
+    b = baseline_scores([0.0, 1.5, 0.5], [0.2, 1.9, 0.6], [1.0, 2.0, 3.0], [0.9, 0.3, 0.5])
+    assert b["length"] == 3 and b["mean_nll"] == pytest.approx(0.9) and b["max_nll"] == pytest.approx(1.9)
+    assert b["mean_entropy"] == pytest.approx(2.0) and b["max_regret"] == 1.5
+    assert b["min_value"] == pytest.approx(-0.3) and b["value_drop"] == pytest.approx(0.6)
+    assert np.isnan(baseline_scores([1.0], [1.0], [1.0])["value_drop"])
+    with pytest.raises(ValueError, match="same non-zero length"):
+        baseline_scores([1.0], [1.0, 2.0], [1.0])
+
+
+def test_auroc_difference_and_logistic_given_length():
+    from testbed.scoring import auroc, auroc_difference, compare_scores, logistic_given_length
+
+    rng = np.random.default_rng(0)
+    n = 1500
+    length = rng.lognormal(4, 0.5, n)
+    z = rng.normal(size=n)  # informative beyond length
+    y = rng.random(n) < 1 / (1 + np.exp(-(2.0 * z + 1.0 * (np.log(length) - 4) / 0.5)))
+    d, lo, hi = auroc_difference(z, length, y, resamples=300)
+    assert d == pytest.approx(auroc(z, y) - auroc(length, y)) and lo <= d <= hi
+    assert auroc_difference(length, length, y, resamples=50) == (0.0, 0.0, 0.0)
+    fit = logistic_given_length(z, length, y)
+    assert fit["coef"] == pytest.approx(2.0, abs=0.3) and fit["p"] < 1e-6
+    # a score that is length plus noise carries nothing once length is known
+    only_len = np.log(length) + 0.01 * rng.normal(size=n)
+    assert logistic_given_length(rng.normal(size=n), length, y)["p"] > 0.001
+    assert np.isnan(logistic_given_length(np.ones(n), length, y)["coef"])
+    c = compare_scores({"length": length, "z": z, "len_like": only_len, "none": np.full(n, np.nan)}, y, seed=0,
+                       resamples=100)
+    assert set(c) == {"length", "z", "len_like"} and c["z"]["minus_length"] > 0

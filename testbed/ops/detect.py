@@ -21,6 +21,11 @@ percentile-bootstrap interval over items (:data:`AUROC_RESAMPLES` draws); a stop
 labelled step of an erroneous item is a **detection**, a stop before it or on a correct item a **false
 stop**: ``precision`` = detections / stops, ``recall`` = detections / erroneous items, ``delay`` = mean
 ``first_stop_step - label`` over detections (steps), ``false_stop_rate`` = false stops / items;
+``baselines``: for the rule's score, the same rule over each row's regrets shuffled (``rule_shuffled``: what
+accumulating them in order adds) and :data:`testbed.scoring.BASELINE_SCORES` (length, mean and largest NLL,
+mean entropy, largest regret; with a trained critic ``-min V`` and the value's drop): each one's AUROC with
+its interval, the paired AUROC difference against length with its bootstrap interval, and a logistic fit of
+the label on the score and log(length) (``given_length``: is it informative once length is known?).
 ProcessBench's ``f1``: harmonic mean of the accuracy on erroneous items (``first_stop_step == label``)
 and on correct items (``first_stop_step == -1``). ``random`` holds the same metrics for a random
 detector matched in stop rate (each item stopped with the rule's stop rate, at a relative position
@@ -135,18 +140,19 @@ AUROC_RESAMPLES = scoring.AUROC_RESAMPLES
 # --- teacher forcing ---------------------------------------------------------------------------------
 
 
-TEACHER_ENTRY_POINTS = {"hf": "llm_backend.teacher:teacher_regret"}
+TEACHER_ENTRY_POINTS = {"hf": "llm_backend.teacher:teacher_stats"}
 """``model.kind`` -> a one-pass teacher-forced regret function ``(backend, prompts, tokens, mask, *,
 temperature) -> (B, T)``; other backends replay the responses through step-wise decoding."""
 
 
 def teacher_force(backend, prompts: list[list[int]], responses: list[list[int]], *, temperature: float,
-                  with_values: bool, regret_fn=None) -> tuple[list[Tensor], list[Tensor] | None]:
-    """Per-token regret (and values) of ``responses`` after ``prompts``.
+                  with_values: bool, regret_fn=None) -> tuple[list[Tensor], list[Tensor] | None, dict[str, list[Tensor]]]:
+    """Per-token regret (and values, and the baselines' token statistics) of ``responses`` after ``prompts``.
 
-    With ``regret_fn`` (one teacher-forced pass) and ``backend.critic_forward`` for values; without it
-    through the decoding protocol (``begin`` / ``step`` / ``advance``). Returns one ``(T_i,)`` regret
-    tensor per row and, when ``with_values``, one ``(T_i,)`` value tensor (V(s_t), the state before token t).
+    With ``regret_fn`` (one teacher-forced pass returning ``{regret, nll, entropy}`` (B, T) tensors) and
+    ``backend.critic_forward`` for values; without it through the decoding protocol (``begin`` / ``step`` /
+    ``advance``). Returns one ``(T_i,)`` regret tensor per row, when ``with_values`` one ``(T_i,)`` value
+    tensor (V(s_t), the state before token t), and ``{"nll": [...], "entropy": [...]}`` per row.
     """
     B = len(prompts)
     lengths = torch.tensor([len(r) for r in responses])
@@ -154,16 +160,19 @@ def teacher_force(backend, prompts: list[list[int]], responses: list[list[int]],
     tokens = torch.zeros(B, T, dtype=torch.long)
     for i, r in enumerate(responses):
         tokens[i, :len(r)] = torch.as_tensor(r)
+
+    def rows(x: Tensor) -> list[Tensor]:
+        return [x[i, :int(lengths[i])] for i in range(B)]
+
     if regret_fn is not None:
         mask = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)
         dev = backend.device
         with torch.no_grad():
-            regret = regret_fn(backend, prompts, tokens.to(dev), mask.to(dev), temperature=temperature).float().cpu()
+            stats = regret_fn(backend, prompts, tokens.to(dev), mask.to(dev), temperature=temperature)
             values = backend.critic_forward(prompts, tokens.to(dev), mask.to(dev)).float().cpu() if with_values else None
-        return ([regret[i, :int(lengths[i])] for i in range(B)],
-                [values[i, :int(lengths[i])] for i in range(B)] if values is not None else None)
-    regret = torch.zeros(B, T)
-    values = torch.zeros(B, T)
+        return (rows(stats["regret"].float().cpu()), rows(values) if values is not None else None,
+                {k: rows(stats[k].float().cpu()) for k in ("nll", "entropy")})
+    regret, nll, entropy, values = (torch.zeros(B, T) for _ in range(4))
     active = torch.arange(B)
     with torch.no_grad():
         backend.begin(prompts)
@@ -173,14 +182,14 @@ def teacher_force(backend, prompts: list[list[int]], responses: list[list[int]],
             tok = tokens[active, k]
             chosen = logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
             regret[active, k] = (logp.amax(-1) - chosen).clamp(min=0.0)
+            nll[active, k] = -chosen
+            entropy[active, k] = -(logp.exp() * logp).sum(-1)
             if with_values and out.values is not None:
                 values[active, k] = out.values.float().cpu()
             keep = lengths[active] > k + 1
             backend.advance(tok.to(backend.device), keep.to(backend.device))
             active = active[keep]
-    regs = [regret[i, :int(lengths[i])] for i in range(B)]
-    vals = [values[i, :int(lengths[i])] for i in range(B)] if with_values else None
-    return regs, vals
+    return rows(regret), rows(values) if with_values else None, {"nll": rows(nll), "entropy": rows(entropy)}
 
 
 def run_rule(rule, cfg: config_mod.Config, regrets: list[Tensor], values: list[Tensor] | None) -> tuple[list[int], list[float]]:
@@ -279,11 +288,14 @@ def detect(data: str, *, out: str, config: str | None = None, checkpoint: str | 
     regret_fn = load_entry_point(spec) if spec else None
     regrets: list[Tensor] = []
     values: list[Tensor] | None = [] if has_critic else None
+    token_stats: dict[str, list[Tensor]] = {"nll": [], "entropy": []}
     bar = tqdm(total=len(items), desc="detect", disable=not progress, leave=False)
     for s in range(0, len(items), batch_size):
-        r, v = teacher_force(backend, prompts[s:s + batch_size], responses[s:s + batch_size],
-                             temperature=cfg.rollout.temperature, with_values=has_critic, regret_fn=regret_fn)
+        r, v, extra = teacher_force(backend, prompts[s:s + batch_size], responses[s:s + batch_size],
+                                    temperature=cfg.rollout.temperature, with_values=has_critic, regret_fn=regret_fn)
         regrets += r
+        for k in token_stats:
+            token_stats[k] += extra[k]
         if values is not None:
             values += v
         bar.update(len(r))
@@ -294,6 +306,19 @@ def detect(data: str, *, out: str, config: str | None = None, checkpoint: str | 
         flat = torch.cat(regrets)
         normaliser.update(flat.unsqueeze(0), torch.ones(1, len(flat), dtype=torch.bool))
     first_tok, scores = run_rule(rule, cfg, regrets, values)
+    # the same rule over each row's regrets in a shuffled order: what accumulating them in order adds
+    g = torch.Generator().manual_seed(cfg.run.seed)
+    shuffled = [r[torch.randperm(len(r), generator=g)] for r in regrets]
+    rule_shuffled = make_stop_rule(cfg.stop, num_slots=len(items), seed=cfg.run.seed)
+    rule_shuffled.load_state_dict(rule.state_dict())  # the same normaliser and threshold
+    _, scores_shuffled = run_rule(rule_shuffled, cfg, shuffled, values)
+    base = {name: [] for name in scoring.BASELINE_SCORES}
+    for i in range(len(items)):
+        row = scoring.baseline_scores(regrets[i].numpy(), token_stats["nll"][i].numpy(), token_stats["entropy"][i].numpy(),
+                                      values[i].numpy() if values is not None else None)
+        for name in base:
+            base[name].append(row[name])
+    base["rule_shuffled"] = scores_shuffled
 
     labels = [it.label for it in items]
     erroneous = [y >= 0 for y in labels]
@@ -309,6 +334,7 @@ def detect(data: str, *, out: str, config: str | None = None, checkpoint: str | 
         "auroc_ci": list(scoring.auroc_interval(scores, erroneous, seed=cfg.run.seed)),
         **scoring.first_stop_metrics(first_step, labels),
     }
+    summary["baselines"] = scoring.compare_scores({"rule": scores, **base}, erroneous, seed=cfg.run.seed)
     fractions = [t / len(responses[i]) for i, t in enumerate(first_tok) if t >= 0]
     summary["random"] = scoring.random_baseline([len(r) for r in responses], token_steps, labels, rate=summary["stop_rate"],
                                         fractions=fractions, min_tokens=cfg.stop.min_tokens, seed=cfg.run.seed)
@@ -316,8 +342,9 @@ def detect(data: str, *, out: str, config: str | None = None, checkpoint: str | 
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "items.jsonl", "".join(
         json.dumps({"id": it.id, "label": it.label, "score": _finite(sc), "first_stop_step": fs, "stop_token": ft,
-                    "tokens": len(r), "steps": len(it.steps)}) + "\n"
-        for it, sc, fs, ft, r in zip(items, scores, first_step, first_tok, responses)))
+                    "tokens": len(r), "steps": len(it.steps),
+                    "baselines": {k: _finite(float(v[i])) for k, v in base.items()}}) + "\n"
+        for i, (it, sc, fs, ft, r) in enumerate(zip(items, scores, first_step, first_tok, responses))))
     summary = _finite(summary)
     atomic_write(out_dir / "detect.json", json.dumps(summary, indent=2))
     return summary
