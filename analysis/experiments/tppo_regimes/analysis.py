@@ -41,8 +41,8 @@ COLUMNS = ["env", "method", "n", "reliable", "final_eval", "level", "gpu_to_leve
            "speedup_wall", "reached", "tail_ratio", "gen_share", "amdahl"]
 
 
-def _cumulative(r: pd.DataFrame, units: dict) -> pd.DataFrame:
-    """The run's steps with cumulative ``cost/<x>`` columns."""
+def _cumulative(r: pd.DataFrame, units: dict) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The run's steps with cumulative ``cost/<x>`` columns, and its cost-model counts (None without them)."""
     r = r.sort_values("step").copy()
     try:
         c = cost_model.counts(r)
@@ -52,7 +52,7 @@ def _cumulative(r: pd.DataFrame, units: dict) -> pd.DataFrame:
         r[f"cost/{name}"] = (cost_model.price(c, u)["total"].cumsum().to_numpy() if c is not None and u is not None
                              else math.nan)
     r["cost/wall"] = r["time/wall"] if "time/wall" in r else math.nan
-    return r
+    return r, c
 
 
 def _to_level(r: pd.DataFrame, level: float, key: str) -> float:
@@ -69,9 +69,10 @@ def per_run(df: pd.DataFrame, units: dict | None = None) -> pd.DataFrame:
     if missing:
         raise ValueError(f"the run table lacks {missing}: load it with load_runs(..., axes={sweep.AXES})")
     units = units if units is not None else {"gpu": cost_model.gpu_projection(), "cpu": cost_model.measured()}
-    runs = {k: _cumulative(r, units) for k, r in df.groupby(list(LABELS), sort=False)}
+    priced = {k: _cumulative(r, units) for k, r in df.groupby(list(LABELS), sort=False)}
+    runs = {k: r for k, (r, _) in priced.items()}
     rows = []
-    for (method, env, seed), r in runs.items():
+    for (method, env, seed), (r, counts) in priced.items():
         ev = r["eval/pass@1"].dropna() if "eval/pass@1" in r else pd.Series(dtype=float)
         rec = {"env": env, "method": method, "seed": seed, "run": str(r["run"].iloc[0]),
                "final_eval": float(ev.iloc[-1]) if len(ev) else math.nan}
@@ -79,10 +80,7 @@ def per_run(df: pd.DataFrame, units: dict | None = None) -> pd.DataFrame:
             ratio = (r["length/max"] / r["length/mean"]).replace([np.inf, -np.inf], np.nan) if "length/max" in r else None
             rec["tail_ratio"] = float(ratio.mean()) if ratio is not None else math.nan
             gpu = units.get("gpu")
-            try:
-                share = cost_model.generation_share(cost_model.counts(r), gpu) if gpu is not None else math.nan
-            except ValueError:
-                share = math.nan
+            share = cost_model.generation_share(counts, gpu) if gpu is not None and counts is not None else math.nan
             rec["gen_share"], rec["amdahl"] = share, cost_model.amdahl_bound(share) if np.isfinite(share) else math.nan
         rows.append(rec)
     pr = pd.DataFrame(rows)
