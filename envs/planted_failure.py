@@ -34,6 +34,7 @@ OK, RECOVERABLE, FATAL = 0, 1, 2
 
 LENGTH_DISTS = ("fixed", "uniform", "lognormal")
 LENGTH_SPACINGS = ("random", "quantile")
+OVERSHOOTS = ("fatal", "recoverable")
 Z99 = NormalDist().inv_cdf(0.99)
 """Standard normal 99th percentile: ``length_tail = p99 / p50 = exp(length_sigma * Z99)``."""
 INFO_KEYS = (
@@ -78,6 +79,10 @@ class Structure:
     """Tokens a repair takes: the REVISE the agent emits, then ``repair_cost - 1`` forced REVISEs."""
     derail: float = 0.0
     """R: a doomed row runs on to an expected ``R * (L + 1)`` tokens (forced); 0 = off."""
+    overshoot: str = "fatal"
+    """``"fatal"``: anything but EOS at index L dooms the row; ``"recoverable"``: EOS at any index >= L
+    succeeds and each content token from L on is a recoverable error (the answer is complete; the
+    extra tokens only cost)."""
 
     @property
     def revise_id(self) -> int:
@@ -102,10 +107,11 @@ class Structure:
         of an episode not yet doomed. The length rule makes every failure fatal somewhere: EOS
         before L, or anything but EOS at L."""
         L = int(self.target_len[problem])
+        late_ok = self.overshoot == "recoverable"
         if action == EOS_ID:
-            return OK if t == L else FATAL
+            return OK if t == L or (late_ok and t > L) else FATAL
         if t >= L:
-            return FATAL
+            return RECOVERABLE if late_ok else FATAL
         if self.acceptable[problem, t, action]:
             return OK
         return FATAL if self.critical[problem, t] else RECOVERABLE
@@ -233,6 +239,7 @@ def make_structure(
     repair_prob: float = 0.0,
     repair_cost: int = 1,
     derail: float = 0.0,
+    overshoot: str = "fatal",
 ) -> Structure:
     """Validate the arguments and draw the hidden structure from ``np.random.default_rng(structure_seed)``.
 
@@ -278,6 +285,7 @@ def make_structure(
     )
     _require(0.0 <= repair_prob <= 1.0, "repair_prob", f"must be in [0, 1], got {repair_prob}")
     _require(int(repair_cost) == repair_cost and repair_cost >= 1, "repair_cost", f"must be an int >= 1, got {repair_cost}")
+    _require(overshoot in OVERSHOOTS, "overshoot", f"must be one of {OVERSHOOTS}, got {overshoot!r}")
     _require(derail == 0 or derail >= 1, "derail", f"must be 0 (off) or a length multiple >= 1, got {derail}")
     if num_acceptable_critical is None:
         num_acceptable_critical = num_acceptable
@@ -333,6 +341,8 @@ def make_structure(
     # REVISE (the last id, when present) is never acceptable: outside a repair it is a wrong token.
     acceptable[:, :, FIRST_CONTENT_ID : FIRST_CONTENT_ID + C] = (content_rank < k[:, :, None]) & before_L[:, :, None]
     acceptable[np.arange(P), lengths, EOS_ID] = True
+    if overshoot == "recoverable":  # EOS closes a complete answer at any index from L on
+        acceptable[:, :, EOS_ID] |= t[None, :] >= lengths[:, None]
 
     return Structure(
         num_problems=P,
@@ -347,6 +357,7 @@ def make_structure(
         repair_prob=float(repair_prob),
         repair_cost=int(repair_cost),
         derail=float(derail),
+        overshoot=str(overshoot),
     )
 
 
@@ -420,8 +431,8 @@ class PlantedFailureEnv(_StructureAttrs, gym.Env[dict[str, np.ndarray], int]):
     right-padded with PAD; ``"length"`` the number of valid tokens (``prompt_len`` after reset).
 
     ## Reward
-    0 on every step except EOS at index ``L`` with no fatal error (success), which gives
-    ``max(0, 1 - recoverable_cost * recoverable_errors)``.
+    0 on every step except EOS at index ``L`` (at any index >= L with ``overshoot="recoverable"``)
+    with no fatal error (success), which gives ``max(0, 1 - recoverable_cost * recoverable_errors)``.
 
     ## Episode End
     Terminated when EOS is emitted (at any index). Truncated when the response reaches
@@ -445,6 +456,9 @@ class PlantedFailureEnv(_StructureAttrs, gym.Env[dict[str, np.ndarray], int]):
     - ``recoverable_cost=0.1``, ``structure_seed=0``, ``render_mode=None`` (or ``"ansi"``).
     - ``repair_prob=0.0``, ``repair_cost=1``: recovery (below); 0 leaves the vocabulary unchanged.
     - ``derail=0.0``: R >= 1 turns on derailment (below); 0 = off.
+    - ``overshoot="fatal"``: ``"recoverable"`` lets EOS at any index >= L succeed, each content
+      token from index L on costing ``recoverable_cost`` like a recoverable error (an answer that is
+      complete at L and then runs on); stopping before L stays fatal.
 
     ## Recovery (``repair_prob > 0``)
     The vocabulary gains REVISE (id ``vocab_size - 1``). At reset a hidden draw makes the row
@@ -506,6 +520,7 @@ class PlantedFailureEnv(_StructureAttrs, gym.Env[dict[str, np.ndarray], int]):
         repair_prob: float = 0.0,
         repair_cost: int = 1,
         derail: float = 0.0,
+        overshoot: str = "fatal",
         render_mode: str | None = None,
     ):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -532,6 +547,7 @@ class PlantedFailureEnv(_StructureAttrs, gym.Env[dict[str, np.ndarray], int]):
             repair_prob=repair_prob,
             repair_cost=repair_cost,
             derail=derail,
+            overshoot=overshoot,
         )
         self.action_space = spaces.Discrete(self.vocab_size)
         self.observation_space = _observation_space(self.structure)
@@ -665,7 +681,8 @@ class PlantedFailureVectorEnv(_StructureAttrs, VectorEnv):
         self._last_forced = np.zeros(N, dtype=bool)
         # Where a wrong token is fatal: planted critical positions, and the length check at t == L.
         self._fatal_if_wrong = self.critical.copy()
-        self._fatal_if_wrong[np.arange(self.num_problems), self.target_len] = True
+        if self.structure.overshoot == "fatal":
+            self._fatal_if_wrong[np.arange(self.num_problems), self.target_len] = True
 
     # -- standard gymnasium API --------------------------------------------------------------
 
@@ -792,7 +809,7 @@ class PlantedFailureVectorEnv(_StructureAttrs, VectorEnv):
             self._forced_token[rows] = np.where(revise, s.revise_id, self._forced_token[rows])
             self._forced_ends[rows] &= ~revise
             judged &= ~pending
-        # A judged row has pos <= L < max_len; the clip only keeps the others' lookups in range. EOS
+        # A judged row has pos < max_len (pos <= L unless overshoot is recoverable); the clip only keeps the others' lookups in range. EOS
         # is acceptable only at pos == L, which folds the length rule into the same two tables.
         pos = np.minimum(self._pos[rows], self.max_len - 1)
         wrong = judged & ~self.acceptable[p, pos, actions]

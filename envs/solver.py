@@ -291,6 +291,8 @@ def solve_positional(source: object, problem: int, probs: np.ndarray) -> PrefixV
     s = as_structure(source)
     if s.repair_prob > 0:  # a repair decouples the table index from the length
         raise ValueError("solve_positional: needs repair_prob == 0; use solve or monte_carlo_success")
+    if s.overshoot != "fatal":  # an EOS after L succeeds: success is not a product over t < L
+        raise ValueError("solve_positional: needs overshoot='fatal'; use solve or monte_carlo_success")
     problem = _check_problem(s, problem)
     probs = _check_probs(probs, (s.max_len, s.vocab_size), "probs")
     L = int(s.target_len[problem])

@@ -75,7 +75,7 @@ class ToyBackend(nn.Module):
     for the KL penalty). Decoding keeps one hidden state per active row."""
 
     def __init__(self, vocab_size: int, eos_token_id: int, *, embed_size: int = 32, hidden_size: int = 64, seed: int = 0,
-                 reference: bool = False, max_positions: int = 0):
+                 reference: bool = False, max_positions: int = 0, eos_bias: float = 0.0):
         super().__init__()
         g = torch.random.fork_rng()
         with g:
@@ -84,6 +84,9 @@ class ToyBackend(nn.Module):
             self.critic = GRUTrunk(vocab_size, embed_size, hidden_size, 1, max_positions)
             nn.init.zeros_(self.critic.head.weight)
             nn.init.zeros_(self.critic.head.bias)
+            if eos_bias:
+                with torch.no_grad():
+                    self.policy.head.bias[eos_token_id] += eos_bias
         # Part of state_dict, so a resumed run keeps the same reference; never in policy_parameters().
         self.reference = copy.deepcopy(self.policy).requires_grad_(False) if reference else None
         self.vocab_size = vocab_size
@@ -167,4 +170,5 @@ def make_backend(model_cfg, task, *, seed: int) -> ToyBackend:
         # every column a sim row can reach: prompt plus response (a task without these has no positions)
         max_positions=(int(getattr(task, "prompt_len", 0)) + int(getattr(task, "max_len", 0))
                        if model_cfg.positions else 0),
+        eos_bias=float(model_cfg.eos_bias),
     )

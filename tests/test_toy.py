@@ -48,3 +48,17 @@ def test_the_position_input_feeds_the_policy():
     b.begin([[2, 3]])
     assert not torch.allclose(before, b.step(with_values=False).logits)
     assert ToyBackend(8, 1, seed=5).policy.pos_embed is None
+
+
+def test_eos_bias_moves_only_the_initial_eos_logit():
+    base = ToyBackend(10, 1, seed=3, reference=True)
+    biased = ToyBackend(10, 1, seed=3, reference=True, eos_bias=-3.0)
+    b0, b1 = base.state_dict(), biased.state_dict()
+    for name in b0:
+        if name.endswith("head.bias") and name.startswith(("policy", "reference")):
+            expect = b0[name].clone()
+            expect[1] -= 3.0
+            torch.testing.assert_close(b1[name], expect)
+        else:
+            torch.testing.assert_close(b1[name], b0[name], msg=name)
+    assert torch.equal(ToyBackend(10, 1, seed=3, eos_bias=0.0).policy.head.bias, base.policy.head.bias)

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import envs
-from envs.planted_failure import EOS_ID, Z99, PlantedFailureEnv, PlantedFailureVectorEnv
+from envs.planted_failure import EOS_ID, FIRST_CONTENT_ID as FIRST, Z99, PlantedFailureEnv, PlantedFailureVectorEnv
 from envs.solver import _branches, monte_carlo_success, replay, solve, solve_positional
 
 NEW_IDS = (
@@ -228,7 +228,9 @@ def test_repairs_can_run_out_of_length():
 @given(data=st.data())
 def test_vector_env_matches_single_env_with_regimes(data):
     kw = data.draw(st.sampled_from([dict(repair_prob=1.0, repair_cost=2), dict(repair_prob=0.5, repair_cost=3),
-                                    dict(derail=2.0, max_len=60), dict(repair_prob=0.7, derail=3.0, max_len=60)]))
+                                    dict(derail=2.0, max_len=60), dict(repair_prob=0.7, derail=3.0, max_len=60),
+                                    dict(overshoot="recoverable", max_len=30),
+                                    dict(overshoot="recoverable", repair_prob=0.5, derail=2.0, max_len=40)]))
     single = PlantedFailureEnv(num_problems=8, **kw)
     s = single.structure
     problem = data.draw(st.integers(0, 7))
@@ -316,3 +318,51 @@ def test_repair_dp_satisfies_the_bellman_equation_per_branch():
             assert v == pytest.approx(kids, abs=1e-12)
     with pytest.raises(ValueError, match="repair_prob"):
         solve_positional(s, 0, np.full((s.max_len, s.vocab_size), 1 / s.vocab_size))
+
+
+# -- overshoot: an answer complete at L may run on -------------------------------------------
+
+
+def _walk(env, problem, actions):
+    env.reset(options={"problem": problem})
+    out = None
+    for a in actions:
+        out = env.step(a)
+    return out
+
+
+def test_recoverable_overshoot_succeeds_after_L_at_a_cost():
+    kw = dict(num_problems=4, critical_frac=0.0, recoverable_cost=0.1, max_len=24, overshoot="recoverable")
+    env = PlantedFailureEnv(**kw)
+    s = env.structure
+    L = int(s.target_len[0])
+    good = [_correct(s, 0, t) for t in range(L)]
+    for extra in (0, 1, 3):
+        _, r, term, trunc, info = _walk(env, 0, good + [FIRST] * extra + [EOS_ID])
+        assert term and not trunc and info["success"] and info["failure_step"] == -1
+        assert r == pytest.approx(1 - 0.1 * extra) and info["recoverable_errors"] == extra
+    _, r, term, _, info = _walk(env, 0, good[:-1] + [EOS_ID])  # stopping before L is still fatal
+    assert term and r == 0 and info["failure_step"] == L - 1
+    _, r, term, trunc, info = _walk(env, 0, good + [FIRST] * (s.max_len - L))  # never stops: the cap seals it
+    assert trunc and not term and r == 0 and info["failure_step"] == s.max_len - 1
+    # the default is unchanged: anything but EOS at L dooms the row there
+    fatal = PlantedFailureEnv(**{**kw, "overshoot": "fatal"})
+    _, r, _, _, info = _walk(fatal, 0, good + [FIRST, EOS_ID])
+    assert r == 0 and info["failure_step"] == L
+    for name in ("prompts", "target_len", "critical"):
+        np.testing.assert_array_equal(getattr(fatal, name), getattr(env, name))
+    with pytest.raises(ValueError, match="overshoot"):
+        PlantedFailureEnv(overshoot="late")
+
+
+def test_recoverable_overshoot_exact_success_matches_the_closed_form():
+    # No critical positions and a uniform policy: success = no EOS in the first L tokens, then an
+    # EOS somewhere in [L, max_len): (1 - 1/V)^L * (1 - (1 - 1/V)^(max_len - L)).
+    s = PlantedFailureEnv(num_problems=2, num_content_tokens=2, num_acceptable=1, critical_frac=0.0, max_len=7, target_len=3,
+                          overshoot="recoverable").structure
+    V = s.vocab_size
+    values = solve(s, 0, lambda problem, prefix: np.full(V, 1 / V))
+    q = 1 - 1 / V
+    assert values(()) == pytest.approx(q ** 3 * (1 - q ** (7 - 3)), abs=1e-12)
+    with pytest.raises(ValueError, match="overshoot"):
+        solve_positional(s, 0, np.full((s.max_len, V), 1 / V))
