@@ -106,6 +106,9 @@ class ModelSection:
     """toy: token embedding width."""
     positions: bool = True
     """toy: add a position embedding to the inputs (lets the policy learn where EOS goes)."""
+    eos_bias: float = 0.0
+    """toy: added to the policy's EOS logit at initialisation (negative: the initial policy rarely stops at
+    random, as a language model does not; it then has to learn where to stop rather than to go on)."""
     cache_dir: str = ""
     """hf: folder for the dequantised checkpoint of a GGUF model (empty: ``~/.cache/testbed``)."""
     stop_check_every: int = 1
