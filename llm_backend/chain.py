@@ -11,13 +11,13 @@ The generator's and the verifier's names stay importable from here.
 
 from __future__ import annotations
 
-import random
 import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from llm_backend.chain_problems import CHAIN_EXAMPLE, OPS, chain_problem, iter_chain_problems
+from llm_backend.chain_problems import (CHAIN_EXAMPLE, EXAMPLES, LATER_KNOBS, LONG_CHAIN_EXAMPLE, OPS, chain_problem,
+                                       chain_solution, check_knobs, iter_chain_problems)
 from llm_backend.task import MathTask, _StreamSource
 from llm_backend.verifier import (ChainCheck, Equation, char_offsets, find_equations, normalize, token_of_char,
                                   verify_chain)
@@ -31,7 +31,9 @@ __all__ = [
     "ChainResult",
     "ChainTask",
     "Equation",
+    "LONG_CHAIN_EXAMPLE",
     "chain_problem",
+    "chain_solution",
     "char_offsets",
     "find_equations",
     "iter_chain_problems",
@@ -55,8 +57,12 @@ class ChainResult(TaskResult):
 # ---------------------------------------------------------------------------------------------
 # the task
 
-CHAIN_KNOBS = {"steps": 3, "digits": 2, "mul_max": 9, "ops": OPS, "plant_fraction": 0.0, "plant_step": 1}
-"""``task.source_kwargs`` of the chain task and their defaults."""
+CHAIN_KNOBS = {"steps": 3, "digits": 2, "mul_max": 9, "ops": OPS, **LATER_KNOBS, "example": "short",
+               "plant_fraction": 0.0, "plant_step": 1}
+"""``task.source_kwargs`` of the chain task and their defaults: the generator's (``steps`` an int or a
+range ``[low, high]``, ``digits``, ``mul_max``, ``ops``, ``max_value``; :func:`chain_problem`), the
+one-shot ``example`` (``short``: :data:`CHAIN_EXAMPLE`; ``long``: :data:`LONG_CHAIN_EXAMPLE`), and the
+planted wrong steps (``plant_fraction``, ``plant_step``)."""
 
 
 class _ChainSource(_StreamSource):
@@ -86,8 +92,8 @@ class ChainTask(MathTask):
     """Rows carry a real ``failure_step``: the trainer logs detector metrics for them."""
 
     def __init__(self, tokenizer, source: _ChainSource, *, plant_fraction: float = 0.0, plant_step: int = 1,
-                 seed: int = 0, **kw):
-        super().__init__(tokenizer, source, example=CHAIN_EXAMPLE, **kw)
+                 seed: int = 0, example: tuple[str, str] = CHAIN_EXAMPLE, **kw):
+        super().__init__(tokenizer, source, example=example, **kw)
         if not 0.0 <= plant_fraction <= 1.0:
             raise ValueError(f"task.source_kwargs.plant_fraction: must be in [0, 1], got {plant_fraction}")
         if plant_step < 1:
@@ -111,6 +117,14 @@ class ChainTask(MathTask):
             self._failure[s], self.planted_at[s], self._planted[s] = -1, -1, False
             self._plant[s] = bool(p) and split == "train"
         return prompts
+
+    def solution(self, slot: int) -> str:
+        """The canonical solution of the problem in ``slot`` (:func:`chain_solution`): what supervised
+        warm-up trains on (:mod:`llm_backend.sft`)."""
+        p = self._problems[self._check_slots(np.array([slot]))[0]]
+        if p is None:
+            raise RuntimeError(f"slot {slot} has no problem: call reset() first")
+        return chain_solution(p.question, p.meta["operands"])
 
     def _numbers(self, slot: int) -> list[int]:
         return list(self._problems[slot].meta["operands"])
@@ -185,8 +199,13 @@ def make_chain_task(task_cfg, model_cfg, *, num_slots: int, seed: int) -> ChainT
         raise ValueError(f"task.source_kwargs: unknown chain knob(s) {sorted(unknown)}; valid: {', '.join(CHAIN_KNOBS)}")
     knobs = {**CHAIN_KNOBS, **kw}
     plant = {k: knobs.pop(k) for k in ("plant_fraction", "plant_step")}
-    chain_problem(random.Random(0), **knobs)  # validates the knobs, naming them
+    example = knobs.pop("example")
+    if example not in EXAMPLES:
+        raise ValueError(f"task.source_kwargs.example: {example!r} is not one of {', '.join(EXAMPLES)}")
+    if isinstance(knobs["steps"], tuple):
+        knobs["steps"] = list(knobs["steps"])
+    check_knobs(**knobs)  # validates the knobs, naming them
     tokenizer = load_tokenizer(model_cfg.path, getattr(model_cfg, "cache_dir", ""))
     return ChainTask(tokenizer, _ChainSource(seed, knobs), num_slots=num_slots, seed=seed,
                      reward_timeout=task_cfg.reward_timeout, format_score=task_cfg.format_score,
-                     system_prompt=task_cfg.system_prompt, **plant)
+                     system_prompt=task_cfg.system_prompt, example=EXAMPLES[example], **plant)

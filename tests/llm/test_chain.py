@@ -43,6 +43,106 @@ def test_problems_are_chains_with_exact_answers_and_disjoint_splits():
         chain_problem(rng, steps=0)
 
 
+def _digest(problems, n=200):
+    import hashlib
+
+    rows = [[p.question, p.answer, p.meta] for p, _ in zip(problems, range(n))]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+# sha256 prefixes of the first 200 problems of streams drawn before the long-chain knobs existed
+# (computed with the generator as it was at commit 9fd005e): studies and tests rely on these streams.
+OLD_STREAMS = [
+    ("train", 0, {"steps": 3, "digits": 2, "mul_max": 9, "ops": "+-*"}, "d98091ef4ee59b40"),
+    ("test", 0, {"steps": 3, "digits": 2, "mul_max": 9, "ops": "+-*"}, "1b01ade160723fc4"),
+    ("train", 0, {"steps": 2, "digits": 1, "mul_max": 9, "ops": "+-*"}, "530f048980838e30"),
+    ("test", 0, {"steps": 2, "digits": 1, "mul_max": 9, "ops": "+-*"}, "2229cf864664a27c"),
+    ("train", 5, {"steps": 4, "digits": 1, "mul_max": 9, "ops": "+-"}, "23f1a036b886374a"),
+    ("test", 5, {"steps": 4, "digits": 1, "mul_max": 9, "ops": "+-"}, "9ff6d2de7634efd4"),
+]
+
+
+@pytest.mark.parametrize("split, seed, knobs, digest", OLD_STREAMS)
+def test_existing_problem_streams_are_unchanged(split, seed, knobs, digest):
+    assert _digest(iter_chain_problems(seed, split, **knobs)) == digest
+    # the task passes every knob, the new ones at their defaults: still the same stream
+    assert _digest(iter_chain_problems(seed, split, **knobs, **chain_problems.LATER_KNOBS)) == digest
+
+
+def test_chain_problem_draws_are_unchanged():
+    import hashlib
+
+    rng = random.Random(7)
+    drawn = [chain_problem(rng, steps=s, digits=d) for s in (1, 3, 5) for d in (1, 2, 3)]
+    assert hashlib.sha256(repr(drawn).encode()).hexdigest()[:16] == "90146173e43f74c3"
+
+
+def _intermediates(question, operands):
+    ops = question.removeprefix("What is ").rstrip("?").replace("(", "").replace(")", "").split()[1::2]
+    values, v = [operands[0]], operands[0]
+    for op, b in zip(ops, operands[1:]):
+        v = v + b if op == "+" else v - b if op == "-" else v * b
+        values.append(v)
+    return ops, values
+
+
+def test_steps_range_draws_each_count_and_ops_and_max_value_bound_the_chain():
+    rng = random.Random(0)
+    counts = set()
+    for _ in range(600):
+        q, a, operands, key = chain_problem(rng, steps=[4, 8], digits=1, ops="+-", max_value=20)
+        ops, values = _intermediates(q, operands)
+        counts.add(len(ops))
+        assert set(ops) <= {"+", "-"} and "*" not in q and "(" not in q
+        assert all(1 <= b <= 9 for b in operands)  # one-digit operands
+        assert all(0 <= v <= 20 for v in values), (q, values)  # every intermediate in [0, max_value]
+        assert values[-1] == a == eval(q.removeprefix("What is ").rstrip("?"))
+    assert counts == {4, 5, 6, 7, 8}
+    # without the bound, the same chains climb past it; a bound on '*' turns the step into a '-'
+    tall = [max(_intermediates(*chain_problem(rng, steps=8, digits=1, ops="+-")[::2])[1]) for _ in range(200)]
+    assert max(tall) > 20
+    for _ in range(200):
+        q, a, operands, _ = chain_problem(rng, steps=5, digits=1, ops="+-*", max_value=30)
+        assert all(0 <= v <= 30 for v in _intermediates(q, operands)[1]), q
+    # a fixed count is the range of one value, and a steps pair names the stream like a list
+    a = [p.question for p, _ in zip(iter_chain_problems(1, "train", steps=[5, 5], digits=1, ops="+-"), range(20))]
+    assert all(len(_intermediates(q, [0] * 6)[0]) == 5 for q in a)
+    b = [p.question for p, _ in zip(iter_chain_problems(1, "train", steps=(5, 5), digits=1, ops="+-"), range(20))]
+    assert a == b
+
+
+@pytest.mark.parametrize("knobs, field", [
+    ({"steps": 0}, "steps"), ({"steps": [5, 3]}, "steps"), ({"steps": [1, 2, 3]}, "steps"),
+    ({"steps": "4-8"}, "steps"), ({"steps": [4.0, 8]}, "steps"), ({"steps": True}, "steps"),
+    ({"digits": 0}, "digits"), ({"mul_max": 1}, "mul_max"), ({"ops": "+/"}, "ops"), ({"ops": ""}, "ops"),
+    ({"max_value": -1}, "max_value"), ({"max_value": 5, "digits": 1}, "max_value"),
+    ({"max_value": 50, "digits": 2}, "max_value"), ({"max_value": 2.5}, "max_value"),
+])
+def test_bad_knobs_raise_naming_the_field(knobs, field):
+    with pytest.raises(ValueError, match=rf"task\.source_kwargs\.{field}:"):
+        chain_problem(random.Random(0), **knobs)
+    with pytest.raises(ValueError, match=rf"task\.source_kwargs\.{field}:"):
+        next(iter_chain_problems(0, "train", **knobs))
+
+
+def test_canonical_solution_is_one_right_equation_per_step():
+    from llm_backend.chain_problems import CHAIN_EXAMPLE, LONG_CHAIN_EXAMPLE, chain_solution
+    from llm_backend.problems import split_of
+
+    for example, numbers in ((CHAIN_EXAMPLE, [4, 3, 2, 5]), (LONG_CHAIN_EXAMPLE, [6, 5, 3, 9, 4, 2, 7])):
+        assert chain_solution(example[0], numbers) == example[1]
+    # the long demonstration's problem is never a held-out one (the short one's, (4 + 3) * 2 - 5, is)
+    assert split_of("chain:" + LONG_CHAIN_EXAMPLE[0].removeprefix("What is ").rstrip("?")) == "train"
+    rng = random.Random(2)
+    for knobs in ({"steps": [6, 10], "digits": 1, "ops": "+-", "max_value": 20}, {"steps": 3, "digits": 2}):
+        for _ in range(100):
+            q, a, operands, _ = chain_problem(rng, **knobs)
+            sol = chain_solution(q, operands)
+            v = verify_chain(sol, a, operands)
+            assert (v.reason, v.doomed, v.equations) == ("ok", False, len(operands) - 1), (q, sol)
+            assert sol.endswith(f"\\boxed{{{a}}}.")
+
+
 # (text, gold, question numbers, expected (wrong number as text or None, doomed, checkable, reason))
 CASES = [
     # right chain, several spellings of the operators
