@@ -106,6 +106,9 @@ class ModelSection:
     """toy: token embedding width."""
     positions: bool = True
     """toy: add a position embedding to the inputs (lets the policy learn where EOS goes)."""
+    prompt_input: bool = False
+    """toy: add the prompt's mean embedding to the input at every step, as a transformer attends to its
+    prompt at every step (a GRU's state forgets the prompt over a long noisy response)."""
     eos_bias: float = 0.0
     """toy: added to the policy's EOS logit at initialisation (negative: the initial policy rarely stops at
     random, as a language model does not; it then has to learn where to stop rather than to go on)."""

@@ -31,24 +31,40 @@ class GRUTrunk(nn.Module):
         self.pos_embed = nn.Embedding(max_positions, embed_size) if max_positions > 0 else None
         self.gru = nn.GRU(embed_size, hidden_size, batch_first=True)
         self.head = nn.Linear(hidden_size, out_dim)
+        self.prompt_input = 0
+        self.prompt_embed: nn.Embedding | None = None
 
-    def _inputs(self, tokens: Tensor, positions: Tensor) -> Tensor:
-        """Embeddings of ``tokens`` at column ``positions`` (same shape): (..., E)."""
+    def add_prompt_input(self, n: int) -> None:
+        """Feed the mean embedding of each row's first ``n`` tokens at every step (a new table)."""
+        self.prompt_input = n
+        self.prompt_embed = nn.Embedding(self.embed.num_embeddings, self.embed.embedding_dim)
+
+    def prompt_vector(self, seqs: Tensor) -> Tensor | None:
+        """(B, E): the mean embedding of each row's first ``prompt_input`` tokens (None when off)."""
+        if self.prompt_embed is None:
+            return None
+        return self.prompt_embed(seqs[:, : self.prompt_input]).mean(1)
+
+    def _inputs(self, tokens: Tensor, positions: Tensor, prompt: Tensor | None = None) -> Tensor:
+        """Embeddings of ``tokens`` at column ``positions`` (same shape): (..., E), plus the prompt vector."""
         x = self.embed(tokens)
         if self.pos_embed is not None:
             x = x + self.pos_embed(positions.clamp(max=self.max_positions - 1))
+        if prompt is not None:
+            x = x + (prompt.unsqueeze(1) if x.dim() == 3 else prompt)
         return x
 
     def encode(self, seqs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Run right-padded ``seqs`` (B, L); return per-position hidden (B, L, H) and the state after each row's last token (B, H)."""
         cols = torch.arange(seqs.shape[1]).expand_as(seqs)
-        out, _ = self.gru(self._inputs(seqs, cols))
+        out, _ = self.gru(self._inputs(seqs, cols, self.prompt_vector(seqs)))
         last = out[torch.arange(len(seqs)), lengths - 1]
         return out, last
 
-    def step(self, tokens: Tensor, positions: Tensor, h: Tensor) -> Tensor:
-        """Feed one token per row (b,) sitting at column ``positions`` (b,) to state ``h`` (b, H); return the new state."""
-        _, h_new = self.gru(self._inputs(tokens, positions).unsqueeze(1), h.unsqueeze(0))
+    def step(self, tokens: Tensor, positions: Tensor, h: Tensor, prompt: Tensor | None = None) -> Tensor:
+        """Feed one token per row (b,) sitting at column ``positions`` (b,) to state ``h`` (b, H); return the new state.
+        ``prompt``: the rows' :meth:`prompt_vector` (b, E) when the trunk has a prompt input."""
+        _, h_new = self.gru(self._inputs(tokens, positions, prompt).unsqueeze(1), h.unsqueeze(0))
         return h_new.squeeze(0)
 
 
@@ -75,7 +91,7 @@ class ToyBackend(nn.Module):
     for the KL penalty). Decoding keeps one hidden state per active row."""
 
     def __init__(self, vocab_size: int, eos_token_id: int, *, embed_size: int = 32, hidden_size: int = 64, seed: int = 0,
-                 reference: bool = False, max_positions: int = 0, eos_bias: float = 0.0):
+                 reference: bool = False, max_positions: int = 0, eos_bias: float = 0.0, prompt_input: int = 0):
         super().__init__()
         g = torch.random.fork_rng()
         with g:
@@ -84,6 +100,9 @@ class ToyBackend(nn.Module):
             self.critic = GRUTrunk(vocab_size, embed_size, hidden_size, 1, max_positions)
             nn.init.zeros_(self.critic.head.weight)
             nn.init.zeros_(self.critic.head.bias)
+            if prompt_input > 0:  # drawn last, so every other weight starts as without it
+                self.policy.add_prompt_input(prompt_input)
+                self.critic.add_prompt_input(prompt_input)
             if eos_bias:
                 with torch.no_grad():
                     self.policy.head.bias[eos_token_id] += eos_bias
@@ -95,6 +114,8 @@ class ToyBackend(nn.Module):
         self._hp: Tensor | None = None
         self._hc: Tensor | None = None
         self._col: Tensor | None = None  # (b,) column of each active row's next input token
+        self._pp: Tensor | None = None  # (b, E) prompt vectors of the active rows (policy, critic), or None
+        self._pc: Tensor | None = None
 
     # --- decoding -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -103,6 +124,7 @@ class ToyBackend(nn.Module):
         _, self._hp = self.policy.encode(seqs, plen)
         _, self._hc = self.critic.encode(seqs, plen)
         self._col = plen.clone()
+        self._pp, self._pc = self.policy.prompt_vector(seqs), self.critic.prompt_vector(seqs)
 
     @torch.no_grad()
     def step(self, *, with_values: bool = True) -> StepOutput:
@@ -116,9 +138,11 @@ class ToyBackend(nn.Module):
     def advance(self, tokens: Tensor, keep: Tensor) -> None:
         keep = keep.to(torch.bool)
         tokens, hp, hc, col = tokens[keep], self._hp[keep], self._hc[keep], self._col[keep]
+        pp = self._pp[keep] if self._pp is not None else None
+        pc = self._pc[keep] if self._pc is not None else None
         if len(tokens):
-            hp, hc = self.policy.step(tokens, col, hp), self.critic.step(tokens, col, hc)
-        self._hp, self._hc, self._col = hp, hc, col + 1
+            hp, hc = self.policy.step(tokens, col, hp, pp), self.critic.step(tokens, col, hc, pc)
+        self._hp, self._hc, self._col, self._pp, self._pc = hp, hc, col + 1, pp, pc
 
     # --- training -------------------------------------------------------------------------------
     def _response_outputs(self, trunk: GRUTrunk, prompts, tokens: Tensor, mask: Tensor) -> Tensor:
@@ -171,4 +195,6 @@ def make_backend(model_cfg, task, *, seed: int) -> ToyBackend:
         max_positions=(int(getattr(task, "prompt_len", 0)) + int(getattr(task, "max_len", 0))
                        if model_cfg.positions else 0),
         eos_bias=float(model_cfg.eos_bias),
+        # the sim prompt's tokens (the first prompt_len of every context, carried rows included)
+        prompt_input=int(getattr(task, "prompt_len", 0)) if model_cfg.prompt_input else 0,
     )

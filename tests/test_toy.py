@@ -62,3 +62,34 @@ def test_eos_bias_moves_only_the_initial_eos_logit():
         else:
             torch.testing.assert_close(b1[name], b0[name], msg=name)
     assert torch.equal(ToyBackend(10, 1, seed=3, eos_bias=0.0).policy.head.bias, base.policy.head.bias)
+
+
+def test_prompt_input_decodes_like_teacher_forcing_and_through_a_carry():
+    """With the prompt fed at every step, step-wise decoding, the teacher-forced forward and a carried
+    prefix (prompt + tokens re-encoded as the context) all agree; the prompt vector moves the logits."""
+    b = ToyBackend(8, 1, seed=6, max_positions=16, prompt_input=2)
+    prompts = [[2, 3], [4, 5], [3, 2]]
+    tokens, logps = _decode(b, prompts, 6)
+    mask = torch.ones_like(tokens, dtype=torch.bool)
+    logp, _ = b.policy_forward(prompts, tokens, mask, temperature=1.0)
+    torch.testing.assert_close(logp, logps.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), atol=1e-5, rtol=1e-5)
+    b.begin([[2, 3] + tokens[0, :3].tolist()])
+    torch.testing.assert_close(torch.log_softmax(b.step(with_values=False).logits, -1)[0], logps[0, 3],
+                               atol=1e-5, rtol=1e-5)
+    b.begin([[2, 3]])
+    b.advance(torch.tensor([4]), keep=torch.ones(1, dtype=torch.bool))
+    before = b.step(with_values=False).logits
+    with torch.no_grad():
+        b.policy.prompt_embed.weight[2] += 1.0
+    b.begin([[2, 3]])
+    b.advance(torch.tensor([4]), keep=torch.ones(1, dtype=torch.bool))
+    assert not torch.allclose(before, b.step(with_values=False).logits)
+
+
+def test_prompt_input_off_adds_nothing_and_on_keeps_the_other_weights():
+    off, on = ToyBackend(8, 1, seed=7, max_positions=16), ToyBackend(8, 1, seed=7, max_positions=16, prompt_input=2)
+    assert off.policy.prompt_embed is None
+    shared = off.state_dict()
+    for name, v in on.state_dict().items():
+        if "prompt_embed" not in name:
+            torch.testing.assert_close(v, shared[name], msg=name)
