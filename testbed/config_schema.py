@@ -129,6 +129,10 @@ class ModelSection:
     """hf: train LoRA adapters (``peft``) instead of every policy weight: ``{r, alpha, target_modules,
     dropout}`` (empty: full fine-tuning). The KL reference is then the base model with the adapters
     off (no second copy); checkpoints hold the adapters; ``save_pretrained`` writes the merged model."""
+    sft: dict = field(default_factory=dict)
+    """hf: supervised warm-start on the task's canonical solutions before RL, when a run starts from
+    scratch (not on a resume): ``{steps, lr, batch_size, eval_size}`` (``llm_backend.sft``; empty: none).
+    Writes ``RUN_DIR/sft.json`` with held-out greedy pass@1 before and after."""
 
 
 @dataclass
@@ -607,6 +611,8 @@ def check(cfg: Config) -> None:
         raise ConfigError(f"rollout.group_size: must divide rollout.batch_size ({r.group_size} does not divide {r.batch_size})")
     if a.dual_clip and a.dual_clip <= 1:
         raise ConfigError("algo.dual_clip: must be > 1 (or 0 for off)")
+    if cfg.model.sft and cfg.model.kind != "hf":
+        raise ConfigError(f"model.sft: supervised warm-start needs model.kind hf (got {cfg.model.kind!r})")
     if a.kl_coef > 0 and not cfg.model.reference:
         raise ConfigError("algo.kl_coef: needs model.reference=true")
     if a.overlong_buffer > r.max_len:

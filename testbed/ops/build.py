@@ -17,6 +17,11 @@ TASK_ENTRY_POINTS = {"sim": "testbed.ops.build:make_sim_task", "math": "llm_back
 """``task.kind`` -> ``make_task(task_cfg, model_cfg, *, num_slots, seed)``."""
 BACKEND_ENTRY_POINTS = {"toy": "testbed.toy:make_backend", "hf": "llm_backend.backend:make_backend"}
 """``model.kind`` -> ``make_backend(model_cfg, task, *, seed)``."""
+SFT_ENTRY_POINTS = {"hf": ("llm_backend.sft:sft_settings", "llm_backend.sft:run_sft")}
+"""``model.kind`` -> ``(settings(model.sft) -> dict, run_sft(cfg, backend, *, evaluate_before, evaluate_after,
+progress) -> report)``: the ``model.sft`` warm-start stage (:mod:`llm_backend.sft`)."""
+SFT_REPORT = "sft.json"
+"""The SFT stage's report in a run directory (or ``testbed sft``'s output folder)."""
 
 
 def load_entry_point(spec: str) -> Callable:
@@ -66,3 +71,15 @@ def build(cfg: Any, *, num_slots: int | None = None) -> tuple[Any, Any]:
     """``(task, backend)`` for a run config; ``num_slots`` defaults to ``rollout.batch_size``."""
     task = build_task(cfg, num_slots=cfg.rollout.batch_size if num_slots is None else num_slots)
     return task, build_backend(cfg, task)
+
+
+def sft_settings(cfg: Any) -> dict[str, Any]:
+    """``model.sft`` checked and with defaults filled in (a bad key raises naming it)."""
+    return load_entry_point(_kind({k: v[0] for k, v in SFT_ENTRY_POINTS.items()}, "model.sft: model.kind",
+                                  cfg.model.kind))(cfg.model.sft)
+
+
+def run_sft(cfg: Any, backend: Any, **kw: Any) -> dict[str, Any]:
+    """The ``model.sft`` stage on ``backend`` (policy only); returns its report."""
+    return load_entry_point(_kind({k: v[1] for k, v in SFT_ENTRY_POINTS.items()}, "model.sft: model.kind",
+                                  cfg.model.kind))(cfg, backend, **kw)

@@ -25,6 +25,7 @@ from testbed.memory import check_batch_fits
 from testbed.diagnostics import row_records
 from testbed.metrics import MetricsLogger, TensorBoardLogger
 from testbed.ops import rundir
+from testbed.ops import build as build_mod
 from testbed.ops.build import build, build_task
 from testbed.ops.lock import RunLock
 from testbed.ops.rundir import CHANGES_NAME, NO_OLDER_CHECKPOINT, RESUME_MAY_CHANGE  # noqa: F401 (re-exported)
@@ -86,6 +87,7 @@ class Trainer(Learner):
         Learner.__init__(self, cfg, task, backend, critic_state=critic,
                          critic_source=f"model.critic_init: the checkpoint of {run!r}")
         self._eval_task = None
+        self._sft = build_mod.sft_settings(cfg) if cfg.model.sft else None  # a bad key fails before any work
 
     def close(self) -> None:
         """Release the run directory (also done at the end of :meth:`train` and at process exit)."""
@@ -121,9 +123,13 @@ class Trainer(Learner):
         from tqdm.auto import tqdm
 
         c = self.cfg
+        sft = self.sft_stage() if self.step == 0 and self._sft and self._sft["steps"] else None
         bar = tqdm(total=c.run.steps, initial=self.step, desc=c.run.name, disable=not c.run.progress, leave=False)
         while self.step < c.run.steps:
             held_out = self.maybe_evaluate()
+            if sft is not None:  # the step-0 evaluation is the post-SFT one
+                self._write_sft(sft, held_out)
+                sft = None
             batch, record = self.train_step()  # collect, advantages, updates, stop-rule update
             record.update(held_out)
             self.logger.log(record)
@@ -143,6 +149,29 @@ class Trainer(Learner):
         if nostop:
             rundir.write_json(self.run_dir / rundir.FINAL_EVAL_NOSTOP, nostop)
         return self.write_summary()
+
+    def sft_stage(self) -> dict[str, Any]:
+        """The ``model.sft`` warm-start (:mod:`llm_backend.sft`), run when a run starts from scratch (a
+        resumed run's checkpoint already holds its result). Held-out greedy pass@1 before and after go
+        to ``RUN_DIR/sft.json``; "after" is the step-0 held-out evaluation when that one is the same
+        (``run.eval_every`` on and the same number of problems), else it is measured here."""
+        c = self.cfg
+        reuse = bool(c.run.eval_every) and self._sft["eval_size"] in (0, c.run.eval_size) and c.run.steps > 0
+        report = build_mod.run_sft(c, self.backend, evaluate_before=True, evaluate_after=not reuse,
+                                   progress=c.run.progress)
+        if not reuse:
+            self._write_sft(report, {})
+            return None
+        return report
+
+    def _write_sft(self, report: dict[str, Any], held_out: dict[str, Any]) -> None:
+        if held_out:
+            report["pass@1/after"] = held_out["eval/pass@1"]
+            report["length/mean/after"] = held_out["eval/length/mean"]
+        rundir.write_json(self.run_dir / build_mod.SFT_REPORT, report)
+        print(f"sft: {report['steps']} steps, held-out greedy pass@1 {report['pass@1/before']:.3f} -> "
+              f"{report['pass@1/after']:.3f} on {report['eval_size']} problems ({self.run_dir / build_mod.SFT_REPORT})",
+              flush=True)
 
     def evaluate_without_stopping(self) -> dict[str, Any]:
         """``run.final_eval_rows`` whole responses of the final policy to fresh prompts, sampled at the
