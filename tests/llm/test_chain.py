@@ -303,6 +303,64 @@ def test_verifier_on_real_model_outputs_easy(text, gold, numbers, expected):
     _check(text, gold, numbers, expected)
 
 
+# Real greedy outputs of SmolLM2-135M-Instruct on the held-out long chains of configs/llm/long_chain_ppo.yaml
+# (steps [6, 10], one-digit operands, + and -, results in [0, 20], the long example), after its model.sft
+# stage (bench/long_chain_stats.py --sft), and two of the base model (steps [4, 6]; it runs on to the length
+# cap). Verdicts checked by hand: (text before the wrong number, the wrong number, doomed, checkable, reason).
+# The verifier judges arithmetic, not the plan: a step that applies the wrong operator or skips one with
+# right arithmetic ('11 + 8 = 19' for '- 8' in row 2, '4 + 3' for '- 3' in row 7, '18 + 7' for '- 6' in
+# row 10, '2 + 3' for '- 2' in row 12) is passed over, and the row's first wrong number comes later.
+REAL_LONG = [
+    ('9 + 4 = 13. 13 + 5 = 18. 18 - 6 = 12. 12 - 3 = 11. 11 - 6 = 4. 4 - 3 = 1. 1 + 8 = 9. The answer is \\boxed{9}.',
+     8, [9, 4, 5, 6, 3, 6, 3, 8], ('12 - 3 = ', '11', True, True, 'arithmetic')),  # 9 + 4 + 5 - 6 - 3 - 6 - 3 + 8
+    ('3 - 3 = 0. 0 + 6 = 6. 6 + 5 = 11. 11 + 8 = 19. 19 + 3 = 22. 22 - 3 = 21. The answer is \\boxed{21}.',
+     11, [3, 3, 6, 5, 8, 3, 8, 3], ('22 - 3 = ', '21', True, True, 'arithmetic')),  # 3 - 3 + 6 + 5 - 8 + 3 + 8 - 3
+    ('7 - 6 = 1. 1 + 4 = 5. 5 - 3 = 2. 2 + 6 = 8. 8 + 8 = 16. 16 - 1 = 15. The answer is \\boxed{15}.',
+     15, [7, 6, 4, 3, 6, 8, 1], (None, None, False, True, 'ok')),  # 7 - 6 + 4 - 3 + 6 + 8 - 1
+    ('7 - 2 = 5. 5 - 1 = 4. 4 - 1 = 3. 3 + 1 = 4. 4 + 4 = 8. 8 - 7 = 1. 1 - 6 = 3. The answer is \\boxed{3}.',
+     1, [7, 2, 1, 1, 1, 4, 7, 1, 7, 6], ('1 - 6 = ', '3', True, True, 'arithmetic')),  # 7 - 2 - 1 - 1 + 1 + 4 - 7 - 1 + 7 - 6
+    ('6 + 7 = 13. 13 + 7 = 20. 20 - 6 = 14. 14 + 5 = 19. 19 - 7 = 12. 12 + 3 = 15. 15 - 2 = 13. 13 + 5 = 18. '
+     '18 - 3 = 15. 15 + 4 = 19. The answer is \\boxed{19}.',
+     19, [6, 7, 7, 6, 5, 7, 3, 2, 5, 3, 4], (None, None, False, True, 'ok')),  # 6 + 7 + 7 - 6 + 5 - 7 + 3 - 2 + 5 - 3 + 4
+    ('6 + 8 = 14. 14 - 8 = 7. 7 - 4 = 3. 3 + 7 = 10. 10 + 3 = 13. 13 + 7 = 10. The answer is \\boxed{10}.',
+     19, [6, 8, 8, 4, 7, 3, 7], ('14 - 8 = ', '7', True, True, 'arithmetic')),  # 6 + 8 - 8 - 4 + 7 + 3 + 7
+    ('8 - 6 = 2. 2 + 6 = 8. 8 - 3 = 5. 5 - 4 = 1. 1 + 3 = 4. 4 + 3 = 7. 7 - 1 = 6. 6 - 6 = 0. The answer is \\boxed{0}.',
+     4, [8, 6, 6, 3, 4, 3, 3, 1, 5, 5, 6], ('The answer is \\boxed{', '0', True, True, 'answer')),  # 8 - 6 + 6 - 3 - 4 + 3 - 3 - 1 + 5 + 5 - 6
+    ('8 - 3 = 5. 5 - 4 = 1. 1 - 4 = 3. 3 + 1 = 4. 4 + 2 = 6. 6 - 2 = 4. 4 - 1 = 3. 3 - 1 = 2. 2 + 3 = 5. '
+     'The answer is \\boxed{5}.',
+     3, [8, 3, 4, 1, 2, 2, 1, 1, 3], ('1 - 4 = ', '3', True, True, 'arithmetic')),  # 8 - 3 - 4 + 1 + 2 - 2 - 1 - 1 + 3
+    ('7 + 2 = 9. 9 + 3 = 12. 12 - 6 = 4. 4 + 7 = 11. 11 - 2 = 11. 11 - 4 = 8. 8 - 3 = 5. 5 - 4 = 2. '
+     'The answer is \\boxed{2}.',
+     0, [7, 2, 3, 6, 7, 2, 4, 3, 4], ('12 - 6 = ', '4', True, True, 'arithmetic')),  # 7 + 2 + 3 - 6 + 7 - 2 - 4 - 3 - 4
+    ('2 + 5 = 7. 7 + 9 = 16. 16 + 2 = 18. 18 + 7 = 25. 25 - 6 = 19. 19 + 7 = 26. 26 - 3 = 23. 23 - 9 = 12. '
+     '12 + 2 = 14. 14 + 7 = 21. The answer is \\boxed{21}.',
+     16, [2, 5, 9, 2, 6, 7, 3, 9, 2, 7], ('23 - 9 = ', '12', True, True, 'arithmetic')),  # 2 + 5 + 9 + 2 - 6 + 7 - 3 - 9 + 2 + 7
+    # two wrong results that cancel: the first is located, and the row is not doomed
+    ('4 - 1 = 3. 3 + 8 = 11. 11 - 2 = 11. 11 - 6 = 4. 4 + 8 = 12. 12 - 7 = 4. 4 - 1 = 3. 3 - 2 = 1. '
+     'The answer is \\boxed{1}.',
+     1, [4, 1, 8, 2, 6, 8, 7, 1, 2], ('11 - 2 = ', '11', False, True, 'arithmetic')),  # 4 - 1 + 8 - 2 - 6 + 8 - 7 - 1 - 2
+    # the base model, cut at the length cap (no box: doomed)
+    ('6 - 4 = 2. 2 + 3 = 5. 5 - 6 = 1. 1 + 2 = 3. 3 + 6 = 9. 9 + 7 = 16. 16 - 7 = 11. 11 - 8 = 1. 11 - 10 = 1. '
+     '11 + 10 = 21. 21 - 10 = 1. 11 + 11 = 22. 22 - 11 = 2. 22 - 11 = 3. 22 - 11 = 4. 22 - 1',
+     5, [6, 4, 2, 3, 6, 4], ('5 - 6 = ', '1', True, True, 'arithmetic')),  # 6 - 4 - 2 + 3 + 6 - 4
+    ('1 + 6 + 9 = 18. 18 - 1 = 19. 19 - 1 = 18. 18 + 1 = 20. 20 - 1 = 21. 21 - 1 = 22. 22 - 1 = 23. 23 - 1 = 24. '
+     '24 - 1 = 25. 25 - 1 = 26. 26 - 1 = 27. 27 - 1 = 28. 28 - 1 = 29. 29 - 1 = 30. 30 - ',
+     16, [8, 7, 1, 1, 6, 9], ('1 + 6 + 9 = ', '18', True, True, 'arithmetic')),  # 8 - 7 - 1 + 1 + 6 + 9
+]
+
+
+@pytest.mark.parametrize("text, gold, numbers, expected", REAL_LONG)
+def test_verifier_on_real_long_chain_outputs(text, gold, numbers, expected):
+    before, wrong, doomed, checkable, reason = expected
+    v = verify_chain(text, gold, numbers)
+    assert (v.doomed, v.checkable, v.reason) == (doomed, checkable, reason), (text, v)
+    if wrong is None:
+        assert v.failure_char == -1, (text, v)
+    else:  # the exact occurrence: numbers repeat in long chains
+        assert text[:v.failure_char].endswith(before) and text[v.failure_char:].startswith(wrong), (text, v)
+        assert text.find(before) + len(before) == v.failure_char, "the first occurrence of that equation"
+
+
 # --- the task through the collector, with a backend that writes a fixed script -------------------
 
 pytest.importorskip("transformers")
