@@ -35,9 +35,12 @@ def test_grid(tmp_path):
     _, specs = ops_sweep.expand(sweep.spec(tmp_path / "runs"))
     by = {s.name: s for s in specs}
     assert len(by) == len(sweep.METHODS) * len(sweep.TAILS) * len(sweep.SEEDS)
-    c = by["tppo_w32-tail8-s1"].config
-    assert c["tppo"]["window"] == 32 and c["run"]["steps"] == sweep.TPPO_STEPS and c["run"]["eval_every"] == sweep.EVAL_EVERY
-    assert c["task"]["env_kwargs"]["length_tail"] == 8.0 and by["ppo-tail2-s0"].config["tppo"]["enabled"] is False
+    c = by["tppo_w32-tail16-s1"].config
+    assert c["tppo"]["window"] == 32 and c["run"]["steps"] == sweep.TPPO_STEPS[32] and c["run"]["eval_every"] == sweep.EVAL_EVERY
+    assert c["task"]["env_kwargs"]["length_tail"] == 16.0 and by["ppo-tail4-s0"].config["tppo"]["enabled"] is False
+    for name, spec in by.items():  # every method: one step shape
+        assert (spec.config["rollout"]["batch_size"], spec.config["algo"]["epochs"], spec.config["model"]["prompt_input"]) == \
+            (sweep.BATCH, 1, True), name
 
 
 def test_speedups_regime_checks_and_verdicts(tmp_path):
