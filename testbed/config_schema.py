@@ -85,7 +85,8 @@ class TaskSection:
     source: str = "generator"
     """math: ``generator`` (``difficulty``, or ``dataset`` when set), ``chain`` (checkable multi-step arithmetic) or ``reasoning_gym``."""
     source_kwargs: dict = field(default_factory=dict)
-    """math: the source's knobs (chain: steps, digits, plant_fraction, plant_step; reasoning_gym: dataset, config, size)."""
+    """math: the source's knobs (chain: steps (an int or [low, high]), digits, mul_max, ops, max_value, example,
+    plant_fraction, plant_step; reasoning_gym: dataset, config, size)."""
 
 
 @dataclass
