@@ -240,6 +240,7 @@ def make_structure(
     repair_cost: int = 1,
     derail: float = 0.0,
     overshoot: str = "fatal",
+    critical_zone: tuple[float, float] | None = None,
 ) -> Structure:
     """Validate the arguments and draw the hidden structure from ``np.random.default_rng(structure_seed)``.
 
@@ -292,6 +293,13 @@ def make_structure(
     for name, k in (("num_acceptable", num_acceptable), ("num_acceptable_critical", num_acceptable_critical)):
         _require(1 <= k <= C, name, f"must be in [1, num_content_tokens = {C}], got {k}")
     _require(0.0 <= critical_frac <= 1.0, "critical_frac", f"must be in [0, 1], got {critical_frac}")
+    if critical_zone is not None:
+        ok = (isinstance(critical_zone, (tuple, list)) and len(critical_zone) == 2
+              and all(isinstance(x, (int, float)) for x in critical_zone))
+        _require(ok, "critical_zone", f"must be None or a pair (lo, hi) of fractions of L, got {critical_zone!r}")
+        _require(0.0 <= critical_zone[0] < critical_zone[1] <= 1.0, "critical_zone",
+                 f"must satisfy 0 <= lo < hi <= 1, got {tuple(critical_zone)}")
+        critical_zone = (float(critical_zone[0]), float(critical_zone[1]))
     _require(recoverable_cost >= 0, "recoverable_cost", f"must be >= 0, got {recoverable_cost}")
 
     P, T = num_problems, max_len
@@ -330,7 +338,12 @@ def make_structure(
     # Exactly round(critical_frac * L) critical positions per problem, uniformly placed before L:
     # the lowest-ranked random keys among positions < L win.
     n_crit = np.rint(critical_frac * lengths).astype(np.int64)
-    keys = np.where(before_L, rng.random((P, T)), np.inf)
+    eligible = before_L
+    if critical_zone is not None:  # only positions in [lo * L, hi * L): where the failures sit
+        lo, hi = critical_zone
+        eligible = before_L & (t[None, :] >= np.floor(lo * lengths)[:, None]) & (t[None, :] < np.ceil(hi * lengths)[:, None])
+        n_crit = np.minimum(n_crit, eligible.sum(axis=1))
+    keys = np.where(eligible, rng.random((P, T)), np.inf)
     crit_rank = np.argsort(np.argsort(keys, axis=1), axis=1)
     critical = crit_rank < n_crit[:, None]
 
@@ -453,6 +466,8 @@ class PlantedFailureEnv(_StructureAttrs, gym.Env[dict[str, np.ndarray], int]):
     - ``num_acceptable=8``: acceptable content tokens at a non-critical position;
       ``num_acceptable_critical=None`` (defaults to ``num_acceptable``): at a critical one.
     - ``critical_frac=0.2``: ``round(critical_frac * L)`` critical positions per problem.
+    - ``critical_zone=None``: ``(lo, hi)`` places them at indices in ``[floor(lo * L), ceil(hi * L))``
+      only (where the failures sit in the response; at most as many as fit there); None: anywhere before L.
     - ``recoverable_cost=0.1``, ``structure_seed=0``, ``render_mode=None`` (or ``"ansi"``).
     - ``repair_prob=0.0``, ``repair_cost=1``: recovery (below); 0 leaves the vocabulary unchanged.
     - ``derail=0.0``: R >= 1 turns on derailment (below); 0 = off.
@@ -521,6 +536,7 @@ class PlantedFailureEnv(_StructureAttrs, gym.Env[dict[str, np.ndarray], int]):
         repair_cost: int = 1,
         derail: float = 0.0,
         overshoot: str = "fatal",
+        critical_zone: tuple[float, float] | None = None,
         render_mode: str | None = None,
     ):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -548,6 +564,7 @@ class PlantedFailureEnv(_StructureAttrs, gym.Env[dict[str, np.ndarray], int]):
             repair_cost=repair_cost,
             derail=derail,
             overshoot=overshoot,
+            critical_zone=critical_zone,
         )
         self.action_space = spaces.Discrete(self.vocab_size)
         self.observation_space = _observation_space(self.structure)

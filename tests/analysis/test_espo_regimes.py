@@ -25,13 +25,18 @@ def COUNTS(k):
 def test_grid_cells_methods_and_matched_randoms(tmp_path):
     _, specs = ops_sweep.expand(sweep.spec(tmp_path / "runs"))
     by = {s.name: s for s in specs}
-    assert len(by) == len(sweep.METHODS) * len(sweep.DERAIL) * len(sweep.REPAIR) * len(sweep.SEEDS)
+    cells = len(sweep.DERAIL) * len(sweep.REPAIR) + len(sweep.POSITIONS)
+    assert len(by) == len(sweep.METHODS) * cells * len(sweep.SEEDS)
+    late = by["oracle-R3_rep0.5_late-s0"].config["task"]["env_kwargs"]
+    assert late == {"derail": 3.0, "repair_prob": 0.5, "repair_cost": 3, "critical_zone": [2 / 3, 1.0]}
+    assert sweep.axis_values("R3_rep0.5_late") == (3.0, 0.5) and sweep.position("R3_rep0.5_late") == "late"
+    assert sweep.position("R3_rep0.5") == sweep.ANYWHERE
     task = by["espo_paper-R3_rep0.5-s4"].config["task"]
     assert task["env_id"] == sweep.ENV_ID and task["env_kwargs"] == {"derail": 3.0, "repair_prob": 0.5, "repair_cost": 3}
     assert by["random_paper-R1_rep0-s2"].config["stop"]["reference_run"] == str(tmp_path / "runs" / "espo_paper-R1_rep0-s2")
     assert sweep.axis_values("R3_rep0.5") == (3.0, 0.5)
     _, full = ops_sweep.expand(sweep.spec(tmp_path / "runs", full=True))
-    assert len(full) == len(sweep.METHODS) * 9 * len(sweep.FULL_SEEDS)
+    assert len(full) == len(sweep.METHODS) * (9 + len(sweep.POSITIONS)) * len(sweep.FULL_SEEDS)
 
 
 def test_measured_R_by_hand():
@@ -89,3 +94,24 @@ def test_paper_like_preset_is_the_diagram_cell(tmp_path):
     preset = asdict(config_mod.load(REPO / "configs" / "regimes" / "espo_paper_like.yaml"))
     for section in ("task", "model", "rollout", "algo", "stop"):
         assert preset[section] == cell[section], section
+
+
+def test_position_cells_are_scored_and_drawn_apart_from_the_grid(tmp_path):
+    from analysis.experiments.espo_regimes import figures
+
+    for cell, saved in (("R3_rep0.5", 0.3), ("R3_rep0.5_early", 0.1), ("R3_rep0.5_late", 0.5)):
+        for s in range(3):
+            _nostop(make_run(tmp_path, f"ppo-{cell}-s{s}", extra=COUNTS), 0.6)
+            _nostop(make_run(tmp_path, f"espo-{cell}-s{s}", tokens=100 * (1 - saved) - s, rule="espo"), 0.6)
+    df = load_runs(sorted(p for p in tmp_path.iterdir()), axes=sweep.AXES)
+    pr = regimes.per_run(df, None)
+    table = regimes.score(pr)
+    assert list(table.drop_duplicates("env")["position"]) == ["any", "early", "late"]  # the sweep's order
+    espo = table[table["method"] == "espo"].set_index("position")["tokens_saved_pct"]
+    assert espo["early"] == pytest.approx(11.0) and espo["late"] == pytest.approx(51.0)
+    lines = [str(x) for x in regimes.verdicts(pr)]
+    assert any("failures late]" in x for x in lines) and any(x.startswith("[R=3, recovery 0.5] ") for x in lines)
+    fig = figures.plot_by_position(table)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == list(sweep.POSITIONS)
+    heat = figures.plot_tokens_saved(table)  # the grid's heatmap holds only the cell with failures anywhere
+    assert len(heat.axes[0].texts) == 1

@@ -366,3 +366,23 @@ def test_recoverable_overshoot_exact_success_matches_the_closed_form():
     assert values(()) == pytest.approx(q ** 3 * (1 - q ** (7 - 3)), abs=1e-12)
     with pytest.raises(ValueError, match="overshoot"):
         solve_positional(s, 0, np.full((s.max_len, V), 1 / V))
+
+
+# -- failure position: where the critical positions sit -------------------------------------
+
+
+@pytest.mark.parametrize("zone", [(0.0, 1 / 3), (1 / 3, 2 / 3), (2 / 3, 1.0)])
+def test_critical_zone_places_every_failure_point_in_its_band(zone):
+    kw = dict(num_problems=32, length_dist="uniform", target_len=12, min_len=8, max_len_target=30, max_len=32,
+              critical_frac=0.1)
+    env = PlantedFailureEnv(**kw, critical_zone=list(zone))  # a YAML list works as the pair
+    free = PlantedFailureEnv(**kw)
+    np.testing.assert_array_equal(env.target_len, free.target_len)  # the other draws are unchanged
+    for p in range(env.num_problems):
+        L = int(env.target_len[p])
+        idx = np.flatnonzero(env.critical[p])
+        assert len(idx) == len(np.flatnonzero(free.critical[p])) == round(0.1 * L)
+        assert ((idx >= np.floor(zone[0] * L)) & (idx < np.ceil(zone[1] * L))).all(), (p, L, idx)
+    for bad in ((0.5, 0.5), (-0.1, 0.5), (0.2,), "early"):
+        with pytest.raises(ValueError, match="critical_zone"):
+            PlantedFailureEnv(critical_zone=bad)

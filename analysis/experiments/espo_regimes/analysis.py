@@ -38,7 +38,7 @@ ROOM_PCT = 40.0
 """The issue's bar for a regime with room for a detector: the oracle saves at least this much of PPO's tokens."""
 ESPOS = headline.ESPOS
 NAMES = headline.NAMES
-COLUMNS = ["env", "derail", "recovery", "method", "n", "reliable", "nostop_success", "nostop_vs_ppo",
+COLUMNS = ["env", "derail", "recovery", "position", "method", "n", "reliable", "nostop_success", "nostop_vs_ppo",
            "tokens_saved_pct", "cost_saved_pct", "gen_share", "stop_rate", "precision", "saving_vs_oracle",
            "measured_R"]
 EXTRA = ("measured_R", "gen_share", "cost_saved_pct")
@@ -62,6 +62,7 @@ def per_run(df: pd.DataFrame, rows: pd.DataFrame | None = None) -> pd.DataFrame:
     axes = [sweep.axis_values(e) for e in pr["env"]]
     pr.insert(1, "derail", [a[0] for a in axes])
     pr.insert(2, "recovery", [a[1] for a in axes])
+    pr.insert(3, "position", [sweep.position(e) for e in pr["env"]])
     by_run = {str(k): g for k, g in rows.groupby("run", sort=False)} if rows is not None and len(rows) else {}
     pr["measured_R"] = [measured_R(by_run.get(r)) if m == BASELINE else math.nan for r, m in zip(pr["run"], pr["method"])]
     units = cost_model.gpu_projection()
@@ -128,6 +129,7 @@ def score(pr: pd.DataFrame) -> pd.DataFrame:
     axes = [sweep.axis_values(e) for e in table["env"]]
     table.insert(1, "derail", [a[0] for a in axes])
     table.insert(2, "recovery", [a[1] for a in axes])
+    table.insert(3, "position", [sweep.position(e) for e in table["env"]])
     order = {e: i for i, e in enumerate(sweep.ENVS)}
     return table.sort_values(["env"], key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
 
@@ -141,7 +143,8 @@ def claims(pr: pd.DataFrame) -> list:
     items: list = []
     for env in cells(pr):
         R, rep = sweep.axis_values(env)
-        p = f"[R={R:g}, recovery {rep:g}]"
+        pos = sweep.position(env)
+        p = f"[R={R:g}, recovery {rep:g}" + ("]" if pos == sweep.ANYWHERE else f", failures {pos}]")
         has = set(pr.loc[pr["env"] == env, "method"])
         ppo = pr[(pr["env"] == env) & (pr["method"] == BASELINE)]
         if len(ppo):

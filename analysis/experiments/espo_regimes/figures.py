@@ -1,4 +1,5 @@
-"""Figures of the ESPO phase diagram: heatmaps over (derailment R x recovery rate), apart from its scores
+"""Figures of the ESPO phase diagram: heatmaps over (derailment R x recovery rate) and lines over failure
+position, apart from its scores
 (:mod:`analysis.experiments.espo_regimes.analysis`). ``table`` is the score table with the verdict words
 the report adds (``verdict_saves``, ``verdict_vs_ppo``, ``verdict_vs_random``)."""
 
@@ -22,6 +23,8 @@ def _mark(word) -> str:
 def plot_heatmaps(table: pd.DataFrame, key: str, title: str, verdict: str | None, cmap: str, center: float | None) -> Figure:
     import matplotlib.pyplot as plt
 
+    if "position" in table:
+        table = table[table["position"] == sweep.ANYWHERE]
     ds = sorted(table["derail"].unique())
     rs = sorted(table["recovery"].unique())
     methods = [m for m in METHODS if m in set(table["method"])]
@@ -62,5 +65,32 @@ def plot_success_vs_ppo(table: pd.DataFrame) -> Figure:
     return plot_heatmaps(table, "nostop_vs_ppo", "no-stop success minus PPO's", "vs_ppo", "RdBu", 0.0)
 
 
-PLOTS = {"tokens_saved": plot_tokens_saved, "success_vs_ppo": plot_success_vs_ppo}
+def plot_by_position(table: pd.DataFrame) -> Figure:
+    """Over failure position in the paper-like cell: tokens saved vs PPO (%) and no-stop success minus PPO's,
+    mean and 95% t-interval per method, with the verdict marks."""
+    import matplotlib.pyplot as plt
+
+    order = list(sweep.POSITIONS)
+    t = table[table["position"].isin(order)] if "position" in table else table.iloc[:0]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    x = np.arange(len(order))
+    for ax, (key, verdict, label) in zip(axes, (("tokens_saved_pct", "saves", "tokens saved vs PPO (%)"),
+                                                ("nostop_vs_ppo", "vs_ppo", "no-stop success minus PPO's"))):
+        for k, m in enumerate(mm for mm in METHODS if mm in set(t["method"])):
+            rows = t[t["method"] == m].set_index("position").reindex(order)
+            y, lo, hi = (rows[c].to_numpy(dtype=float) for c in (key, f"{key}_lo", f"{key}_hi"))
+            xs = x + 0.06 * (k - 2)
+            ax.errorbar(xs, y, yerr=[y - lo, hi - y], marker="o", capsize=3, label=m)
+            for xi, yi, w in zip(xs, y, rows.get(f"verdict_{verdict}", pd.Series([""] * len(order)))):
+                if np.isfinite(yi) and _mark(w):
+                    ax.annotate(_mark(w), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks(x, order)
+        ax.set(xlabel=f"failure position (cell {sweep.cell_name(*sweep.PAPER_LIKE)})", title=label)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("over failure position (mark: + yes, - no, ? undecided after Holm over the diagram)", fontsize=9)
+    return fig
+
+
+PLOTS = {"tokens_saved": plot_tokens_saved, "success_vs_ppo": plot_success_vs_ppo, "by_position": plot_by_position}
 """Figure name -> ``fn(table) -> Figure``."""

@@ -42,12 +42,14 @@ def write(run: StudyRun) -> None:
     elapsed = time.time() - run.started
     seeds = sorted(df["label/seed"].unique().tolist())
     lines = [
-        *report_head("# ESPO phase diagram: derailment x recovery", quick=run.quick, workers=run.workers,
+        *report_head("# ESPO phase diagram: derailment x recovery, and failure position", quick=run.quick, workers=run.workers,
                      command=run.command, elapsed=elapsed),
         "## Settings", "",
         f"- env `{sweep.ENV_ID}` (16 problems, L = 12, 2 critical positions), `rollout.max_len` {sweep.MAX_LEN}; cells: "
         + ", ".join(f"`{e}`" for e in analysis.cells(pr)) + f" (R: a doomed row runs on to an expected R x "
-        f"(L + 1) tokens; recovery: the chance a fatal step can be repaired by REVISE at a {sweep.REPAIR_COST}-token cost)",
+        f"(L + 1) tokens; recovery: the chance a fatal step can be repaired by REVISE at a {sweep.REPAIR_COST}-token cost; "
+        "a `_<position>` suffix: the critical positions only in that third of the response, "
+        + ", ".join(f"{k} [{lo:.2f}, {hi:.2f}) x L" for k, (lo, hi) in sweep.POSITIONS.items()) + ")",
         f"- methods: {', '.join(sweep.METHODS)} (the ESPO headline's presets as they are); seeds {seeds}", "",
         "## Scores (mean [95% Student-t interval] over seeds; differences paired by seed)", "",
         markdown_table(shown), "",

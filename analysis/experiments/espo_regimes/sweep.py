@@ -4,8 +4,9 @@ The headline's methods (PPO, both ESPOs, each one's matched random truncation, t
 presets of ``analysis.experiments.espo_headline.sweep``) over a grid of derailment ``R`` (a doomed row
 runs on to an expected ``R x`` a successful row's length) x recovery rate (the chance that a fatal step
 can be repaired by a REVISE move at a 3-token cost), on ``testbed/PlantedFailureDerail-v0`` (the default
-problems: 16, L = 12). The env axis names each cell ``R<r>_rep<p>``; run names are
-``<method>-<cell>-s<seed>``.
+problems: 16, L = 12), and, in the paper-like cell, over failure position (the critical positions placed
+in the first, middle or last third of the response). The env axis names each cell ``R<r>_rep<p>`` (failure
+points anywhere) or ``R<r>_rep<p>_<position>``; run names are ``<method>-<cell>-s<seed>``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ REPAIR = (0.0, 0.5)
 PAPER_LIKE = (3.0, 0.5)
 """The cell closest to ESPO's paper (doomed rows run long, some failures repairable):
 ``configs/regimes/espo_paper_like.yaml``."""
+POSITIONS: dict[str, tuple[float, float]] = {"early": (0.0, 1 / 3), "middle": (1 / 3, 2 / 3), "late": (2 / 3, 1.0)}
+"""Failure position: ``critical_zone`` (fractions of L) of the position cells, all at :data:`PAPER_LIKE`."""
+ANYWHERE = "any"
 FULL_DERAIL = (1.0, 2.0, 3.0)
 FULL_REPAIR = (0.0, 0.25, 0.5)
 
@@ -42,9 +46,13 @@ def cell(derail: float, repair: float) -> dict:
 
 
 def envs(full: bool = False) -> dict[str, dict]:
-    """Cell name -> overrides, :data:`DERAIL` x :data:`REPAIR` (``full``: the 3 x 3 grid)."""
+    """Cell name -> overrides: :data:`DERAIL` x :data:`REPAIR` (``full``: the 3 x 3 grid), then the
+    :data:`POSITIONS` cells of the paper-like cell."""
     ds, rs = (FULL_DERAIL, FULL_REPAIR) if full else (DERAIL, REPAIR)
-    return {cell_name(d, r): cell(d, r) for d in ds for r in rs}
+    out = {cell_name(d, r): cell(d, r) for d in ds for r in rs}
+    for name, zone in POSITIONS.items():
+        out[f"{cell_name(*PAPER_LIKE)}_{name}"] = {**cell(*PAPER_LIKE), "task.env_kwargs.critical_zone": list(zone)}
+    return out
 
 
 ENVS: dict[str, dict] = envs(full=True)
@@ -61,7 +69,13 @@ AXES = ("method", "env", "seed")
 def axis_values(env: str) -> tuple[float, float]:
     """``(R, recovery rate)`` of a cell name."""
     r, p = env.split("_rep")
-    return float(r[1:]), float(p)
+    return float(r[1:]), float(p.split("_")[0])
+
+
+def position(env: str) -> str:
+    """The failure position of a cell name (:data:`ANYWHERE` for the R x recovery grid)."""
+    parts = env.split("_")
+    return parts[2] if len(parts) > 2 else ANYWHERE
 
 
 def spec(out_dir: str | Path, quick: bool = False, full: bool = False) -> dict:
