@@ -150,11 +150,12 @@ class Trainer(Learner):
             rundir.write_json(self.run_dir / rundir.FINAL_EVAL_NOSTOP, nostop)
         return self.write_summary()
 
-    def sft_stage(self) -> dict[str, Any]:
+    def sft_stage(self) -> dict[str, Any] | None:
         """The ``model.sft`` warm-start (:mod:`llm_backend.sft`), run when a run starts from scratch (a
         resumed run's checkpoint already holds its result). Held-out greedy pass@1 before and after go
         to ``RUN_DIR/sft.json``; "after" is the step-0 held-out evaluation when that one is the same
-        (``run.eval_every`` on and the same number of problems), else it is measured here."""
+        (``run.eval_every`` on and the same number of problems), else it is measured here. Returns the
+        report still to be completed by that evaluation, or None when it was written here."""
         c = self.cfg
         reuse = bool(c.run.eval_every) and self._sft["eval_size"] in (0, c.run.eval_size) and c.run.steps > 0
         report = build_mod.run_sft(c, self.backend, evaluate_before=True, evaluate_after=not reuse,
