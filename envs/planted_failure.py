@@ -15,6 +15,7 @@ reference.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 from statistics import NormalDist
 from typing import Any
@@ -859,6 +860,43 @@ class PlantedFailureVectorEnv(_StructureAttrs, VectorEnv):
         self._live[rows] = ~(terminated | truncated)
         reward = np.where(success, s.success_reward(self._errors[rows]), 0.0)
         return reward, terminated, truncated
+
+    ROW_STATE = ("_tokens", "_problem", "_t", "_failure_step", "_errors", "_success", "_live", "_pos",
+                 "_repairable", "_pending", "_repaired", "_forced_until", "_forced_token", "_forced_ends",
+                 "_derail_end", "_last_forced")
+    """Every per-row array: together they are an episode's whole state (the structure is shared)."""
+
+    def _fingerprint(self) -> str:
+        """A digest of the structure: snapshots move only between envs of the same problems and rules."""
+        s = self.structure
+        h = hashlib.sha256(repr((s.max_len, s.vocab_size, s.recoverable_cost, s.repair_prob, s.repair_cost,
+                                 s.derail, s.overshoot)).encode())
+        for a in (s.prompts, s.target_len, s.acceptable, s.critical):
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()
+
+    def snapshot_rows(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The episodes in ``rows`` as they stand, hidden draws included (a copy): what
+        :meth:`restore_rows` needs to continue them elsewhere, in this env or another env of the same
+        structure. Continuing a restored row draws only the randomness still to come (a run-on drawn
+        at a later doom) from the restoring env's ``np_random``."""
+        rows = self._check_rows(rows)
+        return {"structure": np.asarray(self._fingerprint())} | {k: getattr(self, k)[rows].copy() for k in self.ROW_STATE}
+
+    def restore_rows(self, rows: np.ndarray, snapshot: dict[str, np.ndarray], src: np.ndarray | None = None) -> None:
+        """Make ``rows`` continue the snapshot's episodes: row ``rows[i]`` becomes episode ``src[i]``
+        of the snapshot (default ``i``), so one episode can be cloned into many rows."""
+        rows = self._check_rows(rows)
+        if str(snapshot["structure"]) != self._fingerprint():
+            raise ValueError("snapshot: taken from an env of another structure (other problems or knobs)")
+        n = len(snapshot["_t"])
+        src = np.arange(rows.size) if src is None else np.asarray(src, dtype=np.int64)
+        if src.shape != rows.shape or (src.size and not (0 <= src.min() and src.max() < n)):
+            raise ValueError(f"src: expected {rows.size} indices into the snapshot's {n} episodes, got {src}")
+        if snapshot["_tokens"].shape[1:] != self._tokens.shape[1:]:
+            raise ValueError(f"snapshot: rows of {snapshot['_tokens'].shape[1]} tokens, this env has {self._tokens.shape[1]}")
+        for k in self.ROW_STATE:
+            getattr(self, k)[rows] = snapshot[k][src]
 
     @property
     def problem(self) -> np.ndarray:

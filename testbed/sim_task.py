@@ -91,6 +91,24 @@ class SimTask:
             doomed=self._doomed[slots].copy(),
         )
 
+    def snapshot(self, slots: np.ndarray) -> dict[str, np.ndarray]:
+        """The env's episodes in ``slots`` (hidden draws included), for :meth:`restore` in a task over
+        the same env: a stopped row continued to see what the stop threw away."""
+        return self.env.snapshot_rows(np.asarray(slots, dtype=np.int64))
+
+    def restore(self, slots: np.ndarray, snapshot: dict[str, np.ndarray], src: np.ndarray | None = None) -> None:
+        """Continue the snapshot's episodes (``src[i]`` into ``slots[i]``) with their outcome so far
+        (rewards are terminal: a live episode has earned nothing yet)."""
+        slots = np.asarray(slots, dtype=np.int64)
+        self.env.restore_rows(slots, snapshot, src)
+        info = self.env.row_info(slots)
+        self._reward[slots] = np.where(info["success"], self.env.structure.success_reward(info["recoverable_errors"]), 0.0)
+        self._success[slots] = info["success"]
+        self._failure[slots] = info["failure_step"]
+        self._doomed[slots] = info["doomed"]
+        self._ended[slots] = ~info["live"]
+        self._problem[slots] = info["problem"]
+
     def describe(self, slot: int) -> dict[str, Any]:
         return {"env": self.env_id, "problem": int(self._problem[slot])}
 

@@ -22,7 +22,8 @@ from testbed.ops import sweep
 DEFAULT_STUDY = "espo_headline"
 """What ``testbed demo`` runs without ``--study``: the headline simulated study."""
 
-MEASUREMENTS = {"exact_posterior": "testbed.ops.exact_posterior:measure_run"}
+MEASUREMENTS = {"exact_posterior": "testbed.ops.exact_posterior:measure_run",
+                "stop_value": "testbed.ops.stop_value:measure_run"}
 """Measurements a study's ``sweep.measurements(quick)`` may ask for on each finished run, by name ->
 ``measure(run_dir, **kwargs, log=...)`` writing its files into the run directory (kept when present)."""
 

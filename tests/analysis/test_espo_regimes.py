@@ -115,3 +115,24 @@ def test_position_cells_are_scored_and_drawn_apart_from_the_grid(tmp_path):
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == list(sweep.POSITIONS)
     heat = figures.plot_tokens_saved(table)  # the grid's heatmap holds only the cell with failures anywhere
     assert len(heat.axes[0].texts) == 1
+
+
+def test_stop_values_read_per_run_and_reported_beside_matched_random(tmp_path):
+    assert sweep.measurements() == {"stop_value": sweep.STOP_VALUE}
+    for s in range(N):
+        _nostop(make_run(tmp_path, f"ppo-R3_rep0.5-s{s}"), 0.6)
+        for method, p in (("espo", 0.1 + 0.01 * s), ("random", 0.4)):
+            d = make_run(tmp_path, f"{method}-R3_rep0.5-s{s}", rule=method)
+            _nostop(d, 0.6)
+            (d / regimes.STOP_VALUE_FILE).write_text(json.dumps({"stops": 10, "p_thrown": p, "precision": 0.5}))
+    dirs = sorted(p for p in tmp_path.iterdir())
+    pr = regimes.per_run(load_runs(dirs, axes=sweep.AXES), None, regimes.stop_values(dirs))
+    by = pr.set_index("run")
+    assert by.loc["espo-R3_rep0.5-s3", "p_thrown"] == pytest.approx(0.13)
+    assert by.loc["random-R3_rep0.5-s0", "final_precision"] == 0.5 and pd.isna(by.loc["ppo-R3_rep0.5-s0", "p_thrown"])
+    line = next(x for x in regimes.verdicts(pr) if isinstance(x, str) and "ESPO's stops throw away" in x)
+    # ESPO's mean 0.135 over seeds, random's 0.4, their paired difference -0.265; not a claim of the family
+    assert "P(success) +0.1" in line and "random's +0.40 [+0.40, +0.40]" in line and "random -0.2" in line, line
+    assert "not tested" in line
+    table = regimes.score(pr).set_index("method")
+    assert table.loc["espo", "p_thrown"] == pytest.approx(0.135)

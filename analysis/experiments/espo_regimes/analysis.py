@@ -11,6 +11,10 @@ the same definitions, paired with the PPO run of the same cell and seed), with t
   GPU projection, Qwen2.5-7B on one H200): generation's share of a run's projected cost, and
   ``100 * (1 - cost / PPO's cost)`` paired by seed: what the tokens saved are worth once training's cost
   (which a stop barely changes) is counted (Amdahl's law for ESPO).
+- ``p_thrown`` and ``final_precision`` (runs with a stop rule, from ``stop_value.json``,
+  :mod:`testbed.ops.stop_value`): at the final policy, the mean success probability of a stopped row
+  (each stopped row continued without stopping) and the share of stops on already doomed rows. With
+  recovery a doomed-looking stop may be a row that would have been repaired; ``p_thrown`` counts it.
 
 Verdicts, for each cell and each ESPO variant (current, paper): it saves more than 20% of PPO's rollout
 tokens; its final policy (no-stop evaluation) succeeds more often than PPO's; random truncation matched to
@@ -21,7 +25,9 @@ oracle's saving (the room any detector has) and ``measured_R``. The whole diagra
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -30,7 +36,7 @@ from analysis import cost_model
 from analysis.experiments.espo_headline import analysis as headline
 from analysis.experiments.espo_regimes import sweep
 from analysis.plots import ordered
-from analysis.stats import Claim, Verdicts, decide_family, mean_ci
+from analysis.stats import Claim, Verdicts, decide_family, mean_ci, paired_by_seed
 
 BASELINE = headline.BASELINE
 SAVING_CLAIM_PCT = headline.SAVING_CLAIM_PCT
@@ -40,8 +46,8 @@ ESPOS = headline.ESPOS
 NAMES = headline.NAMES
 COLUMNS = ["env", "derail", "recovery", "position", "method", "n", "reliable", "nostop_success", "nostop_vs_ppo",
            "tokens_saved_pct", "cost_saved_pct", "gen_share", "stop_rate", "precision", "saving_vs_oracle",
-           "measured_R"]
-EXTRA = ("measured_R", "gen_share", "cost_saved_pct")
+           "measured_R", "p_thrown", "final_precision"]
+EXTRA = ("measured_R", "gen_share", "cost_saved_pct", "p_thrown", "final_precision")
 """Per-run quantities of this study beside the headline's."""
 
 
@@ -56,8 +62,22 @@ def measured_R(rows: pd.DataFrame, frac: float = 0.5) -> float:
     return float(doomed["length"].mean() / ok["length"].mean())
 
 
-def per_run(df: pd.DataFrame, rows: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The headline's per-run table for the diagram's runs, with ``derail``, ``recovery`` and ``measured_R``."""
+STOP_VALUE_FILE = "stop_value.json"
+
+
+def stop_values(run_dirs) -> dict[str, dict]:
+    """Run name -> its ``stop_value.json`` (runs without one left out)."""
+    out = {}
+    for d in run_dirs:
+        p = Path(d) / STOP_VALUE_FILE
+        if p.is_file():
+            out[Path(d).name] = json.loads(p.read_text())
+    return out
+
+
+def per_run(df: pd.DataFrame, rows: pd.DataFrame | None = None, values: dict[str, dict] | None = None) -> pd.DataFrame:
+    """The headline's per-run table for the diagram's runs, with ``derail``, ``recovery``, ``measured_R``
+    and, from ``values`` (:func:`stop_values`), ``p_thrown`` and ``final_precision``."""
     pr = headline.per_run(df, rows)
     axes = [sweep.axis_values(e) for e in pr["env"]]
     pr.insert(1, "derail", [a[0] for a in axes])
@@ -80,6 +100,10 @@ def per_run(df: pd.DataFrame, rows: pd.DataFrame | None = None) -> pd.DataFrame:
     ref = {(e, s): c for e, s, m, c in zip(pr["env"], pr["seed"], pr["method"], total) if m == BASELINE}
     pr["cost_saved_pct"] = [100 * (1 - c / ref[(e, s)]) if (e, s) in ref and ref[(e, s)] > 0 else math.nan
                             for e, s, c in zip(pr["env"], pr["seed"], total)]
+    values = values or {}
+    for key, src in (("p_thrown", "p_thrown"), ("final_precision", "precision")):
+        pr[key] = [float(values.get(str(r), {}).get(src, math.nan)) if m != BASELINE else math.nan
+                   for r, m in zip(pr["run"], pr["method"])]
     return pr.drop(columns=["_cost"])
 
 
@@ -169,6 +193,16 @@ def claims(pr: pd.DataFrame) -> list:
             items.append(headline.success_claim(pr, env, BASELINE, espo, f"{p} {n}'s final policy succeeds more "
                                                  "often than PPO's", tag))
             rnd = ESPOS[espo]
+            thrown = headline.seed_mean(pr, env, "p_thrown", espo)
+            if thrown.n:
+                line = (f"{p} at its final policy {n}'s stops throw away P(success) {thrown.fmt(2)} a stop "
+                        f"(continued without stopping; doomed share of stops "
+                        f"{headline.seed_mean(pr, env, 'final_precision', espo).fmt(2)})")
+                if rnd in has:
+                    d = paired_by_seed(pr, "p_thrown", rnd, espo, where={"env": env})
+                    line += (f"; matched random's {headline.seed_mean(pr, env, 'p_thrown', rnd).fmt(2)}, "
+                             f"{n} - random {d.fmt(2)} (n={d.n}, not tested)")
+                items.append(line)
             if rnd in has:
                 items.append(headline.success_claim(pr, env, rnd, espo, f"{p} random truncation matched to {n} "
                                                      f"ends with a worse policy than {n}", tag))

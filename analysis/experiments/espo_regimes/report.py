@@ -16,7 +16,7 @@ from analysis.runs import load_many_rows, load_runs
 def write(run: StudyRun) -> None:
     root, run_dirs = run.root, run.run_dirs
     df = load_runs(run_dirs, axes=sweep.AXES)
-    pr = analysis.per_run(df, load_many_rows(run_dirs))
+    pr = analysis.per_run(df, load_many_rows(run_dirs), analysis.stop_values(run_dirs))
     table = analysis.score(pr)
     lines_read = analysis.verdicts(pr)
     items = lines_read.claims

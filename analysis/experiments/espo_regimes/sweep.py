@@ -35,6 +35,17 @@ FULL_DERAIL = (1.0, 2.0, 3.0)
 FULL_REPAIR = (0.0, 0.25, 0.5)
 
 
+STOP_VALUE = {"rows": 512, "continuations": 16}
+"""The measurement of each finished run (``testbed.ops.stop_value``): 512 rows of its final policy with its
+own stop rule, each stopped row continued 16 times without stopping: the success probability a stop throws
+away (with recovery a "doomed"-looking row may still be repaired, and derailed ones are not all alike)."""
+
+
+def measurements(quick: bool = False) -> dict[str, dict]:
+    """What the runner measures on each finished run (``testbed.ops.studies.MEASUREMENTS``)."""
+    return {"stop_value": dict(STOP_VALUE)}
+
+
 def cell_name(derail: float, repair: float) -> str:
     return f"R{derail:g}_rep{repair:g}"
 
