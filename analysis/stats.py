@@ -182,6 +182,46 @@ def paired_by_seed(per_run, metric: str, a: str, b: str, *, where: dict | None =
     return paired_diff_ci(xa.loc[common].tolist(), xb.loc[common].tolist(), **kw)
 
 
+@dataclass(frozen=True)
+class McNemar:
+    """Paired items scored by two methods: ``b_only`` items only ``b`` gets right, ``a_only`` only ``a``
+    does, ``n`` items in all; ``p``: the exact (binomial) two-sided McNemar test of ``b_only`` against
+    ``a_only`` (only the discordant items carry information)."""
+
+    n: int
+    a_only: int
+    b_only: int
+    p: float
+
+    @property
+    def diff(self) -> float:
+        """Accuracy of ``b`` minus that of ``a`` over the items."""
+        return (self.b_only - self.a_only) / self.n if self.n else float("nan")
+
+    def fmt(self) -> str:
+        return (f"{self.diff:+.3f} over {self.n} items ({self.b_only} right only with b, {self.a_only} only with a; "
+                f"exact McNemar p={self.p:.3g})")
+
+
+def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> McNemar:
+    """Exact McNemar test on paired per-item outcomes (``a[i]``, ``b[i]``: the same item under two methods,
+    pooled over seeds by the caller). ``scipy.stats.binomtest`` on the discordant pairs.
+
+    >>> m = mcnemar([1, 1, 0, 0, 0, 1], [1, 0, 1, 1, 1, 1])
+    >>> (m.a_only, m.b_only, round(m.p, 3))
+    (1, 3, 0.625)
+    """
+    from scipy.stats import binomtest
+
+    x, y = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"paired items need two 1-D sequences of one length, got {x.shape} and {y.shape}")
+    a_only, b_only = int((x & ~y).sum()), int((~x & y).sum())
+    k = a_only + b_only
+    p = float(binomtest(b_only, k, 0.5).pvalue) if k else 1.0
+    return McNemar(int(x.size), a_only, b_only, p)
+
+
 # --- a report's family of claims --------------------------------------------------------------------
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1); NaNs stay NaN and do not count.

@@ -24,7 +24,9 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 @torch.no_grad()
 def evaluate(backend, task, cfg: Config, *, n: int, k: int = 1, greedy: bool = False, batch_size: int = 32,
              split: str = "test", seed: int = 0, progress: bool = True) -> dict[str, Any]:
-    """Decode ``k`` responses for each of ``n`` problems (no early stopping) and score them.
+    """Decode ``k`` responses for each of ``n`` problems (no early stopping) and score them; ``correct``:
+    each problem's count of correct responses, in the task's order (the same problems at every call
+    when the task can ``rewind``: paired items for a McNemar test between runs of one seed).
 
     ``task`` must have at least ``min(batch_size, n*k)`` slots; rows are decoded in chunks of whole groups.
     """
@@ -75,4 +77,5 @@ def evaluate(backend, task, cfg: Config, *, n: int, k: int = 1, greedy: bool = F
         "length/mean": float(np.mean(lengths)),
         "tokens/per_second": tokens / elapsed if elapsed > 0 else float("nan"),
         "time/total": elapsed,
+        "correct": correct,
     }

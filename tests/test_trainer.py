@@ -76,3 +76,17 @@ def test_resume_drops_a_last_line_cut_by_the_interruption(tmp_path):
     log.path.write_text('{"step": 0}\nnot json\n{"step": 1}\n')
     with pytest.raises(ValueError, match=r"m.jsonl:2: not a JSON object"):
         log.truncate_after(5)
+
+
+def test_final_evaluation_keeps_each_problem_outcome(tmp_path):
+    """final_eval.json lists every held-out problem's outcome (for McNemar between methods); the same
+    problems are drawn at every evaluation, so its mean is the final pass@1; metrics.jsonl stays scalar."""
+    import json
+
+    cfg = small(tmp_path, "run.eval_every=2", "run.eval_size=12")
+    Trainer(cfg).train()
+    final = json.loads((tmp_path / "r" / "final_eval.json").read_text())
+    correct = final["eval/correct"]
+    assert len(correct) == 12 and set(correct) <= {0, 1}
+    assert sum(correct) / 12 == pytest.approx(final["eval/pass@1"])
+    assert not any(k.startswith("eval/correct") for r in read_metrics(tmp_path / "r" / "metrics.jsonl") for k in r)

@@ -205,6 +205,8 @@ class Trainer(Learner):
         out = {f"eval/{k}": v for k, v in res.items() if isinstance(v, (int, float))}
         out["eval/step"] = self.step
         out["eval/tokens_cumulative"] = self.cumulative_tokens
+        if final:  # final_eval.json keeps each held-out problem's outcome (paired tests between methods)
+            out["eval/correct"] = res["correct"]
         return out
 
     # --- updates --------------------------------------------------------------------------------

@@ -172,3 +172,21 @@ def test_family_note_says_when_no_claim_can_be_decided():
     big = decide_family([Claim(f"c{i}", mean_ci(same)) for i in range(7)])  # 7 x 2/256 > 0.05
     assert all(c.word.startswith("undecided") for c in big)
     assert "With 8 seeds the smallest possible p-value is 0.00781" in family_note(big)
+
+
+def test_mcnemar_by_hand():
+    from scipy.stats import binomtest
+
+    from analysis.stats import mcnemar
+
+    # 10 items only b gets right, none only a: p = 2 * 0.5**10
+    m = mcnemar([0] * 10 + [1] * 5, [1] * 10 + [1] * 5)
+    assert (m.n, m.a_only, m.b_only) == (15, 0, 10) and m.p == pytest.approx(2 * 0.5**10)
+    assert m.diff == pytest.approx(10 / 15)
+    # concordant items never move it; the discordant split decides
+    a, b = [1, 0, 1, 0, 1, 1, 0], [0, 1, 1, 0, 1, 0, 0]
+    m = mcnemar(a + [1] * 50 + [0] * 50, b + [1] * 50 + [0] * 50)
+    assert (m.a_only, m.b_only) == (2, 1) and m.p == pytest.approx(binomtest(1, 3, 0.5).pvalue)
+    assert mcnemar([1, 0], [1, 0]).p == 1.0 and mcnemar([1, 0], [1, 0]).diff == 0.0
+    with pytest.raises(ValueError, match="one length"):
+        mcnemar([1, 0], [1])
