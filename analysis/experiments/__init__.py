@@ -31,6 +31,7 @@ REGISTRY: dict[str, str] = {
     "detector_bayes": "analysis.experiments.detector_bayes",
     "espo_regimes": "analysis.experiments.espo_regimes",
     "tppo_regimes": "analysis.experiments.tppo_regimes",
+    "llm_long": "analysis.experiments.llm_long",
 }
 """Study name -> package path. The one list of studies."""
 

@@ -21,7 +21,8 @@ SHOWN = [("method", None), ("n", None), ("heldout", 3), ("tokens", 0), ("tokens_
 PLANT = [("method", None), ("plant_stop_rate", 3), ("plant_delay", 1), ("stop_rate_unplanted", 3)]
 
 
-def _with_ci(table, cols):
+def with_ci(table, cols):
+    """The ``cols`` of a score table, each ``(column, digits)`` with digits formatted as ``mean [lo, hi]``."""
     out = table[[c for c, _ in cols]].copy()
     for c, digits in cols:
         if digits is None or f"{c}_lo" not in table:
@@ -43,7 +44,7 @@ def write(run: StudyRun) -> None:
     figs = save_figures(build_figures(figures.PLOTS, df, errors), root)
     table.to_csv(root / "scores.csv", index=False)
     experiments.write_verdicts(family.claims, root)
-    main_t, plant_t = _with_ci(table, SHOWN), _with_ci(table[table["method"] == "espo_planted"], PLANT)
+    main_t, plant_t = with_ci(table, SHOWN), with_ci(table[table["method"] == "espo_planted"], PLANT)
     print(text_table(main_t), "", *lines, sep="\n")
     first = df.iloc[0]
     n_seeds = int(df["label/seed"].nunique())

@@ -1,0 +1,81 @@
+"""Settings of the long-chain LLM study (settings only; :func:`grids` assembles them).
+
+The long-chain presets as they are (``configs/llm/long_chain_*.yaml``: 6-10 one-digit ``+``/``-`` steps,
+responses of about 87 tokens after the presets' SFT stage, SmolLM2-135M-Instruct), on the ESPO paper's
+questions: PPO, the paper's ESPO, random truncation matched to it (same stop schedule, same stop reward)
+and the oracle (stops at the verifier's first wrong number) at :data:`MAIN_SEEDS`; the current ESPO,
+T-PPO and the paper's ESPO with planted wrong steps at :data:`SIDE_SEEDS`. Every preset differs from
+``long_chain_ppo.yaml`` only in the keys it sets (read from the files here, restated nowhere), so
+``testbed run configs/llm/long_chain_espo_paper.yaml run.seed=3`` is the cell ``espo_paper-s3``.
+
+Cost: a long-chain run took 28 min 46 s alone at 2 threads (the PPO preset, measured from a clone);
+two workers at one thread each take longer per run. The whole study is 29 runs: about 14 hours of this
+machine at today's decoding speed, not the 90 minutes the issue sizes it for. It resumes where it
+stopped (finished runs are skipped), so it can be completed over several sittings, and ``--quick``
+checks the pipeline in minutes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[3]
+PRESETS = REPO / "configs" / "llm"
+BASE_CONFIG = str(PRESETS / "long_chain_ppo.yaml")
+
+
+def preset(name: str) -> dict:
+    """Every key of ``configs/llm/<name>.yaml`` but its run section, as ``section.key -> value`` overrides
+    of the PPO preset (nested mappings such as ``model.sft`` stay whole)."""
+    raw = yaml.safe_load((PRESETS / f"{name}.yaml").read_text()) or {}
+    return {f"{sec}.{k}": v for sec, body in raw.items() if sec != "run" for k, v in (body or {}).items()}
+
+
+ESPO_PAPER = preset("long_chain_espo_paper")
+PAPER_STOP_REWARD = {k: v for k, v in ESPO_PAPER.items() if k in ("stop.failure_reward", "stop.stop_penalty")}
+MIN_TOKENS = {"stop.min_tokens": ESPO_PAPER["stop.min_tokens"]}
+"""Every stop rule obeys the paper preset's minimum response length (the oracle and random too)."""
+
+MAIN: dict[str, dict] = {
+    "ppo": {},
+    "espo_paper": dict(ESPO_PAPER),
+    # the paper's warm-up ends when the critic's loss settles: the reference's schedule carries it
+    "random_paper": {"stop.rule": "random", "stop.reference_run": "{out_dir}/espo_paper-s{seed}",
+                     "stop.warmup": "steps", "stop.warmup_steps": 0, **MIN_TOKENS, **PAPER_STOP_REWARD},
+    "oracle": {"stop.rule": "oracle", "stop.delay": 0, **MIN_TOKENS},
+}
+"""The paper's comparison, at :data:`MAIN_SEEDS`."""
+SIDE: dict[str, dict] = {
+    "espo": preset("long_chain_espo"),
+    "tppo": preset("long_chain_tppo"),
+    # a wrong result forced into half the rows at their third equation: the fatal token is known by
+    # construction (the planted-step reaction)
+    "espo_paper_planted": {**ESPO_PAPER, "task.source_kwargs.plant_fraction": 0.5,
+                           "task.source_kwargs.plant_step": 3},
+}
+"""The current ESPO, T-PPO and the planted-step reaction, at :data:`SIDE_SEEDS`."""
+METHODS: dict[str, dict] = {**MAIN, **SIDE}
+"""Every method, in table order."""
+
+MAIN_SEEDS = list(range(5))
+SIDE_SEEDS = list(range(3))
+QUICK: dict = {"steps": 2, "seeds": [0], "overrides": {"run.eval_every": 2, "run.eval_size": 8, "rollout.batch_size": 8,
+                                                         "algo.minibatch_size": 8, "model.sft.steps": 2}}
+"""``--quick``: a smoke test of the pipeline, not evidence."""
+AXES = ("method", "seed")
+BASELINE = "ppo"
+MATCHED = {"espo_paper": "random_paper"}
+"""ESPO variant -> its matched random truncation."""
+
+
+def grids(root, quick: bool = False, full: bool = False) -> list[dict]:
+    """Two grids over one run folder ``root / "runs"``: :data:`MAIN` x :data:`MAIN_SEEDS`, then :data:`SIDE`
+    x :data:`SIDE_SEEDS` (no ``--full`` version)."""
+    out = str(Path(root) / "runs")
+    q = QUICK if quick else {}
+    over = {"run.steps": q["steps"], **q["overrides"]} if quick else {}
+    return [{"base": BASE_CONFIG, "out_dir": out, "overrides": dict(over),
+             "axes": {"method": methods, "seed": list(q.get("seeds", seeds))}}
+            for methods, seeds in ((MAIN, MAIN_SEEDS), (SIDE, SIDE_SEEDS))]

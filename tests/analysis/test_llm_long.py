@@ -1,0 +1,58 @@
+"""The long-chain LLM study: its grid reproduces the presets, and it runs end to end on a tiny setting."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from analysis import experiments  # noqa: E402
+from analysis.experiments.llm_long import analysis, sweep  # noqa: E402
+from testbed import config as config_mod  # noqa: E402
+from testbed.ops import sweep as ops_sweep  # noqa: E402
+from testbed.ops.studies import run_study  # noqa: E402
+
+TINY = {"model.path": "tiny", "model.dtype": "float32", "rollout.max_len": 24, "run.threads": 1,
+        "run.progress": False, "stop.min_tokens": 4, "model.sft.steps": 1}
+
+
+def test_registered_and_the_grid():
+    assert "llm_long" in experiments.names()
+    specs = [s for g in sweep.grids("R") for s in ops_sweep.expand(g)[1]]
+    names = {s.name for s in specs}
+    assert len(names) == len(specs) == len(sweep.MAIN) * len(sweep.MAIN_SEEDS) + len(sweep.SIDE) * len(sweep.SIDE_SEEDS)
+    assert len(sweep.MAIN_SEEDS) >= 5 and len(sweep.SIDE_SEEDS) >= 3  # the issue's seed counts
+    by = {s.name: s for s in specs}
+    assert by["random_paper-s2"].config["stop"]["reference_run"] == "R/runs/espo_paper-s2"
+
+
+@pytest.mark.parametrize("method, preset", [("ppo", "long_chain_ppo"), ("espo_paper", "long_chain_espo_paper"),
+                                            ("espo", "long_chain_espo"), ("tppo", "long_chain_tppo")])
+def test_cells_are_the_presets(method, preset):
+    """A cell is ``testbed run configs/llm/<preset>.yaml run.seed=S`` exactly (but its name and folder)."""
+    specs = {s.name: s for g in sweep.grids("R") for s in ops_sweep.expand(g)[1]}
+    cell = specs[f"{method}-s1"].config
+    want = config_mod.load(str(sweep.PRESETS / f"{preset}.yaml"), ["run.seed=1"]).to_dict()
+    for cfg in (want, cell):
+        cfg["run"] = {k: v for k, v in cfg["run"].items() if k not in ("name", "out_dir")}
+    assert cell == want
+
+
+def test_study_runs_on_a_tiny_setting(tmp_path):
+    assert run_study("llm_long", tmp_path, workers=1, quick=True, extra=TINY) == 0
+    root = tmp_path / "quick"
+    report = (root / "report.md").read_text()
+    assert "Long-chain LLM study" in report and "Planted wrong steps" in report
+    with open(root / "scores.csv") as fh:
+        table = list(csv.DictReader(fh))
+    assert [r["method"] for r in table] == list(sweep.METHODS)
+    by = {r["method"]: r for r in table}
+    assert float(by["ppo"]["stop_rate"]) == 0.0 and float(by["ppo"]["tokens_saved_pct"]) == 0.0
+    final = json.loads((root / "runs" / "oracle-s0" / "final_eval.json").read_text())
+    n = len(final["eval/correct"])
+    assert n == sweep.QUICK["overrides"]["run.eval_size"]
+    assert f"oracle - PPO held-out pass@1: " in report and f"over {n} items" in report
+    assert ": yes (" not in report and ": no (" not in report  # one seed decides nothing
