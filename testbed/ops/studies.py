@@ -23,7 +23,8 @@ DEFAULT_STUDY = "espo_headline"
 """What ``testbed demo`` runs without ``--study``: the headline simulated study."""
 
 MEASUREMENTS = {"exact_posterior": "testbed.ops.exact_posterior:measure_run",
-                "stop_value": "testbed.ops.stop_value:measure_run"}
+                "stop_value": "testbed.ops.stop_value:measure_run",
+                "policy_detect": "testbed.ops.policy_detect:measure_run"}
 """Measurements a study's ``sweep.measurements(quick)`` may ask for on each finished run, by name ->
 ``measure(run_dir, **kwargs, log=...)`` writing its files into the run directory (kept when present)."""
 

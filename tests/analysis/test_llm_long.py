@@ -54,5 +54,14 @@ def test_study_runs_on_a_tiny_setting(tmp_path):
     final = json.loads((root / "runs" / "oracle-s0" / "final_eval.json").read_text())
     n = len(final["eval/correct"])
     assert n == sweep.QUICK["overrides"]["run.eval_size"]
-    assert f"oracle - PPO held-out pass@1: " in report and f"over {n} items" in report
+    assert "oracle - PPO held-out pass@1: " in report and f"over {n} items" in report
+    from analysis.runs import load_runs
+
+    df = load_runs(sorted(str(p) for p in (root / "runs").iterdir() if p.is_dir()), axes=sweep.AXES)
+    m = analysis.pooled_mcnemar(df, "oracle")
+    ppo = json.loads((root / "runs" / "ppo-s0" / "final_eval.json").read_text())["eval/correct"]
+    assert m.n == n and m.diff == pytest.approx((sum(final["eval/correct"]) - sum(ppo)) / n)
     assert ": yes (" not in report and ": no (" not in report  # one seed decides nothing
+    det = json.loads((root / "runs" / "ppo-s0" / "policy_detect.json").read_text())
+    assert det["rows"] == sweep.QUICK_POLICY_ROWS
+    assert "Detectors on the policy's own rollouts" in report

@@ -18,6 +18,10 @@ first wrong number, -1 none); over a run's judged rows (checkable, or stopped):
 - ``plant_stop_rate`` / ``plant_delay`` / ``stop_rate_unplanted``: the planted-step reaction (rows with a
   wrong result forced at their third equation).
 
+Detectors on the policy's own rollouts (``policy_detect.json`` of each run, :mod:`testbed.ops.policy_detect`):
+per score, the mean over runs of its AUROC for "the row fails", of its AUROC minus length's (paired within a
+run's rows) and the share of runs where the logistic fit on score + log(length) gives the score p < 0.05.
+
 McNemar: for a method against PPO, each held-out problem of each seed is one pair (the same problems for
 both runs of a seed: ``final_eval.json``'s ``eval/correct``), pooled over the seeds both ran; the exact
 binomial test on the discordant pairs (:func:`analysis.stats.mcnemar`), Holm-corrected over the methods.
@@ -131,6 +135,25 @@ def mcnemar_lines(df: pd.DataFrame) -> list[str]:
     return lines + ["These pool the held-out problems of every seed: they test the item-level difference of "
                     "these particular runs, not a difference that would hold for another seed (the paired "
                     "claims over seeds do that)."]
+
+
+def detectors(run_dirs) -> pd.DataFrame:
+    """One row per score: runs measured, mean AUROC [t-interval over runs], mean AUROC - length's, and the
+    share of runs where the score is informative once length is known (logistic p < 0.05)."""
+    per: dict[str, list[dict]] = {}
+    for d in run_dirs:
+        p = Path(d) / "policy_detect.json"
+        if p.is_file():
+            for name, s in json.loads(p.read_text()).get("scores", {}).items():
+                per.setdefault(name, []).append(s)
+    rows = []
+    for name, ss in per.items():
+        au = mean_ci([s["auroc"] for s in ss])
+        dl = mean_ci([s["minus_length"] for s in ss])
+        gl = [s["given_length"]["p"] for s in ss if s.get("given_length") and s["given_length"].get("p") is not None]
+        rows.append({"score": name, "runs": len(ss), "auroc": au.fmt(3), "auroc_minus_length": dl.fmt(3),
+                     "informative_given_length": f"{sum(p < 0.05 for p in gl)} of {len(gl)}" if gl else "n/a"})
+    return pd.DataFrame(rows)
 
 
 def verdicts(df: pd.DataFrame) -> Verdicts:

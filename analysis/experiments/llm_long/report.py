@@ -24,6 +24,7 @@ def write(run: StudyRun) -> None:
     lines = analysis.verdicts(df)
     shown = with_ci(table, SHOWN)
     plant = with_ci(table[table["method"] == "espo_paper_planted"], PLANT)
+    det = analysis.detectors(run.run_dirs)
     print(text_table(shown), "", *lines, sep="\n")
     first = df.iloc[0]
     elapsed = time.time() - run.started
@@ -40,6 +41,8 @@ def write(run: StudyRun) -> None:
         "## Scores (mean [95% Student-t interval] over seeds; tokens saved paired with PPO's run of the seed)", "",
         markdown_table(shown), "",
         "## Planted wrong steps (the paper's ESPO)", "", markdown_table(plant) if len(plant) else "(no planted run)", "",
+        "## Detectors on the policy's own rollouts (final policies, verifier labels)", "",
+        markdown_table(det) if len(det) else "(no measurement)", "",
         "## Verdicts", "", FAMILY_TEXT, "", *[f"- {x}" for x in lines], "",
     ]
     write_report(run.root, report, table=table, verdicts=lines, figs=[], errors=[], analysis_module=analysis,

@@ -70,6 +70,15 @@ MATCHED = {"espo_paper": "random_paper"}
 """ESPO variant -> its matched random truncation."""
 
 
+POLICY_ROWS, QUICK_POLICY_ROWS = 128, 16
+
+
+def measurements(quick: bool = False) -> dict[str, dict]:
+    """Each finished run's final policy: 128 fresh rollouts with verifier labels, every detector and baseline
+    scored on them (``testbed.ops.policy_detect``; about a minute a run)."""
+    return {"policy_detect": {"rows": QUICK_POLICY_ROWS if quick else POLICY_ROWS}}
+
+
 def grids(root, quick: bool = False, full: bool = False) -> list[dict]:
     """Two grids over one run folder ``root / "runs"``: :data:`MAIN` x :data:`MAIN_SEEDS`, then :data:`SIDE`
     x :data:`SIDE_SEEDS` (no ``--full`` version)."""
