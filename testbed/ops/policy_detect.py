@@ -76,7 +76,6 @@ def measure_trainer(trainer, n_rows: int = ROWS, seed: int = 0) -> dict:
     task = build_task(cfg, num_slots=n_rows, seed=seed + 40_000)
     if not getattr(task, "ground_truth", False):
         raise UserError(f"policy detection: task {cfg.task.kind!r} has no verifier labels (task.ground_truth)")
-    backend.eval()
     slots = np.arange(n_rows)
     prompts = [list(p) for p in task.reset(slots)]
     T = cfg.rollout.max_len

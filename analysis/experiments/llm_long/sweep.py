@@ -26,11 +26,16 @@ PRESETS = REPO / "configs" / "llm"
 BASE_CONFIG = str(PRESETS / "long_chain_ppo.yaml")
 
 
-def preset(name: str) -> dict:
-    """Every key of ``configs/llm/<name>.yaml`` but its run section, as ``section.key -> value`` overrides
-    of the PPO preset (nested mappings such as ``model.sft`` stay whole)."""
+def _flat(name: str) -> dict:
     raw = yaml.safe_load((PRESETS / f"{name}.yaml").read_text()) or {}
     return {f"{sec}.{k}": v for sec, body in raw.items() if sec != "run" for k, v in (body or {}).items()}
+
+
+def preset(name: str) -> dict:
+    """The keys of ``configs/llm/<name>.yaml`` (its run section aside) whose values differ from the PPO
+    preset's, as ``section.key -> value`` overrides of it (nested mappings such as ``model.sft`` whole)."""
+    base = _flat("long_chain_ppo")
+    return {k: v for k, v in _flat(name).items() if base.get(k, object()) != v}
 
 
 ESPO_PAPER = preset("long_chain_espo_paper")
