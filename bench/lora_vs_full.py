@@ -56,7 +56,11 @@ def run_one(variant: str, seed: int, out: Path) -> dict:
 
 def read_metrics(run_dir: Path) -> dict:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    evals = [(r["step"], r["eval/pass@1"]) for r in rows if "eval/pass@1" in r]
+    evals = [(r["eval/step"], r["eval/pass@1"]) for r in rows if "eval/pass@1" in r]
+    final = run_dir / "final_eval.json"
+    if final.is_file():  # the evaluation after the last step
+        f = json.loads(final.read_text())
+        evals.append((f["eval/step"], f["eval/pass@1"]))
     steps = [r for r in rows if "time/gen" in r]
     per = {k: float(np.mean([r[k] for r in steps])) for k in ("time/gen", "time/actor", "time/critic")}
     return {"evals": evals, **per, "tokens": sum(r.get("tokens/generated", 0) for r in steps)}
@@ -77,7 +81,7 @@ def main(argv=None) -> None:
             curve = " / ".join(f"{p:.3f}" for _, p in m["evals"])
             lines.append(f"{v:5s} seed {s}: wall {rec['wall_s'] / 60:5.1f} min, peak RSS {rec['peak_rss_gb']:.2f} GB, "
                          f"s/step gen {m['time/gen']:.2f} actor {m['time/actor']:.2f} critic {m['time/critic']:.2f}; "
-                         f"held-out pass@1 by eval: {curve}")
+                         f"held-out pass@1 at steps {' / '.join(str(k) for k, _ in m['evals'])}: {curve}")
             print(lines[-1], flush=True)
     print("\n".join(["", "# lora_vs_full: " + " ".join(sys.argv[1:]), *lines]))
 

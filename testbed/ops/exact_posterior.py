@@ -22,12 +22,12 @@ import torch
 
 from envs.planted_failure import EOS_ID
 from envs.solver import PrefixValues, solve, success_curves
-from testbed import config as config_mod
 from testbed.collector import decode_segment
 from testbed.config import StopSection
 from testbed.errors import UserError
 from testbed.rollout import Ending
 from testbed.metrics import iter_jsonl
+from testbed.ops.measure import finished_trainer, run_config
 from testbed.runfiles import atomic_path, atomic_write
 from testbed.sim_task import SimTask
 from testbed.stopping import StopContext, StopRule, make_stop_rule, success_probability
@@ -187,10 +187,8 @@ def measure_run(run_dir: str | Path, *, rows: int = 4000, seed: int | None = Non
     ``seed``: of the sampled rows (default the run's ``run.seed``). Kept when already measured with the
     same ``rows`` and ``seed``.
     """
-    from testbed.ops.trainer import Trainer
-
     run_dir = Path(run_dir)
-    cfg = config_mod.load(run_dir / "config.yaml", [f"run.out_dir={run_dir.parent}", f"run.name={run_dir.name}"])
+    cfg = run_config(run_dir)
     seed = cfg.run.seed if seed is None else seed
     meta_path = run_dir / META
     if meta_path.is_file() and (run_dir / ARRAYS).is_file():
@@ -198,18 +196,8 @@ def measure_run(run_dir: str | Path, *, rows: int = 4000, seed: int | None = Non
         if old.get("rows") == rows and old.get("seed") == seed:
             return run_dir / ARRAYS
     _check(cfg)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        trainer = Trainer(cfg, run_dir)  # resumes the finished run: its weights and rule state
-        try:
-            if trainer.step < cfg.run.steps:
-                raise UserError(f"{run_dir}: the run is not finished (step {trainer.step} of {cfg.run.steps})")
-            arrays, meta = measure_trainer(trainer, rows, seed)
-        finally:
-            trainer.close()
-    finally:
-        torch.set_num_threads(threads)
+    with finished_trainer(run_dir, cfg) as trainer:
+        arrays, meta = measure_trainer(trainer, rows, seed)
     meta["train_success"] = _train_success(run_dir)
     with atomic_path(run_dir / ARRAYS) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, **arrays)

@@ -35,6 +35,7 @@ from testbed import scoring
 from testbed.collector import decode_segment
 from testbed.config import StopSection
 from testbed.errors import UserError
+from testbed.ops.measure import finished_trainer, run_config
 from testbed.runfiles import atomic_write
 from testbed.stopping import StopRule, make_stop_rule
 
@@ -119,23 +120,16 @@ def measure_trainer(trainer, n_rows: int = ROWS, seed: int = 0) -> dict:
 
 def measure_run(run_dir: str | Path, *, rows: int = ROWS, seed: int | None = None, log=print) -> Path:
     """Measure the finished run in ``run_dir``; returns the path of :data:`FILE`."""
-    from testbed.ops.trainer import Trainer
-
     run_dir = Path(run_dir)
     out = run_dir / FILE
-    cfg = config_mod.load(run_dir / "config.yaml", [f"run.out_dir={run_dir.parent}", f"run.name={run_dir.name}"])
+    cfg = run_config(run_dir)
     seed = cfg.run.seed if seed is None else seed
     if out.is_file():
         old = json.loads(out.read_text())
         if (old.get("rows"), old.get("seed")) == (rows, seed):
             return out
-    trainer = Trainer(cfg, run_dir)  # resumes the finished run: its policy and critic
-    try:
-        if trainer.step < cfg.run.steps:
-            raise UserError(f"{run_dir}: the run is not finished (step {trainer.step} of {cfg.run.steps})")
+    with finished_trainer(run_dir, cfg, threads=None) as trainer:  # the run's own thread count
         result = measure_trainer(trainer, rows, seed)
-    finally:
-        trainer.close()
     atomic_write(out, json.dumps(result))
     au = {k: round(v["auroc"], 3) for k, v in result["scores"].items()}
     log(f"  policy detection {run_dir.name}: {result['fails']} of {result['scored']} rows fail; AUROC {au}")

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from testbed import config as config_mod
 from testbed.collector import decode_segment
 from testbed.config import StopSection
 from testbed.errors import UserError
 from testbed.rollout import Ending
+from testbed.ops.measure import finished_trainer, run_config
 from testbed.runfiles import atomic_write
 from testbed.sim_task import SimTask
 from testbed.stopping import StopRule, make_stop_rule
@@ -113,11 +113,9 @@ def measure_run(run_dir: str | Path, *, rows: int = ROWS, continuations: int = C
     """Measure the finished run in ``run_dir`` (see the module doc); returns the path of :data:`FILE`.
 
     ``seed``: of the sampled rows (default the run's ``run.seed``)."""
-    from testbed.ops.trainer import Trainer
-
     run_dir = Path(run_dir)
     out = run_dir / FILE
-    cfg = config_mod.load(run_dir / "config.yaml", [f"run.out_dir={run_dir.parent}", f"run.name={run_dir.name}"])
+    cfg = run_config(run_dir)
     seed = cfg.run.seed if seed is None else seed
     if out.is_file():
         old = json.loads(out.read_text())
@@ -126,18 +124,8 @@ def measure_run(run_dir: str | Path, *, rows: int = ROWS, continuations: int = C
     if cfg.stop.rule == "none":
         result = dict(rows=rows, continuations=continuations, seed=seed, stops=0, stop_rate=0.0)
     else:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            trainer = Trainer(cfg, run_dir)  # resumes the finished run: its weights and rule state
-            try:
-                if trainer.step < cfg.run.steps:
-                    raise UserError(f"{run_dir}: the run is not finished (step {trainer.step} of {cfg.run.steps})")
-                result = measure_trainer(trainer, rows, continuations, seed)
-            finally:
-                trainer.close()
-        finally:
-            torch.set_num_threads(threads)
+        with finished_trainer(run_dir, cfg) as trainer:
+            result = measure_trainer(trainer, rows, continuations, seed)
     atomic_write(out, json.dumps(result))
     log(f"  stop value {run_dir.name}: {result['stops']} stops of {rows} rows"
         + (f", P(success) thrown away {result['p_thrown']:.3f} a stop" if result["stops"] else ""))
