@@ -30,7 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 PRESET = REPO / "configs" / "llm" / "ppo.yaml"
 LORA = "{r: 8, alpha: 16, target_modules: [q_proj, k_proj, v_proj, o_proj]}"
 LORA_LR = 3.0e-4
-VARIANTS = {"full": [], "lora": [f"model.lora={LORA}", f"algo.lr_actor={LORA_LR}"]}
+VARIANTS = {"full": [], "lora": [f"model.lora={LORA}", f"algo.lr_actor={LORA_LR}"],
+            "full_lr1e-4": ["algo.lr_actor=1e-4"]}
+"""``full_lr1e-4``: full fine-tuning at a larger step size, to separate the method from the step size."""
 
 
 def run_one(variant: str, seed: int, out: Path) -> dict:
@@ -79,7 +81,7 @@ def main(argv=None) -> None:
             rec = run_one(v, s, out)
             m = read_metrics(out / f"{v}-s{s}")
             curve = " / ".join(f"{p:.3f}" for _, p in m["evals"])
-            lines.append(f"{v:5s} seed {s}: wall {rec['wall_s'] / 60:5.1f} min, peak RSS {rec['peak_rss_gb']:.2f} GB, "
+            lines.append(f"{v:11s} seed {s}: wall {rec['wall_s'] / 60:5.1f} min, peak RSS {rec['peak_rss_gb']:.2f} GB, "
                          f"s/step gen {m['time/gen']:.2f} actor {m['time/actor']:.2f} critic {m['time/critic']:.2f}; "
                          f"held-out pass@1 at steps {' / '.join(str(k) for k, _ in m['evals'])}: {curve}")
             print(lines[-1], flush=True)
