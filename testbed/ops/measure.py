@@ -3,6 +3,7 @@ and its trainer, resumed from the last checkpoint."""
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -11,6 +12,15 @@ import torch
 
 from testbed import config as config_mod
 from testbed.errors import UserError
+
+
+def already_measured(path: str | Path, **settings) -> bool:
+    """Whether a measurement's JSON file exists with these settings (it is then kept, not redone)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    old = json.loads(path.read_text())
+    return all(old.get(k) == v for k, v in settings.items())
 
 
 def run_config(run_dir: str | Path) -> config_mod.Config:

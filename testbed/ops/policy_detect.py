@@ -35,7 +35,7 @@ from testbed import scoring
 from testbed.collector import decode_segment
 from testbed.config import StopSection
 from testbed.errors import UserError
-from testbed.ops.measure import finished_trainer, run_config
+from testbed.ops.measure import already_measured, finished_trainer, run_config
 from testbed.runfiles import atomic_write
 from testbed.stopping import StopRule, make_stop_rule
 
@@ -124,10 +124,8 @@ def measure_run(run_dir: str | Path, *, rows: int = ROWS, seed: int | None = Non
     out = run_dir / FILE
     cfg = run_config(run_dir)
     seed = cfg.run.seed if seed is None else seed
-    if out.is_file():
-        old = json.loads(out.read_text())
-        if (old.get("rows"), old.get("seed")) == (rows, seed):
-            return out
+    if already_measured(out, rows=rows, seed=seed):
+        return out
     with finished_trainer(run_dir, cfg, threads=None) as trainer:  # the run's own thread count
         result = measure_trainer(trainer, rows, seed)
     atomic_write(out, json.dumps(result))

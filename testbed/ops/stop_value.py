@@ -29,7 +29,7 @@ from testbed.collector import decode_segment
 from testbed.config import StopSection
 from testbed.errors import UserError
 from testbed.rollout import Ending
-from testbed.ops.measure import finished_trainer, run_config
+from testbed.ops.measure import already_measured, finished_trainer, run_config
 from testbed.runfiles import atomic_write
 from testbed.sim_task import SimTask
 from testbed.stopping import StopRule, make_stop_rule
@@ -117,10 +117,8 @@ def measure_run(run_dir: str | Path, *, rows: int = ROWS, continuations: int = C
     out = run_dir / FILE
     cfg = run_config(run_dir)
     seed = cfg.run.seed if seed is None else seed
-    if out.is_file():
-        old = json.loads(out.read_text())
-        if (old.get("rows"), old.get("continuations"), old.get("seed")) == (rows, continuations, seed):
-            return out
+    if already_measured(out, rows=rows, continuations=continuations, seed=seed):
+        return out
     if cfg.stop.rule == "none":
         result = dict(rows=rows, continuations=continuations, seed=seed, stops=0, stop_rate=0.0)
     else:
