@@ -65,7 +65,7 @@ def read_metrics(run_dir: Path) -> dict:
         evals.append((f["eval/step"], f["eval/pass@1"]))
     steps = [r for r in rows if "time/gen" in r]
     per = {k: float(np.mean([r[k] for r in steps])) for k in ("time/gen", "time/actor", "time/critic")}
-    return {"evals": evals, **per, "tokens": sum(r.get("tokens/generated", 0) for r in steps)}
+    return {"evals": evals, **per}
 
 
 def main(argv=None) -> None:

@@ -156,9 +156,10 @@ def detectors(run_dirs) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def verdicts(df: pd.DataFrame) -> Verdicts:
-    """Context lines, the seed-level family, then the pooled McNemar tests."""
-    runs = per_run(df)
+def verdicts(df: pd.DataFrame, runs: pd.DataFrame | None = None) -> Verdicts:
+    """Context lines, the seed-level family, then the pooled McNemar tests (``runs``: :func:`per_run` of
+    ``df``, when the caller has it)."""
+    runs = per_run(df) if runs is None else runs
     fam = claims(runs)
     n = int(runs["seed"].nunique()) if len(runs) else 0
     ctx = [f"seeds: {sorted(runs['seed'].unique().tolist())}" + (f" (a decision needs {MIN_SEEDS} paired seeds; "

@@ -21,7 +21,7 @@ def write(run: StudyRun) -> None:
     df = load_runs(run.run_dirs, axes=sweep.AXES)
     runs = analysis.per_run(df)
     table = analysis.score(runs)
-    lines = analysis.verdicts(df)
+    lines = analysis.verdicts(df, runs)
     shown = with_ci(table, SHOWN)
     plant = with_ci(table[table["method"] == "espo_paper_planted"], PLANT)
     det = analysis.detectors(run.run_dirs)
