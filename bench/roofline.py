@@ -6,7 +6,9 @@ Prints, in one run, at the thread count given (``--threads``, default all cores)
 1. the machine's measured ceilings: peak matmul GFLOP/s (square ``torch.mm`` at 1024-2048, bf16 and
    fp32, the best of 3) and memory bandwidth (GB/s of a 512 MiB ``copy_``: bytes read + written);
 2. for step-wise KV-cached decoding (``HFBackend.begin/step/advance``, greedy, batch 1, 16 and 64,
-   context 128 and 512), prefill (``begin`` + first ``step``) and the actor update (policy forward +
+   context 128 and 512; through transformers' forward and ``DynamicCache`` ("hf") and through
+   ``llm_backend.fastdecode`` ("fast", ``model.fast_decode``), each shape's speed-up fast / hf printed
+   after the table), prefill (``begin`` + first ``step``) and the actor update (policy forward +
    backward over the PPO preset's 16 x (prompt + 48) tokens in minibatches of 8): the time, the work
    (FLOPs from the model's shapes, bytes of weights and KV cache touched), the achieved GFLOP/s and
    GB/s, the roofline bound ``max(FLOPs / peak, bytes / bandwidth)`` and the fraction of it reached.
@@ -168,24 +170,33 @@ def main(argv=None) -> None:
               f"{sh['L']} layers, kv width {sh['kv']}")
         print(head)
         be = HFBackend(policy, eos_token_id=2, critic="head")
+        fast = HFBackend(policy, eos_token_id=2, critic="head", fast_decode=True)
+        ratios = []
         with torch.no_grad():
             for ctx in contexts:
                 for B in batches:
-                    t = decode_step_time(be, B, ctx, steps, sh["vocab"])
                     flops = 2 * sh["N"] * B + 4 * sh["L"] * sh["d"] * ctx * B
+                    # the bound counts a cache in the model's dtype (the fast path keeps fp32 keys/values,
+                    # so its fraction is against the ideal, not its own traffic)
                     nbytes = (sh["N"] + 2 * sh["L"] * sh["kv"] * ctx * B) * size
-                    print(row(f"decode step B={B} ctx={ctx}", t, flops, nbytes, peak, bw))
+                    t = {}
+                    for name, b in (("hf", be), ("fast", fast)):
+                        t[name] = decode_step_time(b, B, ctx, steps, sh["vocab"])
+                        print(row(f"decode step B={B} ctx={ctx} {name}", t[name], flops, nbytes, peak, bw))
+                    ratios.append(f"B={B} ctx={ctx} {t['hf'] / t['fast']:.2f}x")
             for B, ctx in ((16, 64), (16, 128)):
-                t = prefill_time(be, B, ctx, sh["vocab"])
                 flops = 2 * sh["N"] * B * ctx + 2 * sh["L"] * sh["d"] * ctx * ctx * B
-                print(row(f"prefill B={B} x {ctx}", t, flops, sh["N"] * size, peak, bw))
+                for name, b in (("hf", be), ("fast", fast)):
+                    t = prefill_time(b, B, ctx, sh["vocab"])
+                    print(row(f"prefill B={B} x {ctx} {name}", t, flops, sh["N"] * size, peak, bw))
+        print(f"decode speed-up fast / hf ({dtype}): " + ", ".join(ratios))
         if dtype == "bfloat16" or not args.quick:
             prompt, resp = 40, 48  # the PPO preset: sum2 chat prompts of about 40 tokens, max_len 48
             t = actor_time(be, 16, prompt, resp, 8, sh["vocab"])
             T = 16 * (prompt + resp)
             print(row(f"actor update 16 x ({prompt}+{resp}), mb 8", t, 6 * sh["N"] * T, 3 * sh["N"] * size * 2,
                       peak, bw))
-        del be, policy
+        del be, fast, policy
     print(f"\n# total {_now() - t_start:.0f} s, load avg at end {os.getloadavg()[0]:.1f}")
 
 

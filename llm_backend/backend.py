@@ -62,7 +62,7 @@ from testbed.protocols import StepOutput
 
 from .critic import ValueHead, ValueModel, disable_dropout, trunk_forward
 from .critics import CRITIC_LAYOUTS, HeadCritic, SeparateCritic
-from .kvcache import Columns, Stream, cache_select, cache_trimmable, new_cache
+from .kvcache import Columns, Stream, cache_select, new_cache, open_stream
 from .models import load_causal_lm, quiet_progress, torch_dtype
 from .prefix import PrefixPlan, plan_prefix, prefill
 
@@ -111,6 +111,8 @@ class HFBackend:
         head_init_std: value-head init std (None: ``1/(hidden+1)``; 0: zero init).
         shared_prefix: compute the rows' common prompt prefix once (decoding and training), see the
             module docstring; False gives the plain full-sequence forwards.
+        fast_decode: decode plain Llama trunks through :mod:`llm_backend.fastdecode` (pre-allocated KV
+            cache, a plain-torch forward; same hooks); other trunks and LoRA use transformers.
 
     Attributes:
         policy, reference: the modules (``reference`` None unless asked for).
@@ -134,6 +136,7 @@ class HFBackend:
         head_init_std: float | None = None,
         shared_prefix: bool = True,
         lora: dict | None = None,
+        fast_decode: bool = False,
     ):
         if critic not in CRITIC_LAYOUTS:
             raise ValueError(f"critic must be one of {CRITIC_LAYOUTS}, got {critic!r}")
@@ -143,6 +146,7 @@ class HFBackend:
         self.gradient_checkpointing = bool(gradient_checkpointing)
         self.logit_chunk = int(logit_chunk)
         self.shared_prefix = bool(shared_prefix)
+        self.fast_decode = bool(fast_decode)
         param = next(policy.parameters())
         self.device: torch.device = param.device
         self.dtype: torch.dtype = param.dtype
@@ -152,7 +156,7 @@ class HFBackend:
             torch.manual_seed(seed)
             if critic == "separate":
                 self.critic_impl: SeparateCritic | HeadCritic | None = SeparateCritic(
-                    ValueModel.from_policy(policy, head_init_std).eval())
+                    ValueModel.from_policy(policy, head_init_std).eval(), self.fast_decode)
             else:
                 self.critic_impl = HeadCritic(ValueHead(hidden, head_init_std).to(self.device), self._trunk)
         # LoRA after the critic is built: a separate critic copies the base weights, not the adapters
@@ -270,7 +274,7 @@ class HFBackend:
             ids, attn = plan.rows()
             pos = (attn.cumsum(1) - 1).clamp_(min=0)
         self._cols = Columns(ids, attn, pos, int(ids.shape[1]), plan)
-        self._pstream = Stream(self._trunk)
+        self._pstream = open_stream(self._trunk, self.fast_decode)
         if self.critic_impl is not None:
             self.critic_impl.begin()
 
@@ -279,7 +283,7 @@ class HFBackend:
         h = self._pstream.catch_up(self._cols)
         if h is None:
             return
-        self._logits = self._lm_head(h[:, -1]).float()
+        self._logits = self._pstream.logits(self._lm_head, h[:, -1]).float()
         if self.critic_impl is not None:
             self.critic_impl.observe(h)
 
@@ -347,7 +351,7 @@ class HFBackend:
         # leading columns that are padding in every surviving row: no query attends to them (never
         # with a shared prefix, whose first column every row attends)
         n = int(c.attn.any(0).long().argmax())
-        if n > 0 and cache_trimmable(self._pstream.cache) and (crit is None or crit.trimmable()):
+        if n > 0 and self._pstream.trimmable() and (crit is None or crit.trimmable()):
             c.ids, c.attn, c.pos = c.ids[:, n:], c.attn[:, n:], c.pos[:, n:]
             self._pstream.trim_left(n)
             if crit is not None:
@@ -587,6 +591,7 @@ def make_backend(model_cfg: Any, task: Any, *, seed: int) -> HFBackend:
         seed=seed,
         shared_prefix=bool(model_cfg.shared_prefix),
         lora=dict(model_cfg.lora or {}),
+        fast_decode=bool(model_cfg.fast_decode),
     )
     if int(task.vocab_size) > backend.vocab_size:
         raise ValueError(f"task vocabulary ({task.vocab_size}) exceeds the model's ({backend.vocab_size})")

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .critic import ValueHead, ValueModel
-from .kvcache import Columns, Stream, cache_trimmable
+from .kvcache import Columns, Stream, open_stream
 
 CRITIC_LAYOUTS = ("separate", "head")
 
@@ -31,8 +31,9 @@ class SeparateCritic:
 
     name = "critic"
 
-    def __init__(self, model: ValueModel):
+    def __init__(self, model: ValueModel, fast_decode: bool = False):
         self.model = model
+        self.fast_decode = fast_decode
         self._stream: Stream | None = None
 
     @property
@@ -40,7 +41,7 @@ class SeparateCritic:
         return self.model
 
     def begin(self) -> None:
-        self._stream = Stream(self.model.trunk)
+        self._stream = open_stream(self.model.trunk, self.fast_decode)
 
     def observe(self, hidden: Tensor) -> None:
         """Policy hidden states of new states: not needed (this critic reads its own trunk)."""
@@ -57,7 +58,7 @@ class SeparateCritic:
         self._stream.trim_left(n)
 
     def trimmable(self) -> bool:
-        return cache_trimmable(self._stream.cache)
+        return self._stream.trimmable()
 
     def forward(self, states: ResponseStates) -> Tensor:
         """(B, T) fp32 teacher-forced values, differentiable w.r.t. trunk and head."""

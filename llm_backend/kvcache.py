@@ -76,6 +76,24 @@ class Stream:
         cache_trim_left(self.cache, min(n, self.done))
         self.done = max(self.done - n, 0)
 
+    def trimmable(self) -> bool:
+        return cache_trimmable(self.cache)
+
+    @staticmethod
+    def logits(lm_head: nn.Module, hidden: Tensor) -> Tensor:
+        return lm_head(hidden)
+
+
+def open_stream(trunk: nn.Module, fast: bool) -> Any:
+    """A decoding stream for ``trunk``: :class:`llm_backend.fastdecode.StaticStream` when ``fast`` and the
+    trunk qualifies (:func:`llm_backend.fastdecode.supports`), else the transformers :class:`Stream`."""
+    if fast:
+        from .fastdecode import StaticStream, supports
+
+        if supports(trunk):
+            return StaticStream(trunk)
+    return Stream(trunk)
+
 
 @dataclass
 class Columns:

@@ -59,9 +59,10 @@ def test_backend_satisfies_protocol_and_handles_empty_batches():
     assert be.num_active == 0 and be.step(with_values=False).logits.shape == (0, V)
 
 
+@pytest.mark.parametrize("fast", [False, True], ids=["hf", "fast"])
 @pytest.mark.parametrize("critic", ["separate", "head"])
-def test_greedy_stepwise_equals_generate(critic):
-    be = _backend(critic)
+def test_greedy_stepwise_equals_generate(fast, critic):
+    be = _backend(critic, fast_decode=fast)
     n = 12
     tokens, logits, _, _ = _greedy(be, PROMPTS, n, with_values=True)
     ids, attn = _left_padded(PROMPTS)
@@ -90,16 +91,17 @@ def test_padding_mask_and_positions_matter():
     assert not torch.allclose(right, gapped, atol=1e-3)
 
 
+@pytest.mark.parametrize("fast", [False, True], ids=["hf", "fast"])
 @pytest.mark.parametrize("critic", ["separate", "head"])
-def test_dropping_rows_leaves_survivors_unchanged(critic):
-    be = _backend(critic)
+def test_dropping_rows_leaves_survivors_unchanged(fast, critic):
+    be = _backend(critic, fast_decode=fast)
     n = 8
     # drop the longest prompt's row (its padding columns get trimmed) and another, then one more
     tokens, logits, values, mask = _greedy(be, PROMPTS, n, with_values=True, drop_at={2: [0, 2], 5: [3]})
     assert be.num_active == 1
     assert mask.sum(1).tolist() == [3, 8, 3, 6]
     for i, p in enumerate(PROMPTS):
-        alone = _backend(critic)
+        alone = _backend(critic, fast_decode=fast)
         t1, l1, v1, _ = _greedy(alone, [p], n, with_values=True)
         k = int(mask[i].sum())
         assert torch.equal(tokens[i, :k], t1[0, :k])
@@ -107,9 +109,10 @@ def test_dropping_rows_leaves_survivors_unchanged(critic):
         assert_close(values[i, :k], v1[0, :k], **TOL)
 
 
+@pytest.mark.parametrize("fast", [False, True], ids=["hf", "fast"])
 @pytest.mark.parametrize("critic", ["separate", "head"])
-def test_step_values_equal_teacher_forced_values(critic):
-    be = _backend(critic)
+def test_step_values_equal_teacher_forced_values(fast, critic):
+    be = _backend(critic, fast_decode=fast)
     tokens, _, values, mask = _greedy(be, PROMPTS, 7, with_values=True, drop_at={3: [1]})
     with torch.no_grad():
         tf = be.critic_forward(PROMPTS, tokens, mask)
@@ -123,14 +126,15 @@ def test_step_values_equal_teacher_forced_values(critic):
     assert_close(tf2, tf[:, 2:], **TOL)
 
 
+@pytest.mark.parametrize("fast", [False, True], ids=["hf", "fast"])
 @pytest.mark.parametrize("critic", ["separate", "head"])
-def test_chunked_critic_equals_per_token(critic):
+def test_chunked_critic_equals_per_token(fast, critic):
     n, k = 9, 3
-    every = _backend(critic)
+    every = _backend(critic, fast_decode=fast)
     # row 0 (the longest prompt) leaves before the first check, so the critic's first catch-up
     # runs on trimmed columns; row 2 leaves between two checks
     _, _, per_token, mask = _greedy(every, PROMPTS, n, with_values=True, drop_at={1: [0], 4: [2]})
-    be = _backend(critic)
+    be = _backend(critic, fast_decode=fast)
     be.begin(PROMPTS)
     active = torch.arange(len(PROMPTS))
     chunked = torch.full((len(PROMPTS), n), float("nan"))

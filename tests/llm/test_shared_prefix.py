@@ -65,16 +65,17 @@ def test_plan_prefix_finds_prefix_and_distinct_remainders():
     assert plan_prefix([[1, 2, 3]], pad_token_id=EOS) is None  # one row
 
 
+@pytest.mark.parametrize("fast", [False, True], ids=["hf", "fast"])
 @pytest.mark.parametrize("critic", ["separate", "head"])
 @pytest.mark.parametrize("prompts", [PPO_PROMPTS, GRPO_PROMPTS], ids=["ppo", "grpo"])
-def test_shared_prefix_decoding_equals_plain_and_generate(critic, prompts):
+def test_shared_prefix_decoding_equals_plain_and_generate(fast, critic, prompts):
     n = 10
-    shared = _greedy(_backend(critic), prompts, n)
-    plain = _greedy(_backend(critic, shared=False), prompts, n)
+    shared = _greedy(_backend(critic, fast_decode=fast), prompts, n)
+    plain = _greedy(_backend(critic, fast_decode=fast, shared=False), prompts, n)
     assert torch.equal(shared[0], plain[0])
     assert_close(shared[1], plain[1], **TOL)
     assert_close(shared[2], plain[2], **TOL)
-    be = _backend(critic, shared=False)
+    be = _backend(critic, fast_decode=fast, shared=False)
     L = max(map(len, prompts))
     ids = torch.full((len(prompts), L), EOS)
     attn = torch.zeros(len(prompts), L, dtype=torch.long)
@@ -87,13 +88,14 @@ def test_shared_prefix_decoding_equals_plain_and_generate(critic, prompts):
     assert not torch.equal(shared[0][0], shared[0][-1])  # different questions, different answers
 
 
+@pytest.mark.parametrize("fast", [False, True], ids=["hf", "fast"])
 @pytest.mark.parametrize("critic", ["separate", "head"])
-def test_shared_prefix_with_dropped_rows_and_chunked_critic(critic):
+def test_shared_prefix_with_dropped_rows_and_chunked_critic(fast, critic):
     """Rows leave (one before the critic's first catch-up) and the critic values every 3 steps."""
     n = 9
     drop = {0: [1], 4: [2, 4]}
-    shared = _greedy(_backend(critic), GRPO_PROMPTS, n, every=3, drop_at=drop)
-    plain = _greedy(_backend(critic, shared=False), GRPO_PROMPTS, n, every=1, drop_at=drop)
+    shared = _greedy(_backend(critic, fast_decode=fast), GRPO_PROMPTS, n, every=3, drop_at=drop)
+    plain = _greedy(_backend(critic, shared=False), GRPO_PROMPTS, n, every=1, drop_at=drop)  # the reference path
     assert torch.equal(shared[3], plain[3]) and torch.equal(shared[0][shared[3]], plain[0][plain[3]])
     valued = ~torch.isnan(shared[2])
     assert valued[0].all() and not valued[1].any()  # row 1 left before the first values request
