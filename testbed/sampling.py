@@ -12,6 +12,27 @@ import torch
 from torch import Tensor
 
 
+INVERSE_CDF_ABOVE = 1024
+"""Vocabularies wider than this draw by inverse CDF (one uniform per row, ``searchsorted`` on the
+cumulative probabilities): ``torch.multinomial`` costs ~12 ms for 16 rows of a 49,152-token vocabulary
+on this CPU, a third of a decode step, the inverse CDF 0.3 ms. Narrower ones (every simulated env)
+keep ``multinomial``, so their seeded results are unchanged."""
+
+
+def _inverse_cdf(probs: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One draw per row of ``probs`` (b, V). ``right=True`` never returns a zero-probability token (its
+    cumulative value equals its predecessor's); a uniform that rounds up to the total mass takes the
+    last token with positive probability."""
+    cdf = probs.cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype)
+    tokens = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)
+    over = tokens >= probs.shape[-1]
+    if bool(over.any()):
+        last = probs.shape[-1] - 1 - (probs[over].flip(-1) > 0).long().argmax(-1)
+        tokens = tokens.masked_scatter(over, last)
+    return tokens
+
+
 @dataclass
 class Sample:
     """One decoding step's draw for ``b`` rows, all ``(b,)``."""
@@ -55,7 +76,10 @@ def sample_tokens(
             drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
             filtered = filtered.masked_fill(drop, float("-inf"))
         probs = torch.softmax(filtered, dim=-1)
-        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        if probs.shape[-1] > INVERSE_CDF_ABOVE:
+            tokens = _inverse_cdf(probs, generator)
+        else:
+            tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     chosen = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     regret = (logp.amax(-1) - chosen).clamp(min=0.0)
     return Sample(tokens=tokens, logprobs=chosen, regret=regret)

@@ -44,3 +44,36 @@ def test_same_seed_same_tokens():
     a = draws(n=50, top_p=0.9, temperature=0.7)
     b = draws(n=50, top_p=0.9, temperature=0.7)
     assert torch.equal(a, b)
+
+
+def test_wide_vocabularies_draw_by_inverse_cdf_with_the_right_frequencies():
+    """Above ``INVERSE_CDF_ABOVE`` tokens the draw is an inverse CDF: frequencies match the softmax
+    (chi-square), top-k's zero-probability tokens are never drawn, and seeds reproduce."""
+    from scipy.stats import chisquare
+
+    from testbed.sampling import INVERSE_CDF_ABOVE, _inverse_cdf
+
+    V = INVERSE_CDF_ABOVE + 7
+    logits = torch.full((1, V), -30.0)
+    logits[0, [0, 5, V - 3, V - 1]] = torch.tensor([1.0, 0.0, 2.0, -0.5])
+    logits = logits.expand(20000, V).contiguous()
+    g = torch.Generator().manual_seed(0)
+    s = sample_tokens(logits, top_k=3, generator=g)
+    counts = torch.bincount(s.tokens, minlength=V)
+    assert set(s.tokens.unique().tolist()) == {0, 5, V - 3}  # V - 1 is outside the top 3
+    p = torch.softmax(torch.tensor([1.0, 0.0, 2.0]), -1)
+    assert chisquare(counts[[0, 5, V - 3]].numpy(), (p * 20000).numpy()).pvalue > 1e-3
+    again = sample_tokens(logits[:50], top_k=3, generator=torch.Generator().manual_seed(1)).tokens
+    assert torch.equal(again, sample_tokens(logits[:50], top_k=3, generator=torch.Generator().manual_seed(1)).tokens)
+    probs = torch.zeros(2, 8)
+    probs[:, [1, 4]] = 0.5
+    assert set(_inverse_cdf(probs, g).tolist()) <= {1, 4}
+
+
+def test_inverse_cdf_fallback_picks_the_last_positive_token(monkeypatch):
+    from testbed import sampling
+
+    probs = torch.zeros(3, 8)
+    probs[:, [1, 4]] = 0.5
+    monkeypatch.setattr(sampling.torch, "rand", lambda *a, **k: torch.ones(3, 1))  # u = 1: past the mass
+    assert sampling._inverse_cdf(probs, None).tolist() == [4, 4, 4]
