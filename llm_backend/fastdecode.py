@@ -15,7 +15,7 @@ critic's chunked values, rows dropped mid-batch, columns trimmed on the left, th
 Numerics follow transformers' Llama op for op (fp32 RMSNorm statistics, fp32 rotary tables cast to the
 model dtype, SDPA attention), so greedy decoding reproduces ``generate()``; the tests check it.
 :func:`supports` says which trunks qualify (plain ``nn.Linear`` projections, default rotary, no sliding
-window); the others, and LoRA-wrapped trunks, use the transformers path.
+window, on the CPU); the others, LoRA-wrapped trunks and other devices use the transformers path.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ def supports(trunk: nn.Module) -> bool:
     """True when :class:`FastTrunk` computes exactly what ``trunk`` (a transformers base model) does."""
     cfg = getattr(trunk, "config", None)
     if cfg is None or getattr(cfg, "model_type", None) != "llama":
+        return False
+    if any(p.device.type != "cpu" for p in trunk.parameters()):  # measured and tested on the CPU only
         return False
     rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
     if rope.get("rope_type", "default") != "default" or getattr(cfg, "hidden_act", "silu") != "silu":
