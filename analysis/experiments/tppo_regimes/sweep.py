@@ -14,12 +14,8 @@ from pathlib import Path
 from analysis.experiments.tppo_speedup import sweep as speedup
 
 BASE_CONFIG = speedup.BASE_CONFIG
-LR = 0.001
-"""Actor and critic step size for every method (the PPO preset's is 0.003): at 0.003 and 400 steps PPO
-reached final held-out success >= 0.8 on 8 of 10 seeds at tail16; pilots at 0.001 and 600 steps lifted
-the two weak seeds to 0.89 and 0.88 (docs/tppo_regimes.md)."""
-STEPS = 600
-TPPO_STEPS = {8: 1800, 32: 900}
+STEPS = 400
+TPPO_STEPS = {8: 1200, 32: 600}
 """T-PPO generates at most a window per row per step; it gets more steps (about PPO's tokens), and the
 study compares cost to a level, not steps."""
 EVAL_EVERY = 50
@@ -82,8 +78,7 @@ def spec(out_dir: str | Path, quick: bool = False, full: bool = False) -> dict:
     return {
         "base": BASE_CONFIG,
         "out_dir": str(out_dir),
-        "overrides": {**speedup.ppo_settings(), **SHAPE, "algo.lr_actor": LR, "algo.lr_critic": LR,
-                      "run.steps": q.get("steps", STEPS),
+        "overrides": {**speedup.ppo_settings(), **SHAPE, "run.steps": q.get("steps", STEPS),
                       "run.eval_every": EVAL_EVERY, "run.eval_size": EVAL_SIZE, **q.get("overrides", {})},
         "axes": {"method": methods(quick), "env": cells, "seed": list(q.get("seeds", FULL_SEEDS if full else SEEDS))},
     }
