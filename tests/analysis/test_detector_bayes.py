@@ -66,9 +66,15 @@ the script gave them before its precision went through testbed.scoring (same see
 
 
 def test_scores_pinned(run):
+    """Names and counts exactly; the float statistics to 1e-6 relative: their float32 sums moved in the 8th
+    digit with a fresh install's library versions (0.08893921 -> 0.08893922), which is no change of
+    method, while any real change (one stop more or less) moves them by far more."""
     _, report, _, _, _ = run
     got = [[(s.name, s.stops, s.precision, s.mean_p, s.lost, s.saved) for s in b.scores] for b in report.blocks]
-    assert got == PINNED
+    assert [[row[:2] for row in blk] for blk in got] == [[row[:2] for row in blk] for blk in PINNED]
+    for blk, want in zip(got, PINNED):
+        for row, ref in zip(blk, want):
+            assert row[2:] == pytest.approx(ref[2:], rel=1e-6, abs=1e-12), row[0]
 
 
 def test_something_is_scored(run):
