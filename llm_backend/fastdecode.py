@@ -71,10 +71,6 @@ class StaticCache:
         self.start = 0
         self.n = 0
 
-    @property
-    def batch(self) -> int:
-        return self.keys[0].shape[0] if self.keys else 0
-
     def reserve(self, b: int, extra: int) -> None:
         """Room for ``extra`` more columns (batch ``b``); grows (at least doubling) when it runs out."""
         need = self.start + self.n + extra
@@ -177,10 +173,6 @@ class FastTrunk:
             for lin in group:
                 lin.refresh()
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.trunk.embed_tokens.weight.dtype
-
     def new_cache(self) -> StaticCache:
         w = self.trunk.embed_tokens.weight
         return StaticCache(len(self.trunk.layers), self.kv_heads, self.head_dim, torch.float32, w.device)
@@ -238,7 +230,7 @@ class FastTrunk:
         x = t.embed_tokens(ids)
         cos, sin = self._rope(pos, x.dtype)
         H, K, D = self.heads, self.kv_heads, self.head_dim
-        I = self.trunk.layers[0].mlp.gate_proj.weight.shape[0]
+        inter = self.trunk.layers[0].mlp.gate_proj.weight.shape[0]
         for i, layer in enumerate(t.layers):
             qkv, out, gate_up, down = self.products[i]
             h = self._norm(x, layer.input_layernorm.weight)
@@ -252,7 +244,7 @@ class FastTrunk:
             o = self._attend(q, cache.keys[i][:, :, s0:s1 + n], cache.values[i][:, :, s0:s1 + n], bias)
             x = x + out(o)
             h = self._norm(x, layer.post_attention_layernorm.weight)
-            g, u = gate_up(h).split([I, I], dim=-1)
+            g, u = gate_up(h).split([inter, inter], dim=-1)
             x = x + down(F.silu(g) * u)
         cache.n = total
         return self._norm(x, t.norm.weight)
