@@ -8,11 +8,11 @@ T-PPO and the paper's ESPO with planted wrong steps at :data:`SIDE_SEEDS`. Every
 ``long_chain_ppo.yaml`` only in the keys it sets (read from the files here, restated nowhere), so
 ``testbed run configs/llm/long_chain_espo_paper.yaml run.seed=3`` is the cell ``espo_paper-s3``.
 
-Cost: a long-chain run took 28 min 46 s alone at 2 threads (the PPO preset, measured from a clone);
-two workers at one thread each take longer per run. The whole study is 29 runs: about 14 hours of this
-machine at today's decoding speed, not the 90 minutes the issue sizes it for. It resumes where it
-stopped (finished runs are skipped), so it can be completed over several sittings, and ``--quick``
-checks the pipeline in minutes.
+Cost: a long-chain PPO run took 15 min 46 s alone at 2 threads with fast decoding (28 min 46 s on the
+transformers path, another CPU); the stop-rule runs add the ``policy_detect`` measurement, and two workers
+at one thread each take longer per run. The whole study is 29 runs: about 8 hours of this machine, not
+the 90 minutes the issue sizes it for. It resumes where it stopped (finished runs are skipped), so it can
+be completed over several sittings, and ``--quick`` checks the pipeline in minutes.
 """
 
 from __future__ import annotations
