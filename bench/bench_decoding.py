@@ -16,7 +16,7 @@ Prints, in one run:
    the prefill (``begin`` + first ``step``) with and without the shared prefix, for PPO's 16 distinct
    prompts and GRPO's 4 prompts x 4 samples; wall and CPU seconds and the ratio;
 6. peak resident memory of one LLM CPU training step (``testbed run configs/llm/ppo.yaml
-   run.steps=1`` in a child process, its ``ru_maxrss``), with and without the shared prefix.
+   run.steps=1`` in a child process, its peak RSS ``VmHWM``), with and without the shared prefix.
 
 Usage::
 
@@ -286,12 +286,15 @@ def bench_shared_prefix(policy, model: str, dtype: str, quick: bool) -> None:
 
 
 _RSS_CHILD = """
-import resource, sys
+import sys
 from testbed import config as C
 from testbed.ops.trainer import Trainer
 cfg = C.load(sys.argv[1], sys.argv[2:])
 Trainer(cfg).train()
-print("peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child of a large bench process
+# would report the parent's peak
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
+print("peak_rss_mb", int(hwm.split()[1]) / 1024)
 """
 
 
@@ -299,7 +302,7 @@ def bench_memory(model: str, threads: int, quick: bool) -> None:
     """Peak RSS of a child process that loads the preset and runs one training step."""
     root = Path(__file__).resolve().parents[1]
     print(f"\n## Peak resident memory of one LLM CPU step (configs/llm/ppo.yaml and grpo.yaml, model {model}, "
-          f"one step, no eval; child process ru_maxrss)")
+          f"one step, no eval; the child process's VmHWM)")
     for preset in ("ppo", "grpo"):
         for shared in (True, False):
             with tempfile.TemporaryDirectory() as tmp:
