@@ -21,12 +21,12 @@ window, on the CPU); the others, LoRA-wrapped trunks and other devices use the t
 from __future__ import annotations
 
 import weakref
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .kvcache import Stream
 from .prefix import PrefixPlan
 
 
@@ -250,17 +250,6 @@ class FastTrunk:
         return self._norm(x, t.norm.weight)
 
 
-def _prefill(fast: FastTrunk, plan: PrefixPlan, cache: StaticCache) -> Tensor:
-    """The shared-prefix prompt through ``fast``: prefix once, its cache copied to the ``u``
-    remainders, then the remainders. Returns their (u, R, H) hidden states; the cache holds u rows."""
-    dev = plan.prefix.device
-    P, u = plan.P, plan.u
-    fast.forward(plan.prefix[None], torch.arange(P, device=dev)[None], torch.ones(1, P, dtype=torch.long, device=dev), cache)
-    cache.select(torch.zeros(u, dtype=torch.long, device=dev))
-    attn = torch.cat([torch.ones(u, P, dtype=torch.long, device=dev), plan.rest_attn], dim=1)
-    return fast.forward(plan.rest, plan.rest_positions(), attn, cache)
-
-
 _FAST: "weakref.WeakKeyDictionary[nn.Module, FastTrunk]" = weakref.WeakKeyDictionary()
 _HEADS: "weakref.WeakKeyDictionary[nn.Module, Linear]" = weakref.WeakKeyDictionary()
 
@@ -274,42 +263,41 @@ def fast_trunk(trunk: nn.Module) -> FastTrunk:
     return fast
 
 
-class StaticStream:
-    """:class:`llm_backend.kvcache.Stream` on a :class:`FastTrunk` and a :class:`StaticCache`."""
+class StaticStream(Stream):
+    """:class:`llm_backend.kvcache.Stream` on a :class:`FastTrunk` and a :class:`StaticCache`: the same
+    catching up, select and trims; weights (trunk and LM head) are re-packed once per decoding batch."""
 
     def __init__(self, trunk: nn.Module):
         self.trunk = trunk
         self.fast = fast_trunk(trunk)
         self.cache = self.fast.new_cache()
         self.done = 0
+        self._head: Linear | None = None
 
-    @staticmethod
+    def _prefill(self, plan: PrefixPlan) -> Tensor:
+        """Prefix once (batch 1), its cache copied to the ``u`` remainders, then the remainders."""
+        dev = plan.prefix.device
+        P, u = plan.P, plan.u
+        ones = torch.ones(1, P, dtype=torch.long, device=dev)
+        self.fast.forward(plan.prefix[None], torch.arange(P, device=dev)[None], ones, self.cache)
+        self.cache.select(torch.zeros(u, dtype=torch.long, device=dev))
+        attn = torch.cat([ones.expand(u, -1), plan.rest_attn], dim=1)
+        return self.fast.forward(plan.rest, plan.rest_positions(), attn, self.cache)
+
+    def _forward(self, ids: Tensor, attn: Tensor, pos: Tensor) -> Tensor:
+        return self.fast.forward(ids, pos, attn, self.cache)
+
     @torch.no_grad()
-    def logits(lm_head: nn.Module, hidden: Tensor) -> Tensor:
+    def logits(self, lm_head: nn.Module, hidden: Tensor) -> Tensor:
         """``lm_head(hidden)`` through a packed copy of its weight (plain ``nn.Linear`` heads)."""
         if type(lm_head) is not nn.Linear:
             return lm_head(hidden)
-        head = _HEADS.get(lm_head)
-        if head is None:
-            head = _HEADS[lm_head] = Linear(lm_head)
-        head.refresh()
-        return head(hidden)
-
-    def catch_up(self, cols: Any) -> Tensor | None:
-        L = cols.ids.shape[1]
-        parts = []
-        if self.done == 0 and cols.plan is not None:
-            h = _prefill(self.fast, cols.plan, self.cache)[:, -1:]
-            if not cols.plan.identity:
-                self.cache.select(cols.plan.inverse)
-                h = h[cols.plan.inverse]
-            parts.append(h)
-            self.done = cols.prompt_cols
-        if self.done < L:
-            h = self.fast.forward(cols.ids[:, self.done:L], cols.pos[:, self.done:L], cols.attn[:, :L], self.cache)
-            parts.append(h[:, max(cols.prompt_cols - 1 - self.done, 0):])
-            self.done = L
-        return torch.cat(parts, dim=1) if parts else None
+        if self._head is None:  # first step of this batch: look up the head's copy, re-pack if it changed
+            self._head = _HEADS.get(lm_head)
+            if self._head is None:
+                self._head = _HEADS[lm_head] = Linear(lm_head)
+            self._head.refresh()
+        return self._head(hidden)
 
     def select(self, index: Tensor) -> None:
         self.cache.select(index)

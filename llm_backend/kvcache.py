@@ -57,17 +57,25 @@ class Stream:
         L = cols.ids.shape[1]
         parts = []
         if self.done == 0 and cols.plan is not None:  # the prompt, shared
-            h = prefill(self.trunk, cols.plan, self.cache)[:, -1:]
+            h = self._prefill(cols.plan)[:, -1:]
             if not cols.plan.identity:
-                cache_select(self.cache, cols.plan.inverse)
+                self.select(cols.plan.inverse)
                 h = h[cols.plan.inverse]
             parts.append(h)
             self.done = cols.prompt_cols
         if self.done < L:
-            h = trunk_forward(self.trunk, cols.ids[:, self.done:L], cols.attn, cols.pos[:, self.done:L], self.cache)
+            h = self._forward(cols.ids[:, self.done:L], cols.attn, cols.pos[:, self.done:L])
             parts.append(h[:, max(cols.prompt_cols - 1 - self.done, 0):])
             self.done = L
         return torch.cat(parts, dim=1) if parts else None
+
+    def _prefill(self, plan: PrefixPlan) -> Tensor:
+        """(u, R, H) hidden states of the shared-prefix prompt's remainders; the cache then holds u rows."""
+        return prefill(self.trunk, plan, self.cache)
+
+    def _forward(self, ids: Tensor, attn: Tensor, pos: Tensor) -> Tensor:
+        """(b, n, H) hidden states of the new columns ``ids``; ``attn`` covers cached and new columns."""
+        return trunk_forward(self.trunk, ids, attn, pos, self.cache)
 
     def select(self, index: Tensor) -> None:
         cache_select(self.cache, index)
@@ -79,8 +87,7 @@ class Stream:
     def trimmable(self) -> bool:
         return cache_trimmable(self.cache)
 
-    @staticmethod
-    def logits(lm_head: nn.Module, hidden: Tensor) -> Tensor:
+    def logits(self, lm_head: nn.Module, hidden: Tensor) -> Tensor:
         return lm_head(hidden)
 
 
