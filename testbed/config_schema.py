@@ -202,6 +202,8 @@ class AlgoSection:
     """Policy learning rate."""
     lr_critic: float = 3e-3
     """Critic learning rate (0 freezes the critic at its initialisation)."""
+    lr_schedule: str = "constant"
+    """``constant`` or ``linear``: both learning rates fall linearly to 0 over ``run.steps`` (cleanrl's anneal_lr)."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm."""
     dynamic_sampling: bool = False
@@ -324,6 +326,7 @@ _CHOICES = {
     ("task", "source"): ("generator", "chain", "reasoning_gym"),
     ("tppo", "bootstrap"): ("self", "next"),
     ("tppo", "credit"): ("window", "deferred", "both"),
+    ("algo", "lr_schedule"): ("constant", "linear"),
 }
 
 

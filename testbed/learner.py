@@ -71,6 +71,7 @@ class Learner:
 
     def train_step(self) -> tuple[StepBatch, dict[str, Any]]:
         """One training step; returns the batch and its metrics record, and advances :attr:`step`."""
+        self.schedule_lr()
         batch = self.pool.collect(self.backend, self.step)  # collect
         adv = self.estimator(batch.rollout, self.adv_params)  # advantages
         actor = self.update_policy(batch, adv.advantages)  # epochs of minibatch updates
@@ -94,6 +95,21 @@ class Learner:
         with torch.no_grad():
             for k, v in own.items():
                 v.copy_(state[k].to(v.dtype))
+
+    def lr_factor(self) -> float:
+        """This step's multiple of the configured learning rates (``algo.lr_schedule``)."""
+        if self.cfg.algo.lr_schedule == "linear":
+            # cleanrl's anneal_lr: 1 at the first step, 1/steps at the last, so every step still learns
+            return 1.0 - self.step / max(self.cfg.run.steps, 1)
+        return 1.0
+
+    def schedule_lr(self) -> None:
+        """Set the optimisers' learning rates for this step; computed from the step, so a resumed run matches."""
+        f = self.lr_factor()
+        for opt, lr in ((self.opt_actor, self.cfg.algo.lr_actor), (self.opt_critic, self.cfg.algo.lr_critic)):
+            if opt is not None:
+                for group in opt.param_groups:
+                    group["lr"] = lr * f
 
     # --- updates --------------------------------------------------------------------------------
     def policy_mask(self, rollout: Rollout) -> Tensor:

@@ -253,6 +253,42 @@ def test_ctrl_c_is_one_line_exit_130_and_the_run_resumes_exactly(tmp_path, capsy
     assert not (tmp_path / "r" / "config_changes.jsonl").exists()  # same settings: nothing to record
 
 
+def test_a_linear_lr_schedule_falls_to_zero_and_a_resumed_run_keeps_it(tmp_path, capsys, monkeypatch):
+    """``algo.lr_schedule=linear``: both rates at ``lr * (1 - step / steps)`` at each step (read from the
+    optimisers as the update runs); interrupted at step 2 and resumed, the run ends with the uninterrupted
+    run's weights, which differ from a constant rate's."""
+    import torch
+
+    from testbed import config as C
+    from testbed.learner import Learner
+
+    seen = []
+    real = Learner.update_policy
+
+    def update_policy(self, *a, **k):
+        seen.append((self.step, self.opt_actor.param_groups[0]["lr"], self.opt_critic.param_groups[0]["lr"]))
+        return real(self, *a, **k)
+
+    # the overlong ramp gives every row a reward from the first step, so the weights move (tests/test_health.py)
+    signal = ("run.steps=4", "algo.overlong_buffer=4", "algo.overlong_penalty=1.0")
+    linear = (*signal, "algo.lr_schedule=linear")
+    with monkeypatch.context() as m:
+        m.setattr(Learner, "update_policy", update_policy)
+        assert main(capsys, *run_args(tmp_path, *linear, name="full"))[0] == 0
+    algo = C.load(PPO, []).algo
+    assert [s for s, _, _ in seen] == [0, 1, 2, 3]
+    for step, lr_a, lr_c in seen:
+        assert lr_a == pytest.approx(algo.lr_actor * (1 - step / 4)) and lr_c == pytest.approx(algo.lr_critic * (1 - step / 4))
+    with monkeypatch.context() as m:
+        ctrl_c_at(m, 2)
+        assert main(capsys, *run_args(tmp_path, *linear))[0] == 130
+    assert main(capsys, *run_args(tmp_path, *linear))[0] == 0
+    assert main(capsys, *run_args(tmp_path, *signal, name="constant"))[0] == 0
+    full, resumed, constant = (weights_of(tmp_path / n) for n in ("full", "r", "constant"))
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    assert not all(torch.equal(full[k], constant[k]) for k in full)
+
+
 def test_ctrl_c_before_any_checkpoint_says_it_starts_again(tmp_path, capsys, monkeypatch):
     ctrl_c_at(monkeypatch, 0)
     rc, err = main(capsys, *run_args(tmp_path, "run.steps=3", "run.checkpoint_every=5"))

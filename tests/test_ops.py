@@ -307,3 +307,16 @@ def test_other_commands_user_errors(tmp_path, capsys, monkeypatch, argv, fragmen
     assert cli.main([a.format(tmp=tmp_path) for a in argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("error: ") and fragment in err, err
+
+
+def test_sweep_waves_run_seed_major_and_references_first():
+    """Within a wave runs go seed by seed (a sweep stopped part-way has whole seeds to pair); a run whose
+    ``stop.reference_run`` is in the sweep waits for a later wave."""
+    from testbed.ops.sweep import _waves, expand
+
+    spec = sweep_spec(Path("R"))
+    spec["axes"]["method"]["ppo"] = {"stop.rule": "none"}
+    spec["axes"]["seed"] = [0, 1, 2]
+    waves = [[r.name for r in w] for w in _waves(expand(spec)[1])]
+    assert waves == [["espo-s0", "ppo-s0", "espo-s1", "ppo-s1", "espo-s2", "ppo-s2"],
+                     ["random-s0", "random-s1", "random-s2"]]

@@ -5,6 +5,10 @@ reader (:mod:`analysis.experiments`): its ``sweep.grids`` say what to run, its `
 what ran. Complete runs are reused; a run whose settings changed (its ``config.yaml`` against the grid)
 is deleted and re-run, and so is a random run matched to a re-run reference. A study may also ask for a
 measurement of each finished run (:data:`MEASUREMENTS`), made before its report reads the runs.
+
+A study too costly for one sitting names an ``ARCHIVE`` folder in its ``sweep`` module (committed with the
+project): each run, once finished and measured, has its records (everything but its checkpoints) copied
+there, and a later sitting, on any machine, restores them instead of re-running (:func:`restore_runs`).
 """
 
 from __future__ import annotations
@@ -83,12 +87,64 @@ def stale_runs(run_specs) -> dict[str, str]:
     return stale
 
 
-def execute(spec: dict, *, workers: int, fresh: bool, log=print) -> list[dict]:
+ARCHIVE_LEFT_OUT = ("checkpoints", "run.lock")
+"""What a run's archived copy leaves out: the weights (hundreds of MB a run) and the lock."""
+
+
+def archive_run(run_dir: str | Path, archive: str | Path) -> Path:
+    """Copy a finished run's records to ``archive/<run name>``, replacing an older copy whole (the new
+    copy is written beside it and renamed in). Returns the copy's folder."""
+    run_dir, archive = Path(run_dir), Path(archive)
+    if not sweep.is_complete(run_dir):
+        raise UserError(f"{run_dir}: not a finished run (summary.json says it is not complete); nothing archived")
+    dest = archive / run_dir.name
+    tmp = archive / f".{run_dir.name}.tmp"
+    archive.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(run_dir, tmp, ignore=lambda folder, names: [n for n in names if n in ARCHIVE_LEFT_OUT])
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest
+
+
+def restore_runs(archive: str | Path, out_dir: str | Path, names, *, log=print) -> list[str]:
+    """Copy the archived finished runs among ``names`` into ``out_dir`` where ``out_dir`` has no folder of
+    that name; returns the names restored. Paths inside a copy's ``config.yaml`` (``run.out_dir``, and a
+    ``stop.reference_run`` inside the old run folder) are moved to ``out_dir``, so the stale check compares
+    settings, not where the runs were made."""
+    archive, out_dir = Path(archive), Path(out_dir)
+    restored = []
+    for name in names:
+        src, dest = archive / name, out_dir / name
+        if dest.exists() or not sweep.is_complete(src):
+            continue
+        shutil.copytree(src, dest)
+        cfg_path = dest / "config.yaml"
+        try:
+            cfg = yaml.safe_load(cfg_path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise UserError(f"{cfg_path}: cannot read the archived run's config: {e}") from None
+        old = str((cfg.get("run") or {}).get("out_dir") or "")
+        stop = cfg.get("stop") or {}
+        ref = str(stop.get("reference_run") or "")
+        if old and ref and Path(ref).parent == Path(old):
+            stop["reference_run"] = str(out_dir / Path(ref).name)
+        cfg.setdefault("run", {})["out_dir"] = str(out_dir)
+        cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        restored.append(name)
+    if restored:
+        log(f"restored {len(restored)} finished runs from {archive}")
+    return restored
+
+
+def execute(spec: dict, *, workers: int, fresh: bool, log=print, after_run=None) -> list[dict]:
     """Run one grid of a study with :mod:`testbed.ops.sweep`.
 
     ``fresh`` deletes the sweep's output folder first; otherwise complete runs are kept, except those
     whose settings changed (:func:`stale_runs`), which are deleted and re-run. Prints one line per
-    finished run. Returns ``run_sweep``'s rows (one per run, with ``run_dir``).
+    finished run, and calls ``after_run(run_dir)`` on each run that finished here. Returns ``run_sweep``'s
+    rows (one per run, with ``run_dir``).
     """
     out_dir = Path(spec["out_dir"])
     if fresh and out_dir.exists():
@@ -106,6 +162,8 @@ def execute(spec: dict, *, workers: int, fresh: bool, log=print) -> list[dict]:
         succ = s.get("final/success_rate")
         log(f"  done {r.name}: final success {succ if succ is None else round(succ, 3)}, "
             f"tokens {s.get('tokens/cumulative')}, {time.time() - t0:.0f}s since start")
+        if after_run is not None and s.get("complete"):
+            after_run(r.run_dir)
 
     return sweep.run_sweep(spec, workers=workers, threads_per_run=1, on_done=on_done, progress=True)
 
@@ -136,12 +194,15 @@ def measure(wanted: dict[str, dict], run_dirs: list[str], *, log=print) -> None:
 
 
 def run_study(name: str = DEFAULT_STUDY, out: str | Path = "", *, workers: int = 2, quick: bool = False,
-              fresh: bool = False, full: bool = False, extra: dict | None = None, log=print) -> int:
+              fresh: bool = False, full: bool = False, extra: dict | None = None, archive: str | Path | None = None,
+              log=print) -> int:
     """Run (or resume) study ``name``'s grids under ``out`` (default ``out/<name>``), then write its report.
 
     ``quick``: the study's smoke-test settings in ``out/quick`` (never mixed with the real runs);
     ``full``: its full version (more seeds or methods), where it has one; ``fresh``: delete the grids'
-    run folders first; ``extra``: overrides added to every run (tests use a tiny model). Returns 0.
+    run folders first; ``extra``: overrides added to every run (tests use a tiny model); ``archive``: the
+    folder of finished runs' records to restore from and add to (default: the study's ``ARCHIVE`` for its
+    real runs; never for ``quick`` or ``extra`` runs unless given). Returns 0.
     """
     from analysis import experiments  # the studies' data and readers, loaded when one is run
 
@@ -165,8 +226,24 @@ def run_study(name: str = DEFAULT_STUDY, out: str | Path = "", *, workers: int =
             if d.exists():
                 log(f"--fresh: deleting {d}")
                 shutil.rmtree(d)
-    rows = [r for s in specs for r in execute(s, workers=workers, fresh=False, log=log)]
-    measure(getattr(grid, "measurements", lambda quick: {})(quick), [r["run_dir"] for r in rows], log=log)
+    if archive is None and not (quick or extra):
+        archive = getattr(grid, "ARCHIVE", None)
+    if archive is not None:
+        for s in specs:
+            restore_runs(archive, s["out_dir"], [r.name for r in sweep.expand(s)[1]], log=log)
+    wanted = getattr(grid, "measurements", lambda quick: {})(quick)
+
+    def after_run(run_dir: Path) -> None:  # measured and archived at once: a later sitting has no checkpoints
+        measure(wanted, [str(run_dir)], log=log)
+        if archive is not None:
+            archive_run(run_dir, archive)
+
+    rows = [r for s in specs for r in execute(s, workers=workers, fresh=False, log=log, after_run=after_run)]
+    measure(wanted, [r["run_dir"] for r in rows], log=log)
+    if archive is not None:
+        for r in rows:  # runs finished in this folder before it had an archive
+            if sweep.is_complete(Path(r["run_dir"])) and not (Path(archive) / Path(r["run_dir"]).name).exists():
+                archive_run(r["run_dir"], archive)
     run = experiments.StudyRun(name=name, root=root, specs=specs, run_dirs=[r["run_dir"] for r in rows],
                                command=command(name, out, workers=workers, quick=quick, full=full, fresh=fresh),
                                workers=workers, started=started, quick=quick, full=full)

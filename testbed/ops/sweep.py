@@ -152,7 +152,7 @@ def is_complete(run_dir: Path) -> bool:
 
 
 def _waves(runs: list[RunSpec]) -> list[list[RunSpec]]:
-    """Order runs so a run referencing another run of the sweep comes after it."""
+    """Order runs so a run referencing another run of the sweep comes after it, seeds in order."""
     deps = {r.name: {r.depends_on} if r.depends_on else set() for r in runs}
     done: set[str] = set()
     waves = []
@@ -161,7 +161,8 @@ def _waves(runs: list[RunSpec]) -> list[list[RunSpec]]:
         wave = [r for r in left if deps[r.name] <= done]
         if not wave:
             raise config_mod.ConfigError("sweep: circular stop.reference_run dependencies")
-        waves.append(wave)
+        # seed-major within a wave (stable otherwise): a sweep stopped part-way has whole seeds to pair
+        waves.append(sorted(wave, key=lambda r: (not isinstance(r.labels.get("seed"), int), r.labels.get("seed", 0))))
         done |= {r.name for r in wave}
         left = [r for r in left if r.name not in done]
     return waves

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import pytest
+import yaml
 
 pytest.importorskip("transformers")
 
@@ -65,3 +67,28 @@ def test_study_runs_on_a_tiny_setting(tmp_path):
     det = json.loads((root / "runs" / "ppo-s0" / "policy_detect.json").read_text())
     assert det["rows"] == sweep.QUICK_POLICY_ROWS
     assert "Detectors on the policy's own rollouts" in report
+
+
+def test_finished_runs_are_archived_and_restored(tmp_path):
+    """A sitting archives each finished, measured run without its checkpoints; a later sitting in another
+    folder restores them (the matched random run's reference moved along) and runs nothing again."""
+    archive = tmp_path / "archive"
+    first = tmp_path / "first"
+    assert run_study("llm_long", first, workers=1, quick=True, extra=TINY, archive=archive) == 0
+    names = sorted(p.name for p in (first / "quick" / "runs").iterdir() if p.is_dir())
+    assert sorted(p.name for p in archive.iterdir()) == names
+    for n in names:
+        assert not (archive / n / "checkpoints").exists() and (archive / n / "policy_detect.json").is_file()
+    lines: list[str] = []
+    second = tmp_path / "second"
+    assert run_study("llm_long", second, workers=1, quick=True, extra=TINY, archive=archive, log=lines.append) == 0
+    runs = second / "quick" / "runs"
+    assert not any((runs / n / "checkpoints").exists() for n in names)  # nothing trained again
+    counts = [re.match(r"(\d+) runs in .* \((\d+) already complete\)", line) for line in lines]
+    counts = [m.groups() for m in counts if m]
+    assert len(counts) == len(sweep.grids("R")) and all(total == done for total, done in counts)
+    cfg = yaml.safe_load((runs / "random_paper-s0" / "config.yaml").read_text())
+    assert cfg["stop"]["reference_run"] == str(runs / "espo_paper-s0")  # moved with the runs
+    assert (second / "quick" / "scores.csv").read_text() == (first / "quick" / "scores.csv").read_text()
+    archived = yaml.safe_load((archive / "random_paper-s0" / "config.yaml").read_text())
+    assert archived["stop"]["reference_run"] == str(first / "quick" / "runs" / "espo_paper-s0")  # untouched

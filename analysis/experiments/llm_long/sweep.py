@@ -11,8 +11,9 @@ T-PPO and the paper's ESPO with planted wrong steps at :data:`SIDE_SEEDS`. Every
 Cost: a long-chain PPO run took 15 min 46 s alone at 2 threads with fast decoding (28 min 46 s on the
 transformers path, another CPU); the stop-rule runs add the ``policy_detect`` measurement, and two workers
 at one thread each take longer per run. The whole study is 29 runs: about 8 hours of this machine, not
-the 90 minutes the issue sizes it for. It resumes where it stopped (finished runs are skipped), so it can
-be completed over several sittings, and ``--quick`` checks the pipeline in minutes.
+the 90 minutes the issue sizes it for. It resumes where it stopped (finished runs are skipped), and each
+finished run's records go to :data:`ARCHIVE`, committed with the project, so it can be completed over several
+sittings on any machine; ``--quick`` checks the pipeline in minutes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[3]
 PRESETS = REPO / "configs" / "llm"
 BASE_CONFIG = str(PRESETS / "long_chain_ppo.yaml")
+ARCHIVE = REPO / "docs" / "llm_long" / "runs"
+"""Finished runs' records (no checkpoints; about 30 kB a run), restored by ``testbed demo --study llm_long``
+instead of re-running them (:func:`testbed.ops.studies.restore_runs`)."""
 
 
 def _flat(name: str) -> dict:
