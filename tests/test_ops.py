@@ -320,3 +320,21 @@ def test_sweep_waves_run_seed_major_and_references_first():
     waves = [[r.name for r in w] for w in _waves(expand(spec)[1])]
     assert waves == [["espo-s0", "ppo-s0", "espo-s1", "ppo-s1", "espo-s2", "ppo-s2"],
                      ["random-s0", "random-s1", "random-s2"]]
+
+
+def test_a_study_report_gets_its_runs_by_name_not_in_finishing_order(tmp_path, monkeypatch):
+    """The report sums over runs in the order it is given them; by name, the sums are the same in every
+    sitting whatever order two workers finished in."""
+    from types import SimpleNamespace
+
+    from analysis import experiments
+    from testbed.ops import studies
+
+    got = []
+    grid = SimpleNamespace(grids=lambda root, quick, full: [{"out_dir": str(root / "runs")}])
+    report = SimpleNamespace(write=lambda run: got.append(list(run.run_dirs)))
+    monkeypatch.setattr(experiments, "load", lambda name, part="analysis": grid if part == "sweep" else report)
+    finished = [str(tmp_path / "runs" / n) for n in ("ppo-s1", "espo-s0", "ppo-s0")]
+    monkeypatch.setattr(studies, "execute", lambda spec, **kw: [{"run_dir": d} for d in finished])
+    assert studies.run_study("any", tmp_path) == 0
+    assert got == [sorted(finished)]

@@ -244,7 +244,9 @@ def run_study(name: str = DEFAULT_STUDY, out: str | Path = "", *, workers: int =
         for r in rows:  # runs finished in this folder before it had an archive
             if sweep.is_complete(Path(r["run_dir"])) and not (Path(archive) / Path(r["run_dir"]).name).exists():
                 archive_run(r["run_dir"], archive)
-    run = experiments.StudyRun(name=name, root=root, specs=specs, run_dirs=[r["run_dir"] for r in rows],
+    # by name, not in the order runs finished: a report's float sums then come out the same in every sitting
+    run_dirs = sorted(dict.fromkeys(r["run_dir"] for r in rows), key=lambda d: Path(d).name)
+    run = experiments.StudyRun(name=name, root=root, specs=specs, run_dirs=run_dirs,
                                command=command(name, out, workers=workers, quick=quick, full=full, fresh=fresh),
                                workers=workers, started=started, quick=quick, full=full)
     root.mkdir(parents=True, exist_ok=True)
