@@ -135,13 +135,16 @@ def add_demo(sub) -> None:
     d.add_argument("--quick", action="store_true", help="fewer seeds and steps (smoke test)")
     d.add_argument("--fresh", action="store_true", help="ignore completed runs in the output folder")
     d.add_argument("--full", action="store_true", help="the full study (headline: 30 seeds and the ablations)")
+    d.add_argument("--report-only", action="store_true",
+                   help="run nothing: the report from the runs finished so far (a study completed over several sittings)")
     d.set_defaults(fn=cmd_demo)
 
 
 def cmd_demo(args) -> int:
     from testbed.ops.studies import run_study
 
-    return run_study(args.study, args.out, workers=args.workers, quick=args.quick, fresh=args.fresh, full=args.full)
+    return run_study(args.study, args.out, workers=args.workers, quick=args.quick, fresh=args.fresh, full=args.full,
+                     report_only=args.report_only)
 
 
 def add_findings(sub) -> None:

@@ -174,11 +174,13 @@ def study_root(out: str | Path, *, quick: bool, full: bool, full_folder: str | N
     return out / "quick" if quick else out / full_folder if full and full_folder else out
 
 
-def command(name: str, out: str | Path, *, workers: int, quick: bool, full: bool, fresh: bool) -> str:
+def command(name: str, out: str | Path, *, workers: int, quick: bool, full: bool, fresh: bool,
+            report_only: bool = False) -> str:
     """The shell command that regenerates a study's report (written at the top of the report)."""
     return " ".join(["testbed", "demo"] + (["--study", name] if name != DEFAULT_STUDY else [])
                     + ["--out", shlex.quote(str(out)), "--workers", str(workers)]
-                    + (["--quick"] if quick else []) + (["--full"] if full else []) + (["--fresh"] if fresh else []))
+                    + (["--quick"] if quick else []) + (["--full"] if full else []) + (["--fresh"] if fresh else [])
+                    + (["--report-only"] if report_only else []))
 
 
 def measure(wanted: dict[str, dict], run_dirs: list[str], *, log=print) -> None:
@@ -195,14 +197,15 @@ def measure(wanted: dict[str, dict], run_dirs: list[str], *, log=print) -> None:
 
 def run_study(name: str = DEFAULT_STUDY, out: str | Path = "", *, workers: int = 2, quick: bool = False,
               fresh: bool = False, full: bool = False, extra: dict | None = None, archive: str | Path | None = None,
-              log=print) -> int:
+              report_only: bool = False, log=print) -> int:
     """Run (or resume) study ``name``'s grids under ``out`` (default ``out/<name>``), then write its report.
 
     ``quick``: the study's smoke-test settings in ``out/quick`` (never mixed with the real runs);
     ``full``: its full version (more seeds or methods), where it has one; ``fresh``: delete the grids'
     run folders first; ``extra``: overrides added to every run (tests use a tiny model); ``archive``: the
     folder of finished runs' records to restore from and add to (default: the study's ``ARCHIVE`` for its
-    real runs; never for ``quick`` or ``extra`` runs unless given). Returns 0.
+    real runs; never for ``quick`` or ``extra`` runs unless given); ``report_only``: run nothing, write the
+    report from the runs finished so far (a study completed over several sittings). Returns 0.
     """
     from analysis import experiments  # the studies' data and readers, loaded when one is run
 
@@ -215,6 +218,8 @@ def run_study(name: str = DEFAULT_STUDY, out: str | Path = "", *, workers: int =
         raise UserError(f"--full: study {name} has no full version")
     if workers < 1:
         raise UserError(f"--workers: must be >= 1, got {workers}")
+    if fresh and report_only:
+        raise UserError("--fresh with --report-only would delete the runs the report is to read")
     started = time.time()
     out = out or f"out/{name}"
     root = study_root(out, quick=quick, full=full, full_folder=full_folder)
@@ -238,7 +243,14 @@ def run_study(name: str = DEFAULT_STUDY, out: str | Path = "", *, workers: int =
         if archive is not None:
             archive_run(run_dir, archive)
 
-    rows = [r for s in specs for r in execute(s, workers=workers, fresh=False, log=log, after_run=after_run)]
+    if report_only:  # the runs finished so far, as they are
+        found = [{"run_dir": str(r.run_dir)} for s in specs for r in sweep.expand(s)[1] if sweep.is_complete(r.run_dir)]
+        log(f"--report-only: {len(found)} finished runs of {sum(len(sweep.expand(s)[1]) for s in specs)}")
+        if not found:
+            raise UserError(f"--report-only: no finished run of study {name} in {root}")
+        rows = found
+    else:
+        rows = [r for s in specs for r in execute(s, workers=workers, fresh=False, log=log, after_run=after_run)]
     measure(wanted, [r["run_dir"] for r in rows], log=log)
     if archive is not None:
         for r in rows:  # runs finished in this folder before it had an archive
@@ -247,7 +259,8 @@ def run_study(name: str = DEFAULT_STUDY, out: str | Path = "", *, workers: int =
     # by name, not in the order runs finished: a report's float sums then come out the same in every sitting
     run_dirs = sorted(dict.fromkeys(r["run_dir"] for r in rows), key=lambda d: Path(d).name)
     run = experiments.StudyRun(name=name, root=root, specs=specs, run_dirs=run_dirs,
-                               command=command(name, out, workers=workers, quick=quick, full=full, fresh=fresh),
+                               command=command(name, out, workers=workers, quick=quick, full=full, fresh=fresh,
+                                               report_only=report_only),
                                workers=workers, started=started, quick=quick, full=full)
     root.mkdir(parents=True, exist_ok=True)
     experiments.load(name, "report").write(run)

@@ -92,3 +92,20 @@ def test_finished_runs_are_archived_and_restored(tmp_path):
     assert (second / "quick" / "scores.csv").read_text() == (first / "quick" / "scores.csv").read_text()
     archived = yaml.safe_load((archive / "random_paper-s0" / "config.yaml").read_text())
     assert archived["stop"]["reference_run"] == str(first / "quick" / "runs" / "espo_paper-s0")  # untouched
+    # --report-only in a third folder: the archived runs restored, nothing run, the same scores
+    third = tmp_path / "third"
+    (archive / "oracle-s0").rename(tmp_path / "away")  # a run not finished yet
+    assert run_study("llm_long", third, quick=True, extra=TINY, archive=archive, report_only=True) == 0
+    assert not (third / "quick" / "runs" / "oracle-s0").exists()
+    table = list(csv.DictReader(open(third / "quick" / "scores.csv")))
+    assert "oracle" not in [r["method"] for r in table] and "ppo" in [r["method"] for r in table]
+    assert "--report-only" in (third / "quick" / "report.md").read_text()
+
+
+def test_report_only_refuses_fresh_and_an_empty_study(tmp_path):
+    from testbed.errors import UserError
+
+    with pytest.raises(UserError, match="--fresh with --report-only"):
+        run_study("llm_long", tmp_path, quick=True, extra=TINY, fresh=True, report_only=True)
+    with pytest.raises(UserError, match="--report-only: no finished run of study llm_long"):
+        run_study("llm_long", tmp_path, quick=True, extra=TINY, report_only=True)
