@@ -246,8 +246,10 @@ def auroc_difference(a: Sequence[float], b: Sequence[float], positive: Sequence[
 def logistic_given_length(score: Sequence[float], length: Sequence[float], positive: Sequence[bool]) -> dict[str, float]:
     """Logistic fit of the label on ``z(score) + z(log length)`` (standardised, Newton's method): the
     score's coefficient, its Wald standard error and two-sided p-value. Is the score still informative
-    once the length is known? NaN when the fit is degenerate (one class, a constant score)."""
+    once the length is known? NaN when the fit is degenerate (one class, a constant score) or has no
+    maximum (score and length together separate the classes)."""
     import numpy as np
+    from scipy.special import expit
     from scipy.stats import norm
 
     s, L, y = np.asarray(score, dtype=float), np.asarray(length, dtype=float), np.asarray(positive, dtype=float)
@@ -262,7 +264,7 @@ def logistic_given_length(score: Sequence[float], length: Sequence[float], posit
     X = np.stack(cols, 1)
     w = np.zeros(X.shape[1])
     for _ in range(50):
-        p = 1 / (1 + np.exp(-X @ w))
+        p = expit(X @ w)
         H = X.T @ (X * (p * (1 - p))[:, None])
         try:
             step = np.linalg.solve(H, X.T @ (y - p))
@@ -271,7 +273,9 @@ def logistic_given_length(score: Sequence[float], length: Sequence[float], posit
         w += step
         if np.abs(step).max() < 1e-10:
             break
-    p = 1 / (1 + np.exp(-X @ w))
+    else:  # no maximum: the classes are separated (w runs off to infinity) and a Wald test means nothing
+        return nan
+    p = expit(X @ w)
     try:
         cov = np.linalg.inv(X.T @ (X * (p * (1 - p))[:, None]))
     except np.linalg.LinAlgError:

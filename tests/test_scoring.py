@@ -95,3 +95,20 @@ def test_auroc_difference_and_logistic_given_length():
     c = compare_scores({"length": length, "z": z, "len_like": only_len, "none": np.full(n, np.nan)}, y, seed=0,
                        resamples=100)
     assert set(c) == {"length", "z", "len_like"} and c["z"]["minus_length"] > 0
+
+
+def test_logistic_given_length_is_nan_without_warnings_when_the_classes_are_separated():
+    import warnings
+
+    from testbed.scoring import logistic_given_length
+
+    rng = np.random.default_rng(1)
+    length = rng.lognormal(4, 0.5, 200)
+    score = rng.normal(size=200)
+    y = score > 0  # the score alone separates the classes: the likelihood has no maximum
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit = logistic_given_length(score, length, y)
+    assert all(np.isnan(v) for v in fit.values())
+    noisy = logistic_given_length(score + rng.normal(size=200), length, y)  # overlap: a finite fit
+    assert noisy["coef"] > 0 and noisy["p"] < 1e-3
