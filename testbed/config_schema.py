@@ -58,6 +58,8 @@ class RunSection:
     """Write a checkpoint every N steps (and at the end)."""
     progress: bool = True
     """Show a progress bar."""
+    sft_cache: str = ""
+    """Folder where a finished ``model.sft`` stage is kept for runs with the same model, task, seed and threads ("": none)."""
     tensorboard: bool = False
     """Also write each step's scalars as TensorBoard events in ``RUN_DIR/tensorboard`` (extra ``tensorboard``)."""
 

@@ -32,7 +32,7 @@ MEASUREMENTS = {"exact_posterior": "testbed.ops.exact_posterior:measure_run",
 """Measurements a study's ``sweep.measurements(quick)`` may ask for on each finished run, by name ->
 ``measure(run_dir, **kwargs, log=...)`` writing its files into the run directory (kept when present)."""
 
-IGNORED_CONFIG_KEYS = {("run", "progress"), ("run", "threads"), ("run", "out_dir")}
+IGNORED_CONFIG_KEYS = {("run", "progress"), ("run", "threads"), ("run", "out_dir"), ("run", "sft_cache")}
 """Config keys that may differ between a finished run and its spec without making the run stale."""
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from testbed.diagnostics import row_records
 from testbed.metrics import MetricsLogger, TensorBoardLogger
 from testbed.ops import rundir
 from testbed.ops import build as build_mod
+from testbed.ops import sft_cache
 from testbed.ops.build import build, build_task
 from testbed.ops.lock import RunLock
 from testbed.ops.rundir import CHANGES_NAME, NO_OLDER_CHECKPOINT, RESUME_MAY_CHANGE  # noqa: F401 (re-exported)
@@ -158,8 +160,17 @@ class Trainer(Learner):
         report still to be completed by that evaluation, or None when it was written here."""
         c = self.cfg
         reuse = bool(c.run.eval_every) and self._sft["eval_size"] in (0, c.run.eval_size) and c.run.steps > 0
-        report = build_mod.run_sft(c, self.backend, evaluate_before=True, evaluate_after=not reuse,
-                                   progress=c.run.progress)
+        digest = sft_cache.key(c, evaluate_after=not reuse) if c.run.sft_cache else None
+        report = sft_cache.load(c.run.sft_cache, digest, self.backend) if digest else None
+        if report is not None:
+            report["cache"] = f"loaded {digest}"
+        else:
+            report = build_mod.run_sft(c, self.backend, evaluate_before=True, evaluate_after=not reuse,
+                                       progress=c.run.progress)
+            if digest:
+                sft_cache.store(c.run.sft_cache, digest, self.backend, report)
+                report["cache"] = f"stored {digest}"
+        self.started = time.perf_counter()  # time/wall: the RL run's own, with or without the warm-start
         if not reuse:
             self._write_sft(report, {})
             return None

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from testbed.metrics import read_metrics
+
 from testbed import config as C
 
 pytest.importorskip("transformers")
@@ -155,6 +157,42 @@ def test_a_run_without_step0_eval_measures_after_itself(tmp_path):
     Trainer(cfg).train()
     report = json.loads((tmp_path / cfg.run.name / "sft.json").read_text())
     assert report["eval_size"] == 3 and {"pass@1/before", "pass@1/after", "length/mean/after"} <= set(report)
+
+
+def test_a_cached_warm_start_gives_the_run_that_trained_it(tmp_path):
+    """``run.sft_cache``: the first run stores the stage, a second run (another method: a stop rule) loads
+    it; each equals a run that trained the stage itself, metric for metric and weight for weight. Another
+    SFT setting is another entry."""
+    from testbed.ops.trainer import Trainer
+
+    def stable(recs):  # without wall-clock fields (the only ones two identical runs differ in)
+        return [{k: v for k, v in r.items() if "time/" not in k and "per_second" not in k} for r in recs]
+
+    cache = tmp_path / "cache"
+    extra = ["run.steps=2", "run.eval_every=1", "run.eval_size=4", "run.checkpoint_every=2", "model.sft.steps=3",
+             "model.sft.batch_size=2", "rollout.temperature=1.0"]
+    espo = ["stop.rule=espo", "stop.warmup_steps=0", "stop.min_tokens=2"]
+
+    def run(name, *more):
+        t = Trainer(_cfg(tmp_path, *extra, f"run.name={name}", *more))
+        t.train()
+        weights = {k: v.clone() for k, v in t.backend.state_dict().items()}
+        report = json.loads((tmp_path / name / "sft.json").read_text())
+        return stable(read_metrics(tmp_path / name / "metrics.jsonl")), weights, report
+
+    stored = run("stored", f"run.sft_cache={cache}")
+    loaded = run("loaded", f"run.sft_cache={cache}", *espo)
+    assert stored[2]["cache"].startswith("stored ") and loaded[2]["cache"] == "loaded " + stored[2]["cache"][7:]
+    assert len(list(cache.iterdir())) == 1
+    for cached, name, more in ((stored, "plain", []), (loaded, "plain_espo", espo)):
+        metrics, weights, report = run(name, *more)
+        assert "cache" not in report and cached[0] == metrics
+        assert all(torch.equal(weights[k], cached[1][k]) for k in weights)
+        assert {k: v for k, v in cached[2].items() if k not in ("cache", "time/train")} == \
+            {k: v for k, v in report.items() if k != "time/train"}
+    assert any(r["stop/rate"] > 0 for r in loaded[0])  # the second method really differs after the stage
+    run("other_lr", f"run.sft_cache={cache}", "model.sft.lr=3e-4")
+    assert len(list(cache.iterdir())) == 2
 
 
 def test_cli_sft_writes_the_report(tmp_path, capsys):

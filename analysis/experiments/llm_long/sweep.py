@@ -10,8 +10,9 @@ T-PPO and the paper's ESPO with planted wrong steps at :data:`SIDE_SEEDS`. Every
 
 Cost: a long-chain PPO run took 15 min 46 s alone at 2 threads with fast decoding (28 min 46 s on the
 transformers path, another CPU); the stop-rule runs add the ``policy_detect`` measurement, and two workers
-at one thread each take longer per run. The whole study is 29 runs: about 8 hours of this machine, not
-the 90 minutes the issue sizes it for. It resumes where it stopped (finished runs are skipped), and each
+at one thread each take longer per run (the SFT warm-start alone took 9.5 of them there, now trained once a
+seed and loaded by the seed's other methods). The whole study is 29 runs: several hours of this machine,
+not the 90 minutes the issue sizes it for. It resumes where it stopped (finished runs are skipped), and each
 finished run's records go to :data:`ARCHIVE`, committed with the project, so it can be completed over several
 sittings on any machine; ``--quick`` checks the pipeline in minutes.
 """
@@ -90,10 +91,12 @@ def measurements(quick: bool = False) -> dict[str, dict]:
 
 def grids(root, quick: bool = False, full: bool = False) -> list[dict]:
     """Two grids over one run folder ``root / "runs"``: :data:`MAIN` x :data:`MAIN_SEEDS`, then :data:`SIDE`
-    x :data:`SIDE_SEEDS` (no ``--full`` version)."""
+    x :data:`SIDE_SEEDS` (no ``--full`` version); the SFT warm-start of each seed is kept in ``root /
+    "sft_cache"`` (``run.sft_cache``)."""
     out = str(Path(root) / "runs")
     q = QUICK if quick else {}
-    over = {"run.steps": q["steps"], **q["overrides"]} if quick else {}
+    # every method of a seed starts from the same warm-start: trained by the first, loaded by the others
+    over = {"run.sft_cache": str(Path(root) / "sft_cache"), **({"run.steps": q["steps"], **q["overrides"]} if quick else {})}
     return [{"base": BASE_CONFIG, "out_dir": out, "overrides": dict(over),
              "axes": {"method": methods, "seed": list(q.get("seeds", seeds))}}
             for methods, seeds in ((MAIN, MAIN_SEEDS), (SIDE, SIDE_SEEDS))]
