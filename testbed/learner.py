@@ -104,7 +104,10 @@ class Learner:
         return 1.0
 
     def schedule_lr(self) -> None:
-        """Set the optimisers' learning rates for this step; computed from the step, so a resumed run matches."""
+        """Set the optimisers' learning rates for this step; computed from the step, so a resumed run matches.
+        A constant schedule leaves them as they are."""
+        if self.cfg.algo.lr_schedule == "constant":
+            return
         f = self.lr_factor()
         for opt, lr in ((self.opt_actor, self.cfg.algo.lr_actor), (self.opt_critic, self.cfg.algo.lr_critic)):
             if opt is not None:
