@@ -309,17 +309,33 @@ def test_other_commands_user_errors(tmp_path, capsys, monkeypatch, argv, fragmen
     assert err.count("\n") == 0 and err.startswith("error: ") and fragment in err, err
 
 
-def test_sweep_waves_run_seed_major_and_references_first():
-    """Within a wave runs go seed by seed (a sweep stopped part-way has whole seeds to pair); a run whose
-    ``stop.reference_run`` is in the sweep waits for a later wave."""
-    from testbed.ops.sweep import _waves, expand
+def test_sweep_runs_seed_by_seed_each_run_after_its_reference(tmp_path, monkeypatch):
+    """Seed by seed, a run as soon as the run it references has finished (not after every run of a first
+    wave): a sweep stopped part-way has whole seeds to pair."""
+    from testbed.ops import sweep as sw
 
-    spec = sweep_spec(Path("R"))
+    spec = sweep_spec(tmp_path)
     spec["axes"]["method"]["ppo"] = {"stop.rule": "none"}
     spec["axes"]["seed"] = [0, 1, 2]
-    waves = [[r.name for r in w] for w in _waves(expand(spec)[1])]
-    assert waves == [["espo-s0", "ppo-s0", "espo-s1", "ppo-s1", "espo-s2", "ppo-s2"],
-                     ["random-s0", "random-s1", "random-s2"]]
+    assert [r.name for r in sw._ordered(sw.expand(spec)[1])] == [
+        "espo-s0", "random-s0", "ppo-s0", "espo-s1", "random-s1", "ppo-s1", "espo-s2", "random-s2", "ppo-s2"]
+    started = []
+    monkeypatch.setattr(sw, "_run_one", lambda config, threads: started.append(config["run"]["name"]) or
+                        {"complete": config["run"]["name"] != "espo-s1"})
+    rows = {r["name"]: r["status"] for r in run_sweep(spec, workers=1, progress=False)}
+    assert started == ["espo-s0", "random-s0", "ppo-s0", "espo-s1", "ppo-s1", "espo-s2", "random-s2", "ppo-s2"]
+    assert rows["random-s1"] == "skipped: its reference run espo-s1 did not finish"
+
+
+def test_sweep_refuses_circular_references():
+    from testbed.ops import sweep as sw
+
+    spec = sweep_spec(Path("R"))
+    spec["axes"]["method"]["espo"] = {"stop.rule": "random", "stop.reference_run": "{out_dir}/random-s{seed}"}
+    from testbed.config import ConfigError
+
+    with pytest.raises(ConfigError, match="circular"):
+        sw._ordered(sw.expand(spec)[1])
 
 
 def test_a_study_report_gets_its_runs_by_name_not_in_finishing_order(tmp_path, monkeypatch):

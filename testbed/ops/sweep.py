@@ -30,7 +30,8 @@ the same ``out_dir`` finished meanwhile is recorded as ``complete``, never as sk
 Executors: ``process`` (default) runs ``workers`` runs at a time in a local process pool; ``ray``
 submits each run as a Ray task reserving ``cpus_per_run`` CPUs, on the cluster at ``address`` (or
 ``$RAY_ADDRESS``) or on a local Ray started for the sweep with ``workers * cpus_per_run`` CPUs. Both
-follow the same order: a run starts only after the run it references finished. On a cluster,
+follow the same order: seed by seed, each run as soon as a worker is free and the run it references (if
+any) has finished, so a study stopped part-way has whole seeds. On a cluster,
 ``out_dir`` must be on a filesystem every node sees (paths are made absolute before submitting).
 """
 
@@ -39,7 +40,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -151,21 +152,21 @@ def is_complete(run_dir: Path) -> bool:
         return False
 
 
-def _waves(runs: list[RunSpec]) -> list[list[RunSpec]]:
-    """Order runs so a run referencing another run of the sweep comes after it, seeds in order."""
-    deps = {r.name: {r.depends_on} if r.depends_on else set() for r in runs}
-    done: set[str] = set()
-    waves = []
-    left = list(runs)
+def _ordered(runs: list[RunSpec]) -> list[RunSpec]:
+    """Seed by seed (stable otherwise), each run after the run it references: a sweep stopped part-way
+    has whole seeds to pair."""
+    key = {r.name: (not isinstance(r.labels.get("seed"), int), r.labels.get("seed", 0), i) for i, r in enumerate(runs)}
+    left = sorted(runs, key=lambda r: key[r.name])
+    out: list[RunSpec] = []
+    placed: set[str] = set()
     while left:
-        wave = [r for r in left if deps[r.name] <= done]
-        if not wave:
+        nxt = next((r for r in left if r.depends_on is None or r.depends_on in placed), None)
+        if nxt is None:
             raise config_mod.ConfigError("sweep: circular stop.reference_run dependencies")
-        # seed-major within a wave (stable otherwise): a sweep stopped part-way has whole seeds to pair
-        waves.append(sorted(wave, key=lambda r: (not isinstance(r.labels.get("seed"), int), r.labels.get("seed", 0))))
-        done |= {r.name for r in wave}
-        left = [r for r in left if r.name not in done]
-    return waves
+        out.append(nxt)
+        placed.add(nxt.name)
+        left.remove(nxt)
+    return out
 
 
 def _run_one(config: dict, threads: int) -> dict:
@@ -184,16 +185,36 @@ def _run_one(config: dict, threads: int) -> dict:
         return {"status": f"skipped: {e}"}
 
 
-def _serial(todo: list[RunSpec], threads: int) -> Iterator[tuple[RunSpec, dict]]:
-    for r in todo:
-        yield r, _run_one(r.config, threads)
+class _Local:
+    """Runs in this process (``workers`` 1) or in a pool of ``workers`` processes: :meth:`submit` a run,
+    :meth:`next` waits for one to finish and returns it with its summary."""
 
+    def __init__(self, threads: int, workers: int):
+        self.threads, self.slots = threads, max(1, workers)
+        self.pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+        self.running: dict[Any, RunSpec] = {}
+        self.finished: list[tuple[RunSpec, dict]] = []
 
-def _process_pool(todo: list[RunSpec], threads: int, workers: int) -> Iterator[tuple[RunSpec, dict]]:
-    with ProcessPoolExecutor(max_workers=workers) as ex:
-        futs = {ex.submit(_run_one, r.config, threads): r for r in todo}
-        for f in as_completed(futs):
-            yield futs[f], f.result()
+    @property
+    def busy(self) -> int:
+        return len(self.running) + len(self.finished)
+
+    def submit(self, r: RunSpec) -> None:
+        if self.pool is None:
+            self.finished.append((r, _run_one(r.config, self.threads)))
+        else:
+            self.running[self.pool.submit(_run_one, r.config, self.threads)] = r
+
+    def next(self) -> tuple[RunSpec, dict]:
+        if self.finished:
+            return self.finished.pop(0)
+        done, _ = wait(list(self.running), return_when=FIRST_COMPLETED)
+        f = next(iter(done))
+        return self.running.pop(f), f.result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Ray:
@@ -203,7 +224,7 @@ class _Ray:
     wave has something to run, so a sweep whose runs are all complete starts nothing.
     """
 
-    def __init__(self, address: str | None, *, num_cpus: float, cpus_per_run: float):
+    def __init__(self, address: str | None, *, num_cpus: float, cpus_per_run: float, threads: int, slots: int):
         try:
             import ray
         except ModuleNotFoundError:
@@ -213,6 +234,8 @@ class _Ray:
         self.num_cpus, self.cpus_per_run = num_cpus, cpus_per_run
         self.started = False
         self.task = None
+        self.threads, self.slots = threads, max(1, slots)
+        self.refs: dict[Any, RunSpec] = {}
 
     def _start(self) -> None:
         ray = self.ray
@@ -230,16 +253,18 @@ class _Ray:
             self.started = True
         self.task = ray.remote(num_cpus=self.cpus_per_run, max_retries=0)(_run_one)
 
-    def map(self, todo: list[RunSpec], threads: int) -> Iterator[tuple[RunSpec, dict]]:
-        if not todo:
-            return
+    @property
+    def busy(self) -> int:
+        return len(self.refs)
+
+    def submit(self, r: RunSpec) -> None:
         if self.task is None:
             self._start()
-        refs = {self.task.remote(_absolute(r.config), threads): r for r in todo}
-        while refs:
-            done, _ = self.ray.wait(list(refs), num_returns=1)
-            for ref in done:
-                yield refs.pop(ref), self.ray.get(ref)
+        self.refs[self.task.remote(_absolute(r.config), self.threads)] = r
+
+    def next(self) -> tuple[RunSpec, dict]:
+        done, _ = self.ray.wait(list(self.refs), num_returns=1)
+        return self.refs.pop(done[0]), self.ray.get(done[0])
 
     def close(self) -> None:
         if self.started:
@@ -271,41 +296,42 @@ def run_sweep(path_or_spec, *, workers: int = 1, threads_per_run: int | None = N
     meta, runs = load_sweep(path_or_spec) if not isinstance(path_or_spec, dict) else expand(path_or_spec)
     cpus = meta["cpus_per_run"]
     threads = threads_per_run or max(1, int(cpus))
-    ray_ex = _Ray(address, num_cpus=workers * cpus, cpus_per_run=cpus) if executor == "ray" else None
+    ex = (_Ray(address, num_cpus=workers * cpus, cpus_per_run=cpus, threads=threads, slots=workers)
+          if executor == "ray" else _Local(threads, workers))
     rows: list[dict] = []
-    not_done: set[str] = set()
+    done: set[str] = set()  # finished complete, now or before
+    not_done: set[str] = set()  # ran without finishing, or skipped
+    pending = _ordered(runs)
     bar = tqdm(total=len(runs), desc="sweep", disable=not progress)
     try:
-        for wave in _waves(runs):
-            todo = []
-            for r in wave:
+        while pending or ex.busy:
+            # start what can start, in order: a run waits only for the run it references
+            for r in list(pending):
                 if is_complete(r.run_dir):
                     rows.append(_row(r, json.loads((r.run_dir / "summary.json").read_text()), "complete"))
-                    bar.update(1)
+                    done.add(r.name)
                 elif r.depends_on in not_done:
                     rows.append(_row(r, {}, f"skipped: its reference run {r.depends_on} did not finish"))
                     not_done.add(r.name)
-                    bar.update(1)
+                elif (r.depends_on is None or r.depends_on in done) and ex.busy < ex.slots:
+                    ex.submit(r)
                 else:
-                    todo.append(r)
-            if ray_ex is not None:
-                results = ray_ex.map(todo, threads)
-            elif workers <= 1:
-                results = _serial(todo, threads)
-            else:
-                results = _process_pool(todo, threads, workers)
-            for r, s in results:
-                status = s.pop("status", "ran")
-                if status != "ran" or not s.get("complete"):
-                    not_done.add(r.name)
-                rows.append(_row(r, s, status))
-                if status == "ran" and on_done:
-                    on_done(r, s)
-                bar.update(1)
+                    continue
+                pending.remove(r)
+                if r.name in done or r.name in not_done:
+                    bar.update(1)
+            if not ex.busy:
+                continue  # nothing running: the loop above settles every pending run in a pass or two
+            r, s = ex.next()
+            status = s.pop("status", "ran")
+            (done if status == "ran" and s.get("complete") else not_done).add(r.name)
+            rows.append(_row(r, s, status))
+            if status == "ran" and on_done:
+                on_done(r, s)
+            bar.update(1)
     finally:
         bar.close()
-        if ray_ex is not None:
-            ray_ex.close()
+        ex.close()
     rows = [_recheck(r, row) for r, row in zip(_specs_of(runs, rows), rows)]
     out = Path(meta["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
