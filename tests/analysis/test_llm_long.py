@@ -100,6 +100,7 @@ def test_finished_runs_are_archived_and_restored(tmp_path):
     table = list(csv.DictReader(open(third / "quick" / "scores.csv")))
     assert "oracle" not in [r["method"] for r in table] and "ppo" in [r["method"] for r in table]
     assert "--report-only" in (third / "quick" / "report.md").read_text()
+    assert f"- runs read: {len(names) - 1} of {len(names)} (" in (third / "quick" / "report.md").read_text()
 
 
 def test_report_only_refuses_fresh_and_an_empty_study(tmp_path):

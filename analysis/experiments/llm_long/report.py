@@ -3,6 +3,8 @@ directories of :func:`analysis.experiments.llm_long.sweep.grids` (``testbed demo
 
 from __future__ import annotations
 
+import math
+
 import time
 from pathlib import Path
 
@@ -37,7 +39,9 @@ def write(run: StudyRun) -> None:
         f"{int(df['step'].max()) + 1} steps of {first.get('config/rollout.batch_size')} rows, max length "
         f"{first.get('config/rollout.max_len')}",
         f"- methods: {', '.join(sweep.MAIN)} at seeds {sweep.MAIN_SEEDS}; {', '.join(sweep.SIDE)} at seeds "
-        f"{sweep.SIDE_SEEDS}", "",
+        f"{sweep.SIDE_SEEDS}",
+        f"- runs read: {df['run'].nunique()} of {sum(math.prod(len(v) for v in g['axes'].values()) for g in run.specs)}"
+        f" ({', '.join(sorted(df['run'].unique()))})", "",
         "## Scores (mean [95% Student-t interval] over seeds; tokens saved paired with PPO's run of the seed)", "",
         markdown_table(shown), "",
         "## Planted wrong steps (the paper's ESPO)", "", markdown_table(plant) if len(plant) else "(no planted run)", "",
