@@ -243,6 +243,11 @@ def run_study(name: str = DEFAULT_STUDY, out: str | Path = "", *, workers: int =
         if archive is not None:
             archive_run(run_dir, archive)
 
+    if archive is not None:  # runs finished here by an earlier, interrupted sitting: kept before anything runs
+        for s in specs:
+            for r in sweep.expand(s)[1]:
+                if sweep.is_complete(r.run_dir) and not (Path(archive) / r.name).exists():
+                    after_run(r.run_dir)
     if report_only:  # the runs finished so far, as they are
         found = [{"run_dir": str(r.run_dir)} for s in specs for r in sweep.expand(s)[1] if sweep.is_complete(r.run_dir)]
         log(f"--report-only: {len(found)} finished runs of {sum(len(sweep.expand(s)[1]) for s in specs)}")
@@ -252,10 +257,6 @@ def run_study(name: str = DEFAULT_STUDY, out: str | Path = "", *, workers: int =
     else:
         rows = [r for s in specs for r in execute(s, workers=workers, fresh=False, log=log, after_run=after_run)]
     measure(wanted, [r["run_dir"] for r in rows], log=log)
-    if archive is not None:
-        for r in rows:  # runs finished in this folder before it had an archive
-            if sweep.is_complete(Path(r["run_dir"])) and not (Path(archive) / Path(r["run_dir"]).name).exists():
-                archive_run(r["run_dir"], archive)
     # by name, not in the order runs finished: a report's float sums then come out the same in every sitting
     run_dirs = sorted(dict.fromkeys(r["run_dir"] for r in rows), key=lambda d: Path(d).name)
     run = experiments.StudyRun(name=name, root=root, specs=specs, run_dirs=run_dirs,

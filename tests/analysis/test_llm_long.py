@@ -92,6 +92,10 @@ def test_finished_runs_are_archived_and_restored(tmp_path):
     assert (second / "quick" / "scores.csv").read_text() == (first / "quick" / "scores.csv").read_text()
     archived = yaml.safe_load((archive / "random_paper-s0" / "config.yaml").read_text())
     assert archived["stop"]["reference_run"] == str(first / "quick" / "runs" / "espo_paper-s0")  # untouched
+    # a run finished in the study's folder by a sitting that ended before archiving it is archived first
+    (archive / "ppo-s0").rename(tmp_path / "ppo-s0-archived")
+    assert run_study("llm_long", first, workers=1, quick=True, extra=TINY, archive=archive) == 0
+    assert (archive / "ppo-s0" / "policy_detect.json").is_file()
     # --report-only in a third folder: the archived runs restored, nothing run, the same scores
     third = tmp_path / "third"
     (archive / "oracle-s0").rename(tmp_path / "away")  # a run not finished yet
