@@ -114,3 +114,15 @@ def test_report_only_refuses_fresh_and_an_empty_study(tmp_path):
         run_study("llm_long", tmp_path, quick=True, extra=TINY, fresh=True, report_only=True)
     with pytest.raises(UserError, match="--report-only: no finished run of study llm_long"):
         run_study("llm_long", tmp_path, quick=True, extra=TINY, report_only=True)
+
+
+def test_the_archive_is_committed_not_ignored():
+    """The archive only carries runs across sittings if git keeps it (``runs/`` is ignored elsewhere)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (sweep.REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    probe = sweep.ARCHIVE.relative_to(sweep.REPO) / "ppo-s0" / "metrics.jsonl"
+    r = subprocess.run(["git", "check-ignore", "-q", str(probe)], cwd=sweep.REPO)
+    assert r.returncode == 1, f"git ignores {probe}"
