@@ -98,6 +98,8 @@ def archive_run(run_dir: str | Path, archive: str | Path) -> Path:
     if not sweep.is_complete(run_dir):
         raise UserError(f"{run_dir}: not a finished run (summary.json says it is not complete); nothing archived")
     dest = archive / run_dir.name
+    if dest.resolve() == run_dir.resolve():  # the study's run folder is its archive (``--out`` of the docs)
+        return dest
     tmp = archive / f".{run_dir.name}.tmp"
     archive.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(tmp, ignore_errors=True)

@@ -126,3 +126,16 @@ def test_the_archive_is_committed_not_ignored():
     probe = sweep.ARCHIVE.relative_to(sweep.REPO) / "ppo-s0" / "metrics.jsonl"
     r = subprocess.run(["git", "check-ignore", "-q", str(probe)], cwd=sweep.REPO)
     assert r.returncode == 1, f"git ignores {probe}"
+
+
+def test_archiving_a_run_into_its_own_folder_keeps_it_whole(tmp_path):
+    from testbed.ops.studies import archive_run
+
+    run = tmp_path / "runs" / "ppo-s0"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "w").write_text("weights")
+    (run / "summary.json").write_text(json.dumps({"complete": True}))
+    assert archive_run(run, tmp_path / "runs") == run
+    assert (run / "checkpoints" / "w").read_text() == "weights"
+    assert archive_run(run, tmp_path / "elsewhere") == tmp_path / "elsewhere" / "ppo-s0"
+    assert not (tmp_path / "elsewhere" / "ppo-s0" / "checkpoints").exists()
