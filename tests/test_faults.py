@@ -289,6 +289,23 @@ def test_a_linear_lr_schedule_falls_to_zero_and_a_resumed_run_keeps_it(tmp_path,
     assert not all(torch.equal(full[k], constant[k]) for k in full)
 
 
+def test_a_resumed_run_s_wall_clock_goes_on_from_where_it_stopped(tmp_path, capsys, monkeypatch):
+    """``time/wall`` of a resumed run continues from its last kept record instead of starting at 0 again
+    (a clock that advances 1 s a call makes the check exact)."""
+    import itertools
+
+    from testbed import learner
+
+    clock = itertools.count()
+    monkeypatch.setattr(learner.time, "perf_counter", lambda: float(next(clock)))
+    with monkeypatch.context() as m:
+        ctrl_c_at(m, 2)
+        assert main(capsys, *run_args(tmp_path, "run.steps=4"))[0] == 130
+    assert main(capsys, *run_args(tmp_path, "run.steps=4"))[0] == 0
+    walls = [r["time/wall"] for r in read_metrics(tmp_path / "r" / "metrics.jsonl")]
+    assert len(walls) == 4 and all(b > a for a, b in zip(walls, walls[1:])), walls
+
+
 def test_ctrl_c_before_any_checkpoint_says_it_starts_again(tmp_path, capsys, monkeypatch):
     ctrl_c_at(monkeypatch, 0)
     rc, err = main(capsys, *run_args(tmp_path, "run.steps=3", "run.checkpoint_every=5"))

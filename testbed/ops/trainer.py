@@ -283,6 +283,11 @@ class Trainer(Learner):
         # Carried T-PPO rows are not checkpointed: the resumed run starts with a fresh pool.
         for lg, lines in zip(loggers, keep):
             lg.write_lines(lines)
+        # time/wall goes on from the last kept record (the time between the two processes is not the run's)
+        kept = keep[0] or []
+        last = json.loads(kept[-1]).get("time/wall") if kept else None
+        if isinstance(last, (int, float)):
+            self.started = time.perf_counter() - last
 
 
 def run(cfg: Config) -> dict[str, Any]:
