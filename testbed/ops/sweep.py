@@ -218,10 +218,12 @@ class _Local:
 
 
 class _Ray:
-    """Ray tasks for the runs of a wave: connects to ``address`` / ``$RAY_ADDRESS`` or starts a local Ray.
+    """Runs as Ray tasks: connects to ``address`` / ``$RAY_ADDRESS`` or starts a local Ray.
 
-    Ray is imported at once (a missing install is an error before any run), but started only when a
-    wave has something to run, so a sweep whose runs are all complete starts nothing.
+    Ray is imported at once (a missing install is an error before any run), but started only when a run
+    is submitted, so a sweep whose runs are all complete starts nothing. On a local Ray ``slots`` runs go
+    at a time (the process pool's ``workers``); on a cluster every run that can start is submitted and
+    Ray's scheduler places it where CPUs are free.
     """
 
     def __init__(self, address: str | None, *, num_cpus: float, cpus_per_run: float, threads: int, slots: int):
@@ -234,7 +236,8 @@ class _Ray:
         self.num_cpus, self.cpus_per_run = num_cpus, cpus_per_run
         self.started = False
         self.task = None
-        self.threads, self.slots = threads, max(1, slots)
+        self.threads = threads
+        self.slots = max(1, slots) if self.address is None else 1 << 30
         self.refs: dict[Any, RunSpec] = {}
 
     def _start(self) -> None:
