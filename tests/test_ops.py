@@ -322,8 +322,11 @@ def test_sweep_runs_seed_by_seed_each_run_after_its_reference(tmp_path, monkeypa
     started = []
     monkeypatch.setattr(sw, "_run_one", lambda config, threads: started.append(config["run"]["name"]) or
                         {"complete": config["run"]["name"] != "espo-s1"})
-    rows = {r["name"]: r["status"] for r in run_sweep(spec, workers=1, progress=False)}
-    assert started == ["espo-s0", "random-s0", "ppo-s0", "espo-s1", "ppo-s1", "espo-s2", "random-s2", "ppo-s2"]
+    rows = {r["name"]: r["status"] for r in run_sweep(spec, workers=1, progress=False,
+                                                      on_done=lambda r, s: started.append("done " + r.name))}
+    # in this process a run's on_done comes at once, before the next run starts
+    ran = ["espo-s0", "random-s0", "ppo-s0", "espo-s1", "ppo-s1", "espo-s2", "random-s2", "ppo-s2"]
+    assert started == [x for n in ran for x in (n, "done " + n)]
     assert rows["random-s1"] == "skipped: its reference run espo-s1 did not finish"
 
 

@@ -199,6 +199,10 @@ class _Local:
     def busy(self) -> int:
         return len(self.running) + len(self.finished)
 
+    @property
+    def parallel(self) -> bool:
+        return self.pool is not None
+
     def submit(self, r: RunSpec) -> None:
         if self.pool is None:
             self.finished.append((r, _run_one(r.config, self.threads)))
@@ -256,6 +260,8 @@ class _Ray:
             self.started = True
         self.task = ray.remote(num_cpus=self.cpus_per_run, max_retries=0)(_run_one)
 
+    parallel = True
+
     @property
     def busy(self) -> int:
         return len(self.refs)
@@ -305,9 +311,10 @@ def run_sweep(path_or_spec, *, workers: int = 1, threads_per_run: int | None = N
     done: set[str] = set()  # finished complete, now or before
     not_done: set[str] = set()  # ran without finishing, or skipped
     pending = _ordered(runs)
+    finished: list[tuple[RunSpec, dict]] = []  # for on_done, after the freed worker has its next run
     bar = tqdm(total=len(runs), desc="sweep", disable=not progress)
     try:
-        while pending or ex.busy:
+        while pending or ex.busy or finished:
             # start what can start, in order: a run waits only for the run it references
             for r in list(pending):
                 if is_complete(r.run_dir):
@@ -323,6 +330,9 @@ def run_sweep(path_or_spec, *, workers: int = 1, threads_per_run: int | None = N
                 pending.remove(r)
                 if r.name in done or r.name in not_done:
                     bar.update(1)
+            for r, s in finished:  # (a study measures its runs here, while the workers train)
+                on_done(r, s)
+            finished.clear()
             if not ex.busy:
                 continue  # nothing running: the loop above settles every pending run in a pass or two
             r, s = ex.next()
@@ -330,7 +340,8 @@ def run_sweep(path_or_spec, *, workers: int = 1, threads_per_run: int | None = N
             (done if status == "ran" and s.get("complete") else not_done).add(r.name)
             rows.append(_row(r, s, status))
             if status == "ran" and on_done:
-                on_done(r, s)
+                # in parallel, after the freed worker has its next run; in this process, at once
+                finished.append((r, s)) if ex.parallel else on_done(r, s)
             bar.update(1)
     finally:
         bar.close()
