@@ -96,19 +96,13 @@ class Learner:
             for k, v in own.items():
                 v.copy_(state[k].to(v.dtype))
 
-    def lr_factor(self) -> float:
-        """This step's multiple of the configured learning rates (``algo.lr_schedule``)."""
-        if self.cfg.algo.lr_schedule == "linear":
-            # cleanrl's anneal_lr: 1 at the first step, 1/steps at the last, so every step still learns
-            return 1.0 - self.step / max(self.cfg.run.steps, 1)
-        return 1.0
-
     def schedule_lr(self) -> None:
-        """Set the optimisers' learning rates for this step; computed from the step, so a resumed run matches.
-        A constant schedule leaves them as they are."""
+        """Set the optimisers' learning rates for this step (``algo.lr_schedule``); computed from the step, so
+        a resumed run matches. A constant schedule leaves them as they are."""
         if self.cfg.algo.lr_schedule == "constant":
             return
-        f = self.lr_factor()
+        # linear: cleanrl's anneal_lr, 1 at the first step and 1/steps at the last, so every step still learns
+        f = 1.0 - self.step / max(self.cfg.run.steps, 1)
         for opt, lr in ((self.opt_actor, self.cfg.algo.lr_actor), (self.opt_critic, self.cfg.algo.lr_critic)):
             if opt is not None:
                 for group in opt.param_groups:
