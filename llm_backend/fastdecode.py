@@ -14,8 +14,10 @@ critic's chunked values, rows dropped mid-batch, columns trimmed on the left, th
 
 Numerics follow transformers' Llama op for op (fp32 RMSNorm statistics, fp32 rotary tables cast to the
 model dtype, SDPA attention), so greedy decoding reproduces ``generate()``; the tests check it.
-:func:`supports` says which trunks qualify (plain ``nn.Linear`` projections, default rotary, no sliding
-window, on the CPU); the others, LoRA-wrapped trunks and other devices use the transformers path.
+:func:`supports` says which trunks qualify (``nn.Linear`` projections, plain or wrapped in peft's LoRA
+layers, default rotary, no sliding window, on the CPU); the others and other devices use the transformers
+path. A LoRA layer is decoded through its merged weight ``W + scaling * B @ A`` (computed in the packed copy,
+never written back), refreshed when an adapter moves, as a plain weight is.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def supports(trunk: nn.Module) -> bool:
     for layer in trunk.layers:
         a, m = layer.self_attn, layer.mlp
         for lin in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj):
-            if type(lin) is not nn.Linear:  # peft / quantised wrappers compute something else
+            if type(lin) is not nn.Linear and not _plain_lora(lin):  # quantised, DoRA, ...: something else
                 return False
         if getattr(a, "sliding_window", None):
             return False
@@ -102,6 +104,41 @@ class StaticCache:
         self.n -= n
 
 
+def _plain_lora(lin: nn.Module) -> bool:
+    """A peft LoRA ``Linear`` around an ``nn.Linear`` whose adapters are plain low-rank products (no DoRA or
+    other variant, no bias on B, weights not transposed): it computes ``x @ (W + scaling * B @ A).T + b``."""
+    if not hasattr(lin, "base_layer"):
+        return False
+    try:
+        from peft.tuners.lora import Linear as LoraLinear
+    except ImportError:
+        return False
+    return (type(lin) is LoraLinear and type(lin.base_layer) is nn.Linear and not lin.fan_in_fan_out
+            and not any(lin.use_dora.values()) and not getattr(lin, "lora_variant", None)
+            and not any(getattr(lin, "lora_bias", {}).values()))
+
+
+def _adapters(lin: nn.Module) -> list[str]:
+    """The adapters a LoRA layer applies now (none while disabled, e.g. under ``disable_adapter()``, or merged)."""
+    if not hasattr(lin, "base_layer") or lin.merged or lin.disable_adapters:
+        return []
+    return [name for name in lin.active_adapters if name in lin.lora_A]
+
+
+def _weight(lin: nn.Module) -> Tensor:
+    """The (out, in) weight ``lin`` applies: a LoRA layer's base weight plus its adapters' scaled products
+    (peft's merge, in fp32, cast to the weight's dtype)."""
+    if not hasattr(lin, "base_layer"):
+        return lin.weight.detach()
+    w = lin.base_layer.weight.detach()
+    names = _adapters(lin)
+    if not names:
+        return w
+    delta = sum((lin.lora_B[n].weight.detach().float() @ lin.lora_A[n].weight.detach().float()) * lin.scaling[n]
+                for n in names)
+    return (w.float() + delta).to(w.dtype)
+
+
 def _pack(weight: Tensor) -> Tensor | None:
     """oneDNN's pre-packed copy of a (out, in) CPU weight (None where the op is unavailable). A decode
     step's products have a few rows, so they are bound by reading the weights; oneDNN otherwise
@@ -116,10 +153,10 @@ def _pack(weight: Tensor) -> Tensor | None:
 
 
 class Linear:
-    """``F.linear`` with the weights of several ``nn.Linear`` stacked along the output (q, k, v in one
-    product; gate and up in another), from a packed copy refreshed when a weight changes: the copy is
-    keyed on every source tensor's storage and in-place version counter (an optimiser step bumps it),
-    so weights updated between decoding batches are always the ones used."""
+    """``F.linear`` with the weights of several ``nn.Linear`` (or LoRA layers) stacked along the output (q, k,
+    v in one product; gate and up in another), from a packed copy refreshed when a weight changes: the copy
+    is keyed on every source tensor's storage and in-place version counter (an optimiser step bumps it) and
+    on which adapters apply, so weights updated between decoding batches are always the ones used."""
 
     def __init__(self, *linears: nn.Linear):
         self.linears = linears
@@ -129,17 +166,23 @@ class Linear:
         self.bias: Tensor | None = None
 
     def _sources(self) -> list[Tensor]:
-        return [t for lin in self.linears for t in (lin.weight, lin.bias) if t is not None]
+        out = []
+        for lin in self.linears:
+            base = getattr(lin, "base_layer", lin)
+            out += [t for t in (base.weight, base.bias) if t is not None]
+            out += [m[n].weight for n in _adapters(lin) for m in (lin.lora_A, lin.lora_B)]
+        return out
 
     def refresh(self) -> None:
-        key = tuple((t.data_ptr(), t._version) for t in self._sources())
+        flags = tuple((tuple(_adapters(lin)), tuple(getattr(lin, "scaling", {}).items())) for lin in self.linears)
+        key = (flags, *((t.data_ptr(), t._version) for t in self._sources()))
         if key == self._key:
             return
-        ws = [lin.weight.detach() for lin in self.linears]
+        ws = [_weight(lin) for lin in self.linears]
         self.weight = ws[0] if len(ws) == 1 else torch.cat(ws)
-        biases = [lin.bias for lin in self.linears]
+        biases = [getattr(lin, "base_layer", lin).bias for lin in self.linears]
         self.bias = None if all(b is None for b in biases) else torch.cat([
-            b.detach() if b is not None else lin.weight.new_zeros(lin.weight.shape[0]) for b, lin in zip(biases, self.linears)])
+            b.detach() if b is not None else w.new_zeros(w.shape[0]) for b, w in zip(biases, ws)])
         self.packed = _pack(self.weight)
         self._key = key
 

@@ -96,10 +96,63 @@ def test_streams_chosen_by_trunk():
     be.begin(PROMPTS)
     assert type(be._pstream) is Stream
     pytest.importorskip("peft")
-    lora = _backend(True, critic="head", lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})
-    assert not supports(lora._trunk)  # adapters wrap the projections: the transformers path computes them
+    lora = _backend(True, critic="head", lora=LORA)
+    assert supports(lora._trunk)  # plain LoRA layers: decoded through their merged weights
     lora.begin(PROMPTS)
-    assert type(lora._pstream) is Stream
+    assert type(lora._pstream) is StaticStream
+
+
+LORA = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj", "o_proj", "gate_proj", "down_proj"]}
+
+
+def _lora_pair(seed=0):
+    """The same LoRA policy on both paths, its adapters moved off their zero start (peft zeroes B)."""
+    pytest.importorskip("peft")
+    fast, ref = (_backend(fast, critic="head", lora=LORA) for fast in (True, False))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in fast.policy_parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    ref.load_state_dict(fast.state_dict())  # peft draws A from the global generator: copy, not re-seed
+    return fast, ref
+
+
+def test_lora_decoding_equals_transformers_path():
+    """Adapters applied by the fast path's merged weights decode as peft's unmerged layers do, with
+    values, dropped rows and an optimiser step on the adapters alone between two batches."""
+    fast, ref = _lora_pair()
+    assert any(p.abs().sum() > 0 for n, p in fast.policy.named_parameters() if "lora_B" in n)
+    a = greedy_decode(fast, PROMPTS, 6, eos=EOS, values_every=2, drop_at={2: [1]})
+    b = greedy_decode(ref, PROMPTS, 6, eos=EOS, values_every=2, drop_at={2: [1]})
+    assert type(fast._pstream) is StaticStream and type(ref._pstream) is Stream
+    m = a[3]
+    assert torch.equal(m, b[3]) and torch.equal(a[0][m], b[0][m])
+    assert_close(a[1][m], b[1][m], **TOL)
+    assert_close(a[2][m], b[2][m], equal_nan=True, **TOL)  # NaN: a dropped row's state never valued
+    for be in (fast, ref):
+        opt = torch.optim.SGD(be.policy_parameters(), lr=1.0)
+        for p in be.policy_parameters():
+            p.grad = torch.sign(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()))) * 0.05
+        opt.step()
+    a, b = greedy_decode(fast, PROMPTS, 5, eos=EOS), greedy_decode(ref, PROMPTS, 5, eos=EOS)
+    assert torch.equal(a[0], b[0])
+    assert_close(a[1], b[1], **TOL)
+
+
+def test_lora_disabled_adapters_decode_the_base_model():
+    """Under ``disable_adapter()`` (the reference policy's context) the fast path decodes the base
+    weights, and the adapters again after it: the packed copies are keyed on which adapters apply."""
+    fast, _ = _lora_pair()
+    base = _backend(False)  # the same seed's model without adapters
+    with_adapters = greedy_decode(fast, PROMPTS, 4, eos=EOS)
+    with fast.peft_model.disable_adapter():
+        off = greedy_decode(fast, PROMPTS, 4, eos=EOS)
+    plain = greedy_decode(base, PROMPTS, 4, eos=EOS)
+    assert torch.equal(off[0], plain[0])
+    assert_close(off[1], plain[1], **TOL)
+    again = greedy_decode(fast, PROMPTS, 4, eos=EOS)
+    assert torch.equal(again[1], with_adapters[1])
+    assert not torch.allclose(off[1], with_adapters[1])
 
 
 def test_non_llama_trunks_fall_back():
