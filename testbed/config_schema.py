@@ -131,7 +131,7 @@ class ModelSection:
     fast_decode: bool = True
     """hf: decode plain Llama trunks on the CPU with a pre-allocated KV cache and a plain-torch forward
     (``llm_backend.fastdecode``; same per-token hooks; 2-2.5x faster steps at batch 16, bench/roofline.py);
-    LoRA-wrapped and other trunks, and other devices, use transformers' path (false: always)."""
+    LoRA layers through their merged weights; other trunks and devices use transformers' path (false: always)."""
     lora: dict = field(default_factory=dict)
     """hf: train LoRA adapters (``peft``) instead of every policy weight: ``{r, alpha, target_modules,
     dropout}`` (empty: full fine-tuning). The KL reference is then the base model with the adapters
