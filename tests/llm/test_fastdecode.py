@@ -192,3 +192,17 @@ def test_default_model_fast_greedy_equals_generate():
                              pad_token_id=EOS, eos_token_id=EOS)
     assert type(be._pstream) is StaticStream
     assert torch.equal(tokens, gen[:, L:])
+
+
+def test_lora_scaling_change_is_picked_up():
+    """A change of an adapter's scale moves no tensor (peft keeps it in a dict): the packed copies are keyed
+    on it too."""
+    fast, ref = _lora_pair()
+    greedy_decode(fast, PROMPTS, 2, eos=EOS)  # packs the merged weights at the first scale
+    for be in (fast, ref):
+        for m in be.policy.modules():
+            if hasattr(m, "lora_A") and "default" in getattr(m, "scaling", {}):
+                m.scaling["default"] *= 3.0
+    a, b = greedy_decode(fast, PROMPTS, 4, eos=EOS), greedy_decode(ref, PROMPTS, 4, eos=EOS)
+    assert torch.equal(a[0], b[0])
+    assert_close(a[1], b[1], **TOL)
