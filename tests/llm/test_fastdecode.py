@@ -155,6 +155,20 @@ def test_lora_disabled_adapters_decode_the_base_model():
     assert not torch.allclose(off[1], with_adapters[1])
 
 
+def test_lora_scaling_change_is_picked_up():
+    """A change of an adapter's scale moves no tensor (peft keeps it in a dict): the packed copies are keyed
+    on it too."""
+    fast, ref = _lora_pair()
+    greedy_decode(fast, PROMPTS, 2, eos=EOS)  # packs the merged weights at the first scale
+    for be in (fast, ref):
+        for m in be.policy.modules():
+            if hasattr(m, "lora_A") and "default" in getattr(m, "scaling", {}):
+                m.scaling["default"] *= 3.0
+    a, b = greedy_decode(fast, PROMPTS, 4, eos=EOS), greedy_decode(ref, PROMPTS, 4, eos=EOS)
+    assert torch.equal(a[0], b[0])
+    assert_close(a[1], b[1], **TOL)
+
+
 def test_non_llama_trunks_fall_back():
     from transformers import Qwen2Config, Qwen2Model
 
@@ -193,16 +207,3 @@ def test_default_model_fast_greedy_equals_generate():
     assert type(be._pstream) is StaticStream
     assert torch.equal(tokens, gen[:, L:])
 
-
-def test_lora_scaling_change_is_picked_up():
-    """A change of an adapter's scale moves no tensor (peft keeps it in a dict): the packed copies are keyed
-    on it too."""
-    fast, ref = _lora_pair()
-    greedy_decode(fast, PROMPTS, 2, eos=EOS)  # packs the merged weights at the first scale
-    for be in (fast, ref):
-        for m in be.policy.modules():
-            if hasattr(m, "lora_A") and "default" in getattr(m, "scaling", {}):
-                m.scaling["default"] *= 3.0
-    a, b = greedy_decode(fast, PROMPTS, 4, eos=EOS), greedy_decode(ref, PROMPTS, 4, eos=EOS)
-    assert torch.equal(a[0], b[0])
-    assert_close(a[1], b[1], **TOL)
