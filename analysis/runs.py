@@ -14,6 +14,9 @@ column                    meaning
                           run, else from the name's ``-``-separated parts (see ``axes``)
 ``config/<sec>.<key>``    every resolved config value (dicts as JSON text)
 ``complete``              ``summary.json``'s flag (False when there is no summary yet)
+``nostop/<key>``          ``final_eval_nostop.json``'s numbers (the final policy without stopping), if any
+``final/<key>``           ``final_eval.json``'s numbers (held-out evaluation after the last step:
+                          ``final/pass@1``, ``final/step``, ...), if any
 every metric key          as logged (``success/rate``, ``stop/step_hist`` as a list, ...); null -> NaN
 ``time/compute``          ``time/gen + time/actor + time/critic`` of the step (derived)
 ``time/compute_cumulative``  its running sum over the run (derived)
@@ -71,7 +74,8 @@ def load_run(run_dir: str | Path, *, require_summary: bool = True) -> dict[str, 
     """Read one run directory.
 
     Returns ``{"name", "dir", "config": dict, "metrics": DataFrame (one row per step, sorted by step),
-    "summary": dict}``. A missing or malformed file raises :class:`RunDirError` naming it (a bad
+    "summary": dict, "nostop": dict, "final": dict}`` (the last two: ``final_eval_nostop.json`` and
+    ``final_eval.json``, ``{}`` when absent). A missing or malformed file raises :class:`RunDirError` naming it (a bad
     ``metrics.jsonl`` line is named as ``path:line``). ``require_summary=False`` accepts a run that
     is still going (its summary is then ``{}``).
     """
@@ -122,15 +126,24 @@ def load_run(run_dir: str | Path, *, require_summary: bool = True) -> dict[str, 
             raise RunDirError(f"{sum_path}: not valid JSON ({e})") from None
         if not isinstance(summary, dict):
             raise RunDirError(f"{sum_path}: expected a JSON object")
-    nostop: dict[str, Any] = {}
-    ns_path = d / "final_eval_nostop.json"  # the final policy without stopping (run.final_eval_rows)
-    if ns_path.is_file():
-        try:
-            nostop = json.loads(ns_path.read_text())
-        except json.JSONDecodeError as e:
-            raise RunDirError(f"{ns_path}: not valid JSON ({e})") from None
+    # the final policy: without stopping (run.final_eval_rows), and held out after the last step (run.eval_every)
+    nostop, final = (_optional_json(d / f) for f in ("final_eval_nostop.json", "final_eval.json"))
     name = str(config["run"].get("name") or d.name)
-    return {"name": name, "dir": d, "config": config, "metrics": metrics, "summary": summary, "nostop": nostop}
+    return {"name": name, "dir": d, "config": config, "metrics": metrics, "summary": summary, "nostop": nostop,
+            "final": final}
+
+
+def _optional_json(path: Path) -> dict[str, Any]:
+    """A run's optional JSON object (``{}`` when absent); malformed content raises naming the file."""
+    if not path.is_file():
+        return {}
+    try:
+        out = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RunDirError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(out, dict):
+        raise RunDirError(f"{path}: expected a JSON object")
+    return out
 
 
 # --- per-row outcomes (rows.jsonl) ------------------------------------------------------------------
@@ -314,7 +327,8 @@ def load_runs(paths: str | Path | Iterable[str | Path], *, axes: Sequence[str] |
         m = r["metrics"].copy()
         const = {"run": name, "run_dir": str(d), "group": _group_name(name), **labels,
                  **_flat_config(r["config"]), "complete": bool(r["summary"].get("complete", False)),
-                 **{f"nostop/{k}": v for k, v in r["nostop"].items() if isinstance(v, (int, float))}}
+                 **{f"nostop/{k}": v for k, v in r["nostop"].items() if isinstance(v, (int, float))},
+                 **{f"final/{k.removeprefix('eval/')}": v for k, v in r["final"].items() if isinstance(v, (int, float))}}
         const_df = pd.DataFrame({k: [v] * len(m) for k, v in const.items()}, index=m.index)
         frames.append(pd.concat([const_df, m], axis=1))
     df = pd.concat(frames, ignore_index=True, sort=False)

@@ -187,6 +187,17 @@ def test_load_run_names_a_record_without_required_keys(tmp_path):
         load_run(d)
 
 
+def test_load_runs_carries_the_final_evaluations(tmp_path):
+    d = make_run(tmp_path, "ppo-default-s0")
+    (d / "final_eval.json").write_text(json.dumps({"eval/pass@1": 0.75, "eval/step": STEPS, "eval/correct": [1, 0]}))
+    df = load_runs(tmp_path)
+    assert (df["final/pass@1"] == 0.75).all() and (df["final/step"] == STEPS).all()
+    assert "final/correct" not in df  # lists are per-item outcomes, not columns
+    (d / "final_eval.json").write_text("[1, 2]")
+    with pytest.raises(RunDirError, match=r"final_eval\.json.*JSON object"):
+        load_run(d)
+
+
 def test_load_run_names_bad_yaml_and_bad_summary(tmp_path):
     d = make_run(tmp_path, "a")
     (d / "config.yaml").write_text("run: [unclosed\n")

@@ -74,3 +74,22 @@ def test_speedups_regime_checks_and_verdicts(tmp_path):
     table = regimes.score(pr)
     assert table.set_index("method").loc["tppo_w8", "speedup_gpu"] == pytest.approx(per[40] / per[8])
     assert isinstance(table, pd.DataFrame)
+
+
+def test_final_evaluation_is_the_final_policys(tmp_path):
+    """``final_eval`` is the evaluation after the last step (``final_eval.json``), not the last periodic one, and
+    a run that reaches the level only there reaches it at its whole cost."""
+    for s in range(2):
+        make_run(tmp_path, f"ppo-tail8-s{s}", steps=STEPS, extra=counts(40))
+        d = make_run(tmp_path, f"tppo_w8-tail8-s{s}", steps=STEPS, extra=lambda k: {
+            **counts(8)(k), **({"eval/pass@1": 0.5} if k % 5 == 4 else {})})
+        (d / "final_eval.json").write_text('{"eval/pass@1": 0.875, "eval/step": %d}' % STEPS)
+    pr = regimes.per_run(load_runs(sorted(tmp_path.iterdir()), axes=sweep.AXES), UNITS)
+    t = pr[pr["method"] == "tppo_w8"]
+    assert (t["final_eval"] == 0.875).all()  # the periodic evaluations stay at 0.5
+    ppo = pr[pr["method"] == "ppo"]
+    assert ppo["final_eval"].tolist() == pytest.approx([0.9, 0.9])  # no final_eval.json: the last periodic one
+    u = UNITS["gpu"]
+    per_step = u.decode_step * 8 + u.decode_row * 100 + u.decode_kv * 1000 + u.prefill_token * 64 + \
+        u.train_token * 1000 + u.update * 8
+    assert t["gpu_to_level"].tolist() == pytest.approx([STEPS * per_step] * 2)  # only the final one reaches 0.81

@@ -2,10 +2,13 @@
 
 Per run (``df``: :func:`analysis.runs.load_runs` with labels ``label/method``, ``label/env``, ``label/seed``):
 
-- ``final_eval``: the last ``eval/pass@1`` (greedy whole responses to fresh held-out prompts: the same
-  measurement for every method); ``reliable`` counts PPO seeds with ``final_eval >= RELIABLE`` (0.8).
+- ``final_eval``: the held-out evaluation of the final policy, after the last step (``final/pass@1``, from
+  ``final_eval.json``; the last ``eval/pass@1`` for a run without it): greedy whole responses to fresh
+  held-out prompts, the same measurement for every method. ``reliable`` counts PPO seeds with
+  ``final_eval >= RELIABLE`` (0.8).
 - ``level``: ``LEVEL_FRAC`` (0.9) x PPO's mean ``final_eval`` in the cell; ``<x>_to_level``: cumulative cost
-  ``x`` at the first evaluation with ``eval/pass@1 >= level`` (NaN if never): ``gpu`` (the cost model's
+  ``x`` at the first evaluation with ``eval/pass@1 >= level``, the final one (at the run's whole cost)
+  included (NaN if never): ``gpu`` (the cost model's
   H200 projection of the run's counts, :mod:`analysis.cost_model`), ``cpu`` (the same counts at the
   LLM backend's measured CPU unit costs, when ``docs/cost_units.json`` exists) and ``wall`` (this run's
   measured ``time/wall``: the toy GRU on this CPU, under whatever else ran beside it).
@@ -55,11 +58,24 @@ def _cumulative(r: pd.DataFrame, units: dict) -> tuple[pd.DataFrame, pd.DataFram
     return r, c
 
 
+def _final(r: pd.DataFrame) -> float:
+    """The final policy's held-out pass@1 (module docstring): ``final/pass@1``, else the last ``eval/pass@1``."""
+    if "final/pass@1" in r and np.isfinite(r["final/pass@1"].iloc[0]):
+        return float(r["final/pass@1"].iloc[0])
+    ev = r["eval/pass@1"].dropna() if "eval/pass@1" in r else pd.Series(dtype=float)
+    return float(ev.iloc[-1]) if len(ev) else math.nan
+
+
 def _to_level(r: pd.DataFrame, level: float, key: str) -> float:
-    if not np.isfinite(level) or "eval/pass@1" not in r:
+    if not np.isfinite(level):
         return math.nan
-    hit = r[r["eval/pass@1"].notna() & (r["eval/pass@1"] >= level)]
-    return float(hit[key].iloc[0]) if len(hit) else math.nan
+    if "eval/pass@1" in r:
+        hit = r[r["eval/pass@1"].notna() & (r["eval/pass@1"] >= level)]
+        if len(hit):
+            return float(hit[key].iloc[0])
+    # the evaluation after the last step, at the run's whole cost
+    final = r["final/pass@1"].iloc[0] if "final/pass@1" in r else math.nan
+    return float(r[key].iloc[-1]) if np.isfinite(final) and final >= level else math.nan
 
 
 def per_run(df: pd.DataFrame, units: dict | None = None) -> pd.DataFrame:
@@ -73,9 +89,7 @@ def per_run(df: pd.DataFrame, units: dict | None = None) -> pd.DataFrame:
     runs = {k: r for k, (r, _) in priced.items()}
     rows = []
     for (method, env, seed), (r, counts) in priced.items():
-        ev = r["eval/pass@1"].dropna() if "eval/pass@1" in r else pd.Series(dtype=float)
-        rec = {"env": env, "method": method, "seed": seed, "run": str(r["run"].iloc[0]),
-               "final_eval": float(ev.iloc[-1]) if len(ev) else math.nan}
+        rec = {"env": env, "method": method, "seed": seed, "run": str(r["run"].iloc[0]), "final_eval": _final(r)}
         if method == BASELINE:
             ratio = (r["length/max"] / r["length/mean"]).replace([np.inf, -np.inf], np.nan) if "length/max" in r else None
             rec["tail_ratio"] = float(ratio.mean()) if ratio is not None else math.nan
