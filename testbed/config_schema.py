@@ -208,6 +208,9 @@ class AlgoSection:
     """``constant`` or ``linear``: both learning rates fall linearly to 0 over ``run.steps`` (cleanrl's anneal_lr)."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm."""
+    adam_eps: float = 1e-8
+    """Adam's epsilon for actor and critic (torch's default; cleanrl's PPO uses 1e-5). Larger values damp the
+    steps of parameters whose gradients are small (Adam otherwise scales every step to about the rate)."""
     dynamic_sampling: bool = False
     """DAPO: drop groups whose rewards are all equal (no signal)."""
     overlong_buffer: int = 0
@@ -546,6 +549,7 @@ _RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
     ("algo", "lr_actor"): (0, _INF, False, False),
     ("algo", "lr_critic"): (0, _INF, True, False),  # 0 freezes the critic (a T-PPO study control)
     ("algo", "max_grad_norm"): (0, _INF, False, False),
+    ("algo", "adam_eps"): (0, _INF, False, False),
     ("algo", "overlong_buffer"): (0, _INF, True, False),
     ("algo", "overlong_penalty"): (0, _INF, True, False),
     ("stop", "ema_beta"): (0, 1, True, False),

@@ -59,8 +59,10 @@ class Learner:
         self.critic_params = list(self.backend.critic_parameters()) if self.uses_critic else []
         if critic_state is not None:
             self.load_critic(critic_state, critic_source)
-        self.opt_actor = torch.optim.Adam(self.actor_params, lr=cfg.algo.lr_actor)
-        self.opt_critic = torch.optim.Adam(self.critic_params, lr=cfg.algo.lr_critic) if self.uses_critic else None
+        eps = cfg.algo.adam_eps
+        self.opt_actor = torch.optim.Adam(self.actor_params, lr=cfg.algo.lr_actor, eps=eps)
+        self.opt_critic = (torch.optim.Adam(self.critic_params, lr=cfg.algo.lr_critic, eps=eps)
+                           if self.uses_critic else None)
         self.shuffle = torch.Generator().manual_seed(cfg.run.seed + 1)
         # Tasks that know each row's failure step declare it (simulated envs, LLM tasks that verify steps).
         self.ground_truth = bool(getattr(self.task, "ground_truth", False))

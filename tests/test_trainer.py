@@ -90,3 +90,20 @@ def test_final_evaluation_keeps_each_problem_outcome(tmp_path):
     assert len(correct) == 12 and set(correct) <= {0, 1}
     assert sum(correct) / 12 == pytest.approx(final["eval/pass@1"])
     assert not any(k.startswith("eval/correct") for r in read_metrics(tmp_path / "r" / "metrics.jsonl") for k in r)
+
+
+def test_adam_eps_reaches_both_optimisers_and_damps_small_steps(tmp_path):
+    """``algo.adam_eps`` is each optimiser's epsilon; with it large, one step of the actor moves its weights
+    less than with torch's default (the gradients of this run are far below 1e-1)."""
+    import torch
+
+    moved = {}
+    for eps in (1e-8, 1e-1):
+        # the overlong ramp gives every row a reward from the first step, so the weights move (tests/test_health.py)
+        t = Trainer(small(tmp_path, f"algo.adam_eps={eps}", "run.steps=1", "algo.overlong_buffer=4",
+                          "algo.overlong_penalty=1.0", name=f"e{eps}"))
+        assert [o.param_groups[0]["eps"] for o in (t.opt_actor, t.opt_critic)] == [eps, eps]
+        before = [p.detach().clone() for p in t.actor_params]
+        t.train()
+        moved[eps] = sum(float((p.detach() - b).abs().sum()) for p, b in zip(t.actor_params, before))
+    assert 0 < moved[1e-1] < moved[1e-8] / 2, moved
