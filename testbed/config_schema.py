@@ -72,6 +72,10 @@ class TaskSection:
     """sim: gymnasium id of the token env (registered by ``import envs``)."""
     env_kwargs: dict = field(default_factory=dict)
     """sim: keyword arguments for the env (its variants' knobs)."""
+    eval_problems: str = "random"
+    """sim: held-out evaluations draw each row's problem at random (``random``) or take every problem in turn
+    (``each``: the same problems at every evaluation, each equally often when the rows are a multiple of
+    ``num_problems``, so a greedy evaluation is the exact mean over problems, without sampling noise)."""
     difficulty: str = "sum2"
     """math: generator difficulty (see ``llm_backend.problems``), used when ``dataset`` is empty."""
     dataset: str = ""
@@ -332,6 +336,7 @@ _CHOICES = {
     ("tppo", "bootstrap"): ("self", "next"),
     ("tppo", "credit"): ("window", "deferred", "both"),
     ("algo", "lr_schedule"): ("constant", "linear"),
+    ("task", "eval_problems"): ("random", "each"),
 }
 
 

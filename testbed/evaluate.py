@@ -26,7 +26,8 @@ def evaluate(backend, task, cfg: Config, *, n: int, k: int = 1, greedy: bool = F
              split: str = "test", seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """Decode ``k`` responses for each of ``n`` problems (no early stopping) and score them; ``correct``:
     each problem's count of correct responses, in the task's order (the same problems at every call
-    when the task can ``rewind``: paired items for a McNemar test between runs of one seed).
+    when the task's held-out problems have an order it can ``rewind`` to: the LLM tasks, and a simulated
+    task with ``task.eval_problems=each``; paired items for a McNemar test between runs of one seed).
 
     ``task`` must have at least ``min(batch_size, n*k)`` slots; rows are decoded in chunks of whole groups.
     """

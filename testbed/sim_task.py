@@ -31,7 +31,12 @@ class SimTask:
     ground_truth = True
     """Every row's planted failure step is known (``finish`` reports it): detector metrics and per-row logs."""
 
-    def __init__(self, env_id: str, num_slots: int, *, seed: int, env_kwargs: dict | None = None):
+    def __init__(self, env_id: str, num_slots: int, *, seed: int, env_kwargs: dict | None = None,
+                 eval_problems: str = "random"):
+        if eval_problems not in ("random", "each"):
+            raise ValueError(f"eval_problems must be 'random' or 'each', not {eval_problems!r}")
+        self.eval_problems = eval_problems
+        self._next_eval_problem = 0  # ``each``: the next held-out row's problem
         self.env = make_vector_env(env_id, num_slots, **(env_kwargs or {}))
         self.env.reset(seed=seed)
         self.env_id = env_id
@@ -53,11 +58,21 @@ class SimTask:
             # off, so default runs take the collector's unforced path unchanged.
             self.forced_tokens = lambda slots: self.env.forced_tokens(np.asarray(slots, dtype=np.int64))
 
+    def rewind(self, split: str) -> None:
+        """Start the held-out problems again from the first (``eval_problems="each"``; random draws go on)."""
+        if split != "train":
+            self._next_eval_problem = 0
+
     def reset(self, slots: np.ndarray, *, split: str = "train", group_size: int = 1) -> list[list[int]]:
         # The simulated problems have no held-out split: every problem is drawn from the same set.
         slots = np.asarray(slots, dtype=np.int64)
         problems = None
-        if group_size > 1:
+        if split != "train" and self.eval_problems == "each":
+            n = len(slots) // group_size
+            leaders = (self._next_eval_problem + np.arange(n)) % self.env.num_problems
+            self._next_eval_problem = int(leaders[-1] + 1) if n else self._next_eval_problem
+            problems = np.repeat(leaders, group_size)
+        elif group_size > 1:
             leaders = self.env.np_random.integers(0, self.env.num_problems, size=len(slots) // group_size)
             problems = np.repeat(leaders, group_size)
         prompts = self.env.reset_rows(slots, problems)
@@ -116,7 +131,8 @@ class SimTask:
 def make_task(task_cfg, model_cfg, *, num_slots: int, seed: int) -> SimTask:
     """Entry point named by ``task.kind: sim``; an unknown env id or bad env kwargs is a user error."""
     try:
-        return SimTask(task_cfg.env_id, num_slots, seed=seed, env_kwargs=task_cfg.env_kwargs)
+        return SimTask(task_cfg.env_id, num_slots, seed=seed, env_kwargs=task_cfg.env_kwargs,
+                       eval_problems=task_cfg.eval_problems)
     except gym.error.Error as e:  # unregistered id, unknown namespace or version
         raise UserError(f"task.env_id: {e}") from None
     except (TypeError, ValueError) as e:  # the env's constructor checks its keyword arguments

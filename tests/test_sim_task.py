@@ -33,3 +33,41 @@ def test_the_collector_appends_the_env_s_tokens_and_leaves_them_out_of_the_loss(
     assert not forced[~doomed].any()  # only doomed rows run on
     plain = Trainer(small(tmp_path, name="plain"))
     assert plain.pool.collect(plain.backend, 0).rollout.sampled is None
+
+
+def test_held_out_problems_each_in_turn_make_a_greedy_evaluation_exact():
+    """``eval_problems="each"``: held-out rows take the problems in turn, from the first again at each
+    evaluation, so a greedy pass@1 over a multiple of ``num_problems`` rows is the mean of the problems'
+    outcomes; ``random`` (the default) keeps drawing at random, rewind or not, as before the knob."""
+    from testbed import config as C
+    from testbed.evaluate import evaluate
+    from testbed.ops.build import build
+
+    kw = {"num_problems": 4, "max_len": 12, "target_len": 4}
+    task = SimTask("testbed/PlantedFailure-v0", 6, seed=0, env_kwargs=kw, eval_problems="each")
+    drawn = []
+    for _ in range(2):  # two evaluations of two chunks of 6 rows
+        task.rewind("test")
+        seen = []
+        for _ in range(2):
+            task.reset(np.arange(6), split="test")
+            seen += task.env.problem.tolist()
+        drawn.append(seen)
+    assert drawn[0] == drawn[1] == [0, 1, 2, 3] * 3  # in turn, and the same at every evaluation
+    task.rewind("test")
+    task.reset(np.arange(4), split="test", group_size=2)
+    assert task.env.problem[:4].tolist() == [0, 0, 1, 1]  # a group shares its problem
+    plain, rewound = (SimTask("testbed/PlantedFailure-v0", 8, seed=0, env_kwargs=kw) for _ in range(2))
+    rewound.rewind("test")
+    for _ in range(3):
+        plain.reset(np.arange(8), split="test"), rewound.reset(np.arange(8), split="test")
+        assert (plain.env.problem == rewound.env.problem).all()  # random: unchanged by rewind
+    assert len(set(plain.env.problem.tolist())) > 1
+
+    cfg = C.from_dict({}, ["rollout.max_len=12", "task.env_kwargs={num_problems: 4, max_len: 12, target_len: 4}",
+                           "task.eval_problems=each"])
+    task, backend = build(cfg, num_slots=8)
+    res = evaluate(backend, task, cfg, n=8, greedy=True, progress=False)
+    per_problem = np.asarray(res["correct"]).reshape(2, 4)
+    assert (per_problem[0] == per_problem[1]).all()  # greedy: each problem's outcome, twice
+    assert res["pass@1"] == per_problem[0].mean()

@@ -26,13 +26,16 @@ ENV: dict = {"task.env_id": "testbed/PlantedFailureTail-v0", "rollout.max_len": 
              "task.env_kwargs.max_len": MAX_LEN + 1, "task.env_kwargs.num_problems": 8,
              "task.env_kwargs.target_len": 16, "task.env_kwargs.critical_frac": 0.02,
              "task.env_kwargs.num_acceptable": 14, "task.env_kwargs.recoverable_cost": 0.01,
-             "task.env_kwargs.overshoot": "recoverable"}
+             "task.env_kwargs.overshoot": "recoverable", "task.eval_problems": "each"}
 """The problems: 8 at quantile-spaced lognormal lengths, median 16 (tail 16: 5 to 101 tokens). An answer is
 complete at its length L and may run on at 0.01 a token (``overshoot="recoverable"``): with an exact
 length a PPO policy that has learnt the short problems never again reaches the long ones (pilots: final
 success 0.2-0.3, every row ending near the median). PPO's budget sits at its pilots' peak: on two
 seeds its held-out success reached 0.77-0.94 by step 200-400 and then fell to 0.69-0.75 by step 1000 as
-it lost the longest problems (rows of 101 tokens ending near 47)."""
+it lost the longest problems (rows of 101 tokens ending near 47). The held-out evaluations take each of the
+8 problems 16 times (``task.eval_problems=each``): a greedy policy's score is then the exact mean over the
+problems (random draws of 128 put a policy that solves 7 of 8 at 0.875 +- 0.03, below the 0.8 bar about once
+in 200 evaluations: 0.789 in one run here)."""
 SHAPE: dict = {"rollout.batch_size": BATCH, "algo.minibatch_size": BATCH, "algo.epochs": 1,
                "model.eos_bias": -3.0, "model.prompt_input": True}
 """The step's shape, for every method: 16 rows (as the LLM presets), one update per step, and a policy
