@@ -150,9 +150,9 @@ def claims(pr: pd.DataFrame) -> list:
         for method in [m for m in ordered(g["method"], list(sweep.METHODS)) if m != BASELINE]:
             tag = {"env": env, "method": method}
             sp = ratio_ci(g[g["method"] == method].sort_values("seed")["speedup_gpu"].tolist())
+            shown = f"speed-up {sp.fmt(2)}x" if sp.n else "speed-up n/a"
             items.append(Claim(f"[{env}] {method} reaches {LEVEL_FRAC:g} x PPO's final evaluation in less projected "
-                               "cost (H200) than PPO", sp, f"speed-up {sp.fmt(2)}x, n={sp.n} seeds where both reached it",
-                               tags=tag))
+                               "cost (H200) than PPO", sp, f"{shown}, n={sp.n} seeds where both reached it", tags=tag))
             a = ppo.set_index("seed")["final_eval"]
             b = g[g["method"] == method].set_index("seed")["final_eval"]
             seeds = sorted(set(a.index) & set(b.index))

@@ -23,8 +23,9 @@ def plot_speedup(table: pd.DataFrame) -> Figure:
             if len(r):
                 r = r.iloc[0]
                 grid[i, j] = r["speedup_gpu"]
-                ax.text(j, i, f"{r['speedup_gpu']:.2f}x\n[{r['speedup_gpu_lo']:.2f}, {r['speedup_gpu_hi']:.2f}]\n"
-                        f"{word(r.get('verdict'))}", ha="center", va="center", fontsize=7)
+                shown = (f"{r['speedup_gpu']:.2f}x\n[{r['speedup_gpu_lo']:.2f}, {r['speedup_gpu_hi']:.2f}]"
+                         if np.isfinite(r["speedup_gpu"]) else "no seed where\nboth reached it")
+                ax.text(j, i, f"{shown}\n{word(r.get('verdict'))}", ha="center", va="center", fontsize=7)
     im = ax.imshow(np.log2(grid), cmap="RdBu", vmin=-2, vmax=2, origin="lower", aspect="auto")
     ax.set_xticks(range(len(methods)), methods)
     ax.set_yticks(range(len(cells)), cells)
