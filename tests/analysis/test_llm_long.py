@@ -31,6 +31,16 @@ def test_registered_and_the_grid():
     assert by["random_paper-s2"].config["stop"]["reference_run"] == "R/runs/espo_paper-s2"
 
 
+def test_full_adds_main_seeds_in_the_same_folder():
+    """``--full`` reaches the 8 seeds a sign-flip decision needs, reusing the 5-seed runs (same folder, same names)."""
+    small = {s.name: s for g in sweep.grids("R") for s in ops_sweep.expand(g)[1]}
+    full = {s.name: s for g in sweep.grids("R", full=True) for s in ops_sweep.expand(g)[1]}
+    assert sweep.FULL_FOLDER == "" and len(sweep.FULL_MAIN_SEEDS) >= 8
+    assert set(small) < set(full)
+    assert all(full[n].config == small[n].config for n in small)
+    assert len(full) - len(small) == len(sweep.MAIN) * (len(sweep.FULL_MAIN_SEEDS) - len(sweep.MAIN_SEEDS))
+
+
 @pytest.mark.parametrize("method, preset", [("ppo", "long_chain_ppo"), ("espo_paper", "long_chain_espo_paper"),
                                             ("espo", "long_chain_espo"), ("tppo", "long_chain_tppo")])
 def test_cells_are_the_presets(method, preset):

@@ -1,0 +1,91 @@
+"""The long-chain study's methods timed alone: one ``testbed run`` at a time, each the method's preset
+(``configs/llm/long_chain_<method>.yaml``) at one seed, nothing else on the machine.
+
+The study (``testbed demo --study llm_long``) runs two workers side by side, so its ``wall_min`` is the
+study's setting, not a method's cost. Here every run has the machine to itself. The warm-start
+(``model.sft``) is trained once, by a first run's stage, and loaded by the others from ``OUT/sft_cache``,
+so the compared figure is the training loop: the per-step generation, actor and critic time summed over
+the run (the held-out evaluations, the same work for every method, are reported apart). Ratios are to
+PPO's run of this invocation. A run already finished in ``--out`` is read, not re-run (its wall-clock
+then comes from its ``bench.json``, written when it ran here). Usage, alone on the machine::
+
+    PYTHONPATH=. python bench/llm_long_alone.py [--methods ppo espo_paper tppo] [--seed 0] [--out runs/llm_long_alone]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ("ppo", "espo_paper", "espo", "tppo")
+PHASES = ("time/gen", "time/actor", "time/critic")
+
+
+def preset(method: str) -> Path:
+    return REPO / "configs" / "llm" / f"long_chain_{method}.yaml"
+
+
+def run_one(method: str, seed: int, out: Path) -> dict:
+    name = f"{method}-s{seed}"
+    run_dir = out / name
+    record = run_dir / "bench.json"
+    if record.is_file() and (run_dir / "summary.json").is_file():
+        return json.loads(record.read_text())
+    cmd = [str(Path(sys.executable).parent / "testbed"), "run", str(preset(method)), f"run.seed={seed}",
+           f"run.name={name}", f"run.out_dir={out}", f"run.sft_cache={out / 'sft_cache'}", "run.progress=false"]
+    print(f"running {name} ...", flush=True)
+    t0 = time.time()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.time() - t0
+    if p.returncode != 0:
+        raise SystemExit(f"{name} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    rec = {"method": method, "seed": seed, "wall_s": wall}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(rec))
+    return rec
+
+
+def read_run(run_dir: Path) -> dict:
+    """Phase seconds summed over the steps, generated tokens, the run's total and its held-out pass@1."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps = [r for r in rows if "time/gen" in r]
+    phases = {k: sum(r[k] for r in steps) for k in PHASES}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    final = json.loads((run_dir / "final_eval.json").read_text())
+    return {**phases, "train_s": sum(phases.values()),
+            "tokens": summary["tokens/cumulative"], "heldout": final["eval/pass@1"],
+            "rl_wall_s": steps[-1]["time/wall"],
+            "sft": json.loads((run_dir / "sft.json").read_text()).get("cache", "trained").split()[0]}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--methods", nargs="+", default=["ppo", "espo_paper", "tppo"], choices=METHODS)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="runs/llm_long_alone")
+    a = ap.parse_args(argv)
+    if "ppo" not in a.methods:
+        raise SystemExit("--methods must include ppo: every ratio is to PPO's run")
+    out = Path(a.out)
+    got = {}
+    for m in a.methods:
+        rec = run_one(m, a.seed, out)
+        got[m] = {**rec, **read_run(out / f"{m}-s{a.seed}")}
+    ppo = got["ppo"]
+    lines = [f"# llm_long_alone: seed {a.seed}, methods {' '.join(a.methods)} (one run at a time, alone)",
+             "method      | training loop s (gen / actor / critic) | x PPO | tokens | x PPO | s per 1k tokens | "
+             "RL wall s (evaluations included) | process wall s (warm-start: trained, stored or loaded) | held-out pass@1"]
+    for m, g in got.items():
+        lines.append(f"{m:11s} | {g['train_s']:7.1f} ({g['time/gen']:.1f} / {g['time/actor']:.1f} / {g['time/critic']:.1f}) "
+                     f"| {g['train_s'] / ppo['train_s']:.3f} | {g['tokens']} | {g['tokens'] / ppo['tokens']:.3f} "
+                     f"| {1000 * g['train_s'] / g['tokens']:.2f} | {g['rl_wall_s']:.0f} | {g['wall_s']:.0f} ({g['sft']}) | {g['heldout']:.3f}")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
