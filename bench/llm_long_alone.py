@@ -57,7 +57,10 @@ def read_run(run_dir: Path) -> dict:
     phases = {k: sum(r[k] for r in steps) for k in PHASES}
     summary = json.loads((run_dir / "summary.json").read_text())
     final = json.loads((run_dir / "final_eval.json").read_text())
-    return {**phases, "train_s": sum(phases.values()),
+    evals = [(r["eval/step"], r["eval/pass@1"]) for r in rows if "eval/pass@1" in r] + [(final["eval/step"], final["eval/pass@1"])]
+    # the evaluation at step k follows steps 0 .. k-1: its training-loop time is theirs
+    curve = [(sum(sum(r[k] for k in PHASES) for r in steps if r["step"] < k), p) for k, p in evals]
+    return {**phases, "train_s": sum(phases.values()), "curve": curve,
             "tokens": summary["tokens/cumulative"], "heldout": final["eval/pass@1"],
             "rl_wall_s": steps[-1]["time/wall"],
             "sft": json.loads((run_dir / "sft.json").read_text()).get("cache", "trained").split()[0]}
@@ -84,6 +87,8 @@ def main(argv=None) -> None:
         lines.append(f"{m:11s} | {g['train_s']:7.1f} ({g['time/gen']:.1f} / {g['time/actor']:.1f} / {g['time/critic']:.1f}) "
                      f"| {g['train_s'] / ppo['train_s']:.3f} | {g['tokens']} | {g['tokens'] / ppo['tokens']:.3f} "
                      f"| {1000 * g['train_s'] / g['tokens']:.2f} | {g['rl_wall_s']:.0f} | {g['wall_s']:.0f} ({g['sft']}) | {g['heldout']:.3f}")
+    lines.append("held-out pass@1 against training-loop seconds (each evaluation, the final one last):")
+    lines += [f"{m:11s} " + "  ".join(f"{t:.0f}s:{p:.3f}" for t, p in g["curve"]) for m, g in got.items()]
     print("\n".join(lines))
 
 
