@@ -116,6 +116,10 @@ class ModelSection:
     prompt_input: bool = False
     """toy: add the prompt's mean embedding to the input at every step, as a transformer attends to its
     prompt at every step (a GRU's state forgets the prompt over a long noisy response)."""
+    prompt_readout: bool = False
+    """toy: add a term bilinear in the prompt and the position to the heads, as attention from a position to
+    the prompt gives a transformer (the end token's logit can then depend on problem and position jointly);
+    needs ``prompt_input`` and ``positions``; zero at initialisation."""
     eos_bias: float = 0.0
     """toy: added to the policy's EOS logit at initialisation (negative: the initial policy rarely stops at
     random, as a language model does not; it then has to learn where to stop rather than to go on)."""
@@ -632,6 +636,9 @@ def check(cfg: Config) -> None:
         raise ConfigError("algo.dual_clip: must be > 1 (or 0 for off)")
     if cfg.model.sft and cfg.model.kind != "hf":
         raise ConfigError(f"model.sft: supervised warm-start needs model.kind hf (got {cfg.model.kind!r})")
+    if cfg.model.prompt_readout and not (cfg.model.prompt_input and cfg.model.positions):
+        raise ConfigError("model.prompt_readout: needs model.prompt_input=true and model.positions=true "
+                          "(it multiplies the prompt's vector by a position's)")
     if a.kl_coef > 0 and not cfg.model.reference:
         raise ConfigError("algo.kl_coef: needs model.reference=true")
     if a.overlong_buffer > r.max_len:

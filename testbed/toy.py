@@ -33,11 +33,32 @@ class GRUTrunk(nn.Module):
         self.head = nn.Linear(hidden_size, out_dim)
         self.prompt_input = 0
         self.prompt_embed: nn.Embedding | None = None
+        self.readout_pos: nn.Embedding | None = None
+        self.readout: nn.Linear | None = None
 
     def add_prompt_input(self, n: int) -> None:
         """Feed the mean embedding of each row's first ``n`` tokens at every step (a new table)."""
         self.prompt_input = n
         self.prompt_embed = nn.Embedding(self.embed.num_embeddings, self.embed.embedding_dim)
+
+    def add_prompt_readout(self) -> None:
+        """Add ``readout(prompt ⊙ readout_pos(column))`` to the head: a term bilinear in the prompt and the
+        predicted token's column, as a transformer's attention from a position to its prompt gives it. It
+        lets the output (the end token's logit above all) depend on problem and position jointly, which
+        the GRU's summed inputs reach only through its state. Zero-initialised: the policy starts as without it."""
+        if self.prompt_embed is None or self.max_positions <= 0:
+            raise ValueError("the prompt readout needs the prompt input and the position embedding")
+        self.readout_pos = nn.Embedding(self.max_positions, self.embed.embedding_dim)
+        self.readout = nn.Linear(self.embed.embedding_dim, self.head.out_features, bias=False)
+        nn.init.zeros_(self.readout.weight)
+
+    def output(self, h: Tensor, columns: Tensor, prompt: Tensor | None) -> Tensor:
+        """The head at states ``h`` (..., H) whose next token sits at ``columns`` (same leading shape)."""
+        out = self.head(h)
+        if self.readout is not None:
+            pos = self.readout_pos(columns.clamp(max=self.max_positions - 1))
+            out = out + self.readout((prompt.unsqueeze(1) if pos.dim() == 3 else prompt) * pos)
+        return out
 
     def prompt_vector(self, seqs: Tensor) -> Tensor | None:
         """(B, E): the mean embedding of each row's first ``prompt_input`` tokens (None when off)."""
@@ -91,7 +112,8 @@ class ToyBackend(nn.Module):
     for the KL penalty). Decoding keeps one hidden state per active row."""
 
     def __init__(self, vocab_size: int, eos_token_id: int, *, embed_size: int = 32, hidden_size: int = 64, seed: int = 0,
-                 reference: bool = False, max_positions: int = 0, eos_bias: float = 0.0, prompt_input: int = 0):
+                 reference: bool = False, max_positions: int = 0, eos_bias: float = 0.0, prompt_input: int = 0,
+                 prompt_readout: bool = False):
         super().__init__()
         g = torch.random.fork_rng()
         with g:
@@ -103,6 +125,9 @@ class ToyBackend(nn.Module):
             if prompt_input > 0:  # drawn last, so every other weight starts as without it
                 self.policy.add_prompt_input(prompt_input)
                 self.critic.add_prompt_input(prompt_input)
+            if prompt_readout:  # after the prompt input, for the same reason
+                self.policy.add_prompt_readout()
+                self.critic.add_prompt_readout()
             if eos_bias:
                 with torch.no_grad():
                     self.policy.head.bias[eos_token_id] += eos_bias
@@ -128,10 +153,10 @@ class ToyBackend(nn.Module):
 
     @torch.no_grad()
     def step(self, *, with_values: bool = True) -> StepOutput:
-        logits = self.policy.head(self._hp).float()
+        logits = self.policy.output(self._hp, self._col, self._pp).float()
         if not with_values:
             return StepOutput(logits=logits, values=None)
-        values = self.critic.head(self._hc).squeeze(-1).float()
+        values = self.critic.output(self._hc, self._col, self._pc).squeeze(-1).float()
         return StepOutput(logits=logits, values=values, chunk_values=values[:, None])
 
     @torch.no_grad()
@@ -152,7 +177,7 @@ class ToyBackend(nn.Module):
         T = tokens.shape[1]
         idx = (plen.unsqueeze(1) - 1 + torch.arange(T)).clamp(max=seqs.shape[1] - 1)
         h = hidden.gather(1, idx.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-        return trunk.head(h)
+        return trunk.output(h, plen.unsqueeze(1) + torch.arange(T), trunk.prompt_vector(seqs))
 
     def policy_forward(self, prompts, tokens: Tensor, mask: Tensor, *, temperature: float) -> tuple[Tensor, Tensor]:
         logits = self._response_outputs(self.policy, prompts, tokens, mask).float() / temperature
@@ -197,4 +222,5 @@ def make_backend(model_cfg, task, *, seed: int) -> ToyBackend:
         eos_bias=float(model_cfg.eos_bias),
         # the sim prompt's tokens (the first prompt_len of every context, carried rows included)
         prompt_input=int(getattr(task, "prompt_len", 0)) if model_cfg.prompt_input else 0,
+        prompt_readout=bool(model_cfg.prompt_readout),
     )

@@ -1,5 +1,6 @@
 """The toy GRU backend: step-wise decoding equals the teacher-forced forward, positions included."""
 
+import pytest
 import torch
 
 from testbed.toy import ToyBackend
@@ -93,3 +94,46 @@ def test_prompt_input_off_adds_nothing_and_on_keeps_the_other_weights():
     for name, v in on.state_dict().items():
         if "prompt_embed" not in name:
             torch.testing.assert_close(v, shared[name], msg=name)
+
+
+def test_prompt_readout_starts_as_without_it_and_decodes_like_teacher_forcing():
+    """The bilinear prompt x position term is zero at initialisation (same outputs, same other weights);
+    once trained it moves the logits by column and by prompt, and step-wise decoding, the teacher-forced
+    forward and the critic agree with it on."""
+    plain = ToyBackend(8, 1, seed=6, max_positions=16, prompt_input=2)
+    bil = ToyBackend(8, 1, seed=6, max_positions=16, prompt_input=2, prompt_readout=True)
+    prompts = [[2, 3], [4, 5], [3, 2]]
+    t0, l0 = _decode(plain, prompts, 6)
+    t1, l1 = _decode(bil, prompts, 6)
+    assert torch.equal(t0, t1)
+    torch.testing.assert_close(l0, l1)
+    with torch.no_grad():
+        for trunk in (bil.policy, bil.critic):
+            trunk.readout.weight.normal_()
+            trunk.readout_pos.weight.normal_()
+    tokens, logps = _decode(bil, prompts, 6)
+    mask = torch.ones_like(tokens, dtype=torch.bool)
+    logp, _ = bil.policy_forward(prompts, tokens, mask, temperature=1.0)
+    torch.testing.assert_close(logp, logps.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), atol=1e-5, rtol=1e-5)
+    # the critic: the teacher-forced values equal the decoding ones, token by token
+    bil.begin(prompts)
+    values = []
+    for t in range(tokens.shape[1]):
+        values.append(bil.step().values)
+        bil.advance(tokens[:, t], keep=torch.ones(3, dtype=torch.bool))
+    torch.testing.assert_close(bil.critic_forward(prompts, tokens, mask), torch.stack(values, 1), atol=1e-5, rtol=1e-5)
+    bil.begin([[2, 3]])
+    a = bil.step(with_values=False).logits
+    with torch.no_grad():
+        bil.policy.readout_pos.weight[2] += 1.0  # the first response token's column
+    bil.begin([[2, 3]])
+    assert not torch.allclose(a, bil.step(with_values=False).logits)
+
+
+def test_prompt_readout_needs_the_prompt_input():
+    with pytest.raises(ValueError, match="prompt input"):
+        ToyBackend(8, 1, seed=6, max_positions=16, prompt_readout=True)
+    from testbed import config as config_mod
+    from testbed.config_schema import ConfigError
+    with pytest.raises(ConfigError, match="model.prompt_readout: needs model.prompt_input"):
+        config_mod.from_dict({"model": {"prompt_readout": True}})
