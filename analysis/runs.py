@@ -118,14 +118,7 @@ def load_run(run_dir: str | Path, *, require_summary: bool = True) -> dict[str, 
         metrics["time/compute"] = metrics[list(TIME_PARTS)].fillna(0.0).sum(axis=1)
         metrics["time/compute_cumulative"] = metrics["time/compute"].cumsum()
 
-    summary: dict[str, Any] = {}
-    if sum_path.is_file():
-        try:
-            summary = json.loads(sum_path.read_text())
-        except json.JSONDecodeError as e:
-            raise RunDirError(f"{sum_path}: not valid JSON ({e})") from None
-        if not isinstance(summary, dict):
-            raise RunDirError(f"{sum_path}: expected a JSON object")
+    summary = _optional_json(sum_path)
     # the final policy: without stopping (run.final_eval_rows), and held out after the last step (run.eval_every)
     nostop, final = (_optional_json(d / f) for f in ("final_eval_nostop.json", "final_eval.json"))
     name = str(config["run"].get("name") or d.name)

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from timed import timed_run  # bench/timed.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("ppo", "espo_paper", "espo", "tppo")
@@ -32,22 +32,9 @@ def preset(method: str) -> Path:
 
 def run_one(method: str, seed: int, out: Path) -> dict:
     name = f"{method}-s{seed}"
-    run_dir = out / name
-    record = run_dir / "bench.json"
-    if record.is_file() and (run_dir / "summary.json").is_file():
-        return json.loads(record.read_text())
     cmd = [str(Path(sys.executable).parent / "testbed"), "run", str(preset(method)), f"run.seed={seed}",
            f"run.name={name}", f"run.out_dir={out}", f"run.sft_cache={out / 'sft_cache'}", "run.progress=false"]
-    print(f"running {name} ...", flush=True)
-    t0 = time.time()
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.time() - t0
-    if p.returncode != 0:
-        raise SystemExit(f"{name} failed ({p.returncode}):\n{p.stderr[-3000:]}")
-    rec = {"method": method, "seed": seed, "wall_s": wall}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(rec))
-    return rec
+    return timed_run(out / name, cmd, {"method": method, "seed": seed})
 
 
 def read_run(run_dir: Path) -> dict:

@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+
+from timed import timed_run  # bench/timed.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 PRESET = REPO / "configs" / "llm" / "ppo.yaml"
@@ -35,25 +35,16 @@ VARIANTS = {"full": [], "lora": [f"model.lora={LORA}", f"algo.lr_actor={LORA_LR}
 """``full_lr1e-4``: full fine-tuning at a larger step size, to separate the method from the step size."""
 
 
+def _peak_rss(stderr: str) -> dict:
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr)
+    return {"peak_rss_gb": int(rss.group(1)) / 2**20 if rss else None}
+
+
 def run_one(variant: str, seed: int, out: Path) -> dict:
     name = f"{variant}-s{seed}"
-    run_dir = out / name
-    record = run_dir / "bench.json"
-    if record.is_file() and (run_dir / "summary.json").is_file():
-        return json.loads(record.read_text())
     cmd = ["/usr/bin/time", "-v", str(Path(sys.executable).parent / "testbed"), "run", str(PRESET),
            f"run.seed={seed}", f"run.name={name}", f"run.out_dir={out}", "run.progress=false", *VARIANTS[variant]]
-    print(f"running {name} ...", flush=True)
-    t0 = time.time()
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.time() - t0
-    if p.returncode != 0:
-        raise SystemExit(f"{name} failed ({p.returncode}):\n{p.stderr[-3000:]}")
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)
-    rec = {"variant": variant, "seed": seed, "wall_s": wall, "peak_rss_gb": int(rss.group(1)) / 2**20 if rss else None}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(rec))
-    return rec
+    return timed_run(out / name, cmd, {"variant": variant, "seed": seed}, parse=_peak_rss)
 
 
 def read_metrics(run_dir: Path) -> dict:
