@@ -4,14 +4,14 @@ The long-chain presets as they are (``configs/llm/long_chain_*.yaml``: 6-10 one-
 responses of about 87 tokens after the presets' SFT stage, SmolLM2-135M-Instruct), on the ESPO paper's
 questions: PPO, the paper's ESPO, random truncation matched to it (same stop schedule, same stop reward)
 and the oracle (stops at the verifier's first wrong number) at :data:`MAIN_SEEDS`; the current ESPO,
-T-PPO and the paper's ESPO with planted wrong steps at :data:`SIDE_SEEDS`. Every preset differs from
+T-PPO (window credit, and deferred credit) and the paper's ESPO with planted wrong steps at :data:`SIDE_SEEDS`. Every preset differs from
 ``long_chain_ppo.yaml`` only in the keys it sets (read from the files here, restated nowhere), so
 ``testbed run configs/llm/long_chain_espo_paper.yaml run.seed=3`` is the cell ``espo_paper-s3``.
 
 Cost: a long-chain PPO run took 15 min 46 s alone at 2 threads with fast decoding (28 min 46 s on the
 transformers path, another CPU); the stop-rule runs add the ``policy_detect`` measurement, and two workers
 at one thread each take longer per run (the SFT warm-start alone took 9.5 of them there, now trained once a
-seed and loaded by the seed's other methods). The whole study is 29 runs (``--full``: 41, the paper's
+seed and loaded by the seed's other methods). The whole study is 32 runs (``--full``: 44, the paper's
 comparison at 8 seeds): several hours of this machine, not the 90 minutes the issue sizes it for. It resumes
 where it stopped (finished runs are skipped), and each finished run's records go to :data:`ARCHIVE`,
 committed with the project, so it can be completed over several sittings on any machine; ``--quick`` checks
@@ -61,12 +61,15 @@ MAIN: dict[str, dict] = {
 SIDE: dict[str, dict] = {
     "espo": preset("long_chain_espo"),
     "tppo": preset("long_chain_tppo"),
+    # the preset's window credit loses accuracy here; crediting a row's tokens when it finishes (the variant
+    # that did not collapse on the simulator) is the other T-PPO candidate
+    "tppo_deferred": {**preset("long_chain_tppo"), "tppo.credit": "deferred"},
     # a wrong result forced into half the rows at their third equation: the fatal token is known by
     # construction (the planted-step reaction)
     "espo_paper_planted": {**ESPO_PAPER, "task.source_kwargs.plant_fraction": 0.5,
                            "task.source_kwargs.plant_step": 3},
 }
-"""The current ESPO, T-PPO and the planted-step reaction, at :data:`SIDE_SEEDS`."""
+"""The current ESPO, T-PPO (window credit and deferred credit) and the planted-step reaction, at :data:`SIDE_SEEDS`."""
 METHODS: dict[str, dict] = {**MAIN, **SIDE}
 """Every method, in table order."""
 
