@@ -9,7 +9,7 @@ the run (the held-out evaluations, the same work for every method, are reported 
 PPO's run of this invocation. A run already finished in ``--out`` is read, not re-run (its wall-clock
 then comes from its ``bench.json``, written when it ran here). Usage, alone on the machine::
 
-    PYTHONPATH=. python bench/llm_long_alone.py [--methods ppo espo_paper tppo] [--seed 0] [--out runs/llm_long_alone]
+    PYTHONPATH=. python bench/llm_long_alone.py [--methods ppo espo_paper tppo tppo_deferred] [--seed 0] [--out runs/llm_long_alone]
 """
 
 from __future__ import annotations
@@ -22,18 +22,22 @@ from pathlib import Path
 from timed import timed_run  # bench/timed.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("ppo", "espo_paper", "espo", "tppo")
+METHODS = {"ppo": ("ppo", []), "espo_paper": ("espo_paper", []), "espo": ("espo", []), "tppo": ("tppo", []),
+           "tppo_deferred": ("tppo", ["tppo.credit=deferred"])}
+"""Method -> (its preset ``configs/llm/long_chain_<preset>.yaml``, overrides): the study's cells
+(``tppo_deferred``, a side method, is the T-PPO preset with deferred credit)."""
 PHASES = ("time/gen", "time/actor", "time/critic")
 
 
 def preset(method: str) -> Path:
-    return REPO / "configs" / "llm" / f"long_chain_{method}.yaml"
+    return REPO / "configs" / "llm" / f"long_chain_{METHODS[method][0]}.yaml"
 
 
 def run_one(method: str, seed: int, out: Path) -> dict:
     name = f"{method}-s{seed}"
     cmd = [str(Path(sys.executable).parent / "testbed"), "run", str(preset(method)), f"run.seed={seed}",
-           f"run.name={name}", f"run.out_dir={out}", f"run.sft_cache={out / 'sft_cache'}", "run.progress=false"]
+           f"run.name={name}", f"run.out_dir={out}", f"run.sft_cache={out / 'sft_cache'}", "run.progress=false",
+           *METHODS[method][1]]
     return timed_run(out / name, cmd, {"method": method, "seed": seed})
 
 
