@@ -75,11 +75,11 @@ def main(argv=None) -> None:
              "method      | training loop s (gen / actor / critic) | x PPO | tokens | x PPO | s per 1k tokens | "
              "RL wall s (evaluations included) | process wall s (warm-start: trained, stored or loaded) | held-out pass@1"]
     for m, g in got.items():
-        lines.append(f"{m:11s} | {g['train_s']:7.1f} ({g['time/gen']:.1f} / {g['time/actor']:.1f} / {g['time/critic']:.1f}) "
+        lines.append(f"{m:13s} | {g['train_s']:7.1f} ({g['time/gen']:.1f} / {g['time/actor']:.1f} / {g['time/critic']:.1f}) "
                      f"| {g['train_s'] / ppo['train_s']:.3f} | {g['tokens']} | {g['tokens'] / ppo['tokens']:.3f} "
                      f"| {1000 * g['train_s'] / g['tokens']:.2f} | {g['rl_wall_s']:.0f} | {g['wall_s']:.0f} ({g['sft']}) | {g['heldout']:.3f}")
     lines.append("held-out pass@1 against training-loop seconds (each evaluation, the final one last):")
-    lines += [f"{m:11s} " + "  ".join(f"{t:.0f}s:{p:.3f}" for t, p in g["curve"]) for m, g in got.items()]
+    lines += [f"{m:13s} " + "  ".join(f"{t:.0f}s:{p:.3f}" for t, p in g["curve"]) for m, g in got.items()]
     print("\n".join(lines))
 
 
