@@ -1,5 +1,5 @@
-"""The long-chain study's methods timed alone: one ``testbed run`` at a time, each the method's preset
-(``configs/llm/long_chain_<method>.yaml``) at one seed, nothing else on the machine.
+"""The long-chain study's methods timed alone: one ``testbed run`` at a time, each the method's cell of the
+study (its preset ``configs/llm/long_chain_*.yaml``, see :data:`METHODS`) at one seed, nothing else on the machine.
 
 The study (``testbed demo --study llm_long``) runs two workers side by side, so its ``wall_min`` is the
 study's setting, not a method's cost. Here every run has the machine to itself. The warm-start
@@ -72,7 +72,7 @@ def main(argv=None) -> None:
         got[m] = {**rec, **read_run(out / f"{m}-s{a.seed}")}
     ppo = got["ppo"]
     lines = [f"# llm_long_alone: seed {a.seed}, methods {' '.join(a.methods)} (one run at a time, alone)",
-             "method      | training loop s (gen / actor / critic) | x PPO | tokens | x PPO | s per 1k tokens | "
+             "method        | training loop s (gen / actor / critic) | x PPO | tokens | x PPO | s per 1k tokens | "
              "RL wall s (evaluations included) | process wall s (warm-start: trained, stored or loaded) | held-out pass@1"]
     for m, g in got.items():
         lines.append(f"{m:13s} | {g['train_s']:7.1f} ({g['time/gen']:.1f} / {g['time/actor']:.1f} / {g['time/critic']:.1f}) "

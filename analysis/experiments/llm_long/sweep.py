@@ -4,8 +4,9 @@ The long-chain presets as they are (``configs/llm/long_chain_*.yaml``: 6-10 one-
 responses of about 87 tokens after the presets' SFT stage, SmolLM2-135M-Instruct), on the ESPO paper's
 questions: PPO, the paper's ESPO, random truncation matched to it (same stop schedule, same stop reward)
 and the oracle (stops at the verifier's first wrong number) at :data:`MAIN_SEEDS`; the current ESPO,
-T-PPO (window credit, and deferred credit) and the paper's ESPO with planted wrong steps at :data:`SIDE_SEEDS`. Every preset differs from
-``long_chain_ppo.yaml`` only in the keys it sets (read from the files here, restated nowhere), so
+T-PPO (window credit, and deferred credit) and the paper's ESPO with planted wrong steps at
+:data:`SIDE_SEEDS`. Every preset differs from ``long_chain_ppo.yaml`` only in the keys it sets (read from
+the files here, restated nowhere), so
 ``testbed run configs/llm/long_chain_espo_paper.yaml run.seed=3`` is the cell ``espo_paper-s3``.
 
 Cost: a long-chain PPO run took 15 min 46 s alone at 2 threads with fast decoding (28 min 46 s on the
@@ -100,8 +101,8 @@ def measurements(quick: bool = False) -> dict[str, dict]:
 
 def grids(root, quick: bool = False, full: bool = False) -> list[dict]:
     """Two grids over one run folder ``root / "runs"``: :data:`MAIN` x :data:`MAIN_SEEDS` (``full``:
-    :data:`FULL_MAIN_SEEDS`), then :data:`SIDE` x :data:`SIDE_SEEDS`; the SFT warm-start of each seed is kept in ``root /
-    "sft_cache"`` (``run.sft_cache``)."""
+    :data:`FULL_MAIN_SEEDS`), then :data:`SIDE` x :data:`SIDE_SEEDS`; the SFT warm-start of each seed is
+    kept in ``root / "sft_cache"`` (``run.sft_cache``)."""
     out = str(Path(root) / "runs")
     q = QUICK if quick else {}
     # every method of a seed starts from the same warm-start: trained by the first, loaded by the others
