@@ -16,7 +16,9 @@ A sweep file::
         trap: {task.env_id: testbed/PlantedFailureTrap-v0}
       seed: [0, 1, 2]                # a list axis sets run.seed
 
-Each run is named by its axis values joined with ``-`` (``espo-trap-s1``). String values may use
+Settings apply in order: ``base``, then ``overrides``, then each axis's value in axis order, so an axis
+value wins over a common override of the same key (a method that needs more steps than the others sets
+``run.steps`` there). Each run is named by its axis values joined with ``-`` (``espo-trap-s1``). String values may use
 ``{axis}`` and ``{out_dir}`` placeholders; a run whose ``stop.reference_run`` names another run of
 the sweep waits for that run. Completed runs (``summary.json`` with ``complete: true``) are skipped.
 

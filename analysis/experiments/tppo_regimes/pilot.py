@@ -1,0 +1,121 @@
+"""PPO alone on one cell of the T-PPO phase diagram, with changes: the reliability pilots of docs/tppo_regimes.md.
+
+    python -m analysis.experiments.tppo_regimes.pilot NAME [KEY=VALUE ...] [--cell tail16] [--seeds 0-9]
+        [--out out/tppo_pilots] [--workers 1] [--csv docs/tppo_regimes/ppo_reliability_pilots.csv]
+
+Runs PPO with the diagram's settings for ``--cell`` (``sweep.spec``), each ``KEY=VALUE`` (a YAML value)
+applied over them, cell settings included: a sweep's axis values override its common ``overrides``, so a
+change to an env kwarg passed as a common override would silently be lost. Runs go to ``OUT/NAME/``;
+finished ones are skipped, so a pilot stopped part-way resumes. Prints each seed's final policy's held-out
+success (``final_eval.json``), its peak over the periodic evaluations and how many seeds reach
+``--level``; ``--csv`` appends the finished runs to a pilots table labelled ``NAME: KEY=VALUE ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from analysis.experiments.tppo_regimes import sweep as S
+from testbed.ops.sweep import run_sweep
+
+CSV_FIELDS = ("pilot", "run", "seed", "finished", "last_step", "final_eval", "peak_eval", "evals", "final_policy_eval")
+"""The columns of docs/tppo_regimes/ppo_reliability_pilots.csv (``final_eval``: the last periodic evaluation;
+``final_policy_eval``: the evaluation after the last step, ``final_eval.json``)."""
+
+
+def parse_changes(items: list[str]) -> dict:
+    """``["a.b=0.1", ...]`` -> ``{"a.b": 0.1}`` (values read as YAML); a malformed item raises naming it."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"change {item!r}: expected KEY=VALUE (for example algo.entropy_coef=0.01)")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-9"`` or ``"0,2,5"`` -> a list of seeds."""
+    try:
+        if "-" in text:
+            lo, hi = (int(p) for p in text.split("-", 1))
+            return list(range(lo, hi + 1))
+        return [int(p) for p in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: expected a range like 0-9 or a list like 0,2,5") from None
+
+
+def pilot_spec(out_dir: str | Path, cell: str, seeds: list[int], changes: dict) -> dict:
+    """The sweep spec: PPO on ``cell`` at ``seeds``, ``changes`` over every setting of the diagram's run."""
+    cells = S.envs()
+    if cell not in cells:
+        raise ValueError(f"--cell {cell!r}: the diagram's cells are {sorted(cells)}")
+    spec = S.spec(out_dir)
+    spec["overrides"]["run.threads"] = 1
+    # The changes go into the innermost axis value, so they win over the method's and the cell's settings too.
+    spec["axes"] = {"method": {"ppo": S.methods()["ppo"]}, "env": {cell: {**cells[cell], **changes}}, "seed": seeds}
+    return spec
+
+
+def read_run(run_dir: Path) -> dict | None:
+    """One pilot run's row of the pilots table (None if it has not logged a step)."""
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.exists():
+        return None
+    recs = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    evals = [(r["step"], r["eval/pass@1"]) for r in recs if "eval/pass@1" in r]
+    if not recs or not evals:
+        return None
+    final = run_dir / "final_eval.json"
+    return {"run": run_dir.name, "seed": int(run_dir.name.rsplit("-s", 1)[1]), "finished": final.exists(),
+            "last_step": recs[-1]["step"], "final_eval": round(evals[-1][1], 4),
+            "peak_eval": round(max(v for _, v in evals), 4), "evals": " ".join(f"{s}:{v:.3f}" for s, v in evals),
+            "final_policy_eval": round(json.loads(final.read_text())["eval/pass@1"], 4) if final.exists() else ""}
+
+
+def append_csv(path: Path, label: str, rows: list[dict]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        if new:
+            w.writeheader()
+        for r in rows:
+            w.writerow({"pilot": label, **r})
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("name", help="the pilot's folder under --out and its label")
+    ap.add_argument("changes", nargs="*", help="KEY=VALUE settings over the diagram's run (YAML values)")
+    ap.add_argument("--cell", default="tail16")
+    ap.add_argument("--seeds", default="0-9")
+    ap.add_argument("--out", default="out/tppo_pilots")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--level", type=float, default=0.8, help="the reliability bar on final held-out success")
+    ap.add_argument("--csv", type=Path, help="append the finished runs to this pilots table")
+    args = ap.parse_args(argv)
+    try:
+        changes, seeds = parse_changes(args.changes), parse_seeds(args.seeds)
+        spec = pilot_spec(Path(args.out) / args.name / "runs", args.cell, seeds, changes)
+    except ValueError as e:
+        ap.error(str(e))
+    run_sweep(spec, workers=args.workers, threads_per_run=1)
+    rows = [r for s in seeds if (r := read_run(Path(spec["out_dir"]) / f"ppo-{args.cell}-s{s}")) and r["finished"]]
+    for r in rows:
+        print(f"seed {r['seed']}: final policy {r['final_policy_eval']:.3f}, peak {r['peak_eval']:.3f}  {r['evals']}")
+    hits = sum(r["final_policy_eval"] >= args.level for r in rows)
+    print(f"{args.name}: final policy >= {args.level:g} on {hits} of {len(rows)} finished seeds")
+    if args.csv:
+        label = f"{args.name}: " + " ".join(args.changes) if args.changes else args.name
+        append_csv(args.csv, label, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""The reliability pilot's spec: every change reaches every run's config, env kwargs included."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from analysis.experiments.tppo_regimes import pilot
+from analysis.experiments.tppo_regimes import sweep
+from testbed.ops import sweep as ops_sweep
+
+
+def test_changes_win_over_the_cell_and_the_method(tmp_path):
+    changes = pilot.parse_changes(["task.env_kwargs.recoverable_cost=0.003", "task.env_kwargs.num_problems=10",
+                                   "algo.entropy_coef=0.01", "model.prompt_readout=true"])
+    _, runs = ops_sweep.expand(pilot.pilot_spec(tmp_path, "tail16", [0, 3], changes))
+    assert [r.name for r in runs] == ["ppo-tail16-s0", "ppo-tail16-s3"]
+    c = runs[1].config
+    # recoverable_cost and num_problems are also set by the cell: a common override would have lost them.
+    assert c["task"]["env_kwargs"]["recoverable_cost"] == 0.003 and c["task"]["env_kwargs"]["num_problems"] == 10
+    assert c["algo"]["entropy_coef"] == 0.01 and c["model"]["prompt_readout"] is True
+    assert c["task"]["env_kwargs"]["length_tail"] == 16.0 and c["tppo"]["enabled"] is False and c["run"]["seed"] == 3
+    # Without changes it is the diagram's own PPO run of that cell.
+    _, plain = ops_sweep.expand(pilot.pilot_spec(tmp_path, "tail4", [1], {}))
+    _, diagram = ops_sweep.expand(sweep.spec(tmp_path))
+    ref = next(r for r in diagram if r.name == "ppo-tail4-s1").config
+    assert {**plain[0].config, "run": {**plain[0].config["run"], "threads": ref["run"]["threads"]}} == ref
+
+
+def test_bad_input_names_it():
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        pilot.parse_changes(["algo.entropy_coef"])
+    with pytest.raises(ValueError, match="--seeds"):
+        pilot.parse_seeds("0-x")
+    with pytest.raises(ValueError, match="tail16"):
+        pilot.pilot_spec("x", "tail99", [0], {})
+    assert pilot.parse_seeds("2-4") == [2, 3, 4] and pilot.parse_seeds("0,5") == [0, 5]
+
+
+def test_read_run_and_csv(tmp_path):
+    d = tmp_path / "ppo-tail16-s7"
+    d.mkdir()
+    lines = [{"step": 0, "eval/pass@1": 0.0}, {"step": 49}, {"step": 50, "eval/pass@1": 0.875}, {"step": 99}]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    row = pilot.read_run(d)
+    assert row["seed"] == 7 and row["finished"] is False and row["last_step"] == 99 and row["peak_eval"] == 0.875
+    (d / "final_eval.json").write_text(json.dumps({"eval/pass@1": 0.75}))
+    row = pilot.read_run(d)
+    assert row["finished"] and row["final_policy_eval"] == 0.75 and row["evals"] == "0:0.000 50:0.875"
+    out = tmp_path / "p.csv"
+    pilot.append_csv(out, "x: a=1", [row])
+    pilot.append_csv(out, "y", [row])
+    got = list(csv.DictReader(out.open()))
+    assert [r["pilot"] for r in got] == ["x: a=1", "y"] and got[0]["final_policy_eval"] == "0.75"
+    assert pilot.read_run(tmp_path / "missing") is None
