@@ -84,6 +84,10 @@ class Structure:
     """``"fatal"``: anything but EOS at index L dooms the row; ``"recoverable"``: EOS at any index >= L
     succeeds and each content token from L on is a recoverable error (the answer is complete; the
     extra tokens only cost)."""
+    runon_cost: float | None = None
+    """With ``overshoot="recoverable"``: None, each run-on token costs ``recoverable_cost``; a number c, a
+    run-on by the fraction f of L costs ``c * f`` (each token ``c / L``), so a margin in proportion to L
+    costs every problem alike."""
 
     @property
     def revise_id(self) -> int:
@@ -117,9 +121,19 @@ class Structure:
             return OK
         return FATAL if self.critical[problem, t] else RECOVERABLE
 
-    def success_reward(self, recoverable_errors: int | np.ndarray) -> float | np.ndarray:
-        """Reward of a successful response with that many recoverable errors."""
-        return np.maximum(0.0, 1.0 - self.recoverable_cost * np.asarray(recoverable_errors, dtype=np.float64))
+    def success_reward(self, recoverable_errors: int | np.ndarray, problem: int | np.ndarray | None = None,
+                       pos: int | np.ndarray | None = None) -> float | np.ndarray:
+        """Reward of a successful response with that many recoverable errors (run-on tokens included);
+        ``problem`` and ``pos`` (the logical length with its EOS, ``L + 1`` + the run-on) are needed only
+        to price the run-on by :attr:`runon_cost`."""
+        errors = np.asarray(recoverable_errors, dtype=np.float64)
+        if self.runon_cost is None:
+            return np.maximum(0.0, 1.0 - self.recoverable_cost * errors)
+        if problem is None or pos is None:
+            raise ValueError("success_reward: runon_cost prices the run-on by L; pass problem and pos")
+        L = self.target_len[problem]
+        runon = np.maximum(0, np.asarray(pos) - 1 - L)
+        return np.maximum(0.0, 1.0 - self.recoverable_cost * (errors - runon) - self.runon_cost * runon / L)
 
     def forced_token(self, row: "RowState") -> int:
         """The token the env will append at ``row``'s next step whatever the action, -1 if none."""
@@ -169,7 +183,7 @@ class Structure:
             row.derail_end = row.forced_until = t + 2 + g
             row.forced_token, row.forced_ends = self.loop_id, True
         row.success = terminated and row.failure_step < 0
-        reward = float(self.success_reward(row.errors)) if row.success else 0.0
+        reward = float(self.success_reward(row.errors, problem, row.pos)) if row.success else 0.0
         return a, forced, reward, terminated, truncated
 
 
@@ -242,6 +256,7 @@ def make_structure(
     derail: float = 0.0,
     overshoot: str = "fatal",
     critical_zone: tuple[float, float] | None = None,
+    runon_cost: float | None = None,
 ) -> Structure:
     """Validate the arguments and draw the hidden structure from ``np.random.default_rng(structure_seed)``.
 
@@ -302,6 +317,9 @@ def make_structure(
                  f"must satisfy 0 <= lo < hi <= 1, got {tuple(critical_zone)}")
         critical_zone = (float(critical_zone[0]), float(critical_zone[1]))
     _require(recoverable_cost >= 0, "recoverable_cost", f"must be >= 0, got {recoverable_cost}")
+    if runon_cost is not None:
+        _require(overshoot == "recoverable", "runon_cost", f"prices a run-on past L: needs overshoot='recoverable', got {overshoot!r}")
+        _require(runon_cost >= 0, "runon_cost", f"must be >= 0 or None, got {runon_cost}")
 
     P, T = num_problems, max_len
     V = C + FIRST_CONTENT_ID + (repair_prob > 0)  # REVISE last, so content ids never move
@@ -372,6 +390,7 @@ def make_structure(
         repair_cost=int(repair_cost),
         derail=float(derail),
         overshoot=str(overshoot),
+        runon_cost=None if runon_cost is None else float(runon_cost),
     )
 
 
@@ -475,6 +494,10 @@ class PlantedFailureEnv(_StructureAttrs, gym.Env[dict[str, np.ndarray], int]):
     - ``overshoot="fatal"``: ``"recoverable"`` lets EOS at any index >= L succeed, each content
       token from index L on costing ``recoverable_cost`` like a recoverable error (an answer that is
       complete at L and then runs on); stopping before L stays fatal.
+    - ``runon_cost=None``: with ``overshoot="recoverable"``, a number c prices the run-on relative to L:
+      running on by the fraction f of L costs ``c * f`` (each token ``c / L``) instead of
+      ``recoverable_cost`` a token, so short answers must end close to L while long ones may keep a
+      margin in proportion to their length (a length tail the policy keeps, not one it pads away).
 
     ## Recovery (``repair_prob > 0``)
     The vocabulary gains REVISE (id ``vocab_size - 1``). At reset a hidden draw makes the row
@@ -538,6 +561,7 @@ class PlantedFailureEnv(_StructureAttrs, gym.Env[dict[str, np.ndarray], int]):
         derail: float = 0.0,
         overshoot: str = "fatal",
         critical_zone: tuple[float, float] | None = None,
+        runon_cost: float | None = None,
         render_mode: str | None = None,
     ):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -566,6 +590,7 @@ class PlantedFailureEnv(_StructureAttrs, gym.Env[dict[str, np.ndarray], int]):
             derail=derail,
             overshoot=overshoot,
             critical_zone=critical_zone,
+            runon_cost=runon_cost,
         )
         self.action_space = spaces.Discrete(self.vocab_size)
         self.observation_space = _observation_space(self.structure)
@@ -858,7 +883,7 @@ class PlantedFailureVectorEnv(_StructureAttrs, VectorEnv):
         success = is_eos & (fs < 0)
         self._success[rows] = success
         self._live[rows] = ~(terminated | truncated)
-        reward = np.where(success, s.success_reward(self._errors[rows]), 0.0)
+        reward = np.where(success, s.success_reward(self._errors[rows], p, self._pos[rows]), 0.0)
         return reward, terminated, truncated
 
     ROW_STATE = ("_tokens", "_problem", "_t", "_failure_step", "_errors", "_success", "_live", "_pos",
@@ -921,6 +946,12 @@ class PlantedFailureVectorEnv(_StructureAttrs, VectorEnv):
             "length": self._t[rows],
             "live": self._live[rows],
         }
+
+    def row_reward(self, rows: np.ndarray) -> np.ndarray:
+        """The reward ``rows`` have earned as they stand (0 unless they ended in success), ``(n,)``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        p, ok = self._problem[rows], self._success[rows]
+        return np.where(ok, self.structure.success_reward(self._errors[rows], p, self._pos[rows]), 0.0)
 
     def _check_rows(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows)

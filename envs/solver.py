@@ -182,7 +182,7 @@ class PrefixValues:
         if row.failure_step >= 0:
             return 0.0
         if ended:
-            return 1.0 if self.target == "success" else float(self.structure.success_reward(row.errors))
+            return 1.0 if self.target == "success" else float(self.structure.success_reward(row.errors, self.problem, row.pos))
         return table[prefix] if table is not None else float(self.q[len(prefix)])
 
     def __call__(self, prefix: Sequence[int]) -> float:
@@ -263,7 +263,7 @@ def solve(
                 if child.failure_step >= 0:  # doomed, or truncated (which seals)
                     continue
                 if terminated:
-                    v = 1.0 if target == "success" else float(s.success_reward(child.errors))
+                    v = 1.0 if target == "success" else float(s.success_reward(child.errors, problem, child.pos))
                 else:
                     v = value(prefix + (a,), child)
                 total += pr * v

@@ -117,7 +117,7 @@ class SimTask:
         slots = np.asarray(slots, dtype=np.int64)
         self.env.restore_rows(slots, snapshot, src)
         info = self.env.row_info(slots)
-        self._reward[slots] = np.where(info["success"], self.env.structure.success_reward(info["recoverable_errors"]), 0.0)
+        self._reward[slots] = self.env.row_reward(slots)
         self._success[slots] = info["success"]
         self._failure[slots] = info["failure_step"]
         self._doomed[slots] = info["doomed"]

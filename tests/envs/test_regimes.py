@@ -230,7 +230,9 @@ def test_vector_env_matches_single_env_with_regimes(data):
     kw = data.draw(st.sampled_from([dict(repair_prob=1.0, repair_cost=2), dict(repair_prob=0.5, repair_cost=3),
                                     dict(derail=2.0, max_len=60), dict(repair_prob=0.7, derail=3.0, max_len=60),
                                     dict(overshoot="recoverable", max_len=30),
-                                    dict(overshoot="recoverable", repair_prob=0.5, derail=2.0, max_len=40)]))
+                                    dict(overshoot="recoverable", repair_prob=0.5, derail=2.0, max_len=40),
+                                    dict(overshoot="recoverable", runon_cost=0.5, recoverable_cost=0.05, max_len=30),
+                                    dict(overshoot="recoverable", runon_cost=0.3, repair_prob=0.5, max_len=40)]))
     single = PlantedFailureEnv(num_problems=8, **kw)
     s = single.structure
     problem = data.draw(st.integers(0, 7))
@@ -353,6 +355,40 @@ def test_recoverable_overshoot_succeeds_after_L_at_a_cost():
         np.testing.assert_array_equal(getattr(fatal, name), getattr(env, name))
     with pytest.raises(ValueError, match="overshoot"):
         PlantedFailureEnv(overshoot="late")
+
+
+def test_runon_cost_prices_the_run_on_relative_to_L():
+    kw = dict(num_problems=8, length_dist="uniform", target_len=4, max_len_target=16, min_len=4, critical_frac=0.0,
+              recoverable_cost=0.02, max_len=40, overshoot="recoverable")
+    env, flat = PlantedFailureEnv(**kw, runon_cost=0.5), PlantedFailureEnv(**kw)
+    s = env.structure
+    np.testing.assert_array_equal(s.target_len, flat.target_len)  # the problems are the same
+    short, long_ = int(np.argmin(s.target_len)), int(np.argmax(s.target_len))
+    for problem in (short, long_):
+        L = int(s.target_len[problem])
+        good = [_correct(s, problem, t) for t in range(L)]
+        wrong = next(a for a in range(FIRST, s.vocab_size) if not s.acceptable[problem, 0, a])
+        for extra in (0, 2, L):  # a run-on of the fraction extra / L costs 0.5 * extra / L, whatever L is
+            _, r, term, _, info = _walk(env, problem, [wrong] + good[1:] + [FIRST] * extra + [EOS_ID])
+            assert term and info["success"] and info["recoverable_errors"] == 1 + extra
+            assert r == pytest.approx(1 - 0.02 - 0.5 * extra / L)
+            _, r_flat, *_ = _walk(flat, problem, [wrong] + good[1:] + [FIRST] * extra + [EOS_ID])
+            assert r_flat == pytest.approx(1 - 0.02 * (1 + extra))  # the default: every error alike
+    # the exact solver prices it the same way: a policy that runs on exactly 2 tokens, then stops
+    tiny = PlantedFailureEnv(num_problems=2, num_content_tokens=2, num_acceptable=1, critical_frac=0.0, max_len=7,
+                             target_len=3, overshoot="recoverable", runon_cost=0.6).structure
+
+    def policy(problem, prefix):
+        p = np.zeros(tiny.vocab_size)
+        p[_correct(tiny, problem, len(prefix)) if len(prefix) < 3 else (FIRST if len(prefix) < 5 else EOS_ID)] = 1
+        return p
+    assert solve(tiny, 0, policy, target="reward")(()) == pytest.approx(1 - 0.6 * 2 / 3)
+    with pytest.raises(ValueError, match="runon_cost"):
+        PlantedFailureEnv(runon_cost=0.5)  # needs overshoot="recoverable"
+    with pytest.raises(ValueError, match="runon_cost"):
+        PlantedFailureEnv(overshoot="recoverable", runon_cost=-1.0)
+    with pytest.raises(ValueError, match="pass problem and pos"):
+        s.success_reward(1)
 
 
 def test_recoverable_overshoot_exact_success_matches_the_closed_form():
