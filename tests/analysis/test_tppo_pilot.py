@@ -55,3 +55,13 @@ def test_read_run_and_csv(tmp_path):
     got = list(csv.DictReader(out.open()))
     assert [r["pilot"] for r in got] == ["x: a=1", "y"] and got[0]["final_policy_eval"] == "0.75"
     assert pilot.read_run(tmp_path / "missing") is None
+
+
+def test_regime_line_reads_the_diagram_checks(tmp_path):
+    from tests.analysis.test_tppo_regimes import counts
+    from tests.analysis.test_analysis import make_run
+
+    for s in (0, 1):
+        make_run(tmp_path, f"ppo-tail16-s{s}", steps=10, extra=counts(40, length_max=30.0))  # length/mean 10
+    line = pilot.regime_line(tmp_path, ["ppo-tail16-s0", "ppo-tail16-s1"])
+    assert line.startswith("longest / mean row +3.00 [") and "generation +0." in line

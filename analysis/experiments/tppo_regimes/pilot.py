@@ -79,6 +79,18 @@ def read_run(run_dir: Path) -> dict | None:
             "final_policy_eval": round(json.loads(final.read_text())["eval/pass@1"], 4) if final.exists() else ""}
 
 
+def regime_line(runs_dir: Path, names: list[str]) -> str:
+    """The diagram's two other regime checks on these PPO runs (``analysis.per_run``): the longest / mean
+    row of a batch and generation's share of PPO's projected cost, mean [95% CI] over the runs."""
+    from analysis.experiments.tppo_regimes import analysis as regimes
+    from analysis.runs import load_runs
+    from analysis.stats import mean_ci
+
+    pr = regimes.per_run(load_runs([runs_dir / n for n in names], axes=S.AXES))
+    return (f"longest / mean row {mean_ci(pr['tail_ratio'].tolist()).fmt(2)}; generation "
+            f"{mean_ci(pr['gen_share'].tolist()).fmt(2)} of PPO's projected cost (bars: 2.5 and 0.6)")
+
+
 def append_csv(path: Path, label: str, rows: list[dict]) -> None:
     new = not path.exists()
     with path.open("a", newline="") as f:
@@ -111,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seed {r['seed']}: final policy {r['final_policy_eval']:.3f}, peak {r['peak_eval']:.3f}  {r['evals']}")
     hits = sum(r["final_policy_eval"] >= args.level for r in rows)
     print(f"{args.name}: final policy >= {args.level:g} on {hits} of {len(rows)} finished seeds")
+    if rows:
+        print(regime_line(Path(spec["out_dir"]), [f"ppo-{args.cell}-s{r['seed']}" for r in rows]))
     if args.csv:
         label = f"{args.name}: " + " ".join(args.changes) if args.changes else args.name
         append_csv(args.csv, label, rows)
