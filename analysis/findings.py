@@ -36,7 +36,12 @@ SHORT = (
 """The short table the README opens with: the papers' claims, as the biggest committed report decides them
 (study, exact claim text); a claim not found there is listed as missing, never silently dropped."""
 SUPERSEDED_BY = {"espo_headline": "espo_headline_full"}
-"""A study listed by its bigger version when that one is committed (same claims, more seeds)."""
+"""A study listed by its bigger version when that one is committed (same claims, more seeds); a study whose
+``--full`` report sits in its own ``full/`` folder is listed as ``<study>_full`` by that one."""
+
+
+def _bigger(study: str) -> str:
+    return SUPERSEDED_BY.get(study, f"{study}_full")
 
 
 def _num(x: str) -> float:
@@ -47,15 +52,19 @@ def _num(x: str) -> float:
 
 
 def read(docs: str | Path) -> dict[str, list[dict]]:
-    """``study -> rows of its verdicts.csv``, for every ``docs/<study>/verdicts.csv`` (sorted by study)."""
+    """``study -> rows of its verdicts.csv``, for every ``docs/<study>/verdicts.csv`` and
+    ``docs/<study>/full/verdicts.csv`` (``<study>_full``), sorted by study; each row's ``_folder`` is its
+    report's folder under ``docs``."""
     out = {}
-    for p in sorted(Path(docs).glob("*/verdicts.csv")):
+    paths = [*Path(docs).glob("*/verdicts.csv"), *Path(docs).glob("*/full/verdicts.csv")]
+    for p in sorted(paths, key=lambda q: q.parent.relative_to(docs).as_posix().replace("/full", "_full")):
         with open(p, newline="") as fh:
             rows = list(csv.DictReader(fh))
         missing = {"claim", "verdict", "mean", "low", "high", "n", "p_holm"} - set(rows[0] if rows else {"claim"})
         if rows and missing:
             raise ValueError(f"{p}: lacks the columns {sorted(missing)}; regenerate the study's report")
-        out[p.parent.name] = rows
+        folder = p.parent.relative_to(docs).as_posix()
+        out[folder.replace("/full", "_full")] = [{**r, "_folder": folder} for r in rows]
     return out
 
 
@@ -114,10 +123,10 @@ def render(docs: str | Path) -> str:
         return "\n".join(lines + ["(no study has written verdicts yet)", ""])
     if _scores(Path(docs)) is not None:
         lines += [f"![ESPO's trade-off]({Path(docs).name}/{FIGURE})", "", CAPTION, ""]
-    shown = {s: rows for s, rows in studies.items() if SUPERSEDED_BY.get(s) not in studies}
+    shown = {s: rows for s, rows in studies.items() if _bigger(s) not in studies}
     if len(shown) < len(studies):
         lines += ["Listed by their biggest committed version: " + ", ".join(
-            f"{s} (see {SUPERSEDED_BY[s]})" for s in studies if s not in shown) + ".", ""]
+            f"{s} (see {_bigger(s)})" for s in studies if s not in shown) + ".", ""]
     head = ["| study | claim | verdict | mean [95% interval] | seeds | Holm p |", "| --- | --- | --- | --- | --- | --- |"]
     by_text = {(st, r["claim"]): r for st, rows in studies.items() for r in rows}
     short = [_row(st, by_text[(st, c)]) if (st, c) in by_text else f"| {st} | {c} | (missing: regenerate its report) | | | |"
@@ -138,7 +147,7 @@ def _row(study: str, r: dict) -> str:
     claim = r["claim"].replace("|", "\\|")
     verdict = f"**{r['verdict']}**" if r["verdict"] in ("yes", "no") else r["verdict"]
     p = _num(r["p_holm"])
-    return (f"| [{study}](docs/{study}/report.md) | {claim} | {verdict} | {m:+.3g} [{lo:+.3g}, {hi:+.3g}] | {r['n']} | "
+    return (f"| [{study}](docs/{r.get('_folder', study)}/report.md) | {claim} | {verdict} | {m:+.3g} [{lo:+.3g}, {hi:+.3g}] | {r['n']} | "
             f"{f'{p:.2g}' if math.isfinite(p) else ''} |")
 
 

@@ -69,3 +69,11 @@ def test_every_claim_of_the_short_table_is_in_the_committed_reports():
     text = findings.render(ROOT / "docs")
     assert "(missing" not in text, "a claim of findings.SHORT is not in its report's verdicts.csv"
     assert text.count("docs/espo_headline_full/report.md") >= len([s for s, _ in findings.SHORT if s == "espo_headline_full"])
+
+
+def test_a_full_subfolder_supersedes_its_study(tmp_path):
+    docs = _docs(tmp_path)
+    write_verdicts(decide_family([Claim("G beats H", mean_ci([0.2] * 10))]), docs / "study_x" / "full")
+    text = findings.render(docs)
+    assert "| [study_x_full](docs/study_x/full/report.md) | G beats H | **yes** |" in text
+    assert "A \\| beats B" not in text and "study_x (see study_x_full)" in text and "study_x_full: 1 of 1 decided" in text

@@ -25,14 +25,20 @@ BATCH = 16
 ENV: dict = {"task.env_id": "testbed/PlantedFailureTail-v0", "rollout.max_len": MAX_LEN,
              "task.env_kwargs.max_len": MAX_LEN + 1, "task.env_kwargs.num_problems": 8,
              "task.env_kwargs.target_len": 16, "task.env_kwargs.critical_frac": 0.02,
-             "task.env_kwargs.num_acceptable": 14, "task.env_kwargs.recoverable_cost": 0.01,
-             "task.env_kwargs.overshoot": "recoverable", "task.eval_problems": "each"}
-"""The problems: 8 at quantile-spaced lognormal lengths, median 16 (tail 16: 5 to 101 tokens). An answer is
-complete at its length L and may run on at 0.01 a token (``overshoot="recoverable"``): with an exact
-length a PPO policy that has learnt the short problems never again reaches the long ones (pilots: final
-success 0.2-0.3, every row ending near the median). PPO's budget sits at its pilots' peak: on two
-seeds its held-out success reached 0.77-0.94 by step 200-400 and then fell to 0.69-0.75 by step 1000 as
-it lost the longest problems (rows of 101 tokens ending near 47). The held-out evaluations take each of the
+             "task.env_kwargs.num_acceptable": 14, "task.env_kwargs.recoverable_cost": 0.003,
+             "task.env_kwargs.overshoot": "recoverable", "task.env_kwargs.runon_cost": 0.15,
+             "task.eval_problems": "each"}
+"""The problems: 8 at quantile-spaced lognormal lengths, median 16 (tail 16: 4 to 100 tokens). An answer is
+complete at its length L and may run on (``overshoot="recoverable"``): with an exact length a PPO policy
+that has learnt the short problems never again reaches the long ones (pilots: final success 0.2-0.3, every
+row ending near the median). The run-on is priced relative to L (``runon_cost``: running on by the fraction
+f of L costs 0.15 f) and other wrong tokens cost 0.003: ten-seed pilots of PPO
+(``python -m analysis.experiments.tppo_regimes.pilot``, docs/tppo_regimes.md) found PPO reliable only with a
+small cost per run-on token (0.003: 10 of 10 seeds >= 0.8; 0.005 and 0.01: 5 of 10), and then every row
+padded 20-35 tokens past its length, which flattened the length tail (longest / mean row 2.2); a relative
+price keeps short answers close to L and lets long ones keep a margin (9 of 10, ratio 2.7). PPO's budget
+sits at its early pilots' peak: on two seeds its held-out success reached 0.77-0.94 by step 200-400 and
+then fell to 0.69-0.75 by step 1000 as it lost the longest problems (at the earlier cost of 0.01 a token). The held-out evaluations take each of the
 8 problems 16 times (``task.eval_problems=each``): a greedy policy's score is then the exact mean over the
 problems (with random draws of 128, a PPO seed whose final policy solves 6 of the 8, exactly 0.75, read 0.805)."""
 SHAPE: dict = {"rollout.batch_size": BATCH, "algo.minibatch_size": BATCH, "algo.epochs": 1,
