@@ -1,6 +1,7 @@
-"""PPO alone on one cell of the T-PPO phase diagram, with changes: the reliability pilots of docs/tppo_regimes.md.
+"""PPO alone on one cell of the T-PPO phase diagram, with changes: the reliability pilots of docs/tppo_regimes.md
+(their spec and their reading; ``bench/tppo_reliability.py`` runs them, as analysis does not start runs).
 
-    python -m analysis.experiments.tppo_regimes.pilot NAME [KEY=VALUE ...] [--cell tail16] [--seeds 0-9]
+    PYTHONPATH=. python bench/tppo_reliability.py NAME [KEY=VALUE ...] [--cell tail16] [--seeds 0-9]
         [--out out/tppo_pilots] [--workers 1] [--csv docs/tppo_regimes/ppo_reliability_pilots.csv]
 
 Runs PPO with the diagram's settings for ``--cell`` (``sweep.spec``), each ``KEY=VALUE`` (a YAML value)
@@ -13,16 +14,13 @@ success (``final_eval.json``), its peak over the periodic evaluations and how ma
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
-import sys
 from pathlib import Path
 
 import yaml
 
 from analysis.experiments.tppo_regimes import sweep as S
-from testbed.ops.sweep import run_sweep
 
 CSV_FIELDS = ("pilot", "run", "seed", "finished", "last_step", "final_eval", "peak_eval", "evals", "final_policy_eval")
 """The columns of docs/tppo_regimes/ppo_reliability_pilots.csv (``final_eval``: the last periodic evaluation;
@@ -99,37 +97,3 @@ def append_csv(path: Path, label: str, rows: list[dict]) -> None:
             w.writeheader()
         for r in rows:
             w.writerow({"pilot": label, **r})
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("name", help="the pilot's folder under --out and its label")
-    ap.add_argument("changes", nargs="*", help="KEY=VALUE settings over the diagram's run (YAML values)")
-    ap.add_argument("--cell", default="tail16")
-    ap.add_argument("--seeds", default="0-9")
-    ap.add_argument("--out", default="out/tppo_pilots")
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--level", type=float, default=0.8, help="the reliability bar on final held-out success")
-    ap.add_argument("--csv", type=Path, help="append the finished runs to this pilots table")
-    args = ap.parse_args(argv)
-    try:
-        changes, seeds = parse_changes(args.changes), parse_seeds(args.seeds)
-        spec = pilot_spec(Path(args.out) / args.name / "runs", args.cell, seeds, changes)
-    except ValueError as e:
-        ap.error(str(e))
-    run_sweep(spec, workers=args.workers, threads_per_run=1)
-    rows = [r for s in seeds if (r := read_run(Path(spec["out_dir"]) / f"ppo-{args.cell}-s{s}")) and r["finished"]]
-    for r in rows:
-        print(f"seed {r['seed']}: final policy {r['final_policy_eval']:.3f}, peak {r['peak_eval']:.3f}  {r['evals']}")
-    hits = sum(r["final_policy_eval"] >= args.level for r in rows)
-    print(f"{args.name}: final policy >= {args.level:g} on {hits} of {len(rows)} finished seeds")
-    if rows:
-        print(regime_line(Path(spec["out_dir"]), [f"ppo-{args.cell}-s{r['seed']}" for r in rows]))
-    if args.csv:
-        label = f"{args.name}: " + " ".join(args.changes) if args.changes else args.name
-        append_csv(args.csv, label, rows)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -33,7 +33,7 @@ complete at its length L and may run on (``overshoot="recoverable"``): with an e
 that has learnt the short problems never again reaches the long ones (pilots: final success 0.2-0.3, every
 row ending near the median). The run-on is priced relative to L (``runon_cost``: running on by the fraction
 f of L costs 0.15 f) and other wrong tokens cost 0.003: ten-seed pilots of PPO
-(``python -m analysis.experiments.tppo_regimes.pilot``, docs/tppo_regimes.md) found PPO reliable only with a
+(``bench/tppo_reliability.py``, docs/tppo_regimes.md) found PPO reliable only with a
 small cost per run-on token (0.003: 10 of 10 seeds >= 0.8; 0.005 and 0.01: 5 of 10), and then every row
 padded 20-35 tokens past its length, which flattened the length tail (longest / mean row 2.2); a relative
 price keeps short answers close to L and lets long ones keep a margin (9 of 10 on seeds 0-9, but 7 of 10 on
