@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     run_sweep(spec, workers=args.workers, threads_per_run=1)
     rows = [r for s in seeds if (r := pilot.read_run(Path(spec["out_dir"]) / f"ppo-{args.cell}-s{s}")) and r["finished"]]
     for r in rows:
-        print(f"seed {r['seed']}: final policy {r['final_policy_eval']:.3f}, peak {r['peak_eval']:.3f}  {r['evals']}")
+        print(f"seed {r['seed']}: final policy {r['final_policy_eval']:.3f}, best periodic evaluation {r['peak_eval']:.3f}  {r['evals']}")
     hits = sum(r["final_policy_eval"] >= args.level for r in rows)
     print(f"{args.name}: final policy >= {args.level:g} on {hits} of {len(rows)} finished seeds")
     if rows:
