@@ -36,6 +36,8 @@ OK, RECOVERABLE, FATAL = 0, 1, 2
 LENGTH_DISTS = ("fixed", "uniform", "lognormal")
 LENGTH_SPACINGS = ("random", "quantile")
 OVERSHOOTS = ("fatal", "recoverable")
+PROMPT_CODES = ("random", "length")
+RUNON_PRICES = ("linear", "log")
 Z99 = NormalDist().inv_cdf(0.99)
 """Standard normal 99th percentile: ``length_tail = p99 / p50 = exp(length_sigma * Z99)``."""
 INFO_KEYS = (
@@ -88,6 +90,11 @@ class Structure:
     """With ``overshoot="recoverable"``: None, each run-on token costs ``recoverable_cost``; a number c, a
     run-on by the fraction f of L costs ``c * f`` (each token ``c / L``), so a margin in proportion to L
     costs every problem alike."""
+    runon_price: str = "linear"
+    """How :attr:`runon_cost` grows with f: ``"linear"``, ``c * f``; ``"log"``, ``c * ln(1 + f)`` (the
+    same near L; each further token costs ``c`` over the answer's length so far, so the reward of a long
+    run-on stays above 0 while ``c * ln(1 + f) < 1``, never flattening at 0, where every row would score
+    alike and teach nothing)."""
 
     @property
     def revise_id(self) -> int:
@@ -133,7 +140,9 @@ class Structure:
             raise ValueError("success_reward: runon_cost prices the run-on by L; pass problem and pos")
         L = self.target_len[problem]
         runon = np.maximum(0, np.asarray(pos) - 1 - L)
-        return np.maximum(0.0, 1.0 - self.recoverable_cost * (errors - runon) - self.runon_cost * runon / L)
+        f = runon / L
+        price = np.log1p(f) if self.runon_price == "log" else f
+        return np.maximum(0.0, 1.0 - self.recoverable_cost * (errors - runon) - self.runon_cost * price)
 
     def forced_token(self, row: "RowState") -> int:
         """The token the env will append at ``row``'s next step whatever the action, -1 if none."""
@@ -233,6 +242,29 @@ def _require_memory(nbytes: int, name: str, what: str) -> None:
              f"({avail / 2**30:.1f} GiB) of memory available; lower it")
 
 
+def _length_prompts(lengths: np.ndarray, prompt_len: int) -> np.ndarray:
+    """(P, prompt_len) prompts that spell each problem's length as a thermometer code on a log scale.
+
+    Token i is the second content id when ``log L`` passes the i-th of ``prompt_len`` evenly spaced
+    thresholds between the shortest and the longest problem's log length, else the first. The mean of
+    the prompt's embeddings (what the toy policy sees) then moves along one direction in proportion to
+    ``log L``: a smooth length cue shared across problems, as a question's text hints at how long its
+    solution runs. Problems whose codes coincide would share a prompt: an error asks for a longer one.
+    """
+    logs = np.log(lengths.astype(np.float64))
+    span = logs.max() - logs.min()
+    u = (logs - logs.min()) / span if span > 0 else np.zeros_like(logs)
+    thresholds = (np.arange(prompt_len) + 0.5) / prompt_len
+    ones = u[:, None] >= thresholds[None, :]
+    _, first = np.unique(ones, axis=0, return_index=True)
+    _require(
+        first.size == len(lengths), "prompt_len",
+        f"prompt_code='length' needs a distinct code for each of the {len(lengths)} lengths "
+        f"{sorted(lengths.tolist())}; {prompt_len} thresholds give {first.size}: use a longer prompt",
+    )
+    return ones.astype(np.int64) + FIRST_CONTENT_ID
+
+
 def make_structure(
     *,
     num_problems: int,
@@ -257,6 +289,8 @@ def make_structure(
     overshoot: str = "fatal",
     critical_zone: tuple[float, float] | None = None,
     runon_cost: float | None = None,
+    runon_price: str = "linear",
+    prompt_code: str = "random",
 ) -> Structure:
     """Validate the arguments and draw the hidden structure from ``np.random.default_rng(structure_seed)``.
 
@@ -303,6 +337,7 @@ def make_structure(
     _require(0.0 <= repair_prob <= 1.0, "repair_prob", f"must be in [0, 1], got {repair_prob}")
     _require(int(repair_cost) == repair_cost and repair_cost >= 1, "repair_cost", f"must be an int >= 1, got {repair_cost}")
     _require(overshoot in OVERSHOOTS, "overshoot", f"must be one of {OVERSHOOTS}, got {overshoot!r}")
+    _require(prompt_code in PROMPT_CODES, "prompt_code", f"must be one of {PROMPT_CODES}, got {prompt_code!r}")
     _require(derail == 0 or derail >= 1, "derail", f"must be 0 (off) or a length multiple >= 1, got {derail}")
     if num_acceptable_critical is None:
         num_acceptable_critical = num_acceptable
@@ -320,6 +355,9 @@ def make_structure(
     if runon_cost is not None:
         _require(overshoot == "recoverable", "runon_cost", f"prices a run-on past L: needs overshoot='recoverable', got {overshoot!r}")
         _require(runon_cost >= 0, "runon_cost", f"must be >= 0 or None, got {runon_cost}")
+    _require(runon_price in RUNON_PRICES, "runon_price", f"must be one of {RUNON_PRICES}, got {runon_price!r}")
+    _require(runon_price == "linear" or runon_cost is not None, "runon_price",
+             f"{runon_price!r} shapes runon_cost, which is None")
 
     P, T = num_problems, max_len
     V = C + FIRST_CONTENT_ID + (repair_prob > 0)  # REVISE last, so content ids never move
@@ -351,6 +389,8 @@ def make_structure(
     else:  # lognormal with median target_len: a long right tail, clipped to what fits
         lengths = np.rint(np.exp(rng.normal(np.log(target_len), length_sigma, size=P)))
     lengths = np.clip(lengths, min_len, max_len - 1).astype(np.int64)
+    if prompt_code == "length":  # after every draw above, so the rest of the structure is unchanged
+        prompts = _length_prompts(lengths, prompt_len)
 
     t = np.arange(T)
     before_L = t[None, :] < lengths[:, None]  # (P, T)
@@ -391,6 +431,7 @@ def make_structure(
         derail=float(derail),
         overshoot=str(overshoot),
         runon_cost=None if runon_cost is None else float(runon_cost),
+        runon_price=str(runon_price),
     )
 
 
@@ -494,10 +535,17 @@ class PlantedFailureEnv(_StructureAttrs, gym.Env[dict[str, np.ndarray], int]):
     - ``overshoot="fatal"``: ``"recoverable"`` lets EOS at any index >= L succeed, each content
       token from index L on costing ``recoverable_cost`` like a recoverable error (an answer that is
       complete at L and then runs on); stopping before L stays fatal.
+    - ``prompt_code="random"``: prompts are random digit strings that only name the problem;
+      ``"length"`` makes each prompt a thermometer code of ``log L`` over its ``prompt_len`` tokens
+      (two content ids; distinct lengths must get distinct codes), a length cue shared across problems.
     - ``runon_cost=None``: with ``overshoot="recoverable"``, a number c prices the run-on relative to L:
       running on by the fraction f of L costs ``c * f`` (each token ``c / L``) instead of
       ``recoverable_cost`` a token, so short answers must end close to L while long ones may keep a
       margin in proportion to their length (a length tail the policy keeps, not one it pads away).
+    - ``runon_price="linear"``: ``"log"`` prices the run-on ``c * ln(1 + f)`` instead: the same near L,
+      but a long run-on of a short answer keeps a reward above 0 while ``c * ln(1 + f) < 1`` (the
+      linear price reaches 0 at ``f = 1 / c``, a plateau where every row scores 0 and nothing pulls
+      the policy back).
 
     ## Recovery (``repair_prob > 0``)
     The vocabulary gains REVISE (id ``vocab_size - 1``). At reset a hidden draw makes the row
@@ -562,6 +610,8 @@ class PlantedFailureEnv(_StructureAttrs, gym.Env[dict[str, np.ndarray], int]):
         overshoot: str = "fatal",
         critical_zone: tuple[float, float] | None = None,
         runon_cost: float | None = None,
+        runon_price: str = "linear",
+        prompt_code: str = "random",
         render_mode: str | None = None,
     ):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -591,6 +641,8 @@ class PlantedFailureEnv(_StructureAttrs, gym.Env[dict[str, np.ndarray], int]):
             overshoot=overshoot,
             critical_zone=critical_zone,
             runon_cost=runon_cost,
+            runon_price=runon_price,
+            prompt_code=prompt_code,
         )
         self.action_space = spaces.Discrete(self.vocab_size)
         self.observation_space = _observation_space(self.structure)

@@ -232,7 +232,8 @@ def test_vector_env_matches_single_env_with_regimes(data):
                                     dict(overshoot="recoverable", max_len=30),
                                     dict(overshoot="recoverable", repair_prob=0.5, derail=2.0, max_len=40),
                                     dict(overshoot="recoverable", runon_cost=0.5, recoverable_cost=0.05, max_len=30),
-                                    dict(overshoot="recoverable", runon_cost=0.3, repair_prob=0.5, max_len=40)]))
+                                    dict(overshoot="recoverable", runon_cost=0.3, repair_prob=0.5, max_len=40),
+                                    dict(overshoot="recoverable", runon_cost=0.3, runon_price="log", max_len=40)]))
     single = PlantedFailureEnv(num_problems=8, **kw)
     s = single.structure
     problem = data.draw(st.integers(0, 7))
@@ -391,6 +392,40 @@ def test_runon_cost_prices_the_run_on_relative_to_L():
         s.success_reward(1)
 
 
+def test_log_runon_price_matches_near_L_and_never_flattens_at_zero():
+    kw = dict(num_problems=8, length_dist="uniform", target_len=4, max_len_target=16, min_len=4, critical_frac=0.0,
+              recoverable_cost=0.0, max_len=80, overshoot="recoverable", runon_cost=0.3)
+    env, lin = PlantedFailureEnv(**kw, runon_price="log"), PlantedFailureEnv(**kw)
+    s = env.structure
+    for name in ("target_len", "acceptable", "critical", "prompts"):  # only the reward changes
+        np.testing.assert_array_equal(getattr(env, name), getattr(lin, name))
+    problem = int(np.argmin(s.target_len))
+    L = int(s.target_len[problem])
+    good = [_correct(s, problem, t) for t in range(L)]
+    rewards = []
+    for extra in (0, 1, L, 4 * L, 80 - L - 1):  # up to the longest run-on that fits (EOS at the last index)
+        _, r, term, _, info = _walk(env, problem, good + [FIRST] * extra + [EOS_ID])
+        assert term and info["success"]
+        assert r == pytest.approx(1 - 0.3 * np.log1p(extra / L))
+        _, r_lin, *_ = _walk(lin, problem, good + [FIRST] * extra + [EOS_ID])
+        assert r_lin == pytest.approx(max(0.0, 1 - 0.3 * extra / L))
+        rewards.append(r)
+    assert np.all(np.diff(rewards) < 0) and rewards[-1] > 0  # every further token costs; never a flat 0
+    assert r_lin == 0.0  # where the linear price has long since flattened
+    tiny = PlantedFailureEnv(num_problems=2, num_content_tokens=2, num_acceptable=1, critical_frac=0.0, max_len=7,
+                             target_len=3, overshoot="recoverable", runon_cost=0.6, runon_price="log").structure
+
+    def policy(problem, prefix):  # runs on exactly 2 tokens, then stops
+        p = np.zeros(tiny.vocab_size)
+        p[_correct(tiny, problem, len(prefix)) if len(prefix) < 3 else (FIRST if len(prefix) < 5 else EOS_ID)] = 1
+        return p
+    assert solve(tiny, 0, policy, target="reward")(()) == pytest.approx(1 - 0.6 * np.log1p(2 / 3))
+    for bad, match in ((dict(runon_price="square"), "runon_price.*one of"),
+                       (dict(overshoot="recoverable", runon_price="log"), "runon_price.*None")):
+        with pytest.raises(ValueError, match=match):
+            PlantedFailureEnv(**bad)
+
+
 def test_recoverable_overshoot_exact_success_matches_the_closed_form():
     # No critical positions and a uniform policy: success = no EOS in the first L tokens, then an
     # EOS somewhere in [L, max_len): (1 - 1/V)^L * (1 - (1 - 1/V)^(max_len - L)).
@@ -422,3 +457,36 @@ def test_critical_zone_places_every_failure_point_in_its_band(zone):
     for bad in ((0.5, 0.5), (-0.1, 0.5), (0.2,), "early"):
         with pytest.raises(ValueError, match="critical_zone"):
             PlantedFailureEnv(critical_zone=bad)
+
+
+# -- prompts that hint at the length --------------------------------------------------------
+
+
+def test_length_prompt_is_a_thermometer_code_of_log_length():
+    kw = dict(num_problems=8, length_dist="lognormal", length_spacing="quantile", target_len=16, length_tail=16.0,
+              min_len=4, max_len=161, prompt_len=8)
+    env, plain = PlantedFailureEnv(**kw, prompt_code="length"), PlantedFailureEnv(**kw)
+    for name in ("target_len", "acceptable", "critical"):  # only the prompts change
+        np.testing.assert_array_equal(getattr(env, name), getattr(plain, name))
+    ones = env.prompts - FIRST
+    assert set(np.unique(ones)) <= {0, 1}
+    order = np.argsort(env.target_len)
+    counts = ones.sum(1)[order]
+    assert counts[0] == 0 and counts[-1] == 8 and (np.diff(counts) > 0).all()  # monotone in L, distinct
+    # the count tracks log L: the codes of lengths spaced evenly in log differ evenly
+    u = np.log(env.target_len[order] / env.target_len[order][0]) / np.log(env.target_len.max() / env.target_len.min())
+    assert np.abs(counts - 8 * u).max() <= 0.5 + 1e-9
+    assert len({tuple(p) for p in env.prompts}) == 8  # the prompt still names the problem
+    venv = PlantedFailureVectorEnv(num_envs=3, **kw, prompt_code="length")
+    np.testing.assert_array_equal(venv.prompts, env.prompts)
+
+
+def test_length_prompt_errors_name_the_field():
+    kw = dict(num_problems=8, length_dist="lognormal", length_spacing="quantile", target_len=16, length_tail=16.0,
+              min_len=4, max_len=161)
+    with pytest.raises(ValueError, match="prompt_len.*distinct code.*longer prompt"):
+        PlantedFailureEnv(**kw, prompt_len=4, prompt_code="length")  # 5 codes for 8 lengths
+    with pytest.raises(ValueError, match="prompt_code"):
+        PlantedFailureEnv(prompt_code="digits")
+    with pytest.raises(ValueError, match="prompt_len.*distinct code"):  # equal lengths cannot get distinct codes
+        PlantedFailureEnv(num_problems=4, prompt_code="length")
