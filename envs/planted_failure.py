@@ -37,7 +37,7 @@ LENGTH_DISTS = ("fixed", "uniform", "lognormal")
 LENGTH_SPACINGS = ("random", "quantile")
 OVERSHOOTS = ("fatal", "recoverable")
 PROMPT_CODES = ("random", "length")
-RUNON_PRICES = ("linear", "log")
+RUNON_PRICES = ("linear", "log", "linear-log")
 Z99 = NormalDist().inv_cdf(0.99)
 """Standard normal 99th percentile: ``length_tail = p99 / p50 = exp(length_sigma * Z99)``."""
 INFO_KEYS = (
@@ -94,7 +94,8 @@ class Structure:
     """How :attr:`runon_cost` grows with f: ``"linear"``, ``c * f``; ``"log"``, ``c * ln(1 + f)`` (the
     same near L; each further token costs ``c`` over the answer's length so far, so the reward of a long
     run-on stays above 0 while ``c * ln(1 + f) < 1``, never flattening at 0, where every row would score
-    alike and teach nothing)."""
+    alike and teach nothing); ``"linear-log"``, ``c * f`` up to ``f = 1`` and ``c * (1 + ln f)`` beyond
+    (the linear price where an answer ends near L, the log price's slope ``c / f`` past one L of run-on)."""
 
     @property
     def revise_id(self) -> int:
@@ -141,7 +142,12 @@ class Structure:
         L = self.target_len[problem]
         runon = np.maximum(0, np.asarray(pos) - 1 - L)
         f = runon / L
-        price = np.log1p(f) if self.runon_price == "log" else f
+        if self.runon_price == "log":
+            price = np.log1p(f)
+        elif self.runon_price == "linear-log":
+            price = np.where(f > 1, 1 + np.log(np.maximum(f, 1)), f)
+        else:
+            price = f
         return np.maximum(0.0, 1.0 - self.recoverable_cost * (errors - runon) - self.runon_cost * price)
 
     def forced_token(self, row: "RowState") -> int:
@@ -545,7 +551,8 @@ class PlantedFailureEnv(_StructureAttrs, gym.Env[dict[str, np.ndarray], int]):
     - ``runon_price="linear"``: ``"log"`` prices the run-on ``c * ln(1 + f)`` instead: the same near L,
       but a long run-on of a short answer keeps a reward above 0 while ``c * ln(1 + f) < 1`` (the
       linear price reaches 0 at ``f = 1 / c``, a plateau where every row scores 0 and nothing pulls
-      the policy back).
+      the policy back). ``"linear-log"``: ``c * f`` up to ``f = 1``, ``c * (1 + ln f)`` beyond (the
+      linear price near L, without the plateau; the two pieces meet with equal slope at ``f = 1``).
 
     ## Recovery (``repair_prob > 0``)
     The vocabulary gains REVISE (id ``vocab_size - 1``). At reset a hidden draw makes the row

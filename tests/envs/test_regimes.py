@@ -426,6 +426,26 @@ def test_log_runon_price_matches_near_L_and_never_flattens_at_zero():
             PlantedFailureEnv(**bad)
 
 
+def test_linear_log_price_is_linear_up_to_one_L_then_logarithmic():
+    kw = dict(num_problems=8, length_dist="uniform", target_len=4, max_len_target=16, min_len=4, critical_frac=0.0,
+              recoverable_cost=0.0, max_len=80, overshoot="recoverable", runon_cost=0.2)
+    env, lin = PlantedFailureEnv(**kw, runon_price="linear-log"), PlantedFailureEnv(**kw)
+    s = env.structure
+    problem = int(np.argmin(s.target_len))
+    L = int(s.target_len[problem])
+    good = [_correct(s, problem, t) for t in range(L)]
+    rewards = []
+    for extra in range(0, 80 - L):  # every run-on that fits
+        _, r, term, _, info = _walk(env, problem, good + [FIRST] * extra + [EOS_ID])
+        assert term and info["success"]
+        f = extra / L
+        assert r == pytest.approx(1 - 0.2 * (f if f <= 1 else 1 + np.log(f)))
+        if f <= 1:  # the linear price, unchanged, where answers end near L
+            assert r == pytest.approx(_walk(lin, problem, good + [FIRST] * extra + [EOS_ID])[1])
+        rewards.append(r)
+    assert np.all(np.diff(rewards) < 0) and rewards[-1] > 0  # every further token costs; never a flat 0
+
+
 def test_recoverable_overshoot_exact_success_matches_the_closed_form():
     # No critical positions and a uniform policy: success = no EOS in the first L tokens, then an
     # EOS somewhere in [L, max_len): (1 - 1/V)^L * (1 - (1 - 1/V)^(max_len - L)).
