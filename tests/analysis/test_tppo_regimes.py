@@ -34,10 +34,12 @@ def counts(decode_steps, length_max=30.0):
 def test_grid(tmp_path):
     _, specs = ops_sweep.expand(sweep.spec(tmp_path / "runs"))
     by = {s.name: s for s in specs}
-    assert len(by) == len(sweep.METHODS) * len(sweep.TAILS) * len(sweep.SEEDS)
+    assert len(by) == len(sweep.METHODS) * len(sweep.ENVS) * len(sweep.SEEDS) and len(sweep.ENVS) == len(sweep.TAILS) + 1
     c = by["tppo_w32-tail16-s1"].config
     assert c["tppo"]["window"] == 32 and c["run"]["steps"] == sweep.TPPO_STEPS[32] and c["run"]["eval_every"] == sweep.EVAL_EVERY
     assert c["task"]["env_kwargs"]["length_tail"] == 16.0 and by["ppo-tail4-s0"].config["tppo"]["enabled"] is False
+    log, lin = by["ppo-tail16log-s0"].config["task"]["env_kwargs"], by["ppo-tail16-s0"].config["task"]["env_kwargs"]
+    assert log == {**lin, "runon_price": "log"} and lin.get("runon_price", "linear") == "linear"  # only the price differs
     for name, spec in by.items():  # every method: one step shape
         assert (spec.config["rollout"]["batch_size"], spec.config["algo"]["epochs"], spec.config["model"]["prompt_input"]) == \
             (sweep.BATCH, 1, True), name

@@ -1,7 +1,8 @@
 """Settings of the T-PPO phase diagram (settings only; ``spec`` assembles them).
 
 PPO and T-PPO at two windows on lognormal-length planted-failure problems of two tail heavinesses
-(``length_tail`` = p99 / p50 of the target lengths). Every run starts from ``configs/tppo.yaml`` with the
+(``length_tail`` = p99 / p50 of the target lengths), and the heavier one again with the run-on priced on a
+log scale (``tail16log``). Every run starts from ``configs/tppo.yaml`` with the
 PPO preset's ``algo`` and ``model`` sections (as the T-PPO speed-up study does), and every run is
 evaluated the same way: greedy whole responses to fresh held-out prompts every ``EVAL_EVERY`` steps
 (``eval/pass@1``), not the rows that happen to finish within a step. Run names: ``<method>-<cell>-s<seed>``.
@@ -58,8 +59,17 @@ def cell_name(tail: float) -> str:
     return f"tail{tail:g}"
 
 
+LOG_PRICE_TAIL = 16.0
+"""The cell run again with the run-on priced ``c * ln(1 + f)`` (``runon_price="log"``): the linear price reaches 0
+at ``f = 1 / c`` (a short answer run on by 7 L scores 0 like a failure, and so does every row of a policy that
+has stopped ending); PPO ends >= 0.8 on 27 of 30 seeds there, against 16 of 20 with the linear price, but pads
+answers longer, so its longest / mean row falls to 2.36 (pilots, docs/tppo_regimes.md)."""
+
+
 def envs() -> dict[str, dict]:
-    return {cell_name(t): {**ENV, "task.env_kwargs.length_tail": float(t)} for t in TAILS}
+    cells = {cell_name(t): {**ENV, "task.env_kwargs.length_tail": float(t)} for t in TAILS}
+    cells[cell_name(LOG_PRICE_TAIL) + "log"] = {**cells[cell_name(LOG_PRICE_TAIL)], "task.env_kwargs.runon_price": "log"}
+    return cells
 
 
 ENVS = envs()
