@@ -2,7 +2,7 @@
 :mod:`analysis.experiments.tppo_regimes.pilot`, whose docstring says what a pilot is).
 
     PYTHONPATH=. python bench/tppo_reliability.py NAME [KEY=VALUE ...] [--cell tail16] [--seeds 0-9]
-        [--out out/tppo_pilots] [--workers 1] [--level 0.8] [--csv docs/tppo_regimes/ppo_reliability_pilots.csv]
+        [--methods ppo,tppo_w32] [--out out/tppo_pilots] [--workers 1] [--level 0.8] [--csv docs/tppo_regimes/ppo_reliability_pilots.csv]
 
 Not a timing: it prints each seed's final held-out success, how many seeds reach ``--level`` and the diagram's
 other two regime checks; run it beside anything.
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("changes", nargs="*", help="KEY=VALUE settings over the diagram's run (YAML values)")
     ap.add_argument("--cell", default="tail16")
     ap.add_argument("--seeds", default="0-9")
+    ap.add_argument("--methods", default="ppo", help="comma-separated methods of the diagram (PPO's rows are printed)")
     ap.add_argument("--out", default="out/tppo_pilots")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--level", type=float, default=0.8, help="the reliability bar on final held-out success")
@@ -31,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         changes, seeds = pilot.parse_changes(args.changes), pilot.parse_seeds(args.seeds)
-        spec = pilot.pilot_spec(Path(args.out) / args.name / "runs", args.cell, seeds, changes)
+        methods = tuple(m for m in args.methods.split(",") if m)
+        spec = pilot.pilot_spec(Path(args.out) / args.name / "runs", args.cell, seeds, changes, methods)
     except ValueError as e:
         ap.error(str(e))
     run_sweep(spec, workers=args.workers, threads_per_run=1)

@@ -29,6 +29,20 @@ def test_changes_win_over_the_cell_and_the_method(tmp_path):
     assert {**plain[0].config, "run": {**plain[0].config["run"], "threads": ref["run"]["threads"]}} == ref
 
 
+def test_more_methods_make_a_confirmation_diagram_of_the_diagrams_own_runs(tmp_path):
+    _, runs = ops_sweep.expand(pilot.pilot_spec(tmp_path, "tail16log", [12], {}, ("ppo", "tppo_w32")))
+    _, diagram = ops_sweep.expand(sweep.spec(tmp_path, full=True))
+    by = {r.name: r.config for r in diagram}
+    assert [r.name for r in runs] == ["ppo-tail16log-s12", "tppo_w32-tail16log-s12"]
+    for r in runs:  # seed 12 is outside the diagram's seeds; seed aside, each is the diagram's run of that cell
+        ref = by[r.name.replace("s12", "s2")]
+        got = {**r.config, "run": {**r.config["run"], "threads": ref["run"]["threads"], "seed": 2,
+                                   "name": ref["run"]["name"]}}
+        assert got == ref, r.name
+    with pytest.raises(ValueError, match="--methods.*tppo_w32"):
+        pilot.pilot_spec(tmp_path, "tail16", [0], {}, ("ppo", "tppo_w16"))
+
+
 def test_bad_input_names_it():
     with pytest.raises(ValueError, match="KEY=VALUE"):
         pilot.parse_changes(["algo.entropy_coef"])

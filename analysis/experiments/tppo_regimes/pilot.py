@@ -2,7 +2,7 @@
 (their spec and their reading; ``bench/tppo_reliability.py`` runs them, as analysis does not start runs).
 
     PYTHONPATH=. python bench/tppo_reliability.py NAME [KEY=VALUE ...] [--cell tail16] [--seeds 0-9]
-        [--out out/tppo_pilots] [--workers 1] [--csv docs/tppo_regimes/ppo_reliability_pilots.csv]
+        [--methods ppo] [--out out/tppo_pilots] [--workers 1] [--csv docs/tppo_regimes/ppo_reliability_pilots.csv]
 
 Runs PPO with the diagram's settings for ``--cell`` (``sweep.spec``), each ``KEY=VALUE`` (a YAML value)
 applied over them, cell settings included: a sweep's axis values override its common ``overrides``, so a
@@ -49,15 +49,21 @@ def parse_seeds(text: str) -> list[int]:
         raise ValueError(f"--seeds {text!r}: expected a range like 0-9 or a list like 0,2,5") from None
 
 
-def pilot_spec(out_dir: str | Path, cell: str, seeds: list[int], changes: dict) -> dict:
-    """The sweep spec: PPO on ``cell`` at ``seeds``, ``changes`` over every setting of the diagram's run."""
-    cells = S.envs()
+def pilot_spec(out_dir: str | Path, cell: str, seeds: list[int], changes: dict,
+               methods: tuple[str, ...] = ("ppo",)) -> dict:
+    """The sweep spec: ``methods`` (PPO by default) on ``cell`` at ``seeds``, ``changes`` over every setting of
+    the diagram's run. With more methods the folder is a small diagram of its own: ``testbed demo --study
+    tppo_regimes --out OUT/NAME --report-only`` reads it (a confirmation on fresh seeds)."""
+    cells, known = S.envs(), S.methods()
     if cell not in cells:
         raise ValueError(f"--cell {cell!r}: the diagram's cells are {sorted(cells)}")
+    unknown = [m for m in methods if m not in known]
+    if unknown or not methods:
+        raise ValueError(f"--methods {','.join(methods)!r}: the diagram's methods are {sorted(known)}")
     spec = S.spec(out_dir)
     spec["overrides"]["run.threads"] = 1
     # The changes go into the innermost axis value, so they win over the method's and the cell's settings too.
-    spec["axes"] = {"method": {"ppo": S.methods()["ppo"]}, "env": {cell: {**cells[cell], **changes}}, "seed": seeds}
+    spec["axes"] = {"method": {m: known[m] for m in methods}, "env": {cell: {**cells[cell], **changes}}, "seed": seeds}
     return spec
 
 
