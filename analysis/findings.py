@@ -32,12 +32,22 @@ SHORT = (
     ("detector_bayes", "espo saves at least half the tokens the exact posterior saves at espo's success cost"),
     ("espo_mechanism", "[paper ESPO] the no-stop gap to random closes with the steps30 warm-up instead of 5 steps"),
     ("tppo_speedup", "[longtail] tppo_next reaches PPO's level >= 1.5x faster in measured wall-clock"),
+    ("tppo_regimes_confirm", "[tail16log] tppo_w32 reaches 0.9 x PPO's final evaluation in less projected cost (H200) than PPO"),
 )
 """The short table the README opens with: the papers' claims, as the biggest committed report decides them
 (study, exact claim text); a claim not found there is listed as missing, never silently dropped."""
 SUPERSEDED_BY = {"espo_headline": "espo_headline_full"}
 """A study listed by its bigger version when that one is committed (same claims, more seeds); a study whose
 ``--full`` report sits in its own ``full/`` folder is listed as ``<study>_full`` by that one."""
+
+
+SUBFOLDERS = ("full", "confirm")
+"""Report folders inside a study's docs folder, listed as ``<study>_<folder>``."""
+
+
+def _name(folder: str) -> str:
+    study, _, sub = folder.partition("/")
+    return f"{study}_{sub}" if sub in SUBFOLDERS else folder
 
 
 def _bigger(study: str) -> str:
@@ -52,19 +62,20 @@ def _num(x: str) -> float:
 
 
 def read(docs: str | Path) -> dict[str, list[dict]]:
-    """``study -> rows of its verdicts.csv``, for every ``docs/<study>/verdicts.csv`` and
-    ``docs/<study>/full/verdicts.csv`` (``<study>_full``), sorted by study; each row's ``_folder`` is its
-    report's folder under ``docs``."""
+    """``study -> rows of its verdicts.csv``, for every ``docs/<study>/verdicts.csv``,
+    ``docs/<study>/full/verdicts.csv`` (``<study>_full``) and ``docs/<study>/confirm/verdicts.csv``
+    (``<study>_confirm``: a claim tested again on fresh seeds, its own family; it supersedes nothing), sorted
+    by study; each row's ``_folder`` is its report's folder under ``docs``."""
     out = {}
-    paths = [*Path(docs).glob("*/verdicts.csv"), *Path(docs).glob("*/full/verdicts.csv")]
-    for p in sorted(paths, key=lambda q: q.parent.relative_to(docs).as_posix().replace("/full", "_full")):
+    paths = [*Path(docs).glob("*/verdicts.csv"), *(p for sub in SUBFOLDERS for p in Path(docs).glob(f"*/{sub}/verdicts.csv"))]
+    for p in sorted(paths, key=lambda q: _name(q.parent.relative_to(docs).as_posix())):
         with open(p, newline="") as fh:
             rows = list(csv.DictReader(fh))
         missing = {"claim", "verdict", "mean", "low", "high", "n", "p_holm"} - set(rows[0] if rows else {"claim"})
         if rows and missing:
             raise ValueError(f"{p}: lacks the columns {sorted(missing)}; regenerate the study's report")
         folder = p.parent.relative_to(docs).as_posix()
-        out[folder.replace("/full", "_full")] = [{**r, "_folder": folder} for r in rows]
+        out[_name(folder)] = [{**r, "_folder": folder} for r in rows]
     return out
 
 

@@ -5,16 +5,22 @@
         [--methods ppo,tppo_w32] [--out out/tppo_pilots] [--workers 1] [--level 0.8] [--csv docs/tppo_regimes/ppo_reliability_pilots.csv]
 
 Not a timing: it prints each seed's final held-out success, how many seeds reach ``--level`` and the diagram's
-other two regime checks; run it beside anything.
+other two regime checks; run it beside anything. With ``--methods`` naming more than PPO the folder is a small
+diagram (a confirmation on fresh seeds): its scores and verdicts, one Holm family, are printed and written to
+``OUT/NAME/scores.csv`` and ``verdicts.csv``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
-from analysis.experiments.tppo_regimes import pilot
+from analysis.experiments import FAMILY_TEXT, write_scores, write_verdicts
+from analysis.experiments.tppo_regimes import analysis, pilot, sweep
+from analysis.plots import markdown_table, text_table
+from analysis.runs import load_runs
 from testbed.ops.sweep import run_sweep
 
 
@@ -44,10 +50,33 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.name}: final policy >= {args.level:g} on {hits} of {len(rows)} finished seeds")
     if rows:
         print(pilot.regime_line(Path(spec["out_dir"]), [f"ppo-{args.cell}-s{r['seed']}" for r in rows]))
+    if len(methods) > 1:
+        compare(Path(spec["out_dir"]), "PYTHONPATH=. python bench/tppo_reliability.py " + " ".join(sys.argv[1:] if argv is None else argv))
     if args.csv:
         label = f"{args.name}: " + " ".join(args.changes) if args.changes else args.name
         pilot.append_csv(args.csv, label, rows)
     return 0
+
+
+def compare(runs_dir: Path, command: str) -> None:
+    """The diagram's scores and verdicts over the finished runs of ``runs_dir`` (one Holm family: this folder's
+    claims), printed and written beside it as ``report.md``, ``scores.csv`` and ``verdicts.csv``."""
+    done = sorted(d for d in runs_dir.iterdir() if (d / "summary.json").exists())
+    pr = analysis.per_run(load_runs(done, axes=sweep.AXES))
+    table, verdicts = analysis.score(pr), analysis.verdicts(pr)
+    print(text_table(table), "", *verdicts, sep="\n")
+    root = runs_dir.parent
+    seeds = sorted(pr["seed"].unique().tolist())
+    lines = [f"# T-PPO phase diagram, {len(seeds)} seeds of its own: {', '.join(sorted(pr['env'].unique()))}", "",
+             f"Generated {time.strftime('%Y-%m-%dT%H:%M:%S')} from {len(done)} finished runs by:", "",
+             "```", command, "```", "",
+             f"Seeds {seeds[0]}-{seeds[-1]}; the diagram's settings (`analysis/experiments/tppo_regimes/sweep.py`). "
+             "These claims are their own family, decided on these seeds alone.", "",
+             "## Verdicts", "", FAMILY_TEXT + ".", "", *(f"- {v}" for v in verdicts), "",
+             "## Scores (mean [95% Student-t interval]; speed-ups: geometric mean, paired by seed)", "",
+             markdown_table(table), "", "Definitions: `analysis/experiments/tppo_regimes/analysis.py`.", ""]
+    (root / "report.md").write_text("\n".join(lines))
+    print(f"wrote {root / 'report.md'}, {write_scores(table, root)} and {write_verdicts(verdicts.claims, root)}")
 
 
 if __name__ == "__main__":

@@ -77,3 +77,11 @@ def test_a_full_subfolder_supersedes_its_study(tmp_path):
     text = findings.render(docs)
     assert "| [study_x_full](docs/study_x/full/report.md) | G beats H | **yes** |" in text
     assert "A \\| beats B" not in text and "study_x (see study_x_full)" in text and "study_x_full: 1 of 1 decided" in text
+
+
+def test_a_confirm_subfolder_is_listed_beside_its_study(tmp_path):
+    docs = _docs(tmp_path)
+    write_verdicts(decide_family([Claim("G beats H", mean_ci([0.2] * 10))]), docs / "study_x" / "confirm")
+    text = findings.render(docs)
+    assert "| [study_x_confirm](docs/study_x/confirm/report.md) | G beats H | **yes** |" in text
+    assert "A \\| beats B" in text  # the study's own report is still listed: a confirmation supersedes nothing
