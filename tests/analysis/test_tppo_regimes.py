@@ -95,3 +95,26 @@ def test_final_evaluation_is_the_final_policys(tmp_path):
     per_step = u.decode_step * 8 + u.decode_row * 100 + u.decode_kv * 1000 + u.prefill_token * 64 + \
         u.train_token * 1000 + u.update * 8
     assert t["gpu_to_level"].tolist() == pytest.approx([STEPS * per_step] * 2)  # only the final one reaches 0.81
+
+
+def test_a_confirmation_folder_gets_its_own_report_and_family(tmp_path):
+    import csv
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "tppo_reliability.py"
+    spec = importlib.util.spec_from_file_location("tppo_reliability", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    runs = tmp_path / "confirm" / "runs"
+    for s in range(30, 30 + N):
+        make_run(runs, f"ppo-tail16log-s{s}", steps=STEPS, extra=counts(40))
+        make_run(runs, f"tppo_w32-tail16log-s{s}", steps=STEPS, extra=counts(8))
+    bench.compare(runs, "the command")
+    report = (tmp_path / "confirm" / "report.md").read_text()
+    assert "the command" in report and "Seeds 30-37" in report and "their own family" in report
+    with open(tmp_path / "confirm" / "verdicts.csv", newline="") as fh:
+        rows = {r["claim"]: r for r in csv.DictReader(fh)}
+    speed = rows["[tail16log] tppo_w32 reaches 0.9 x PPO's final evaluation in less projected cost (H200) than PPO"]
+    assert float(speed["mean"]) > 1 and int(speed["n"]) == N and speed["verdict"] == "yes"  # same 8 speed-ups: decided
+    assert (tmp_path / "confirm" / "scores.csv").exists()
