@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from testbed.ops import cli
 from testbed.errors import UserError
@@ -189,6 +190,8 @@ def test_sweep_skips_a_locked_run_and_what_depends_on_it(tmp_path):
     assert rows["espo-s0"]["status"] == f"skipped: {tmp_path / 'espo-s0'} is in use by process {os.getpid()}"
     assert rows["random-s0"]["status"] == "skipped: its reference run espo-s0 did not finish"
     assert rows["espo-s1"]["status"] == rows["random-s1"]["status"] == "ran"
+    # the run's config.yaml records the thread count it ran with (rerunning the file then reproduces it)
+    assert yaml.safe_load((tmp_path / "espo-s1" / "config.yaml").read_text())["run"]["threads"] == 1
     assert not (tmp_path / "random-s0").exists()
     assert sorted(os.listdir(tmp_path / "espo-s0")) == ["run.lock"]
     # Run again once the lock is free: the complete runs are skipped, the rest run.

@@ -36,7 +36,9 @@ from testbed.runfiles import MARKER, TRAINER_STATE, WEIGHTS, atomic_path, atomic
 RESUME_MAY_CHANGE = ("run.steps", "run.progress", "run.threads", "run.checkpoint_every", "run.tensorboard",
                      "run.out_dir", "run.name")
 """Settings a resumed run may change: how long it trains, and keys that change where it lives or how it
-is watched, never what it computes. Any other difference from the run's ``config.yaml`` is refused."""
+is watched, never what it computes (``run.threads`` only up to float rounding: torch's thread count sets the
+order of reductions, so a resume on another count is not bit-identical). Any other difference from the run's
+``config.yaml`` is refused."""
 
 CHANGES_NAME = "config_changes.jsonl"
 """In a run directory: one line per resume that changed settings, ``{"step": K, "changes": {key: {"old",

@@ -181,6 +181,9 @@ def _run_one(config: dict, threads: int) -> dict:
     torch.set_num_threads(threads)
     cfg = config_mod.from_dict(config)
     cfg.run.progress = False
+    # Recorded in the run's config.yaml: torch's thread count changes the order of float reductions, so a
+    # rerun of that file reproduces the run bit for bit only with the same count.
+    cfg.run.threads = threads
     try:
         return run(cfg)
     except RunDirInUse as e:
