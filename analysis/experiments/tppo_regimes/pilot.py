@@ -52,8 +52,8 @@ def parse_seeds(text: str) -> list[int]:
 def pilot_spec(out_dir: str | Path, cell: str, seeds: list[int], changes: dict,
                methods: tuple[str, ...] = ("ppo",)) -> dict:
     """The sweep spec: ``methods`` (PPO by default) on ``cell`` at ``seeds``, ``changes`` over every setting of
-    the diagram's run. With more methods the folder is a small diagram of its own: ``testbed demo --study
-    tppo_regimes --out OUT/NAME --report-only`` reads it (a confirmation on fresh seeds)."""
+    the diagram's run. With more methods the folder is a small diagram of its own (a confirmation on fresh
+    seeds), which ``bench/tppo_reliability.py`` scores as one family."""
     cells, known = S.envs(), S.methods()
     if cell not in cells:
         raise ValueError(f"--cell {cell!r}: the diagram's cells are {sorted(cells)}")
