@@ -76,6 +76,9 @@ class TaskSection:
     """sim: held-out evaluations draw each row's problem at random (``random``) or take every problem in turn
     (``each``: the same problems at every evaluation, each equally often when the rows are a multiple of
     ``num_problems``, so a greedy evaluation is the exact mean over problems, without sampling noise)."""
+    train_problems: str = "random"
+    """sim: training rows draw their problem at random with replacement (``random``) or in shuffled passes
+    over the problems (``epochs``: every problem once per pass, as a data loader with ``shuffle=True``)."""
     difficulty: str = "sum2"
     """math: generator difficulty (see ``llm_backend.problems``), used when ``dataset`` is empty."""
     dataset: str = ""
@@ -341,6 +344,7 @@ _CHOICES = {
     ("tppo", "credit"): ("window", "deferred", "both"),
     ("algo", "lr_schedule"): ("constant", "linear"),
     ("task", "eval_problems"): ("random", "each"),
+    ("task", "train_problems"): ("random", "epochs"),
 }
 
 

@@ -32,11 +32,15 @@ class SimTask:
     """Every row's planted failure step is known (``finish`` reports it): detector metrics and per-row logs."""
 
     def __init__(self, env_id: str, num_slots: int, *, seed: int, env_kwargs: dict | None = None,
-                 eval_problems: str = "random"):
+                 eval_problems: str = "random", train_problems: str = "random"):
         if eval_problems not in ("random", "each"):
             raise ValueError(f"eval_problems must be 'random' or 'each', not {eval_problems!r}")
+        if train_problems not in ("random", "epochs"):
+            raise ValueError(f"train_problems must be 'random' or 'epochs', not {train_problems!r}")
         self.eval_problems = eval_problems
+        self.train_problems = train_problems
         self._next_eval_problem = 0  # ``each``: the next held-out row's problem
+        self._epoch: list[int] = []  # ``epochs``: the current pass's problems not yet drawn, next last
         self.env = make_vector_env(env_id, num_slots, **(env_kwargs or {}))
         self.env.reset(seed=seed)
         self.env_id = env_id
@@ -72,6 +76,8 @@ class SimTask:
             leaders = (self._next_eval_problem + np.arange(n)) % self.env.num_problems
             self._next_eval_problem = int(leaders[-1] + 1) if n else self._next_eval_problem
             problems = np.repeat(leaders, group_size)
+        elif split == "train" and self.train_problems == "epochs":
+            problems = np.repeat(self._draw_epochs(len(slots) // group_size), group_size)
         elif group_size > 1:
             leaders = self.env.np_random.integers(0, self.env.num_problems, size=len(slots) // group_size)
             problems = np.repeat(leaders, group_size)
@@ -83,6 +89,27 @@ class SimTask:
         self._ended[slots] = False
         self._problem[slots] = self.env.problem[slots] if hasattr(self.env, "problem") else -1
         return [list(map(int, p)) for p in prompts]
+
+    def _draw_epochs(self, n: int) -> np.ndarray:
+        """``n`` problems without replacement from shuffled passes over the problems, as a data loader
+        with ``shuffle=True`` serves prompts: every problem once per pass, a new order at each pass."""
+        out = []
+        for _ in range(n):
+            if not self._epoch:
+                self._epoch = self.env.np_random.permutation(self.env.num_problems).tolist()
+            out.append(self._epoch.pop())
+        return np.asarray(out, dtype=np.int64)
+
+    def rng_state(self) -> dict:
+        """The env's generator and, with ``train_problems="epochs"``, the pass in progress (a resumed run
+        draws the problems the uninterrupted one would have)."""
+        return {"env_rng": self.env.np_random.bit_generator.state, "epoch": list(self._epoch)}
+
+    def set_rng_state(self, state: dict) -> None:
+        if "env_rng" not in state:  # a checkpoint written before the pass was saved: the generator alone
+            state = {"env_rng": state, "epoch": []}
+        self.env.np_random.bit_generator.state = state["env_rng"]
+        self._epoch = [int(p) for p in state["epoch"]]
 
     def observe(self, slots: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         slots = np.asarray(slots, dtype=np.int64)
@@ -132,7 +159,7 @@ def make_task(task_cfg, model_cfg, *, num_slots: int, seed: int) -> SimTask:
     """Entry point named by ``task.kind: sim``; an unknown env id or bad env kwargs is a user error."""
     try:
         return SimTask(task_cfg.env_id, num_slots, seed=seed, env_kwargs=task_cfg.env_kwargs,
-                       eval_problems=task_cfg.eval_problems)
+                       eval_problems=task_cfg.eval_problems, train_problems=task_cfg.train_problems)
     except gym.error.Error as e:  # unregistered id, unknown namespace or version
         raise UserError(f"task.env_id: {e}") from None
     except (TypeError, ValueError) as e:  # the env's constructor checks its keyword arguments

@@ -311,3 +311,18 @@ def test_detector_metrics_one_definition_for_trainer_and_analysis():
                 bootstrap=torch.zeros(5), failure_step=torch.tensor(fail), policy_version=z.long())
     d = detection_metrics(r)
     assert {k: d[f"stop/{k}"] for k in expect} == expect and d["stats/doomed_rate"] == 0.6
+
+
+def test_a_resume_mid_pass_draws_the_problems_of_the_uninterrupted_run(tmp_path):
+    """``task.train_problems=epochs``: 16 rows a step over 24 problems, so the checkpoint at step 2 falls in the
+    middle of the second pass; the resumed run must draw that pass's remaining problems."""
+    extra = ("task.train_problems=epochs", "task.env_kwargs={max_len: 16, target_len: 8, num_problems: 24}")
+    whole = Trainer(small(tmp_path, *SIGNAL, *extra, name="whole"))
+    whole.train()
+    Trainer(small(tmp_path, *SIGNAL, *extra, "run.steps=2", name="part")).train()
+    part = Trainer(small(tmp_path, *SIGNAL, *extra, name="part"))
+    assert part.step == 2 and len(part.task.rng_state()["epoch"]) == 16
+    part.train()
+    assert stable(read_metrics(tmp_path / "part" / "metrics.jsonl")) == stable(read_metrics(tmp_path / "whole" / "metrics.jsonl"))
+    for k, v in weights(part).items():
+        assert torch.equal(v, weights(whole)[k]), k

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pytest
 import torch
 
 import envs  # noqa: F401 (registers the gymnasium ids)
@@ -71,3 +74,45 @@ def test_held_out_problems_each_in_turn_make_a_greedy_evaluation_exact():
     per_problem = np.asarray(res["correct"]).reshape(2, 4)
     assert (per_problem[0] == per_problem[1]).all()  # greedy: each problem's outcome, twice
     assert res["pass@1"] == per_problem[0].mean()
+
+
+def test_training_problems_in_shuffled_passes():
+    """``train_problems="epochs"``: training rows take every problem once per pass, in a new order at each
+    pass, across resets of any size (T-PPO refills a few slots at a time) and groups; the pass in progress
+    survives a checkpoint's state; held-out draws are untouched; ``random`` draws with replacement."""
+    kw = {"num_problems": 5, "max_len": 12, "target_len": 4}
+    task = SimTask("testbed/PlantedFailure-v0", 8, seed=0, env_kwargs=kw, train_problems="epochs")
+    drawn = []
+    for n in (3, 1, 4, 2, 8, 2):  # 20 rows: four passes
+        task.reset(np.arange(n))
+        drawn += task.env.problem[:n].tolist()
+    passes = [drawn[i:i + 5] for i in range(0, 20, 5)]
+    assert all(sorted(p) == [0, 1, 2, 3, 4] for p in passes)
+    assert len({tuple(p) for p in passes}) > 1  # reshuffled
+    task.reset(np.arange(4), group_size=2)
+    g = task.env.problem[:4].tolist()
+    assert g[0] == g[1] and g[2] == g[3] and g[0] != g[2]  # a group shares its problem; a pass repeats none
+
+    state = task.rng_state()
+    ahead = [task.reset(np.arange(3)) and task.env.problem[:3].tolist() for _ in range(3)]
+    resumed = SimTask("testbed/PlantedFailure-v0", 8, seed=1, env_kwargs=kw, train_problems="epochs")
+    resumed.set_rng_state(json.loads(json.dumps(state)))  # as the checkpoint stores it
+    assert [resumed.reset(np.arange(3)) and resumed.env.problem[:3].tolist() for _ in range(3)] == ahead
+    legacy = SimTask("testbed/PlantedFailure-v0", 8, seed=1, env_kwargs=kw)
+    legacy.set_rng_state(task.env.np_random.bit_generator.state)  # a checkpoint from before the pass was kept
+    assert legacy.rng_state()["env_rng"] == task.env.np_random.bit_generator.state
+
+    random = SimTask("testbed/PlantedFailure-v0", 20, seed=0, env_kwargs=kw)
+    random.reset(np.arange(20))
+    counts = np.bincount(random.env.problem, minlength=5)
+    assert counts.sum() == 20 and (counts != 4).any()  # with replacement: uneven
+    with pytest.raises(ValueError, match="train_problems"):
+        SimTask("testbed/PlantedFailure-v0", 8, seed=0, env_kwargs=kw, train_problems="each")
+
+
+def test_train_problems_is_a_checked_config_choice():
+    from testbed import config as C
+
+    assert C.from_dict({}, ["task.train_problems=epochs"]).task.train_problems == "epochs"
+    with pytest.raises(C.ConfigError, match="task.train_problems"):
+        C.from_dict({}, ["task.train_problems=shuffle"])

@@ -221,22 +221,25 @@ def read_run_weights(run: str, option: str = "model.critic_init") -> dict[str, T
 
 
 def task_rng_state(task) -> Any:
-    """The task's generator state (a simulated env's ``np_random``, or the task's ``rng_state()``)."""
+    """The task's generator state (the task's ``rng_state()``, or else a simulated env's ``np_random``)."""
+    if hasattr(task, "rng_state"):
+        return task.rng_state()
     env = getattr(task, "env", None)
     if env is not None and hasattr(env, "np_random"):
         return env.np_random.bit_generator.state
-    return task.rng_state() if hasattr(task, "rng_state") else None
+    return None
 
 
 def set_task_rng_state(task, state) -> None:
     """Inverse of :func:`task_rng_state`."""
     if state is None:
         return
+    if hasattr(task, "set_rng_state"):
+        task.set_rng_state(state)
+        return
     env = getattr(task, "env", None)
     if env is not None and hasattr(env, "np_random"):
         env.np_random.bit_generator.state = state
-    elif hasattr(task, "set_rng_state"):
-        task.set_rng_state(state)
 
 
 # --- final files ------------------------------------------------------------------------------------
