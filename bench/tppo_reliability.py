@@ -13,6 +13,7 @@ diagram (a confirmation on fresh seeds): its scores and verdicts, one Holm famil
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--level", type=float, default=0.8, help="the reliability bar on final held-out success")
     ap.add_argument("--csv", type=Path, help="append the finished runs to this pilots table")
     args = ap.parse_args(argv)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.name):
+        ap.error(f"name: {args.name!r} is a folder name: letters, digits, '_', '.' and '-' only")
     try:
         changes, seeds = pilot.parse_changes(args.changes), pilot.parse_seeds(args.seeds)
         methods = tuple(m for m in args.methods.split(",") if m)

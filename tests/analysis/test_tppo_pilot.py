@@ -53,6 +53,20 @@ def test_bad_input_names_it():
     assert pilot.parse_seeds("2-4") == [2, 3, 4] and pilot.parse_seeds("0,5") == [0, 5]
 
 
+def test_the_runner_refuses_a_name_that_is_not_a_folder_name(capsys):
+    """The name becomes a folder in a YAML path: ``a: b`` would be read as a mapping, far from the cause."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "tppo_reliability.py"
+    spec = importlib.util.spec_from_file_location("tppo_reliability", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with pytest.raises(SystemExit):
+        bench.main(["epochs: stage 1", "task.train_problems=epochs"])
+    assert "name: 'epochs: stage 1' is a folder name" in capsys.readouterr().err
+
+
 def test_read_run_and_csv(tmp_path):
     d = tmp_path / "ppo-tail16-s7"
     d.mkdir()
