@@ -110,8 +110,16 @@ class ModelSection:
     """``cpu``, ``cuda`` or ``cuda:N``."""
     critic: str = "separate"
     """``separate`` (critic model initialised from the policy) or ``head`` (value head on the policy trunk)."""
+    arch: str = "gru"
+    """toy: ``gru`` (a one-layer GRU, the default) or ``transformer`` (a small causal transformer of ``layers``
+    GPT-2 blocks with ``heads`` heads, KV-cached decoding; it needs ``positions`` and attends to its prompt, so
+    ``prompt_input`` and ``prompt_readout`` stay false)."""
+    layers: int = 2
+    """toy transformer: number of blocks."""
+    heads: int = 2
+    """toy transformer: attention heads (``hidden_size`` must be a multiple)."""
     hidden_size: int = 64
-    """toy: GRU width."""
+    """toy: GRU width, or the transformer's width."""
     embed_size: int = 32
     """toy: token embedding width."""
     positions: bool = True
@@ -333,6 +341,7 @@ _CHOICES = {
     ("model", "kind"): MODEL_KINDS,
     ("model", "dtype"): ("float32", "bfloat16"),
     ("model", "critic"): ("separate", "head"),
+    ("model", "arch"): ("gru", "transformer"),
     ("rollout", "length_cap"): ("terminal", "bootstrap", "masked"),
     ("stop", "accumulate"): ("cusum", "sum", "ema", "smooth"),
     ("stop", "gate"): ("scaled", "and", "max"),
@@ -538,6 +547,8 @@ _RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
     ("run", "final_eval_rows"): (0, _INF, True, False),
     ("task", "reward_timeout"): (0, _INF, False, False),
     ("model", "hidden_size"): (1, _INF, True, False),
+    ("model", "layers"): (1, _INF, True, False),
+    ("model", "heads"): (1, _INF, True, False),
     ("model", "embed_size"): (1, _INF, True, False),
     ("model", "stop_check_every"): (1, _INF, True, False),
     ("rollout", "batch_size"): (1, _INF, True, False),

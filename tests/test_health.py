@@ -326,3 +326,16 @@ def test_a_resume_mid_pass_draws_the_problems_of_the_uninterrupted_run(tmp_path)
     assert stable(read_metrics(tmp_path / "part" / "metrics.jsonl")) == stable(read_metrics(tmp_path / "whole" / "metrics.jsonl"))
     for k, v in weights(part).items():
         assert torch.equal(v, weights(whole)[k]), k
+
+
+def test_a_transformer_policy_trains_and_resumes_exactly(tmp_path):
+    extra = ("model.arch=transformer", "model.hidden_size=16", "model.layers=1")
+    whole = Trainer(small(tmp_path, *SIGNAL, *extra, name="whole"))
+    init = weights(whole)
+    whole.train()
+    assert all(not torch.equal(v, init[k]) for k, v in weights(whole).items() if k.startswith("policy."))
+    Trainer(small(tmp_path, *SIGNAL, *extra, "run.steps=2", name="part")).train()
+    part = Trainer(small(tmp_path, *SIGNAL, *extra, name="part"))
+    part.train()
+    assert stable(read_metrics(tmp_path / "part" / "metrics.jsonl")) == stable(read_metrics(tmp_path / "whole" / "metrics.jsonl"))
+    assert all(torch.equal(v, weights(whole)[k]) for k, v in weights(part).items())

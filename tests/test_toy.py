@@ -137,3 +137,55 @@ def test_prompt_readout_needs_the_prompt_input():
     from testbed.config_schema import ConfigError
     with pytest.raises(ConfigError, match="model.prompt_readout: needs model.prompt_input"):
         config_mod.from_dict({"model": {"prompt_readout": True}})
+
+
+def _transformer(seed=3, **kw):
+    return ToyBackend(8, 1, seed=seed, max_positions=16, arch="transformer", hidden_size=16, layers=2, heads=2, **kw)
+
+
+def test_transformer_kv_cached_decoding_matches_teacher_forcing():
+    """Per-row prompt lengths: the cache columns of a shorter prompt's right pads are overwritten before any
+    attention reads them, so step-wise logits equal the full causal pass; values too."""
+    b = _transformer()
+    prompts = [[2, 3], [4, 5, 6, 7], [2]]
+    tokens, logps = _decode(b, prompts, 6)
+    mask = torch.ones_like(tokens, dtype=torch.bool)
+    logp, _ = b.policy_forward(prompts, tokens, mask, temperature=1.0)
+    torch.testing.assert_close(logp, logps.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        b.critic.head.weight.normal_()  # zero at initialisation: make the values informative
+    b.begin(prompts)
+    vals = []
+    for t in range(6):
+        vals.append(b.step().values)
+        b.advance(tokens[:, t], keep=torch.ones(3, dtype=torch.bool))
+    torch.testing.assert_close(b.critic_forward(prompts, tokens, mask), torch.stack(vals, 1), atol=1e-5, rtol=1e-5)
+
+
+def test_transformer_decoding_survives_dropped_rows_and_a_carried_prefix():
+    b = _transformer(seed=4)
+    tokens, logps = _decode(b, [[2, 3], [5, 6]], 5)
+    b.begin([[2, 3], [5, 6]])
+    b.advance(tokens[:, 0], keep=torch.tensor([False, True]))  # row 0 ends; row 1 goes on alone
+    b.advance(tokens[1:, 1], keep=torch.tensor([True]))
+    torch.testing.assert_close(torch.log_softmax(b.step(with_values=False).logits, -1)[0], logps[1, 2],
+                               atol=1e-5, rtol=1e-5)
+    b.begin([[2, 3] + tokens[0, :3].tolist()])  # T-PPO re-encodes prompt + carried tokens
+    torch.testing.assert_close(torch.log_softmax(b.step(with_values=False).logits, -1)[0], logps[0, 3],
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_transformer_bad_settings_name_the_field():
+    with pytest.raises(ValueError, match="prompt_input"):
+        _transformer(prompt_input=2)
+    with pytest.raises(ValueError, match="positions"):
+        ToyBackend(8, 1, arch="transformer")
+    with pytest.raises(ValueError, match="model.heads"):
+        ToyBackend(8, 1, max_positions=16, arch="transformer", hidden_size=10, heads=3)
+    with pytest.raises(ValueError, match="model.arch"):
+        ToyBackend(8, 1, arch="lstm")
+    b = _transformer()
+    b.begin([[2] * 15])
+    b.advance(torch.tensor([3]), keep=torch.tensor([True]))  # column 15: the last position
+    with pytest.raises(ValueError, match="beyond"):
+        b.advance(torch.tensor([3]), keep=torch.tensor([True]))
