@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--level", type=float, default=0.8, help="the reliability bar on final held-out success")
     ap.add_argument("--csv", type=Path, help="append the finished runs to this pilots table")
+    ap.add_argument("--sampled", type=int, default=0, metavar="K",
+                    help="also read each finished PPO run's final policy sampled, each problem K times (0: off)")
     args = ap.parse_args(argv)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.name):
         ap.error(f"name: {args.name!r} is a folder name: letters, digits, '_', '.' and '-' only")
@@ -50,7 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"seed {r['seed']}: final policy {r['final_policy_eval']:.3f}, best periodic evaluation {r['peak_eval']:.3f}  {r['evals']}")
     hits = sum(r["final_policy_eval"] >= args.level for r in rows)
-    print(f"{args.name}: final policy >= {args.level:g} on {hits} of {len(rows)} finished seeds")
+    print(f"{args.name}: final policy >= {args.level:g} on {hits} of {len(rows)} finished seeds (greedy)")
+    if args.sampled:
+        for r in rows:
+            r["final_sampled_eval"] = round(pilot.sampled_success(Path(spec["out_dir"]) / r["run"], args.sampled), 4)
+        print("sampled:", " ".join(f"{r['seed']}:{r['final_sampled_eval']:.3f}" for r in rows))
+        hits = sum(r["final_sampled_eval"] >= args.level for r in rows)
+        print(f"{args.name}: final policy >= {args.level:g} on {hits} of {len(rows)} finished seeds "
+              f"(sampled, each problem {args.sampled} times)")
     if rows:
         print(pilot.regime_line(Path(spec["out_dir"]), [f"ppo-{args.cell}-s{r['seed']}" for r in rows]))
     if len(methods) > 1:

@@ -93,3 +93,35 @@ def test_regime_line_reads_the_diagram_checks(tmp_path):
         make_run(tmp_path, f"ppo-tail16-s{s}", steps=10, extra=counts(40, length_max=30.0))  # length/mean 10
     line = pilot.regime_line(tmp_path, ["ppo-tail16-s0", "ppo-tail16-s1"])
     assert line.startswith("longest / mean row +3.00 [") and "generation +0." in line
+
+
+def test_a_table_from_before_a_column_gains_it_and_keeps_its_rows(tmp_path):
+    out = tmp_path / "p.csv"
+    old = [f for f in pilot.CSV_FIELDS if f != "final_sampled_eval"]
+    out.write_text(",".join(old) + "\n" + ",".join(["old", "ppo-tail16-s1", "1"] + [""] * (len(old) - 3)) + "\n")
+    pilot.append_csv(out, "new", [{"run": "ppo-tail16-s2", "seed": 2, "final_sampled_eval": 0.91}])
+    got = list(csv.DictReader(out.open()))
+    assert [r["pilot"] for r in got] == ["old", "new"]
+    assert got[0]["final_sampled_eval"] == "" and got[1]["final_sampled_eval"] == "0.91"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("pilot,colour\nx,red\n")
+    with pytest.raises(ValueError, match="colour"):
+        pilot.append_csv(bad, "y", [])
+
+
+def test_sampled_success_is_the_final_policy_sampled_and_is_kept(tmp_path, monkeypatch):
+    """Each problem ``k`` times at the rollout temperature: the mean over those rows, as ``testbed eval`` gives."""
+    from testbed.ops import evaluate as ev
+    from testbed.ops.trainer import Trainer
+    from tests.toyruns import small
+
+    Trainer(small(tmp_path, "task.env_kwargs={max_len: 16, target_len: 8, num_problems: 4}", name="r")).train()
+    run = tmp_path / "r"
+    got = pilot.sampled_success(run, 8)
+    res = json.loads((run / pilot.SAMPLED).read_text())
+    assert res["problems"] == 4 and res["samples_per_problem"] == 8 and res["greedy"] is False
+    assert got == res["avg@8"] and 0 <= got <= 1
+    ref = ev.evaluate_from_cli(str(run / "config.yaml"), [], checkpoint=str(run), n=4, k=8)
+    assert ref["avg@8"] == got  # the same seed: the same rows
+    monkeypatch.setattr(ev, "evaluate_from_cli", lambda *a, **k: pytest.fail("not read from the kept file"))
+    assert pilot.sampled_success(run, 8) == got

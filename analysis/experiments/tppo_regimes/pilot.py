@@ -22,9 +22,14 @@ import yaml
 
 from analysis.experiments.tppo_regimes import sweep as S
 
-CSV_FIELDS = ("pilot", "run", "seed", "finished", "last_step", "final_eval", "peak_eval", "evals", "final_policy_eval")
+CSV_FIELDS = ("pilot", "run", "seed", "finished", "last_step", "final_eval", "peak_eval", "evals", "final_policy_eval",
+              "final_sampled_eval")
 """The columns of docs/tppo_regimes/ppo_reliability_pilots.csv (``final_eval``: the last periodic evaluation;
-``final_policy_eval``: the evaluation after the last step, ``final_eval.json``)."""
+``final_policy_eval``: the greedy evaluation after the last step, ``final_eval.json``; ``final_sampled_eval``:
+the final policy's sampled success, :func:`sampled_success`, empty where it was not measured)."""
+
+SAMPLED = "final_eval_sampled.json"
+"""In a run directory: :func:`sampled_success`'s evaluation, kept so that a second reading costs nothing."""
 
 
 def parse_changes(items: list[str]) -> dict:
@@ -83,6 +88,27 @@ def read_run(run_dir: Path) -> dict | None:
             "final_policy_eval": round(json.loads(final.read_text())["eval/pass@1"], 4) if final.exists() else ""}
 
 
+def sampled_success(run_dir: Path, k: int) -> float:
+    """The final policy's success as it was trained, sampled at the rollout temperature: each of the cell's
+    problems ``k`` times (``testbed eval CONFIG --checkpoint RUN --n P --k K``), the mean over the P x k rows.
+
+    The greedy evaluation reads the argmax policy, which is not the policy PPO trained: a policy that ends a
+    long problem correctly in most samples can, decoded greedily, never end it, so greedy scores whole problems
+    0 or 1 on one argmax decision (a transformer pilot: greedy 0.00, every row at the 160-token cap, while 75-100%
+    of its sampled training rows succeeded)."""
+    from testbed.ops.evaluate import evaluate_from_cli
+
+    out = run_dir / SAMPLED
+    if out.exists():
+        kept = json.loads(out.read_text())
+        if kept.get("samples_per_problem") == k:
+            return float(kept[f"avg@{k}"])
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    problems = int(cfg["task"]["env_kwargs"]["num_problems"])
+    res = evaluate_from_cli(str(run_dir / "config.yaml"), [], checkpoint=str(run_dir), n=problems, k=k, out=str(out))
+    return float(res[f"avg@{k}"])
+
+
 def regime_line(runs_dir: Path, names: list[str]) -> str:
     """The diagram's two other regime checks on these PPO runs (``analysis.per_run``): the longest / mean
     row of a batch and generation's share of PPO's projected cost, mean [95% CI] over the runs."""
@@ -96,7 +122,22 @@ def regime_line(runs_dir: Path, names: list[str]) -> str:
 
 
 def append_csv(path: Path, label: str, rows: list[dict]) -> None:
+    """Append ``rows`` labelled ``label``; a table written before a column was added gains it (empty)."""
     new = not path.exists()
+    if not new:
+        with path.open(newline="") as f:
+            old = list(csv.DictReader(f))
+        with path.open(newline="") as f:
+            header = next(csv.reader(f), [])
+        if tuple(header) != CSV_FIELDS:
+            if set(header) - set(CSV_FIELDS):
+                raise ValueError(f"{path}: columns {sorted(set(header) - set(CSV_FIELDS))} are not the pilots table's")
+            tmp = path.with_suffix(".tmp")
+            with tmp.open("w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+                w.writeheader()
+                w.writerows(old)
+            tmp.replace(path)
     with path.open("a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         if new:
