@@ -17,6 +17,8 @@ column                    meaning
 ``nostop/<key>``          ``final_eval_nostop.json``'s numbers (the final policy without stopping), if any
 ``final/<key>``           ``final_eval.json``'s numbers (held-out evaluation after the last step:
                           ``final/pass@1``, ``final/step``, ...), if any
+``sampled/<key>``         ``final_eval_sampled.json``'s numbers (the final policy sampled, each problem k
+                          times: ``sampled/success``; the ``sampled_success`` measurement), if any
 every metric key          as logged (``success/rate``, ``stop/step_hist`` as a list, ...); null -> NaN
 ``time/compute``          ``time/gen + time/actor + time/critic`` of the step (derived)
 ``time/compute_cumulative``  its running sum over the run (derived)
@@ -74,8 +76,8 @@ def load_run(run_dir: str | Path, *, require_summary: bool = True) -> dict[str, 
     """Read one run directory.
 
     Returns ``{"name", "dir", "config": dict, "metrics": DataFrame (one row per step, sorted by step),
-    "summary": dict, "nostop": dict, "final": dict}`` (the last two: ``final_eval_nostop.json`` and
-    ``final_eval.json``, ``{}`` when absent). A missing or malformed file raises :class:`RunDirError` naming it (a bad
+    "summary": dict, "nostop": dict, "final": dict, "sampled": dict}`` (the last three: ``final_eval_nostop.json``,
+    ``final_eval.json`` and ``final_eval_sampled.json``, ``{}`` when absent). A missing or malformed file raises :class:`RunDirError` naming it (a bad
     ``metrics.jsonl`` line is named as ``path:line``). ``require_summary=False`` accepts a run that
     is still going (its summary is then ``{}``).
     """
@@ -120,10 +122,11 @@ def load_run(run_dir: str | Path, *, require_summary: bool = True) -> dict[str, 
 
     summary = _optional_json(sum_path)
     # the final policy: without stopping (run.final_eval_rows), and held out after the last step (run.eval_every)
-    nostop, final = (_optional_json(d / f) for f in ("final_eval_nostop.json", "final_eval.json"))
+    nostop, final, sampled = (_optional_json(d / f) for f in ("final_eval_nostop.json", "final_eval.json",
+                                                              "final_eval_sampled.json"))
     name = str(config["run"].get("name") or d.name)
     return {"name": name, "dir": d, "config": config, "metrics": metrics, "summary": summary, "nostop": nostop,
-            "final": final}
+            "final": final, "sampled": sampled}
 
 
 def _optional_json(path: Path) -> dict[str, Any]:
@@ -321,7 +324,8 @@ def load_runs(paths: str | Path | Iterable[str | Path], *, axes: Sequence[str] |
         const = {"run": name, "run_dir": str(d), "group": _group_name(name), **labels,
                  **_flat_config(r["config"]), "complete": bool(r["summary"].get("complete", False)),
                  **{f"nostop/{k}": v for k, v in r["nostop"].items() if isinstance(v, (int, float))},
-                 **{f"final/{k.removeprefix('eval/')}": v for k, v in r["final"].items() if isinstance(v, (int, float))}}
+                 **{f"final/{k.removeprefix('eval/')}": v for k, v in r["final"].items() if isinstance(v, (int, float))},
+                 **{f"sampled/{k}": v for k, v in r["sampled"].items() if isinstance(v, (int, float))}}
         const_df = pd.DataFrame({k: [v] * len(m) for k, v in const.items()}, index=m.index)
         frames.append(pd.concat([const_df, m], axis=1))
     df = pd.concat(frames, ignore_index=True, sort=False)

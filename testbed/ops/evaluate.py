@@ -39,3 +39,36 @@ def evaluate_from_cli(config_path: str, overrides: list[str], *, checkpoint: str
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write(out, json.dumps(result, indent=2))
     return result
+
+
+SAMPLED = "final_eval_sampled.json"
+"""In a run directory: :func:`measure_sampled`'s evaluation of the final policy (``success``: the mean over its rows)."""
+
+
+def measure_sampled(run_dir: str | Path, *, k: int = 128, log=print) -> Path:
+    """The finished run's final policy as it was trained: sampled at the rollout temperature, no stop rule, each of
+    the task's problems ``k`` times (simulated tasks: ``task.env_kwargs.num_problems``, 64 when unset). Kept in
+    :data:`SAMPLED`; a file of the same ``k`` is not measured again.
+
+    A greedy evaluation reads the argmax policy instead, which no method trained: a policy that ends a long
+    problem correctly in most samples may, decoded greedily, never end it, and one argmax decision then scores a
+    whole problem 0 or 1 (docs/tppo_regimes.md, "Greedy against sampled success")."""
+    run_dir = Path(run_dir)
+    out = run_dir / SAMPLED
+    if out.is_file():
+        try:
+            kept = json.loads(out.read_text())
+            if kept.get("samples_per_problem") == k and "success" in kept:
+                return out
+        except json.JSONDecodeError:
+            pass  # a damaged file is measured again
+    cfg = config_mod.load(str(run_dir / "config.yaml"), [])
+    if cfg.task.kind != "sim":
+        raise UserError(f"{run_dir}: the sampled final evaluation reads a simulated task's problems (task.kind sim)")
+    problems = int(cfg.task.env_kwargs.get("num_problems", 64))
+    res = evaluate_from_cli(str(run_dir / "config.yaml"), [], checkpoint=str(run_dir), n=problems, k=k)
+    res["success"] = res[f"avg@{k}"]
+    res["step"] = cfg.run.steps
+    atomic_write(out, json.dumps(res, indent=2))
+    log(f"  sampled final policy {run_dir.name}: success {res['success']:.3f} ({problems} problems x {k})")
+    return out

@@ -28,7 +28,8 @@ DEFAULT_STUDY = "espo_headline"
 
 MEASUREMENTS = {"exact_posterior": "testbed.ops.exact_posterior:measure_run",
                 "stop_value": "testbed.ops.stop_value:measure_run",
-                "policy_detect": "testbed.ops.policy_detect:measure_run"}
+                "policy_detect": "testbed.ops.policy_detect:measure_run",
+                "sampled_success": "testbed.ops.evaluate:measure_sampled"}
 """Measurements a study's ``sweep.measurements(quick)`` may ask for on each finished run, by name ->
 ``measure(run_dir, **kwargs, log=...)`` writing its files into the run directory (kept when present)."""
 

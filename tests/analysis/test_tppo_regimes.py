@@ -3,8 +3,10 @@ verdicts over one family, on runs with known numbers."""
 
 from __future__ import annotations
 
+import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -95,6 +97,23 @@ def test_final_evaluation_is_the_final_policys(tmp_path):
     per_step = u.decode_step * 8 + u.decode_row * 100 + u.decode_kv * 1000 + u.prefill_token * 64 + \
         u.train_token * 1000 + u.update * 8
     assert t["gpu_to_level"].tolist() == pytest.approx([STEPS * per_step] * 2)  # only the final one reaches 0.81
+
+
+def test_the_sampled_final_policy_is_read_beside_the_greedy_one(tmp_path):
+    """``final_eval_sampled.json`` (the ``sampled_success`` measurement) gives ``final_sampled``, counted in
+    ``reliable_sampled`` and the regime check; a run without it reads NaN and is left out of that count."""
+    for s, sampled in enumerate((0.92, 0.75, None)):
+        d = make_run(tmp_path, f"ppo-tail8-s{s}", steps=STEPS, extra=counts(40))
+        (d / "final_eval.json").write_text('{"eval/pass@1": 0.625}')
+        if sampled is not None:
+            (d / "final_eval_sampled.json").write_text(json.dumps({"success": sampled, "samples_per_problem": 128}))
+    pr = regimes.per_run(load_runs(sorted(tmp_path.iterdir()), axes=sweep.AXES), UNITS)
+    assert pr["final_sampled"].tolist()[:2] == [0.92, 0.75] and np.isnan(pr["final_sampled"].iloc[2])
+    row = regimes.score(pr).iloc[0]
+    assert row["reliable"] == 0 and row["reliable_sampled"] == 1
+    check = next(c for c in regimes.claims(pr) if isinstance(c, str) and "regime check" in c)
+    assert ">= 0.8 on 0 of 3 seeds (greedy" in check and "sampled (each problem k times) >= 0.8 on 1 of 2" in check
+    assert sweep.measurements() == {"sampled_success": {"k": 128}}
 
 
 def test_a_confirmation_folder_gets_its_own_report_and_family(tmp_path):

@@ -6,6 +6,10 @@ Per run (``df``: :func:`analysis.runs.load_runs` with labels ``label/method``, `
   ``final_eval.json``; the last ``eval/pass@1`` for a run without it): greedy whole responses to fresh
   held-out prompts, the same measurement for every method. ``reliable`` counts PPO seeds with
   ``final_eval >= RELIABLE`` (0.8).
+- ``final_sampled``: the final policy sampled at the rollout temperature, each problem k times
+  (``sampled/success``, the study's ``sampled_success`` measurement; NaN where it was not made): the success
+  of the policy as trained, where greedy decoding scores each problem 0 or 1 on one argmax decision.
+  ``reliable_sampled`` counts PPO seeds with ``final_sampled >= RELIABLE``.
 - ``level``: ``LEVEL_FRAC`` (0.9) x PPO's mean ``final_eval`` in the cell; ``<x>_to_level``: cumulative cost
   ``x`` at the first evaluation with ``eval/pass@1 >= level``, the final one (at the run's whole cost)
   included (NaN if never): ``gpu`` (the cost model's
@@ -40,7 +44,7 @@ RELIABLE = 0.8
 GOAL_SPEEDUP = 1.5
 LABELS = ("label/method", "label/env", "label/seed")
 COSTS = ("gpu", "cpu", "wall")
-COLUMNS = ["env", "method", "n", "reliable", "final_eval", "level", "gpu_to_level", "speedup_gpu", "speedup_cpu",
+COLUMNS = ["env", "method", "n", "reliable", "reliable_sampled", "final_eval", "final_sampled", "level", "gpu_to_level", "speedup_gpu", "speedup_cpu",
            "speedup_wall", "reached", "tail_ratio", "gen_share", "amdahl"]
 
 
@@ -89,7 +93,8 @@ def per_run(df: pd.DataFrame, units: dict | None = None) -> pd.DataFrame:
     runs = {k: r for k, (r, _) in priced.items()}
     rows = []
     for (method, env, seed), (r, counts) in priced.items():
-        rec = {"env": env, "method": method, "seed": seed, "run": str(r["run"].iloc[0]), "final_eval": _final(r)}
+        rec = {"env": env, "method": method, "seed": seed, "run": str(r["run"].iloc[0]), "final_eval": _final(r),
+               "final_sampled": float(r["sampled/success"].iloc[0]) if "sampled/success" in r else math.nan}
         if method == BASELINE:
             ratio = (r["length/max"] / r["length/mean"]).replace([np.inf, -np.inf], np.nan) if "length/max" in r else None
             rec["tail_ratio"] = float(ratio.mean()) if ratio is not None else math.nan
@@ -122,8 +127,9 @@ def score(pr: pd.DataFrame) -> pd.DataFrame:
             if not len(g):
                 continue
             row = {"env": env, "method": method, "n": len(g), "reliable": int((g["final_eval"] >= RELIABLE).sum()),
+                   "reliable_sampled": int((g["final_sampled"] >= RELIABLE).sum()),
                    "reached": int(np.isfinite(g["gpu_to_level"]).sum())}
-            for k in ("final_eval", "level", "gpu_to_level", "tail_ratio", "gen_share", "amdahl"):
+            for k in ("final_eval", "final_sampled", "level", "gpu_to_level", "tail_ratio", "gen_share", "amdahl"):
                 iv = mean_ci(g[k].tolist())
                 row[k], row[f"{k}_lo"], row[f"{k}_hi"] = iv.mean, iv.low, iv.high
             for x in COSTS:
@@ -142,8 +148,11 @@ def claims(pr: pd.DataFrame) -> list:
             items.append(f"[{env}] no PPO runs: nothing is compared")
             continue
         share = mean_ci(ppo["gen_share"].tolist())
+        sampled = ppo["final_sampled"].dropna()
+        read = (f"; sampled (each problem k times) >= {RELIABLE:g} on {int((sampled >= RELIABLE).sum())} of {len(sampled)} "
+                f"(mean {mean_ci(sampled.tolist()).fmt()})" if len(sampled) else "")
         items.append(f"[{env}] regime check: PPO's final evaluation >= {RELIABLE:g} on {int((ppo['final_eval'] >= RELIABLE).sum())} "
-                     f"of {len(ppo)} seeds (mean {mean_ci(ppo['final_eval'].tolist()).fmt()}); longest / mean row "
+                     f"of {len(ppo)} seeds (greedy, mean {mean_ci(ppo['final_eval'].tolist()).fmt()}{read}); longest / mean row "
                      f"{mean_ci(ppo['tail_ratio'].tolist()).fmt(2)}; generation {share.fmt(2)} of PPO's projected cost, "
                      f"so no window can give more than {cost_model.amdahl_bound(share.mean) if np.isfinite(share.mean) else math.nan:.2f}x "
                      "(Amdahl)")

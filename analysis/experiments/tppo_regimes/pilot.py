@@ -28,9 +28,6 @@ CSV_FIELDS = ("pilot", "run", "seed", "finished", "last_step", "final_eval", "pe
 ``final_policy_eval``: the greedy evaluation after the last step, ``final_eval.json``; ``final_sampled_eval``:
 the final policy's sampled success, :func:`sampled_success`, empty where it was not measured)."""
 
-SAMPLED = "final_eval_sampled.json"
-"""In a run directory: :func:`sampled_success`'s evaluation, kept so that a second reading costs nothing."""
-
 
 def parse_changes(items: list[str]) -> dict:
     """``["a.b=0.1", ...]`` -> ``{"a.b": 0.1}`` (values read as YAML); a malformed item raises naming it."""
@@ -89,24 +86,11 @@ def read_run(run_dir: Path) -> dict | None:
 
 
 def sampled_success(run_dir: Path, k: int) -> float:
-    """The final policy's success as it was trained, sampled at the rollout temperature: each of the cell's
-    problems ``k`` times (``testbed eval CONFIG --checkpoint RUN --n P --k K``), the mean over the P x k rows.
+    """The final policy's success sampled, each of the cell's problems ``k`` times
+    (:func:`testbed.ops.evaluate.measure_sampled`, kept in the run directory)."""
+    from testbed.ops.evaluate import measure_sampled
 
-    The greedy evaluation reads the argmax policy, which is not the policy PPO trained: a policy that ends a
-    long problem correctly in most samples can, decoded greedily, never end it, so greedy scores whole problems
-    0 or 1 on one argmax decision (a transformer pilot: greedy 0.00, every row at the 160-token cap, while 75-100%
-    of its sampled training rows succeeded)."""
-    from testbed.ops.evaluate import evaluate_from_cli
-
-    out = run_dir / SAMPLED
-    if out.exists():
-        kept = json.loads(out.read_text())
-        if kept.get("samples_per_problem") == k:
-            return float(kept[f"avg@{k}"])
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    problems = int(cfg["task"]["env_kwargs"]["num_problems"])
-    res = evaluate_from_cli(str(run_dir / "config.yaml"), [], checkpoint=str(run_dir), n=problems, k=k, out=str(out))
-    return float(res[f"avg@{k}"])
+    return float(json.loads(measure_sampled(run_dir, k=k, log=lambda *a: None).read_text())["success"])
 
 
 def regime_line(runs_dir: Path, names: list[str]) -> str:

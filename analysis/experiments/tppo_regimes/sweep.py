@@ -55,6 +55,16 @@ WINDOWS = (8, 32)
 DEFERRED_WINDOW = 32
 
 
+SAMPLED_K = 128
+"""The final policy of every run is also read sampled, each of the 8 problems this many times
+(``testbed.ops.evaluate.measure_sampled``): the success of the policy as trained, beside the greedy evaluation."""
+
+
+def measurements(quick: bool = False) -> dict[str, dict]:
+    """What the runner measures on each finished run (``testbed.ops.studies.MEASUREMENTS``)."""
+    return {"sampled_success": {"k": 8 if quick else SAMPLED_K}}
+
+
 def cell_name(tail: float) -> str:
     return f"tail{tail:g}"
 
