@@ -13,6 +13,7 @@ diagram (a confirmation on fresh seeds): its scores and verdicts, one Holm famil
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import time
@@ -22,6 +23,7 @@ from analysis.experiments import FAMILY_TEXT, write_scores, write_verdicts
 from analysis.experiments.tppo_regimes import analysis, pilot, sweep
 from analysis.plots import markdown_table, text_table
 from analysis.runs import load_runs
+from testbed.ops.evaluate import measure_sampled
 from testbed.ops.sweep import run_sweep
 
 
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.name}: final policy >= {args.level:g} on {hits} of {len(rows)} finished seeds (greedy)")
     if args.sampled:
         for r in rows:
-            r["final_sampled_eval"] = round(pilot.sampled_success(Path(spec["out_dir"]) / r["run"], args.sampled), 4)
+            kept = measure_sampled(Path(spec["out_dir"]) / r["run"], k=args.sampled, log=lambda *a: None)
+            r["final_sampled_eval"] = round(json.loads(kept.read_text())["success"], 4)
         print("sampled:", " ".join(f"{r['seed']}:{r['final_sampled_eval']:.3f}" for r in rows))
         hits = sum(r["final_sampled_eval"] >= args.level for r in rows)
         print(f"{args.name}: final policy >= {args.level:g} on {hits} of {len(rows)} finished seeds "

@@ -107,30 +107,3 @@ def test_a_table_from_before_a_column_gains_it_and_keeps_its_rows(tmp_path):
     bad.write_text("pilot,colour\nx,red\n")
     with pytest.raises(ValueError, match="colour"):
         pilot.append_csv(bad, "y", [])
-
-
-def test_sampled_success_is_the_final_policy_sampled_and_is_kept(tmp_path, monkeypatch):
-    """Each problem ``k`` times at the rollout temperature: the mean over those rows, as ``testbed eval`` gives."""
-    from testbed.ops import evaluate as ev
-    from testbed.ops.trainer import Trainer
-    from tests.toyruns import small
-
-    Trainer(small(tmp_path, "task.env_kwargs={max_len: 16, target_len: 8, num_problems: 4}", name="r")).train()
-    run = tmp_path / "r"
-    got = pilot.sampled_success(run, 8)
-    res = json.loads((run / ev.SAMPLED).read_text())
-    assert res["problems"] == 4 and res["samples_per_problem"] == 8 and res["greedy"] is False
-    assert got == res["avg@8"] and 0 <= got <= 1
-    ref = ev.evaluate_from_cli(str(run / "config.yaml"), [], checkpoint=str(run), n=4, k=8)
-    assert ref["avg@8"] == got  # the same seed: the same rows
-    monkeypatch.setattr(ev, "evaluate_from_cli", lambda *a, **k: pytest.fail("not read from the kept file"))
-    assert pilot.sampled_success(run, 8) == got
-
-
-def test_the_sampled_measurement_refuses_a_language_model_run(tmp_path):
-    from testbed.errors import UserError
-    from testbed.ops.evaluate import measure_sampled
-
-    (tmp_path / "config.yaml").write_text("task: {kind: math}\nmodel: {kind: hf, path: tiny}\n")
-    with pytest.raises(UserError, match="task.kind sim"):
-        measure_sampled(tmp_path, k=2)

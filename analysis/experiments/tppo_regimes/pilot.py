@@ -26,7 +26,8 @@ CSV_FIELDS = ("pilot", "run", "seed", "finished", "last_step", "final_eval", "pe
               "final_sampled_eval")
 """The columns of docs/tppo_regimes/ppo_reliability_pilots.csv (``final_eval``: the last periodic evaluation;
 ``final_policy_eval``: the greedy evaluation after the last step, ``final_eval.json``; ``final_sampled_eval``:
-the final policy's sampled success, :func:`sampled_success`, empty where it was not measured)."""
+the final policy's sampled success, ``testbed.ops.evaluate.measure_sampled`` run by the bench's ``--sampled``, empty
+where it was not measured)."""
 
 
 def parse_changes(items: list[str]) -> dict:
@@ -83,14 +84,6 @@ def read_run(run_dir: Path) -> dict | None:
             "last_step": recs[-1]["step"], "final_eval": round(evals[-1][1], 4),
             "peak_eval": round(max(v for _, v in evals), 4), "evals": " ".join(f"{s}:{v:.3f}" for s, v in evals),
             "final_policy_eval": round(json.loads(final.read_text())["eval/pass@1"], 4) if final.exists() else ""}
-
-
-def sampled_success(run_dir: Path, k: int) -> float:
-    """The final policy's success sampled, each of the cell's problems ``k`` times
-    (:func:`testbed.ops.evaluate.measure_sampled`, kept in the run directory)."""
-    from testbed.ops.evaluate import measure_sampled
-
-    return float(json.loads(measure_sampled(run_dir, k=k, log=lambda *a: None).read_text())["success"])
 
 
 def regime_line(runs_dir: Path, names: list[str]) -> str:
