@@ -93,11 +93,18 @@ def test_training_problems_in_shuffled_passes():
     g = task.env.problem[:4].tolist()
     assert g[0] == g[1] and g[2] == g[3] and g[0] != g[2]  # a group shares its problem; a pass repeats none
 
+    def draws(t):  # three resets of 3 rows: their problems
+        out = []
+        for _ in range(3):
+            t.reset(np.arange(3))
+            out.append(t.env.problem[:3].tolist())
+        return out
+
     state = task.rng_state()
-    ahead = [task.reset(np.arange(3)) and task.env.problem[:3].tolist() for _ in range(3)]
+    ahead = draws(task)
     resumed = SimTask("testbed/PlantedFailure-v0", 8, seed=1, env_kwargs=kw, train_problems="epochs")
     resumed.set_rng_state(json.loads(json.dumps(state)))  # as the checkpoint stores it
-    assert [resumed.reset(np.arange(3)) and resumed.env.problem[:3].tolist() for _ in range(3)] == ahead
+    assert draws(resumed) == ahead
     legacy = SimTask("testbed/PlantedFailure-v0", 8, seed=1, env_kwargs=kw)
     legacy.set_rng_state(task.env.np_random.bit_generator.state)  # a checkpoint from before the pass was kept
     assert legacy.rng_state()["env_rng"] == task.env.np_random.bit_generator.state

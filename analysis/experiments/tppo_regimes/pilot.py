@@ -103,9 +103,8 @@ def append_csv(path: Path, label: str, rows: list[dict]) -> None:
     new = not path.exists()
     if not new:
         with path.open(newline="") as f:
-            old = list(csv.DictReader(f))
-        with path.open(newline="") as f:
-            header = next(csv.reader(f), [])
+            reader = csv.DictReader(f)
+            old, header = list(reader), reader.fieldnames or []
         if tuple(header) != CSV_FIELDS:
             if set(header) - set(CSV_FIELDS):
                 raise ValueError(f"{path}: columns {sorted(set(header) - set(CSV_FIELDS))} are not the pilots table's")
