@@ -64,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.name}: final policy >= {args.level:g} on {hits} of {len(rows)} finished seeds "
               f"(sampled, each problem {args.sampled} times)")
     if rows:
-        print(pilot.regime_line(Path(spec["out_dir"]), [f"ppo-{args.cell}-s{r['seed']}" for r in rows]))
+        checks = pilot.regime_checks(Path(spec["out_dir"]), [r["run"] for r in rows])
+        for r in rows:
+            r.update(checks[r["run"]])
+        print(pilot.regime_line(checks))
     if len(methods) > 1:
         compare(Path(spec["out_dir"]), "PYTHONPATH=. python bench/tppo_reliability.py " + " ".join(sys.argv[1:] if argv is None else argv))
     if args.csv:

@@ -91,18 +91,22 @@ def test_regime_line_reads_the_diagram_checks(tmp_path):
 
     for s in (0, 1):
         make_run(tmp_path, f"ppo-tail16-s{s}", steps=10, extra=counts(40, length_max=30.0))  # length/mean 10
-    line = pilot.regime_line(tmp_path, ["ppo-tail16-s0", "ppo-tail16-s1"])
+    checks = pilot.regime_checks(tmp_path, ["ppo-tail16-s0", "ppo-tail16-s1"])
+    assert set(checks) == {"ppo-tail16-s0", "ppo-tail16-s1"}
+    assert checks["ppo-tail16-s0"]["tail_ratio"] == 3.0 and 0 < checks["ppo-tail16-s0"]["gen_share"] < 1
+    line = pilot.regime_line(checks)
     assert line.startswith("longest / mean row +3.00 [") and "generation +0." in line
 
 
 def test_a_table_from_before_a_column_gains_it_and_keeps_its_rows(tmp_path):
     out = tmp_path / "p.csv"
-    old = [f for f in pilot.CSV_FIELDS if f != "final_sampled_eval"]
+    old = [f for f in pilot.CSV_FIELDS if f not in ("final_sampled_eval", "tail_ratio", "gen_share")]
     out.write_text(",".join(old) + "\n" + ",".join(["old", "ppo-tail16-s1", "1"] + [""] * (len(old) - 3)) + "\n")
-    pilot.append_csv(out, "new", [{"run": "ppo-tail16-s2", "seed": 2, "final_sampled_eval": 0.91}])
+    pilot.append_csv(out, "new", [{"run": "ppo-tail16-s2", "seed": 2, "final_sampled_eval": 0.91, "tail_ratio": 2.6}])
     got = list(csv.DictReader(out.open()))
     assert [r["pilot"] for r in got] == ["old", "new"]
-    assert got[0]["final_sampled_eval"] == "" and got[1]["final_sampled_eval"] == "0.91"
+    assert got[0]["final_sampled_eval"] == got[0]["tail_ratio"] == "" and got[1]["final_sampled_eval"] == "0.91"
+    assert got[1]["tail_ratio"] == "2.6" and got[1]["gen_share"] == ""
     bad = tmp_path / "bad.csv"
     bad.write_text("pilot,colour\nx,red\n")
     with pytest.raises(ValueError, match="colour"):

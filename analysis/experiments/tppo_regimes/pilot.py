@@ -23,11 +23,12 @@ import yaml
 from analysis.experiments.tppo_regimes import sweep as S
 
 CSV_FIELDS = ("pilot", "run", "seed", "finished", "last_step", "final_eval", "peak_eval", "evals", "final_policy_eval",
-              "final_sampled_eval")
+              "final_sampled_eval", "tail_ratio", "gen_share")
 """The columns of docs/tppo_regimes/ppo_reliability_pilots.csv (``final_eval``: the last periodic evaluation;
 ``final_policy_eval``: the greedy evaluation after the last step, ``final_eval.json``; ``final_sampled_eval``:
 the final policy's sampled success, ``testbed.ops.evaluate.measure_sampled`` run by the bench's ``--sampled``, empty
-where it was not measured)."""
+where it was not measured; ``tail_ratio`` and ``gen_share``: the run's two other regime checks,
+:func:`regime_checks`, empty in rows written before 2026-12-08)."""
 
 
 def parse_changes(items: list[str]) -> dict:
@@ -86,16 +87,24 @@ def read_run(run_dir: Path) -> dict | None:
             "final_policy_eval": round(json.loads(final.read_text())["eval/pass@1"], 4) if final.exists() else ""}
 
 
-def regime_line(runs_dir: Path, names: list[str]) -> str:
-    """The diagram's two other regime checks on these PPO runs (``analysis.per_run``): the longest / mean
-    row of a batch and generation's share of PPO's projected cost, mean [95% CI] over the runs."""
+def regime_checks(runs_dir: Path, names: list[str]) -> dict[str, dict]:
+    """The diagram's two other regime checks of each of these PPO runs (``analysis.per_run``): ``tail_ratio``,
+    the longest / mean row of a batch, and ``gen_share``, generation's share of PPO's projected cost."""
     from analysis.experiments.tppo_regimes import analysis as regimes
     from analysis.runs import load_runs
-    from analysis.stats import mean_ci
 
     pr = regimes.per_run(load_runs([runs_dir / n for n in names], axes=S.AXES))
-    return (f"longest / mean row {mean_ci(pr['tail_ratio'].tolist()).fmt(2)}; generation "
-            f"{mean_ci(pr['gen_share'].tolist()).fmt(2)} of PPO's projected cost (bars: 2.5 and 0.6)")
+    return {Path(r).name: {"tail_ratio": round(float(t), 4), "gen_share": round(float(g), 4)}
+            for r, t, g in zip(pr["run"], pr["tail_ratio"], pr["gen_share"])}
+
+
+def regime_line(checks: dict[str, dict]) -> str:
+    """:func:`regime_checks` of some runs as one line: each check's mean [95% CI] over the runs, and its bar."""
+    from analysis.stats import mean_ci
+
+    tail, gen = ([c[k] for c in checks.values()] for k in ("tail_ratio", "gen_share"))
+    return (f"longest / mean row {mean_ci(tail).fmt(2)}; generation "
+            f"{mean_ci(gen).fmt(2)} of PPO's projected cost (bars: 2.5 and 0.6)")
 
 
 def append_csv(path: Path, label: str, rows: list[dict]) -> None:
